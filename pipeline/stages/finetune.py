@@ -1,0 +1,156 @@
+"""Stage 2: fine-tune a sentence-transformers model with a LoRA adapter or fully, with one recipe for both.
+
+Reads like sentence-transformers' training_gooaq_lora.py, with the values from the config.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from pathlib import Path
+
+from datasets import load_from_disk
+from peft import LoraConfig, TaskType
+from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerModelCardData,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+)
+from sentence_transformers.base.sampler import BatchSamplers
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MultipleNegativesRankingLoss,
+)
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
+from pipeline.fingerprint import datasets_cache
+from pipeline.models import device_and_precision, model_source
+from pipeline.stages.evaluate import build_evaluator
+
+
+def finetune(
+    model_cfg: ModelConfig,
+    data_cfg: DataConfig,
+    ft: FinetuneConfig,
+    train: TrainConfig,
+    eval_cfg: EvalConfig,
+    data_dir: Path,
+    out: Path,
+    callbacks: list | None = None,
+    cache_dir: Path | None = None,
+) -> dict:
+    set_seed(train.seed)  # the adapter's initialisation and the data order
+    lora = ft.method == Method.lora
+    device, precision = device_and_precision(train.precision.value)
+
+    # 1. Load a model to finetune with 2. model card data
+    model = SentenceTransformer(
+        model_source(model_cfg.name),
+        revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+        device=device,
+        model_card_data=SentenceTransformerModelCardData(
+            language=model_cfg.card_language,
+            license=model_cfg.card_license,
+            model_name=model_cfg.card_model_name
+            or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {Path(data_cfg.path).name} pairs",
+        ),
+    )
+    if model_cfg.max_seq_length:
+        model.max_seq_length = model_cfg.max_seq_length
+    total_params = sum(p.numel() for p in model.parameters())
+
+    # 3. Create a LoRA adapter for the model & add it (the full arm trains every weight instead)
+    if lora:
+        peft_config = LoraConfig(
+            task_type=TaskType.FEATURE_EXTRACTION,
+            inference_mode=False,
+            r=ft.r,
+            lora_alpha=ft.alpha,
+            lora_dropout=ft.dropout,
+            target_modules=list(ft.target_modules) if ft.target_modules else None,
+        )
+        model.add_adapter(peft_config)
+    trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # 4. Load the prepared (question, answer) pairs
+    dataset = load_from_disk(str(data_dir / "dataset"))
+    train_dataset, eval_dataset = dataset["train"], dataset["eval"]
+
+    # 5. Define a loss function: in-batch negatives
+    if train.loss == LossName.cached_mnrl:
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=train.mini_batch_size)
+    else:
+        loss = MultipleNegativesRankingLoss(model)
+
+    # 6. Specify training arguments
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        per_device_train_batch_size=train.batch_size,
+        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
+        learning_rate=train.lr,
+        warmup_steps=train.warmup_ratio,  # a float < 1 is a fraction of the training steps
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        batch_sampler=BatchSamplers.NO_DUPLICATES,  # MNRL: duplicate texts in a batch would be false negatives
+        eval_strategy="steps" if train.eval_steps else "no",
+        eval_steps=train.eval_steps,
+        save_strategy="steps" if train.save_steps else "no",
+        save_steps=train.save_steps,
+        save_total_limit=train.save_total_limit,
+        logging_steps=train.logging_steps,
+        logging_first_step=True,
+        seed=train.seed,
+        dataloader_pin_memory=device == "cuda",  # pinning only helps host-to-GPU copies
+        report_to="none",  # tracking is the pipeline's (MLflow), through `callbacks`
+    )
+
+    # 7. Create an evaluator & evaluate during training, as the recipe does
+    evaluator = None
+    if eval_cfg.during_training and train.eval_steps:
+        with datasets_cache(cache_dir) if cache_dir else nullcontext():
+            evaluator = build_evaluator(eval_cfg)
+
+    # 8. Create a trainer & train (resuming from the last checkpoint of an interrupted run)
+    trainer = SentenceTransformerTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        loss=loss,
+        evaluator=evaluator,
+        callbacks=callbacks,
+    )
+    last_checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last_checkpoint)
+
+    # 9. Save the trained model: the adapter alone for LoRA, every weight for the full arm
+    model.save_pretrained(str(out / "model"))
+    (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+
+    weights = out / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
+    summary = {
+        "method": ft.method.value,
+        "device": device,
+        "precision": precision,
+        "total_params": total_params,
+        "trainable_params": trainable_params,
+        "trainable_percent": 100.0 * trainable_params / total_params,
+        "weights_file": weights.name,
+        "weights_mb": weights.stat().st_size / 1e6,
+        "global_step": trainer.state.global_step,
+        "resumed_from": Path(last_checkpoint).name if last_checkpoint else None,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_samples_per_second": result.metrics.get("train_samples_per_second"),
+        "train_loss": result.metrics.get("train_loss"),
+    }
+    if lora:
+        adapter_state = model.get_adapter_state_dict()
+        summary["adapter_params"] = sum(t.numel() for t in adapter_state.values())
+        summary["target_modules"] = sorted(model.transformers_model.peft_config["default"].target_modules)
+    return summary

@@ -1,0 +1,53 @@
+"""Stage 4: the model card sentence-transformers writes on save, completed with what it lacks for adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config import FinetuneConfig, Method, ModelConfig
+
+
+def model_card(
+    model_cfg: ModelConfig,
+    ft: FinetuneConfig,
+    finetune_dir: Path,
+    trained: dict,
+    baseline: dict,
+    finetuned: dict,
+    out: Path,
+) -> dict:
+    card = (finetune_dir / "model" / "README.md").read_text()
+    lines = [
+        "",
+        "## Fine-tuning method",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| Base model | `{model_cfg.name}` |",
+        f"| Method | {'LoRA adapter (peft)' if ft.method == Method.lora else 'full fine-tuning'} |",
+    ]
+    if ft.method == Method.lora:
+        lines += [
+            f"| r / alpha / dropout | {ft.r} / {ft.alpha} / {ft.dropout} |",
+            f"| Target modules | {', '.join(trained['target_modules'])} |",
+        ]
+    lines += [
+        f"| Trainable parameters | {trained['trainable_params']:,} ({trained['trainable_percent']:.2f}% of "
+        f"{trained['total_params']:,}) |",
+        f"| `{trained['weights_file']}` | {trained['weights_mb']:.2f} MB |",
+        f"| Device / precision | {trained['device']} / {trained['precision']} |",
+        "",
+        f"## NanoBEIR NDCG@10 ({finetuned['score_function']} similarity)",
+        "",
+        "| Dataset | Queries | Base model | Fine-tuned | Δ |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, score in finetuned["per_dataset_ndcg_at_10"].items():
+        base = baseline["per_dataset_ndcg_at_10"][name]
+        lines.append(f"| {name} | {finetuned['queries'][name]} | {base:.4f} | {score:.4f} | {score - base:+.4f} |")
+    mean, base_mean = finetuned["ndcg_at_10"], baseline["ndcg_at_10"]
+    lines.append(f"| **mean** | | {base_mean:.4f} | {mean:.4f} | {mean - base_mean:+.4f} |")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "README.md").write_text(card.rstrip() + "\n" + "\n".join(lines) + "\n")
+    return {"path": "README.md"}

@@ -1,0 +1,41 @@
+"""Stage 1: question/answer pairs from the Hub or a local dir, split as the reference recipe does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import DatasetDict, load_dataset
+
+from pipeline.config import DataConfig
+from pipeline.fingerprint import source_fingerprint
+
+
+def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> dict:
+    # `datasets.load_dataset` reads a Hub id or a local dir in the Hub layout alike
+    dataset = load_dataset(data.path, data.name, split=data.split, revision=data.revision, cache_dir=cache_dir)
+    columns = [data.question_column, data.answer_column]
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(
+            f"data.path={data.path} has no column(s) {missing}; columns found: {dataset.column_names}"
+        )
+    # The losses read the columns in order: (anchor, positive)
+    dataset = dataset.select_columns(columns)
+
+    # As the recipe: train_test_split(test_size=10_000, seed=12), then the first train_size training rows
+    splits = dataset.train_test_split(test_size=data.eval_size, seed=data.seed)
+    train = splits["train"]
+    if data.train_size is not None:
+        if data.train_size > len(train):
+            raise ValueError(
+                f"data.train_size={data.train_size} is larger than the {len(train)} training rows left after "
+                f"holding out eval_size={data.eval_size}"
+            )
+        train = train.select(range(data.train_size))
+
+    DatasetDict(train=train, eval=splits["test"]).save_to_disk(out / "dataset")
+    return {
+        "train_rows": len(train),
+        "eval_rows": len(splits["test"]),
+        "source": source_fingerprint(data.path, data.revision),
+    }

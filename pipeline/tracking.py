@@ -1,0 +1,233 @@
+"""MLflow: one run per pipeline run, what is logged, and how runs are named.
+
+Runs go through an explicit `MlflowClient` and run id (no global active run), so parallel jobs of a sweep each log
+to their own run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import tempfile
+import time
+import traceback
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Iterator
+
+from filelock import FileLock
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+from pipeline.config import Method
+from pipeline.dag import StageOutput
+
+SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """The configured URI, or a sqlite DB under paths.outputs (MLflow >= 3.13 refuses a ./mlruns file store)."""
+    if cfg.tracking.uri:
+        return cfg.tracking.uri
+    return f"sqlite:///{(Path(cfg.paths.outputs) / 'mlflow.db').resolve()}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client whose store exists: a fresh sqlite DB is created once, under a lock (parallel creators race)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return MlflowClient(uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(db) + ".lock"):
+        client = MlflowClient(uri)
+        client.search_experiments(max_results=1)  # creates and migrates the schema
+    return client
+
+
+def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
+    db = _sqlite_path(uri)
+    lock = FileLock(str(db) + ".lock") if db else None
+    with lock if lock else _nothing():
+        experiment = client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        # Artifacts beside the DB, not in the working directory
+        location = (db.parent / "mlartifacts" / name).as_uri() if db else None
+        return client.create_experiment(name, artifact_location=location)
+
+
+@contextmanager
+def _nothing():
+    yield
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    if cfg.finetune.method == Method.lora:
+        return f"lora-r{cfg.finetune.r}-a{cfg.finetune.alpha}"
+    return "full"
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config, flattened to `group.key` params; keys that look like secrets are never logged."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    container.pop("hydra", None)
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        elif not SECRET.search(prefix):
+            flat[prefix] = str(node)[:6000]
+
+    walk("", container)
+    return flat
+
+
+def metric_name(name: str) -> str:
+    """MLflow metric names cannot contain '@'."""
+    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", name.replace("@", "_at_"))
+
+
+def provenance() -> dict[str, str]:
+    tags = {}
+    for package in PACKAGES:
+        try:
+            tags[f"version.{package}"] = version(package)
+        except PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, check=True
+        ).stdout.strip()
+        tags["git_commit"] = commit
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return tags
+
+
+class MLflowTrainerCallback(TrainerCallback):
+    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        log_step(self.client, self.run_id, logs or {}, state.global_step)
+
+
+def log_step(client: MlflowClient, run_id: str, logs: dict, step: int) -> None:
+    metrics = [
+        Metric(metric_name(k), float(v), _now_ms(), step)
+        for k, v in logs.items()
+        if isinstance(v, (int, float)) and k not in ("step", "total_flos")
+    ]
+    if metrics:
+        client.log_batch(run_id, metrics=metrics)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PipelineRun:
+    """One MLflow run for one pipeline run: params and tags up front, then what each stage produces."""
+
+    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig):
+        self.client, self.run_id, self.cfg = client, run_id, cfg
+        self.trainer_callback = MLflowTrainerCallback(client, run_id)
+
+    def on_stage(self, output: StageOutput) -> None:
+        self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
+        getattr(self, f"_log_{output.name}")(output)
+
+    def _log_prepare_data(self, output: StageOutput) -> None:
+        r = output.result
+        self.client.set_tag(self.run_id, "data.source", r["source"])
+        self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
+
+    def _log_baseline(self, output: StageOutput) -> None:
+        self._log_evaluation(output, prefix="baseline_", artifact_path="evaluation/baseline")
+
+    def _log_finetune(self, output: StageOutput) -> None:
+        r = output.result
+        if output.status == "cached":  # trained earlier: replay its log history into this run
+            history = json.loads((output.dir / "log_history.json").read_text())
+            for entry in history:
+                log_step(self.client, self.run_id, entry, int(entry.get("step", 0)))
+        for key in ("device", "precision", "resumed_from"):
+            self.client.set_tag(self.run_id, key, str(r.get(key)))
+        self._metrics(
+            {
+                k: r[k]
+                for k in ("total_params", "trainable_params", "trainable_percent", "weights_mb", "adapter_params")
+                if r.get(k) is not None
+            }
+        )
+        self.client.log_artifacts(self.run_id, str(output.dir / "model"), "model")
+
+    def _log_evaluate(self, output: StageOutput) -> None:
+        self._log_evaluation(output, prefix="", artifact_path="evaluation")
+
+    def _log_model_card(self, output: StageOutput) -> None:
+        # The completed card replaces the one sentence-transformers wrote into the logged model dir
+        self.client.log_artifact(self.run_id, str(output.dir / "README.md"), "model")
+
+    def _log_evaluation(self, output: StageOutput, prefix: str, artifact_path: str) -> None:
+        r = output.result
+        metrics = {f"{prefix}nanobeir_mean_ndcg_at_10": r["ndcg_at_10"]}
+        metrics.update({f"{prefix}nanobeir_{n}_ndcg_at_10": v for n, v in r["per_dataset_ndcg_at_10"].items()})
+        all_metrics = json.loads((output.dir / "metrics.json").read_text())
+        metrics.update({f"{prefix}nanobeir/{metric_name(k)}": v for k, v in all_metrics.items()})
+        self._metrics(metrics)
+        for name in ("metrics.json", "per_query.json"):
+            self.client.log_artifact(self.run_id, str(output.dir / name), artifact_path)
+
+    def _metrics(self, values: dict[str, float]) -> None:
+        metrics = [Metric(metric_name(k), float(v), _now_ms(), 0) for k, v in values.items()]
+        for i in range(0, len(metrics), 500):  # log_batch takes at most 1000 entities
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
+
+
+@contextmanager
+def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterator[PipelineRun]:
+    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C)."""
+    uri = tracking_uri(cfg)
+    client = client_for(uri)
+    exp_id = experiment_id(client, uri, cfg.tracking.experiment)
+    run_tags = {"method": Method(cfg.finetune.method).value, "base_model": cfg.model.name, **provenance(), **(tags or {})}
+    run = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags)
+    run_id = run.info.run_id
+    params = [Param(k, v) for k, v in flat_params(cfg).items()]
+    for i in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[i : i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp) / "config.yaml"
+        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        client.log_artifact(run_id, str(resolved))
+    try:
+        yield PipelineRun(client, run_id, cfg)
+    except KeyboardInterrupt:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+        with tempfile.TemporaryDirectory() as tmp:
+            trace = Path(tmp) / "error.txt"
+            trace.write_text(traceback.format_exc())
+            client.log_artifact(run_id, str(trace))
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
