@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -34,24 +33,24 @@ class Precision(str, Enum):
 @dataclass
 class ModelConfig:
     name: str = MISSING  # Hub id or local dir
-    revision: Optional[str] = None
-    max_seq_length: Optional[int] = None  # None keeps the model's own limit
+    revision: str | None = None
+    max_seq_length: int | None = None  # None keeps the model's own limit
     trust_remote_code: bool = False
     card_language: str = "en"
     card_license: str = "apache-2.0"
-    card_model_name: Optional[str] = None
+    card_model_name: str | None = None
 
 
 @dataclass
 class DataConfig:
     path: str = MISSING  # Hub id or local dir in the Hub layout
-    name: Optional[str] = None  # dataset config name
-    revision: Optional[str] = None
+    name: str | None = None  # dataset config name
+    revision: str | None = None
     split: str = "train"
     question_column: str = "question"
     answer_column: str = "answer"
     eval_size: int = 10_000
-    train_size: Optional[int] = None  # None: every row left after the split
+    train_size: int | None = None  # None: every row left after the split
     seed: int = 12
 
 
@@ -61,7 +60,7 @@ class FinetuneConfig:
     r: int = 64
     alpha: int = 128
     dropout: float = 0.1
-    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture (BERT: query, value)
+    target_modules: list[str] | None = None  # None: peft's default for the architecture (BERT: query, value)
 
 
 @dataclass
@@ -71,12 +70,12 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int = -1  # -1: run `epochs`
     batch_size: int = 64
-    eval_batch_size: Optional[int] = None  # None: batch_size
+    eval_batch_size: int | None = None  # None: batch_size
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     precision: Precision = Precision.auto
-    eval_steps: Optional[int] = None  # None: evaluate only at the end of training
-    save_steps: Optional[int] = None  # None: checkpoint only at the end of training
+    eval_steps: int | None = None  # None: evaluate only at the end of training
+    save_steps: int | None = None  # None: checkpoint only at the end of training
     save_total_limit: int = 2
     logging_steps: int = 25
     seed: int = 12
@@ -85,16 +84,16 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     dataset_id: str = "sentence-transformers/NanoBEIR-en"  # Hub id or local dir in the NanoBEIR layout
-    datasets: Optional[list[str]] = None  # NanoBEIR short names; None: all 13
+    datasets: list[str] | None = None  # NanoBEIR short names; None: all 13
     batch_size: int = 64
     during_training: bool = True  # run the NanoBEIR evaluator at eval_steps, as the recipe does
 
 
 @dataclass
 class TrackingConfig:
-    uri: Optional[str] = None  # None: sqlite DB under paths.outputs
+    uri: str | None = None  # None: sqlite DB under paths.outputs
     experiment: str = "lora-vs-full"
-    run_name: Optional[str] = None  # None: from the method and overrides, e.g. lora-r16-a32
+    run_name: str | None = None  # None: from the method and overrides, e.g. lora-r16-a32
 
 
 @dataclass
@@ -104,7 +103,7 @@ class PathsConfig:
 
 @dataclass
 class RunConfig:
-    until: Optional[str] = None  # stop after this stage (e.g. prepare_data); None: the whole DAG
+    until: str | None = None  # stop after this stage (e.g. prepare_data); None: the whole DAG
 
 
 @dataclass

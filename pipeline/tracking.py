@@ -12,10 +12,10 @@ import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 from mlflow.entities import Metric, Param, RunStatus
@@ -206,7 +206,12 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
     uri = tracking_uri(cfg)
     client = client_for(uri)
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
-    run_tags = {"method": Method(cfg.finetune.method).value, "base_model": cfg.model.name, **provenance(), **(tags or {})}
+    run_tags = {
+        "method": Method(cfg.finetune.method).value,
+        "base_model": cfg.model.name,
+        **provenance(),
+        **(tags or {}),
+    }
     run = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags)
     run_id = run.info.run_id
     params = [Param(k, v) for k, v in flat_params(cfg).items()]

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytrec_eval
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator
-from sentence_transformers.sentence_transformer.evaluation import nano_beir
+from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator, nano_beir
 
 from pipeline.config import EvalConfig, ModelConfig
 from pipeline.fingerprint import datasets_cache

