@@ -5,20 +5,57 @@ The return value (NanoBEIR mean NDCG@10 of the fine-tuned model) is what Hydra s
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+from pathlib import Path
+
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
+from pipeline.validate import ConfigError, check_group_options, precompose, validate
 
 register_configs()
+CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        _remove_empty_run_dir()
+        fail(error)
     from pipeline.app import run
 
     return run(cfg)
 
 
+def fail(error: Exception) -> None:
+    """One line naming the bad value and what is allowed; the traceback only with HYDRA_FULL_ERROR=1."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def _remove_empty_run_dir() -> None:
+    """Hydra made the job's output dir before the task ran; a config error leaves nothing behind."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir.is_dir() and all(p.name in (".hydra", "__main__.log") for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
+        try:
+            os.removedirs(run_dir.parent)  # and the runs/ and outputs/ dirs this run created, if empty
+        except OSError:
+            pass
+
+
 if __name__ == "__main__":
+    try:
+        check_group_options(CONF, sys.argv[1:])
+        precompose(CONF, sys.argv[1:])
+    except ConfigError as error:
+        fail(error)
     main()

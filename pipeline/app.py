@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
 from pipeline.models import device_and_precision
+from pipeline.sweep import sweep_info
 from pipeline.tracking import pipeline_run, tracking_uri
 
 
@@ -28,13 +29,33 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def _sweep_of_this_job() -> dict | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return sweep_info(HydraConfig.get().sweep.dir)
+
+
 def run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     uri = tracking_uri(cfg)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
-    with pipeline_run(cfg, tags={"device": device, "precision": precision}) as tracked:
-        outputs = run_dag(cfg, callbacks=(tracked.trainer_callback,), on_stage=tracked.on_stage)
+    tags = {"device": device, "precision": precision}
+    sweep = _sweep_of_this_job()
+    if sweep is not None:  # a job of a multirun: a child of the sweep's parent run
+        tags.update({"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]})
+    try:
+        with pipeline_run(cfg, tags=tags) as tracked:
+            outputs = run_dag(cfg, callbacks=(tracked.trainer_callback,), on_stage=tracked.on_stage)
+    except Exception as error:
+        if sweep is None:
+            raise
+        # The run is FAILED in MLflow with its error; the other jobs go on, and the sweep's end reports this one
+        print(f"error: job {cfg.tracking.run_name or ''} failed: {type(error).__name__}: {error}", file=sys.stderr)
+        return float("nan")
     print(status_table(outputs))
     if "evaluate" in outputs:
         score = outputs["evaluate"].result["ndcg_at_10"]

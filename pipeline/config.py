@@ -68,7 +68,7 @@ class TrainConfig:
     loss: LossName = LossName.cached_mnrl
     mini_batch_size: int = 32  # CachedMNRL's gradient-cache chunk: memory, not results
     epochs: float = 1.0
-    max_steps: int = -1  # -1: run `epochs`
+    max_steps: int | None = None  # None: run `epochs`
     batch_size: int = 64
     eval_batch_size: int | None = None  # None: batch_size
     lr: float = 2e-5

@@ -144,10 +144,17 @@ def _sources(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
     return sources
 
 
+def _config_slice(cfg: DictConfig, group: str) -> Any:
+    values = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
+    if group == "finetune" and values["method"] == "full":
+        return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
+    return values
+
+
 def stage_key(stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str]) -> str:
     material = {
         "stage": stage.name,
-        "config": {group: OmegaConf.to_container(cfg[group], resolve=True) for group in stage.config},
+        "config": {group: _config_slice(cfg, group) for group in stage.config},
         "sources": _sources(cfg, stage.config),
         "upstream": upstream_keys,
     }

@@ -18,7 +18,8 @@ from pipeline.config import EvalConfig, ModelConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import model_source
 
-NANOBEIR_DATASETS = list(nano_beir.DATASET_NAME_TO_HUMAN_READABLE)
+NANOBEIR = dict(nano_beir.DATASET_NAME_TO_HUMAN_READABLE)  # the 13 NanoBEIR sets: short name -> human name
+NANOBEIR_DATASETS = list(NANOBEIR)
 
 
 def local_dataset_names(dataset_id: str) -> dict[str, str]:
@@ -30,13 +31,18 @@ def local_dataset_names(dataset_id: str) -> dict[str, str]:
     return {split[len("Nano") :].lower(): split[len("Nano") :] for split in splits}
 
 
+def dataset_table(dataset_id: str) -> dict[str, str]:
+    """Short name -> human name of every set `dataset_id` can hold: NanoBEIR's 13, plus a local dir's own splits."""
+    return {**local_dataset_names(dataset_id), **NANOBEIR}
+
+
 def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
     """NanoBEIREvaluator on the Hub's NanoBEIR-en (or a local dir in its layout) for the configured datasets.
 
     A local dir may hold sets beyond NanoBEIR's 13 (the offline demo's `pydocs`): their names are registered with
     the evaluator's name table, which is how it finds a dataset's `Nano<Name>` split.
     """
-    for short, human in local_dataset_names(eval_cfg.dataset_id).items():
+    for short, human in dataset_table(eval_cfg.dataset_id).items():
         nano_beir.DATASET_NAME_TO_HUMAN_READABLE.setdefault(short, human)
     return NanoBEIREvaluator(
         dataset_names=list(eval_cfg.datasets) if eval_cfg.datasets else None,
@@ -46,11 +52,21 @@ def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
     )
 
 
-def evaluate(model: SentenceTransformer, eval_cfg: EvalConfig, out: Path, cache_dir: Path | None = None) -> dict:
-    """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers."""
+def evaluate(
+    model: SentenceTransformer,
+    eval_cfg: EvalConfig,
+    out: Path,
+    cache_dir: Path | None = None,
+    evaluator: NanoBEIREvaluator | None = None,
+) -> dict:
+    """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers.
+
+    `evaluator`: one built by `build_evaluator(eval_cfg, write_predictions=True)`, to reuse across models.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    with datasets_cache(cache_dir) if cache_dir else nullcontext():
-        evaluator = build_evaluator(eval_cfg, write_predictions=True)  # ranked lists, for per-query scores
+    if evaluator is None:
+        with datasets_cache(cache_dir) if cache_dir else nullcontext():
+            evaluator = build_evaluator(eval_cfg, write_predictions=True)  # ranked lists, for per-query scores
     metrics = evaluator(model, output_path=str(out))
     # e.g. "NanoBEIR_mean_cosine_ndcg@10": the model's own similarity function
     primary = evaluator.primary_metric

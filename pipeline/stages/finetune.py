@@ -90,7 +90,7 @@ def finetune(
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=train.epochs,
-        max_steps=train.max_steps,
+        max_steps=train.max_steps or -1,  # -1: the epochs decide
         per_device_train_batch_size=train.batch_size,
         per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
         learning_rate=train.lr,

@@ -1,0 +1,101 @@
+"""Sweeps: the LoRA grid plus the full fine-tune arm, one MLflow parent run per sweep, and failed jobs reported.
+
+- `lora_vs_full_jobs` turns Hydra's cartesian product into the jobs a comparison needs: a LoRA job per (r, alpha) and
+  ONE full fine-tune job (r / alpha mean nothing to it), with alpha given absolutely (`32`) or relative to r (`r`, `2r`).
+- `MLflowSweepCallback` (a Hydra callback) opens the sweep's parent run before any job starts, creating the sqlite DB
+  once, and at the end closes it: FAILED, with the names of the failed jobs, if any job failed (and the sweep exits
+  non-zero), FINISHED otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig
+
+RELATIVE_ALPHA = re.compile(r"^(\d*\.?\d*)r$")  # "r", "2r", "0.5r"
+LORA_ONLY = ("finetune.r", "finetune.alpha", "finetune.dropout", "finetune.target_modules")
+SWEEP_FILE = "sweep.json"
+
+
+def lora_vs_full_jobs(jobs: list[list[str]]) -> list[list[str]]:
+    """Resolve relative alphas and collapse the full fine-tune jobs that differ only in LoRA keys into one."""
+    result, seen = [], set()
+    for job in jobs:
+        values = dict(override.split("=", 1) for override in job)
+        if values.get("finetune") == "full":
+            job = [o for o in job if o.split("=", 1)[0] not in LORA_ONLY]
+        elif (match := RELATIVE_ALPHA.match(values.get("finetune.alpha", ""))) is not None:
+            if "finetune.r" not in values:
+                raise ValueError(f"finetune.alpha={values['finetune.alpha']} is relative to r: give finetune.r too")
+            alpha = float(match.group(1) or 1) * int(values["finetune.r"])
+            job = [f"finetune.alpha={int(alpha)}" if o.startswith("finetune.alpha=") else o for o in job]
+        if tuple(job) not in seen:
+            seen.add(tuple(job))
+            result.append(job)
+    return result
+
+
+def is_relative_alpha(override: str) -> bool:
+    key, _, value = override.partition("=")
+    return key == "finetune.alpha" and any(RELATIVE_ALPHA.match(v) for v in value.split(","))
+
+
+def sweep_info(sweep_dir: str | Path) -> dict[str, Any] | None:
+    """What a job of a sweep needs to log under the sweep's parent run (written by the callback)."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class MLflowSweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pipeline.tracking import client_for, experiment_id, tracking_uri
+
+        uri = tracking_uri(config)
+        client = client_for(uri)  # the DB is created here, once, before parallel jobs race to create it
+        sweep_id = f"{Path(config.hydra.sweep.dir).name}-{uuid.uuid4().hex[:6]}"
+        overrides = " ".join(config.hydra.overrides.task)
+        parent = client.create_run(
+            experiment_id(client, uri, config.tracking.experiment),
+            run_name=f"sweep-{sweep_id}",
+            tags={"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]},
+        )
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        info = {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "tracking_uri": uri}
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(info, indent=2))
+        print(f"[pipeline] sweep {sweep_id}: MLflow parent run {parent.info.run_id} in {uri}", file=sys.stderr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.tracking import MlflowClient
+
+        info = sweep_info(config.hydra.sweep.dir)
+        if info is None:
+            return
+        client = MlflowClient(info["tracking_uri"])
+        parent = client.get_run(info["parent_run_id"])
+        children = client.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.sweep_id = '{info['sweep_id']}'"
+        )
+        children = [c for c in children if c.info.run_id != parent.info.run_id]
+        failed = [c for c in children if c.info.status != "FINISHED"]
+        client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
+        if failed:
+            names = ", ".join(f"{c.info.run_name} ({c.data.tags.get('error', c.info.status)})" for c in failed)
+            client.set_tag(parent.info.run_id, "sweep.failed_jobs", names[:5000])
+            client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FAILED))
+            print(f"error: sweep {info['sweep_id']}: {len(failed)} of {len(children)} jobs failed: {names}", file=sys.stderr)
+            sys.exit(1)
+        client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
+        print(
+            f"[pipeline] sweep {info['sweep_id']}: {len(children)} jobs finished; compare them with "
+            f"`make compare` (python -m pipeline.compare --sweep-id {info['sweep_id']})",
+            file=sys.stderr,
+        )

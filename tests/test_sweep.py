@@ -1,0 +1,98 @@
+"""Sweeps: the grid plus the full arm, one parent run, shared stages once, parallel jobs, a failing job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.sweep import lora_vs_full_jobs
+from tests.conftest import ROOT, tiny_overrides
+
+
+def test_grid_becomes_lora_jobs_plus_one_full_arm():
+    grid = [
+        ["finetune=lora", "finetune.r=4", "finetune.alpha=r"],
+        ["finetune=lora", "finetune.r=4", "finetune.alpha=2r"],
+        ["finetune=lora", "finetune.r=8", "finetune.alpha=r"],
+        ["finetune=full", "finetune.r=4", "finetune.alpha=r"],
+        ["finetune=full", "finetune.r=8", "finetune.alpha=2r"],
+    ]
+    assert lora_vs_full_jobs(grid) == [
+        ["finetune=lora", "finetune.r=4", "finetune.alpha=4"],
+        ["finetune=lora", "finetune.r=4", "finetune.alpha=8"],
+        ["finetune=lora", "finetune.r=8", "finetune.alpha=8"],
+        ["finetune=full"],
+    ]
+    with pytest.raises(ValueError, match="relative to r"):
+        lora_vs_full_jobs([["finetune.alpha=2r"]])
+
+
+def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool = True):
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides, *args]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("lora-vs-full")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return proc, client, parents[0], children
+
+
+@pytest.mark.slow
+def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    proc, client, parent, children = _sweep(
+        tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2,4", "finetune.alpha=8"
+    )
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children) == ["full", "lora-r2-a8", "lora-r4-a8"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["sweep_id"] for r in children} == {parent.data.tags["sweep_id"]}
+    assert {r.data.tags["method"] for r in children} == {"lora", "full"}
+    # shared stages computed by exactly one job, reused by the others
+    for stage in ("prepare_data", "baseline"):
+        statuses = sorted(r.data.tags[f"stage.{stage}"] for r in children)
+        assert statuses == ["cached", "cached", "ran"], stage
+    assert all(r.data.tags["stage.finetune"] == "ran" for r in children)
+    baselines = {r.data.metrics["baseline_nanobeir_mean_ndcg_at_10"] for r in children}
+    assert len(baselines) == 1
+
+
+@pytest.mark.slow
+def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    proc, client, parent, children = _sweep(
+        tmp_path, tiny_model, tiny_qa, tiny_nanobeir,
+        "finetune=lora", "finetune.r=2,4", "finetune.alpha=8", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+    )
+    assert sorted(r.info.run_name for r in children) == ["lora-r2-a8", "lora-r4-a8"]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["finetune.alpha"] == "8"
+        assert "nanobeir_mean_ndcg_at_10" in run.data.metrics
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
+    # the two jobs raced for the shared stages: one computed each, the other waited and reused it
+    for stage in ("prepare_data", "baseline"):
+        assert sorted(r.data.tags[f"stage.{stage}"] for r in children) == ["cached", "ran"]
+
+
+@pytest.mark.slow
+def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    proc, client, parent, children = _sweep(
+        tmp_path, tiny_model, tiny_qa, tiny_nanobeir,
+        "finetune.r=2", "finetune.alpha=8", "finetune.target_modules=[query],[no_such_module]", check=False,
+    )
+    assert proc.returncode != 0
+    assert "1 of 3 jobs failed" in proc.stderr
+    by_status = sorted((r.info.status, r.info.run_name) for r in children)
+    assert by_status == [("FAILED", "lora-r2-a8"), ("FINISHED", "full"), ("FINISHED", "lora-r2-a8")]
+    failed = next(r for r in children if r.info.status == "FAILED")
+    assert "no_such_module" in failed.data.tags["error"]
+    assert parent.info.status == "FAILED" and "lora-r2-a8" in parent.data.tags["sweep.failed_jobs"]
