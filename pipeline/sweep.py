@@ -91,7 +91,10 @@ class MLflowSweepCallback(Callback):
             names = ", ".join(f"{c.info.run_name} ({c.data.tags.get('error', c.info.status)})" for c in failed)
             client.set_tag(parent.info.run_id, "sweep.failed_jobs", names[:5000])
             client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FAILED))
-            print(f"error: sweep {info['sweep_id']}: {len(failed)} of {len(children)} jobs failed: {names}", file=sys.stderr)
+            print(
+                f"error: sweep {info['sweep_id']}: {len(failed)} of {len(children)} jobs failed: {names}",
+                file=sys.stderr,
+            )
             sys.exit(1)
         client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
         print(

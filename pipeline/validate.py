@@ -79,7 +79,9 @@ def _check_data(cfg: DictConfig) -> None:
     try:
         dataset = load_dataset(data.path, data.name, split=data.split)
     except Exception as error:  # noqa: BLE001 - any loader failure is a bad data.path
-        raise ConfigError(f"data.path={data.path} cannot be read as a dataset ({type(error).__name__}: {error})")
+        raise ConfigError(
+            f"data.path={data.path} cannot be read as a dataset ({type(error).__name__}: {error})"
+        ) from error
     missing = [c for c in (data.question_column, data.answer_column) if c not in dataset.column_names]
     if missing:
         raise ConfigError(
@@ -102,7 +104,9 @@ def _check_eval(cfg: DictConfig) -> None:
     ev = cfg.eval
     local = os.path.isdir(ev.dataset_id)
     if not local and _looks_local(ev.dataset_id):
-        raise ConfigError(f"eval.dataset_id={ev.dataset_id} does not exist: give a local NanoBEIR-layout dir or a Hub id")
+        raise ConfigError(
+            f"eval.dataset_id={ev.dataset_id} does not exist: give a local NanoBEIR-layout dir or a Hub id"
+        )
     if local:
         missing = [sub for sub in NANOBEIR_LAYOUT if not (Path(ev.dataset_id) / sub).is_dir()]
         if missing:
@@ -122,7 +126,9 @@ def _check_eval(cfg: DictConfig) -> None:
         return
     root = Path(ev.dataset_id)
     absent = [
-        n for n in names or list(table) if not all((root / sub / f"Nano{table[n]}.parquet").is_file() for sub in NANOBEIR_LAYOUT)
+        n
+        for n in names or list(table)
+        if not all((root / sub / f"Nano{table[n]}.parquet").is_file() for sub in NANOBEIR_LAYOUT)
     ]
     if absent:
         found = sorted({p.stem for p in (root / "corpus").glob("Nano*.parquet")})
@@ -146,21 +152,25 @@ def _check_tracking(cfg: DictConfig) -> None:
         return
     scheme = uri.split(":", 1)[0].split("+", 1)[0]
     if ":" not in uri or scheme not in KNOWN_URI_SCHEMES:
-        raise ConfigError(f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}")
+        raise ConfigError(
+            f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}"
+        )
     if scheme == "sqlite":
         from pipeline.tracking import client_for
 
         try:
             client_for(uri)  # creates the DB once, or opens it
         except Exception as error:  # noqa: BLE001 - whatever stops MLflow from opening it
-            raise ConfigError(f"tracking.uri={uri} cannot be opened ({type(error).__name__}: {error})")
+            raise ConfigError(f"tracking.uri={uri} cannot be opened ({type(error).__name__}: {error})") from error
     elif scheme in ("http", "https"):
         import urllib.request
 
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5)  # noqa: S310 - the user's own server
         except OSError as error:
-            raise ConfigError(f"tracking.uri={uri} cannot be opened: the MLflow server does not answer ({error})")
+            raise ConfigError(
+                f"tracking.uri={uri} cannot be opened: the MLflow server does not answer ({error})"
+            ) from error
 
 
 def _looks_local(name: str) -> bool:
@@ -187,12 +197,12 @@ def _check_hub(kind: str, repo_id: str, key: str, revision: str | None = None) -
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo_id, revision=revision, timeout=10)
     except RepositoryNotFoundError:
-        raise ConfigError(f"{key}={repo_id} is not a local dir and not a {kind} on the Hugging Face Hub")
+        raise ConfigError(f"{key}={repo_id} is not a local dir and not a {kind} on the Hugging Face Hub") from None
     except Exception as error:  # noqa: BLE001 - network failures of every kind
         raise ConfigError(
             f"{key}={repo_id} is not a local dir, and the Hugging Face Hub is unreachable "
             f"({type(error).__name__}): pass a local dir or retry with network"
-        )
+        ) from error
 
 
 def check_group_options(conf_dir: Path, overrides: list[str]) -> None:
@@ -224,9 +234,7 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
     from pipeline.sweep import is_relative_alpha
 
     args = [
-        a
-        for a in argv
-        if not a.startswith("-") and not a.lstrip("+~").startswith("hydra") and not is_relative_alpha(a)
+        a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra") and not is_relative_alpha(a)
     ]
     try:
         parsed = OverridesParser.create().parse_overrides(args)

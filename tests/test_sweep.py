@@ -32,7 +32,9 @@ def test_grid_becomes_lora_jobs_plus_one_full_arm():
 
 
 def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool = True):
-    overrides = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
+    overrides = [
+        o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -69,8 +71,15 @@ def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, ti
 @pytest.mark.slow
 def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
-        tmp_path, tiny_model, tiny_qa, tiny_nanobeir,
-        "finetune=lora", "finetune.r=2,4", "finetune.alpha=8", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        tmp_path,
+        tiny_model,
+        tiny_qa,
+        tiny_nanobeir,
+        "finetune=lora",
+        "finetune.r=2,4",
+        "finetune.alpha=8",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
     )
     assert sorted(r.info.run_name for r in children) == ["lora-r2-a8", "lora-r4-a8"]
     for run in children:
@@ -86,8 +95,14 @@ def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_n
 @pytest.mark.slow
 def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
-        tmp_path, tiny_model, tiny_qa, tiny_nanobeir,
-        "finetune.r=2", "finetune.alpha=8", "finetune.target_modules=[query],[no_such_module]", check=False,
+        tmp_path,
+        tiny_model,
+        tiny_qa,
+        tiny_nanobeir,
+        "finetune.r=2",
+        "finetune.alpha=8",
+        "finetune.target_modules=[query],[no_such_module]",
+        check=False,
     )
     assert proc.returncode != 0
     assert "1 of 3 jobs failed" in proc.stderr
