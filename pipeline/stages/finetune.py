@@ -131,6 +131,7 @@ def finetune(
 
     # 9. Save the trained model: the adapter alone for LoRA, every weight for the full arm
     model.save_pretrained(str(out / "model"))
+    reload_diff = _reload_difference(model, out / "model", train_dataset[: min(8, len(train_dataset))])
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
 
     weights = out / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
@@ -145,6 +146,7 @@ def finetune(
         "weights_mb": weights.stat().st_size / 1e6,
         "global_step": trainer.state.global_step,
         "resumed_from": Path(last_checkpoint).name if last_checkpoint else None,
+        "reload_max_abs_diff": reload_diff,
         "train_runtime_s": result.metrics.get("train_runtime"),
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_loss": result.metrics.get("train_loss"),
@@ -154,3 +156,14 @@ def finetune(
         summary["adapter_params"] = sum(t.numel() for t in adapter_state.values())
         summary["target_modules"] = sorted(model.transformers_model.peft_config["default"].target_modules)
     return summary
+
+
+def _reload_difference(model: SentenceTransformer, saved: Path, rows: dict) -> float:
+    """Largest embedding difference between the trained model and the saved dir loaded back: the save must be exact."""
+    texts = [text for column in rows.values() for text in column]
+    before = model.encode(texts, convert_to_tensor=True)
+    reloaded = SentenceTransformer(str(saved), device=str(model.device)).encode(texts, convert_to_tensor=True)
+    diff = float((before - reloaded).abs().max())
+    if diff > 1e-4:
+        raise RuntimeError(f"the saved model at {saved} does not reproduce the trained one (max |diff| {diff:.2e})")
+    return diff

@@ -1,0 +1,56 @@
+# lora-vs-full: is a LoRA adapter as good as a full fine-tune for my embedding model, and at which rank?
+# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, HOST, PORT.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+BIN         := $(VENV)/bin
+TORCH_SPEC  ?= torch==2.13.0
+OUTPUTS     ?= $(or $(PIPELINE_OUTPUTS),outputs)
+ARGS        ?=
+SWEEP_ARGS  ?=
+COMPARE_ARGS ?=
+HOST        ?= 127.0.0.1
+PORT        ?= 5000
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install demo run sweep compare test test-fast lint ui clean
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+install: ## create .venv, install torch first (TORCH_SPEC), then the project and its dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+
+demo: ## offline: LoRA and full fine-tune of the packaged MiniLM on generated data, then the comparison
+	$(BIN)/python -m pipeline.demo_data
+	$(BIN)/python -m pipeline -m experiment=demo finetune=lora,full $(ARGS)
+	$(BIN)/python -m pipeline.compare --experiment demo
+
+run: ## one pipeline run: make run ARGS="finetune=full data.path=... train.max_steps=100"
+	$(BIN)/python -m pipeline $(ARGS)
+
+sweep: ## LoRA r x alpha grid plus the full arm: make sweep SWEEP_ARGS="finetune.r=4,8 finetune.alpha=8 ..."
+	$(BIN)/python -m pipeline -m sweep=lora_grid $(SWEEP_ARGS)
+
+compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
+	$(BIN)/python -m pipeline.compare $(COMPARE_ARGS)
+
+test: ## the whole test suite (the CI command)
+	$(BIN)/python -m pytest -q
+
+test-fast: ## the tests that train nothing real (seconds to a few minutes)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+ui: ## MLflow UI on $(HOST):$(PORT) over the default sqlite DB
+	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host $(HOST) --port $(PORT)
+
+clean: ## remove run outputs, stage caches and the MLflow DB under $(OUTPUTS)
+	rm -rf $(OUTPUTS)

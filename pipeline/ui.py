@@ -1,0 +1,248 @@
+"""The MLflow UI over the pipeline's DB, opened on the LoRA-vs-full comparison.
+
+`python -m pipeline.ui [--host 127.0.0.1] [--port 5000] [--tracking-uri URI] [--experiment NAME] [--workers N]`
+(`make ui`) serves `mlflow server` over `sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db`, bound to 127.0.0.1
+unless told otherwise, and prints the URL of the comparison view of each experiment that holds pipeline runs.
+Arguments it does not know are passed on to `mlflow server`.
+
+The comparison view is an MLflow *saved view* (MLflow >= 3.17): an experiment tag `mlflow.sharedViewState.<key>` that
+the runs page loads from `#/experiments/<id>/runs?viewStateShareKey=<key>` and lists under *Views*. It holds the
+search facets (only the fine-tune runs, best `nanobeir_mean_ndcg_at_10` first, which also flattens the sweep parent /
+child nesting) and the visible columns (the NDCG metric, method, r, alpha, trainable parameters, sweep id).
+`describe_experiment` writes it, with the experiment's description (`mlflow.note.content`), its kind (so that MLflow
+opens it on the runs table, not on GenAI traces) and its primary metric (the first chart of the chart view).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+NDCG = "nanobeir_mean_ndcg_at_10"
+VIEW_KEY = "lora-vs-full"  # the share key in the URL, and the tag suffix
+VIEW_NAME = "LoRA vs full (NDCG@10)"  # as listed under Views
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+NOTE_TAG = "mlflow.note.content"
+KIND_TAG = "mlflow.experimentKind"
+PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
+DESCRIBED_TAG = "pipeline.description"  # set when the note is ours, so that a user's own note is never overwritten
+PIPELINE_RUNS = "tags.method LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
+HEALTH_TIMEOUT_S = 60.0
+
+NOTE = f"""\
+### Is a LoRA adapter as good as a full fine-tune, and at which rank?
+
+Each run fine-tunes the same base model either with a LoRA adapter (run name `lora-r<r>-a<alpha>`) or fully
+(`full`), then evaluates it on NanoBEIR. **`{NDCG}`** is the mean NDCG@10 over the NanoBEIR datasets (higher is
+better); `baseline_{NDCG}` is the base model before fine-tuning, `nanobeir_<dataset>_ndcg_at_10` the per-dataset scores.
+
+**The comparison:** *Views → {VIEW_NAME}* (the URL `make ui` prints) lists the fine-tune runs, best NDCG@10 first,
+with the method, LoRA rank r and alpha (r and alpha mean nothing for `full`), trainable parameters and sweep id. Failed
+runs come last, without a score. One sweep only: add `AND tags.sweep_id = '<id>'` to the search.
+The runs named `sweep-<id>` are the sweeps' parent runs; `make compare` logs the report (bootstrap CIs and paired
+p-values of each LoRA arm vs full) under their `report/` artifacts.
+"""
+
+
+def comparison_state() -> dict:
+    """The runs page state of the comparison view: search facets and UI state, as MLflow's UI saves them."""
+    return {
+        # search facets
+        "searchFilter": PIPELINE_RUNS,
+        "orderByKey": f"metrics.`{NDCG}`",  # not start_time: the runs are listed flat, not nested under the sweep
+        "orderByAsc": False,
+        "startTime": "ALL",
+        "lifecycleFilter": "Active",
+        "datasetsFilter": [],
+        "modelVersionFilter": "All Runs",
+        # UI state
+        "selectedColumns": [
+            f"metrics.`{NDCG}`",
+            f"metrics.`baseline_{NDCG}`",
+            "metrics.`trainable_params`",
+            "params.`finetune.method`",
+            "params.`finetune.r`",
+            "params.`finetune.alpha`",
+            "tags.`sweep_id`",
+            "attributes.`Duration`",
+        ],
+        "columnOrder": [],
+        "columnWidths": {},
+        "runsHiddenMode": "FIRST_10_RUNS",  # the charts show the 10 best runs
+        "viewMaximized": False,
+        "runListHidden": False,
+        "isAccordionReordered": False,
+        "groupBy": None,
+        "groupsExpanded": {},
+        "useGroupedValuesInCharts": True,
+        "hideEmptyCharts": True,
+    }
+
+
+def comparison_url(base_url: str, experiment_id: str) -> str:
+    """The experiment's runs table in the comparison view (needs `describe_experiment` run on the experiment)."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def describe_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Make the experiment explain itself and open on the comparison: kind, primary metric, saved view, description.
+
+    Idempotent (tags are only written when they change) and safe to call on every run; a description the user wrote
+    is kept.
+    """
+    tags = client.get_experiment(experiment_id).tags
+    state = json.dumps(comparison_state(), separators=(",", ":"))
+    now = int(time.time() * 1000)
+    try:
+        old = json.loads(tags.get(VIEW_TAG, ""))
+        created, unchanged = int(old["createdAt"]), old.get("state") == state and old.get("name") == VIEW_NAME
+    except (ValueError, KeyError, TypeError):
+        created, unchanged = now, False
+    wanted = {PRIMARY_METRIC_TAG: NDCG}
+    if not tags.get(KIND_TAG):
+        wanted[KIND_TAG] = "custom_model_development"
+    if not unchanged:
+        view = {"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": state}
+        wanted[VIEW_TAG] = json.dumps(view, separators=(",", ":"))
+    if not tags.get(NOTE_TAG, "").strip() or tags.get(DESCRIBED_TAG) == "auto":
+        wanted.update({NOTE_TAG: NOTE, DESCRIBED_TAG: "auto"})
+    for key, value in wanted.items():
+        if tags.get(key) != value:
+            client.set_experiment_tag(experiment_id, key, value)
+
+
+# ---------------------------------------------------------------- server
+
+
+def default_tracking_uri() -> str:
+    outputs = Path(os.environ.get("PIPELINE_OUTPUTS") or "outputs").resolve()
+    return f"sqlite:///{outputs / 'mlflow.db'}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def browse_host(host: str) -> str:
+    """Where a browser on this machine reaches a server bound to `host`."""
+    host = host.strip("[]")
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+def pipeline_experiments(client: MlflowClient, name: str | None = None) -> list:
+    """The named experiment, else every active experiment that holds pipeline runs, newest first."""
+    if name is not None:
+        found = client.get_experiment_by_name(name)
+        return [found] if found is not None else []
+    experiments = client.search_experiments(order_by=["creation_time DESC"])
+    return [e for e in experiments if client.search_runs([e.experiment_id], PIPELINE_RUNS, max_results=1)]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = HEALTH_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop the server and its uvicorn workers: they share a process group of their own."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline.ui",
+        description="The MLflow UI over the pipeline's DB; prints the URL of the LoRA-vs-full comparison view. "
+        "Unknown arguments go to `mlflow server`.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine)")
+    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--tracking-uri", help="default: sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db")
+    parser.add_argument("--experiment", help="describe and link only this experiment (default: all pipeline ones)")
+    parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default: 1, plenty for one user)")
+    args, extra = parser.parse_known_args(argv)
+
+    uri = args.tracking_uri or default_tracking_uri()
+    if not is_loopback(args.host):
+        print(
+            f"warning: --host {args.host} exposes the MLflow UI, which has no login and can modify and delete runs, "
+            "to other machines; restrict who may connect with --allowed-hosts / --cors-allowed-origins",
+            file=sys.stderr,
+        )
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    experiments = []
+    if db is not None and not db.is_file():
+        print(f"note: no MLflow DB at {db} yet; run the pipeline (make demo, make sweep) to fill it", file=sys.stderr)
+    else:
+        client = MlflowClient(uri)
+        experiments = pipeline_experiments(client, args.experiment)
+        for experiment in experiments:
+            describe_experiment(client, experiment.experiment_id)
+
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    if db is not None and "--artifacts-destination" not in extra:
+        command += ["--artifacts-destination", str(db.parent / "mlartifacts")]  # beside the DB, as the pipeline's
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}  # no GenAI job runners for a runs table
+    proc = subprocess.Popen([*command, *extra], env=env, start_new_session=True)
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    base_url = f"http://{browse_host(args.host)}:{args.port}"
+    try:
+        if not wait_healthy(base_url, proc):
+            print(f"error: the MLflow server did not answer {base_url}/health within 60 s", file=sys.stderr)
+            return proc.poll() or 1
+        print(f"MLflow UI on {base_url} over {uri} (Ctrl-C stops it)", flush=True)
+        for experiment in experiments:
+            print(f"LoRA vs full, experiment {experiment.name!r}: {comparison_url(base_url, experiment.experiment_id)}")
+        if args.experiment is not None and not experiments:
+            print(f"warning: no experiment named {args.experiment!r} in {uri}", file=sys.stderr)
+        sys.stdout.flush()
+        return proc.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(proc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The packaged all-MiniLM-L6-v2 on real data (../shared/data): the issue's command, twice, checked through MLflow."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+from sentence_transformers import SentenceTransformer
+
+from pipeline.models import model_source
+from tests.conftest import ROOT, SHARED_DATA, requires_shared_data
+
+pytestmark = [pytest.mark.slow, requires_shared_data("medquad-qa", "nanobeir-mini")]
+
+
+def _run(tmp_path):
+    cmd = [
+        sys.executable, "-m", "pipeline", "finetune=lora",
+        f"data.path={SHARED_DATA / 'medquad-qa'}", "data.train_size=256", "data.eval_size=64",
+        f"eval.dataset_id={SHARED_DATA / 'nanobeir-mini'}", "eval.datasets=[msmarco]", "train.max_steps=4",
+        "train.batch_size=32", f"tracking.uri=sqlite:///{tmp_path}/m.db", f"paths.outputs={tmp_path}/out",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_minilm_lora_on_medquad_twice(tmp_path):
+    first = _run(tmp_path)
+    assert "prepare_data  ran" in first.stdout
+    second = _run(tmp_path)
+    for stage in ("prepare_data", "baseline", "finetune", "evaluate", "model_card"):
+        assert f"{stage:<14}cached" in second.stdout, second.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    experiment = client.get_experiment_by_name("lora-vs-full")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attribute.start_time ASC"])
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    run = runs[0]
+    assert run.data.tags["method"] == "lora" and run.data.tags["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert run.data.params["data.train_size"] == "256" and run.data.params["finetune.r"] == "64"
+    metrics = run.data.metrics
+    for name in ("nanobeir_mean_ndcg_at_10", "baseline_nanobeir_mean_ndcg_at_10", "nanobeir_msmarco_ndcg_at_10"):
+        assert 0.2 < metrics[name] <= 1.0, (name, metrics[name])
+    # the second, cached run logs the same results
+    assert runs[1].data.metrics["nanobeir_mean_ndcg_at_10"] == metrics["nanobeir_mean_ndcg_at_10"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/adapter_model.safetensors", "model/adapter_config.json", "model/README.md"} <= artifacts
+    assert "model/model.safetensors" not in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
+        "evaluation/metrics.json", "evaluation/per_query.json", "evaluation/baseline",
+    }
+
+    # the adapter loads both ways and gives the same embeddings
+    adapter_dir = client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dl"))
+    texts = ["what are the symptoms of anemia?", "Anemia causes fatigue and pale skin."]
+    direct = SentenceTransformer(adapter_dir).encode(texts)
+    base = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"))
+    base.load_adapter(adapter_dir)
+    np.testing.assert_allclose(base.encode(texts), direct, atol=1e-5)

@@ -1,0 +1,235 @@
+"""`python -m pipeline.ui` end to end: the MLflow UI over a DB holding a small sweep, opened in headless Chromium.
+
+Needs Debian's `chromium` and `chromium-driver` (apt) and `selenium` (the dev extra); skipped, saying which is
+missing, elsewhere. The browser only talks to the server on 127.0.0.1. The screenshot lands in
+outputs/ui/mlflow_runs.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from pipeline.ui import (
+    DESCRIBED_TAG,
+    KIND_TAG,
+    NDCG,
+    NOTE_TAG,
+    PRIMARY_METRIC_TAG,
+    VIEW_KEY,
+    VIEW_NAME,
+    VIEW_TAG,
+    comparison_state,
+    comparison_url,
+    describe_experiment,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOT = ROOT / "outputs" / "ui" / "mlflow_runs.png"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
+WAIT_S = 60
+
+# name, method, r, alpha, NDCG@10: the three arms of a small sweep, in the shape pipeline.sweep leaves in MLflow
+JOBS = [
+    ("lora-r4-a8", "lora", 4, 8, 0.4123),
+    ("lora-r8-a16", "lora", 8, 16, 0.4567),
+    ("full", "full", 64, 128, 0.4890),  # r / alpha: the config's defaults, meaningless for a full fine-tune
+]
+BASELINE = 0.3456
+
+
+def _missing_browser() -> str | None:
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not Path(p).is_file()]
+    if missing:
+        return f"needs {' and '.join(missing)} (Debian: apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "needs selenium (pip install -e '.[dev]')"
+    return None
+
+
+browser_test = pytest.mark.skipif(_missing_browser() is not None, reason=str(_missing_browser()))
+
+
+def make_sweep_db(tmp: Path) -> tuple[str, str]:
+    """A DB like the pipeline's: experiment lora-vs-full, described, with one finished sweep of three jobs."""
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("lora-vs-full", artifact_location=(tmp / "mlartifacts").as_uri())
+    describe_experiment(client, exp_id)
+    parent = client.create_run(
+        exp_id, run_name="sweep-s1", tags={"sweep_id": "s1", "pipeline.role": "sweep", "sweep.overrides": "..."}
+    ).info.run_id
+    for name, method, r, alpha, ndcg in JOBS:
+        run_id = client.create_run(
+            exp_id, run_name=name, tags={"sweep_id": "s1", "mlflow.parentRunId": parent, "method": method}
+        ).info.run_id
+        params = {"finetune.method": method, "finetune.r": str(r), "finetune.alpha": str(alpha)}
+        trainable = 22_000_000 if method == "full" else 2 * 6 * 384 * r * 2
+        metrics = {
+            NDCG: ndcg,
+            f"baseline_{NDCG}": BASELINE,
+            "nanobeir_scifact_ndcg_at_10": ndcg + 0.01,
+            "nanobeir_msmarco_ndcg_at_10": ndcg - 0.01,
+            "trainable_params": trainable,
+        }
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in params.items()],
+        )
+        client.set_terminated(run_id, "FINISHED")
+    client.set_terminated(parent, "FINISHED")
+    return uri, exp_id
+
+
+# ---------------------------------------------------------------- without a browser
+
+
+def test_comparison_url():
+    url = comparison_url("http://127.0.0.1:5000/", "7")
+    assert url == f"http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"
+
+
+def test_describe_experiment_tags_and_idempotence(tmp_path):
+    uri, exp_id = make_sweep_db(tmp_path)
+    client = MlflowClient(uri)
+    tags = client.get_experiment(exp_id).tags
+    assert tags[KIND_TAG] == "custom_model_development" and tags[PRIMARY_METRIC_TAG] == NDCG
+    assert NDCG in tags[NOTE_TAG] and tags[DESCRIBED_TAG] == "auto"
+    view = json.loads(tags[VIEW_TAG])  # the envelope MLflow's UI writes for a saved view
+    assert view["name"] == VIEW_NAME and isinstance(view["createdAt"], int)
+    state = json.loads(view["state"])
+    assert state == comparison_state()
+    assert state["orderByKey"] == f"metrics.`{NDCG}`" and state["orderByAsc"] is False
+    assert {f"metrics.`{NDCG}`", "params.`finetune.r`", "params.`finetune.alpha`"} <= set(state["selectedColumns"])
+    # the view's filter is valid MLflow search syntax and picks the three jobs, not the sweep's parent run
+    runs = client.search_runs([exp_id], state["searchFilter"], order_by=[f"metrics.`{NDCG}` DESC"])
+    assert [r.info.run_name for r in runs] == ["full", "lora-r8-a16", "lora-r4-a8"]
+    # idempotent: nothing rewritten; a note the user wrote is kept
+    describe_experiment(client, exp_id)
+    assert client.get_experiment(exp_id).tags == tags
+    client.set_experiment_tag(exp_id, NOTE_TAG, "my own notes")
+    client.delete_experiment_tag(exp_id, DESCRIBED_TAG)
+    describe_experiment(client, exp_id)
+    assert client.get_experiment(exp_id).tags[NOTE_TAG] == "my own notes"
+
+
+# ---------------------------------------------------------------- in the browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sweep_db(tmp_path_factory) -> tuple[Path, str, str]:
+    tmp = tmp_path_factory.mktemp("ui")
+    uri, exp_id = make_sweep_db(tmp)
+    return tmp, uri, exp_id
+
+
+@pytest.fixture(scope="module")
+def ui_server(sweep_db):
+    """`python -m pipeline.ui --port <free>` over the sweep's DB, found as the default DB via PIPELINE_OUTPUTS."""
+    tmp, _, exp_id = sweep_db
+    port = free_port()
+    log = tmp / "ui.log"
+    env = {**os.environ, "PIPELINE_OUTPUTS": str(tmp), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.ui", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + WAIT_S
+        url = None
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            url = next((line.rsplit(" ", 1)[-1] for line in log.read_text().splitlines() if VIEW_KEY in line), None)
+            time.sleep(0.5)
+        assert url is not None, f"pipeline.ui printed no comparison URL within {WAIT_S} s:\n{log.read_text()}"
+        assert url == comparison_url(f"http://127.0.0.1:{port}", exp_id)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)  # pipeline.ui stops the server's process group
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--metrics-recording-only",
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # nothing but the local server resolves
+        f"--user-data-dir={profile}",
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(flag)
+    # the driver path is given: Selenium Manager (which downloads drivers) is never run
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@browser_test
+def test_runs_table_shows_the_comparison(ui_server, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(ui_server)
+    names = [name for name, *_ in JOBS]
+
+    def table_rendered(driver):
+        text = driver.find_element(By.TAG_NAME, "body").text
+        return text if all(n in text for n in names) and NDCG in text else False
+
+    try:
+        text = WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(table_rendered)
+    finally:
+        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(SCREENSHOT))
+    print(text)
