@@ -49,8 +49,8 @@ lint: ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-ui: ## MLflow UI on $(HOST):$(PORT) over the default sqlite DB
-	$(BIN)/mlflow ui --backend-store-uri "sqlite:///$(abspath $(OUTPUTS))/mlflow.db" --host $(HOST) --port $(PORT)
+ui: ## MLflow UI on $(HOST):$(PORT) over $(OUTPUTS)/mlflow.db, with the URL of the LoRA-vs-full comparison
+	PIPELINE_OUTPUTS="$(OUTPUTS)" $(BIN)/python -m pipeline.ui --host $(HOST) --port $(PORT)
 
 clean: ## remove run outputs, stage caches and the MLflow DB under $(OUTPUTS)
 	rm -rf $(OUTPUTS)

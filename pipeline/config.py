@@ -30,6 +30,11 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class EvalBackend(str, Enum):
+    sentence_transformers = "sentence_transformers"  # NanoBEIREvaluator
+    mteb = "mteb"  # mteb.evaluate on mteb's NanoBEIR tasks (pipeline.mteb_backend)
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING  # Hub id or local dir
@@ -75,7 +80,7 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     precision: Precision = Precision.auto
     eval_steps: int | None = None  # None: evaluate only at the end of training
-    save_steps: int | None = None  # None: checkpoint only at the end of training
+    save_steps: int | None = 100  # checkpoint every N steps, to resume after a kill; None: no checkpoints
     save_total_limit: int = 2
     logging_steps: int = 25
     seed: int = 12
@@ -87,6 +92,7 @@ class EvalConfig:
     datasets: list[str] | None = None  # NanoBEIR short names; None: all 13
     batch_size: int = 64
     during_training: bool = True  # run the NanoBEIR evaluator at eval_steps, as the recipe does
+    backend: EvalBackend = EvalBackend.sentence_transformers  # which library computes the evaluate stages' NDCG@10
 
 
 @dataclass

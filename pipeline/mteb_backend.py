@@ -42,6 +42,7 @@ Systematic differences from the sentence-transformers backend (`NanoBEIREvaluato
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -74,6 +75,16 @@ MTEB_TASKS = {
 }
 
 
+def task_name(short: str, human: str) -> str:
+    """mteb's task name for a set: its registered NanoBEIR task's, else `Nano<Name>Retrieval`."""
+    return MTEB_TASKS.get(short, f"Nano{human}Retrieval")
+
+
+def predictions_file(human: str) -> str:
+    """Where `evaluate_mteb` writes a set's ranked lists (top 100 per query, sentence-transformers' jsonl format)."""
+    return f"mteb_predictions_Nano{human}.jsonl"
+
+
 def mteb_version() -> str:
     import mteb
 
@@ -95,6 +106,8 @@ def load_layout_split(dataset_id: str, human: str, cache_dir: Path | None = None
     Mirrors `NanoBEIREvaluator._load_dataset`: texts of length 0 dropped, a repeated id keeps its last text (and its
     first position), every qrels row relevant; ids are made str for pytrec_eval.
     """
+    import numpy as np
+
     split = f"Nano{human}"
     if Path(dataset_id).is_dir():
         import pandas as pd
@@ -105,10 +118,8 @@ def load_layout_split(dataset_id: str, human: str, cache_dir: Path | None = None
     else:
         from datasets import load_dataset
 
-        from pipeline.fingerprint import datasets_cache
-
         def rows(config: str) -> list[dict[str, Any]]:
-            with datasets_cache(cache_dir) if cache_dir else nullcontext():
+            with _datasets_cache(cache_dir):
                 return list(load_dataset(dataset_id, config, split=split))
 
     def texts(config: str) -> dict[str, str]:
@@ -117,27 +128,25 @@ def load_layout_split(dataset_id: str, human: str, cache_dir: Path | None = None
     qrels: dict[str, set[str]] = {}
     for r in rows("qrels"):
         ids = r["corpus-id"]
-        docs = qrels.setdefault(str(r["query-id"]), set())
-        docs.update(str(d) for d in ids) if isinstance(ids, list | tuple) or hasattr(ids, "tolist") else docs.add(
-            str(ids)
-        )
+        ids = list(ids) if np.ndim(ids) == 1 else [ids]  # a list of corpus ids: all of them relevant
+        qrels.setdefault(str(r["query-id"]), set()).update(str(d) for d in ids)
     return SplitData(corpus=texts("corpus"), queries=texts("queries"), qrels=qrels)
 
 
+@functools.cache
 def _local_task_class():
     from mteb.abstasks.retrieval import AbsTaskRetrieval
 
     class LocalNanoRetrieval(AbsTaskRetrieval):
-        """An mteb retrieval task over data given to it, with the metadata of mteb's task for the same set.
+        """An mteb retrieval task over data given to it; `local_task` subclasses it with a set's metadata.
 
-        No class-level `metadata`, so mteb's task discovery never lists it; each instance carries its own.
+        (mteb wants `metadata` on the class: `unload_data` drops an instance's own.)
         """
 
         ignore_identical_ids = False  # as sentence-transformers: a document with the query's id is still ranked
         skip_first_result = False
 
-        def __init__(self, metadata, data: SplitData, **kwargs):
-            self.metadata = metadata
+        def __init__(self, data: SplitData, **kwargs):
             self._data = data
             super().__init__(**kwargs)
 
@@ -163,19 +172,23 @@ def _local_task_class():
     return LocalNanoRetrieval
 
 
-def _metadata_for(short: str, human: str, dataset_id: str):
+def local_task(metadata, data: SplitData):
+    """An mteb retrieval task with `metadata` whose data is `data` instead of what the metadata's dataset names."""
+    cls = type(metadata.name, (_local_task_class(),), {"metadata": metadata})
+    return cls(data)
+
+
+def _metadata_for(short: str, human: str, dataset_id: str, revision: str):
     """mteb's metadata for the set (its own task's, or NanoSciFact's renamed for a set mteb lacks), data local."""
     import mteb
 
-    from pipeline.fingerprint import source_fingerprint
-
     template = mteb.get_task(MTEB_TASKS.get(short, "NanoSciFactRetrieval")).metadata
     update: dict[str, Any] = {
-        "dataset": {"path": dataset_id, "revision": source_fingerprint(dataset_id)},
+        "dataset": {"path": dataset_id, "revision": revision},
         "eval_splits": [SPLIT],
     }
     if short not in MTEB_TASKS:
-        update.update(name=f"Nano{human}Retrieval", description=f"Nano{human} in the NanoBEIR layout", prompt=None)
+        update.update(name=task_name(short, human), description=f"Nano{human} in the NanoBEIR layout", prompt=None)
     return template.model_copy(update=update, deep=True)
 
 
@@ -199,9 +212,13 @@ def build_tasks(
         return {s: mteb.get_task(MTEB_TASKS[s]) for s in datasets}
     if source != "layout":
         raise ValueError(f"source={source!r}: expected auto, registered or layout")
-    local = _local_task_class()
+    from pipeline.fingerprint import source_fingerprint
+
+    revision = source_fingerprint(dataset_id)
     return {
-        s: local(_metadata_for(s, names[s], dataset_id), load_layout_split(dataset_id, names[s], cache_dir))
+        s: local_task(
+            _metadata_for(s, names[s], dataset_id, revision), load_layout_split(dataset_id, names[s], cache_dir)
+        )
         for s in datasets
     }
 
@@ -254,6 +271,26 @@ def _rng_preserved() -> Iterator[None]:
             torch.cuda.set_rng_state_all(cuda)
 
 
+def _datasets_cache(cache_dir: Path | None):
+    from pipeline.fingerprint import datasets_cache
+
+    return datasets_cache(cache_dir) if cache_dir else nullcontext()
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars while mteb maps its corpus and queries (one per set and call)."""
+    import datasets
+
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
 def _pytrec_order(results: dict[str, float]) -> list[tuple[str, float]]:
     """Documents in the order pytrec_eval ranks them: score descending, ties by doc id descending."""
     return sorted(results.items(), key=lambda item: (item[1], item[0]), reverse=True)
@@ -271,10 +308,10 @@ def run_mteb(
     """Evaluate `model` (a SentenceTransformer) with `mteb.evaluate` on the given NanoBEIR sets, no result cache."""
     import mteb
 
-    with _rng_preserved():
+    with _rng_preserved(), _quiet_datasets():
         tasks = build_tasks(dataset_id, datasets, names, source, cache_dir)
         captured = {short: _capture(task) for short, task in tasks.items()}
-        with datasets_cache_or_null(cache_dir):
+        with _datasets_cache(cache_dir):
             result = mteb.evaluate(
                 model,
                 list(tasks.values()),
@@ -295,25 +332,26 @@ def run_mteb(
         res = DatasetResult(short, name, dict(scores), got["per_query"], ranking)
         # mteb reports round(mean, 5): the captured per-query scores must be the ones it averaged
         if abs(res.ndcg_at_10 - scores["ndcg_at_10"]) > 5e-6 + 1e-9:
-            raise RuntimeError(f"mteb per-query NDCG@10 mean {res.ndcg_at_10:.6f} != its {scores['ndcg_at_10']} on {name}")
+            raise RuntimeError(
+                f"mteb per-query NDCG@10 mean {res.ndcg_at_10:.6f} != its {scores['ndcg_at_10']} on {name}"
+            )
         out[short] = res
     return out
 
 
-def datasets_cache_or_null(cache_dir: Path | None):
-    from pipeline.fingerprint import datasets_cache
-
-    return datasets_cache(cache_dir) if cache_dir else nullcontext()
-
-
 def _flat_metrics(results: dict[str, DatasetResult]) -> dict[str, float]:
-    """mteb's numeric scores per task (`<Task>_<metric>`) and their unweighted mean (`NanoBEIR_mean_<metric>`)."""
+    """mteb's numeric scores per task (`<Task>_<metric>`) and their unweighted mean (`NanoBEIR_mean_<metric>`).
+
+    Without mteb's ~90 nAUC (abstention) scores per task: they would be most of the run's MLflow metrics.
+    """
     metrics: dict[str, float] = {}
     per_metric: dict[str, list[float]] = {}
     for r in results.values():
         for key, value in r.scores.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                continue  # hf_subset, languages, and nAUCs that are NaN on degenerate sets
+                continue  # hf_subset, languages
+            if key.startswith("nauc_"):
+                continue
             metrics[f"{r.task_name}_{key}"] = float(value)
             per_metric.setdefault(key, []).append(float(value))
     n = len(results)
@@ -337,7 +375,7 @@ def evaluate_mteb(model, eval_cfg, out: Path, cache_dir: Path | None = None, sou
     per_dataset = {s: r.ndcg_at_10 for s, r in results.items()}
     per_query = {s: r.per_query for s, r in results.items()}
     for s, r in results.items():
-        with open(out / f"mteb_predictions_Nano{names[s]}.jsonl", "w") as f:
+        with open(out / predictions_file(names[s]), "w") as f:
             for q, hits in r.ranking.items():
                 hits_json = [{"corpus_id": d, "score": score} for d, score in hits]
                 f.write(json.dumps({"query_id": q, "results": hits_json}) + "\n")

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -25,6 +28,7 @@ from transformers import TrainerCallback
 
 from pipeline.config import Method
 from pipeline.dag import StageOutput
+from pipeline.fingerprint import config_hash
 
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
@@ -191,6 +195,8 @@ class PipelineRun:
         all_metrics = json.loads((output.dir / "metrics.json").read_text())
         metrics.update({f"{prefix}nanobeir/{metric_name(k)}": v for k, v in all_metrics.items()})
         self._metrics(metrics)
+        for key in ("backend", "backend_version"):  # which library computed these numbers, at which version
+            self.client.set_tag(self.run_id, f"{prefix}eval.{key}", str(r.get(key, "unknown")))
         for name in ("metrics.json", "per_query.json"):
             self.client.log_artifact(self.run_id, str(output.dir / name), artifact_path)
 
@@ -202,37 +208,81 @@ class PipelineRun:
 
 @contextmanager
 def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterator[PipelineRun]:
-    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C)."""
+    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C, SIGTERM).
+
+    The same config started again after a kill (SIGKILL leaves its run RUNNING; Ctrl-C leaves it KILLED) logs into
+    that same run, while training resumes from its last checkpoint. A lock per config, held for the whole run, tells
+    a dead run from a live one: whoever holds it is alive.
+    """
     uri = tracking_uri(cfg)
     client = client_for(uri)
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
-    run_tags = {
-        "method": Method(cfg.finetune.method).value,
-        "base_model": cfg.model.name,
-        **provenance(),
-        **(tags or {}),
-    }
-    run = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags)
-    run_id = run.info.run_id
-    params = [Param(k, v) for k, v in flat_params(cfg).items()]
-    for i in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[i : i + 100])
-    with tempfile.TemporaryDirectory() as tmp:
-        resolved = Path(tmp) / "config.yaml"
-        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        client.log_artifact(run_id, str(resolved))
+    params = flat_params(cfg)
+    key = config_hash(params)
+    locks = Path(cfg.paths.outputs).resolve() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / f"run-{key}.lock")):
+        run_id = _interrupted_run(client, exp_id, key)
+        if run_id is not None:
+            client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            client.set_tag(run_id, "resumed", "true")
+            print(f"[pipeline] resuming the interrupted MLflow run {run_id} of this config", file=sys.stderr)
+        else:
+            run_tags = {
+                "method": Method(cfg.finetune.method).value,
+                "base_model": cfg.model.name,
+                "pipeline.config_hash": key,
+                **provenance(),
+                **(tags or {}),
+            }
+            run_id = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags).info.run_id
+            batch = [Param(k, v) for k, v in params.items()]
+            for i in range(0, len(batch), 100):
+                client.log_batch(run_id, params=batch[i : i + 100])
+            with tempfile.TemporaryDirectory() as tmp:
+                resolved = Path(tmp) / "config.yaml"
+                resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                client.log_artifact(run_id, str(resolved))
+        with _sigterm_as_interrupt():
+            try:
+                yield PipelineRun(client, run_id, cfg)
+            except KeyboardInterrupt:
+                client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+                raise
+            except BaseException as error:
+                client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
+                with tempfile.TemporaryDirectory() as tmp:
+                    trace = Path(tmp) / "error.txt"
+                    trace.write_text(traceback.format_exc())
+                    client.log_artifact(run_id, str(trace))
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+                raise
+            else:
+                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _interrupted_run(client: MlflowClient, exp_id: str, key: str) -> str | None:
+    """The newest run of this config left RUNNING (its process was killed: we hold its lock now) or KILLED."""
+    runs = client.search_runs(
+        [exp_id], filter_string=f"tags.`pipeline.config_hash` = '{key}'", order_by=["attributes.start_time DESC"]
+    )
+    interrupted = [r for r in runs if r.info.status in ("RUNNING", "KILLED")]
+    return interrupted[0].info.run_id if interrupted else None
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """A scheduler's SIGTERM (preemption, scancel) ends the run KILLED, like Ctrl-C, instead of leaving it RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        yield PipelineRun(client, run_id, cfg)
-    except KeyboardInterrupt:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-        raise
-    except BaseException as error:
-        client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-        with tempfile.TemporaryDirectory() as tmp:
-            trace = Path(tmp) / "error.txt"
-            trace.write_text(traceback.format_exc())
-            client.log_artifact(run_id, str(trace))
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-        raise
-    else:
-        client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -9,13 +9,15 @@ The comparison view is an MLflow *saved view* (MLflow >= 3.17): an experiment ta
 the runs page loads from `#/experiments/<id>/runs?viewStateShareKey=<key>` and lists under *Views*. It holds the
 search facets (only the fine-tune runs, best `nanobeir_mean_ndcg_at_10` first, which also flattens the sweep parent /
 child nesting) and the visible columns (the NDCG metric, method, r, alpha, trainable parameters, sweep id).
-`describe_experiment` writes it, with the experiment's description (`mlflow.note.content`), its kind (so that MLflow
-opens it on the runs table, not on GenAI traces) and its primary metric (the first chart of the chart view).
+`describe_experiment` writes it, with the experiment's description (`mlflow.note.content`) and its kind (a model
+training experiment: MLflow opens it on its runs, not on GenAI traces). The URL also picks the *Model training* sidebar
+(`workflowType=machine_learning`).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import ipaddress
 import json
 import os
@@ -27,6 +29,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 NDCG = "nanobeir_mean_ndcg_at_10"
@@ -35,10 +38,20 @@ VIEW_NAME = "LoRA vs full (NDCG@10)"  # as listed under Views
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
-PRIMARY_METRIC_TAG = "mlflow.experiment.primaryMetric.name"
-DESCRIBED_TAG = "pipeline.description"  # set when the note is ours, so that a user's own note is never overwritten
+NOTE_HASH_TAG = "pipeline.note_sha1"  # of the note written here: a note the user wrote or edited is never overwritten
 PIPELINE_RUNS = "tags.method LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
 HEALTH_TIMEOUT_S = 60.0
+COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across the Metrics / Parameters groups
+    "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha> / full
+    f"metrics.`{NDCG}`": 200,
+    "params.`finetune.method`": 125,
+    "params.`finetune.r`": 90,
+    "params.`finetune.alpha`": 110,
+    "metrics.`trainable_params`": 130,
+    "tags.`sweep_id`": 110,
+    "runDateAndNestInfo": 135,  # "Created"
+    "duration": None,
+}
 
 NOTE = f"""\
 ### Is a LoRA adapter as good as a full fine-tune, and at which rank?
@@ -67,18 +80,9 @@ def comparison_state() -> dict:
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
         # UI state
-        "selectedColumns": [
-            f"metrics.`{NDCG}`",
-            f"metrics.`baseline_{NDCG}`",
-            "metrics.`trainable_params`",
-            "params.`finetune.method`",
-            "params.`finetune.r`",
-            "params.`finetune.alpha`",
-            "tags.`sweep_id`",
-            "attributes.`Duration`",
-        ],
-        "columnOrder": [],
-        "columnWidths": {},
+        "selectedColumns": [c for c in COLUMNS if c.startswith(("metrics.", "params.", "tags."))],
+        "columnOrder": list(COLUMNS),  # the NDCG, then what the runs vary
+        "columnWidths": {c: w for c, w in COLUMNS.items() if w is not None},
         "runsHiddenMode": "FIRST_10_RUNS",  # the charts show the 10 best runs
         "viewMaximized": False,
         "runListHidden": False,
@@ -92,11 +96,12 @@ def comparison_state() -> dict:
 
 def comparison_url(base_url: str, experiment_id: str) -> str:
     """The experiment's runs table in the comparison view (needs `describe_experiment` run on the experiment)."""
-    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={VIEW_KEY}"
+    query = f"viewStateShareKey={VIEW_KEY}&workflowType=machine_learning"  # the sidebar of training, not GenAI
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def describe_experiment(client: MlflowClient, experiment_id: str) -> None:
-    """Make the experiment explain itself and open on the comparison: kind, primary metric, saved view, description.
+    """Make the experiment explain itself and open on the comparison: its kind, the saved view, a description.
 
     Idempotent (tags are only written when they change) and safe to call on every run; a description the user wrote
     is kept.
@@ -109,17 +114,22 @@ def describe_experiment(client: MlflowClient, experiment_id: str) -> None:
         created, unchanged = int(old["createdAt"]), old.get("state") == state and old.get("name") == VIEW_NAME
     except (ValueError, KeyError, TypeError):
         created, unchanged = now, False
-    wanted = {PRIMARY_METRIC_TAG: NDCG}
+    wanted = {}
     if not tags.get(KIND_TAG):
         wanted[KIND_TAG] = "custom_model_development"
     if not unchanged:
         view = {"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": state}
         wanted[VIEW_TAG] = json.dumps(view, separators=(",", ":"))
-    if not tags.get(NOTE_TAG, "").strip() or tags.get(DESCRIBED_TAG) == "auto":
-        wanted.update({NOTE_TAG: NOTE, DESCRIBED_TAG: "auto"})
+    note = tags.get(NOTE_TAG, "")
+    if not note.strip() or _sha1(note) == tags.get(NOTE_HASH_TAG):
+        wanted.update({NOTE_TAG: NOTE, NOTE_HASH_TAG: _sha1(NOTE)})
     for key, value in wanted.items():
         if tags.get(key) != value:
             client.set_experiment_tag(experiment_id, key, value)
+
+
+def _sha1(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------- server
@@ -213,7 +223,10 @@ def main(argv: list[str] | None = None) -> int:
         client = MlflowClient(uri)
         experiments = pipeline_experiments(client, args.experiment)
         for experiment in experiments:
-            describe_experiment(client, experiment.experiment_id)
+            try:
+                describe_experiment(client, experiment.experiment_id)
+            except MlflowException as error:  # the UI is still worth serving
+                print(f"warning: could not set up the comparison view of {experiment.name!r}: {error}", file=sys.stderr)
 
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]

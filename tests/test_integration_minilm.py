@@ -19,10 +19,19 @@ pytestmark = [pytest.mark.slow, requires_shared_data("medquad-qa", "nanobeir-min
 
 def _run(tmp_path):
     cmd = [
-        sys.executable, "-m", "pipeline", "finetune=lora",
-        f"data.path={SHARED_DATA / 'medquad-qa'}", "data.train_size=256", "data.eval_size=64",
-        f"eval.dataset_id={SHARED_DATA / 'nanobeir-mini'}", "eval.datasets=[msmarco]", "train.max_steps=4",
-        "train.batch_size=32", f"tracking.uri=sqlite:///{tmp_path}/m.db", f"paths.outputs={tmp_path}/out",
+        sys.executable,
+        "-m",
+        "pipeline",
+        "finetune=lora",
+        f"data.path={SHARED_DATA / 'medquad-qa'}",
+        "data.train_size=256",
+        "data.eval_size=64",
+        f"eval.dataset_id={SHARED_DATA / 'nanobeir-mini'}",
+        "eval.datasets=[msmarco]",
+        "train.max_steps=4",
+        "train.batch_size=32",
+        f"tracking.uri=sqlite:///{tmp_path}/m.db",
+        f"paths.outputs={tmp_path}/out",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -54,7 +63,9 @@ def test_minilm_lora_on_medquad_twice(tmp_path):
     assert {"model/adapter_model.safetensors", "model/adapter_config.json", "model/README.md"} <= artifacts
     assert "model/model.safetensors" not in artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")} >= {
-        "evaluation/metrics.json", "evaluation/per_query.json", "evaluation/baseline",
+        "evaluation/metrics.json",
+        "evaluation/per_query.json",
+        "evaluation/baseline",
     }
 
     # the adapter loads both ways and gives the same embeddings

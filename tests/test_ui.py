@@ -22,11 +22,10 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from pipeline.ui import (
-    DESCRIBED_TAG,
     KIND_TAG,
     NDCG,
+    NOTE_HASH_TAG,
     NOTE_TAG,
-    PRIMARY_METRIC_TAG,
     VIEW_KEY,
     VIEW_NAME,
     VIEW_TAG,
@@ -41,12 +40,14 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 60
 
-# name, method, r, alpha, NDCG@10: the three arms of a small sweep, in the shape pipeline.sweep leaves in MLflow
+# name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.sweep leaves in MLflow
 JOBS = [
     ("lora-r4-a8", "lora", 4, 8, 0.4123),
+    ("lora-r64-a128", "lora", 64, 128, None),
     ("lora-r8-a16", "lora", 8, 16, 0.4567),
     ("full", "full", 64, 128, 0.4890),  # r / alpha: the config's defaults, meaningless for a full fine-tune
 ]
+BEST_FIRST = ["full", "lora-r8-a16", "lora-r4-a8", "lora-r64-a128"]  # by NDCG@10; the failed job, without one, last
 BASELINE = 0.3456
 
 
@@ -65,7 +66,7 @@ browser_test = pytest.mark.skipif(_missing_browser() is not None, reason=str(_mi
 
 
 def make_sweep_db(tmp: Path) -> tuple[str, str]:
-    """A DB like the pipeline's: experiment lora-vs-full, described, with one finished sweep of three jobs."""
+    """A DB like the pipeline's: experiment lora-vs-full, described, with a sweep of four jobs, one failed."""
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp_id = client.create_experiment("lora-vs-full", artifact_location=(tmp / "mlartifacts").as_uri())
@@ -78,6 +79,11 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
             exp_id, run_name=name, tags={"sweep_id": "s1", "mlflow.parentRunId": parent, "method": method}
         ).info.run_id
         params = {"finetune.method": method, "finetune.r": str(r), "finetune.alpha": str(alpha)}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        if ndcg is None:
+            client.set_tag(run_id, "error", "OutOfMemoryError: CUDA out of memory")
+            client.set_terminated(run_id, "FAILED")
+            continue
         trainable = 22_000_000 if method == "full" else 2 * 6 * 384 * r * 2
         metrics = {
             NDCG: ndcg,
@@ -86,11 +92,7 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
             "nanobeir_msmarco_ndcg_at_10": ndcg - 0.01,
             "trainable_params": trainable,
         }
-        client.log_batch(
-            run_id,
-            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-            params=[Param(k, v) for k, v in params.items()],
-        )
+        client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
         client.set_terminated(run_id, "FINISHED")
     client.set_terminated(parent, "FINISHED")
     return uri, exp_id
@@ -101,31 +103,48 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
 
 def test_comparison_url():
     url = comparison_url("http://127.0.0.1:5000/", "7")
-    assert url == f"http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}"
+    assert url.startswith(f"http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}")
 
 
-def test_describe_experiment_tags_and_idempotence(tmp_path):
-    uri, exp_id = make_sweep_db(tmp_path)
+@pytest.fixture(scope="module")
+def sweep_db(tmp_path_factory) -> tuple[Path, str, str]:
+    """One DB for the module (creating an MLflow DB takes seconds); other tests add experiments of their own."""
+    tmp = tmp_path_factory.mktemp("ui")
+    uri, exp_id = make_sweep_db(tmp)
+    return tmp, uri, exp_id
+
+
+def test_describe_experiment_tags_and_idempotence(sweep_db):
+    _, uri, exp_id = sweep_db
     client = MlflowClient(uri)
     tags = client.get_experiment(exp_id).tags
-    assert tags[KIND_TAG] == "custom_model_development" and tags[PRIMARY_METRIC_TAG] == NDCG
-    assert NDCG in tags[NOTE_TAG] and tags[DESCRIBED_TAG] == "auto"
+    assert tags[KIND_TAG] == "custom_model_development"
+    assert NDCG in tags[NOTE_TAG] and NOTE_HASH_TAG in tags
     view = json.loads(tags[VIEW_TAG])  # the envelope MLflow's UI writes for a saved view
     assert view["name"] == VIEW_NAME and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
     assert state == comparison_state()
     assert state["orderByKey"] == f"metrics.`{NDCG}`" and state["orderByAsc"] is False
     assert {f"metrics.`{NDCG}`", "params.`finetune.r`", "params.`finetune.alpha`"} <= set(state["selectedColumns"])
-    # the view's filter is valid MLflow search syntax and picks the three jobs, not the sweep's parent run
+    # the view's filter is valid MLflow search syntax and picks the jobs, not the sweep's parent run
     runs = client.search_runs([exp_id], state["searchFilter"], order_by=[f"metrics.`{NDCG}` DESC"])
-    assert [r.info.run_name for r in runs] == ["full", "lora-r8-a16", "lora-r4-a8"]
-    # idempotent: nothing rewritten; a note the user wrote is kept
-    describe_experiment(client, exp_id)
+    assert [r.info.run_name for r in runs] == BEST_FIRST
+    describe_experiment(client, exp_id)  # idempotent: nothing rewritten
     assert client.get_experiment(exp_id).tags == tags
-    client.set_experiment_tag(exp_id, NOTE_TAG, "my own notes")
-    client.delete_experiment_tag(exp_id, DESCRIBED_TAG)
-    describe_experiment(client, exp_id)
-    assert client.get_experiment(exp_id).tags[NOTE_TAG] == "my own notes"
+
+
+def test_describe_experiment_keeps_what_the_user_set(sweep_db):
+    client = MlflowClient(sweep_db[1])
+    edited = client.create_experiment("edited-note")
+    describe_experiment(client, edited)
+    note = client.get_experiment(edited).tags[NOTE_TAG]
+    client.set_experiment_tag(edited, NOTE_TAG, note + "\nmy own notes")
+    describe_experiment(client, edited)
+    assert client.get_experiment(edited).tags[NOTE_TAG] == note + "\nmy own notes"
+    genai = client.create_experiment("genai", tags={KIND_TAG: "genai_development", NOTE_TAG: "mine"})
+    describe_experiment(client, genai)
+    tags = client.get_experiment(genai).tags
+    assert tags[KIND_TAG] == "genai_development" and tags[NOTE_TAG] == "mine" and VIEW_TAG in tags
 
 
 # ---------------------------------------------------------------- in the browser
@@ -135,13 +154,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def sweep_db(tmp_path_factory) -> tuple[Path, str, str]:
-    tmp = tmp_path_factory.mktemp("ui")
-    uri, exp_id = make_sweep_db(tmp)
-    return tmp, uri, exp_id
 
 
 @pytest.fixture(scope="module")
@@ -215,21 +227,64 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+ROWS_JS = """
+const rows = {};
+for (const cell of document.querySelectorAll('.ag-row .ag-cell[col-id]')) {
+  const row = cell.closest('.ag-row').getAttribute('row-index');
+  const lines = cell.innerText.trim().split('\\n');  // the run name cell starts with its color swatch
+  (rows[row] = rows[row] || {})[cell.getAttribute('col-id')] = lines[lines.length - 1].trim();
+}
+return rows;
+"""
+VISIBLE_JS = """
+const grid = document.querySelector('.ag-root-wrapper').getBoundingClientRect();
+const shown = {};
+for (const cell of document.querySelectorAll('.ag-header-cell[col-id]')) {
+  const r = cell.getBoundingClientRect();
+  shown[cell.getAttribute('col-id')] = r.width > 0 && r.left >= grid.left - 1 && r.right <= grid.right + 1;
+}
+return shown;
+"""
+NAME, METHOD, R, ALPHA = (
+    "attributes.`Run Name`",
+    "params.`finetune.method`",
+    "params.`finetune.r`",
+    "params.`finetune.alpha`",
+)
+SCORE = f"metrics.`{NDCG}`"
+
+
 @browser_test
 def test_runs_table_shows_the_comparison(ui_server, browser):
+    """The printed URL opens the runs table on the comparison: the jobs best first, NDCG, method, r, alpha in sight."""
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(ui_server)
-    names = [name for name, *_ in JOBS]
 
-    def table_rendered(driver):
-        text = driver.find_element(By.TAG_NAME, "body").text
-        return text if all(n in text for n in names) and NDCG in text else False
+    seen = []
+
+    def table(driver):
+        rows = driver.execute_script(ROWS_JS)
+        seen[:] = [rows[k] for k in sorted(rows, key=int)]
+        return seen if [r.get(NAME) for r in seen] == BEST_FIRST and all(r.get(SCORE) for r in seen) else False
 
     try:
-        text = WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(table_rendered)
+        rows = WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(table)
+        time.sleep(1)  # let the column widths settle for the screenshot
+    except TimeoutException:
+        pytest.fail(f"within {WAIT_S} s the runs table did not list {BEST_FIRST} with {NDCG}; it showed {seen}")
     finally:
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
-    print(text)
+    jobs = {name: (method, r, alpha, ndcg) for name, method, r, alpha, ndcg in JOBS}
+    for row in rows:
+        method, r, alpha, ndcg = jobs[row[NAME]]
+        assert (row[METHOD], row[R], row[ALPHA]) == (method, str(r), str(alpha)), row
+        assert row[SCORE] == ("-" if ndcg is None else f"{ndcg:g}"), row
+    assert "sweep-s1" not in browser.find_element(By.TAG_NAME, "body").text  # the parent run is filtered out
+    visible = browser.execute_script(VISIBLE_JS)
+    assert all(visible.get(c) for c in (NAME, SCORE, METHOD, R, ALPHA)), visible  # in sight without scrolling
+    headers = {e.get_attribute("col-id"): e.text for e in browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell")}
+    assert headers[SCORE] == NDCG and headers[R] == "finetune.r" and headers[ALPHA] == "finetune.alpha"

@@ -30,7 +30,11 @@ CASES = {
     "batch size one": (["train.batch_size=1"], "train.batch_size=1", "in-batch negatives need a batch size >= 2"),
     "max steps negative": (["train.max_steps=-5"], "train.max_steps=-5", ">= 1"),
     "tracking uri": (["tracking.uri=nosuchscheme://x"], "tracking.uri=nosuchscheme://x", "use one of sqlite://"),
-    "tracking dir": (["tracking.uri=sqlite:////proc/nope/m.db"], "tracking.uri=sqlite:////proc/nope/m.db", "cannot be opened"),
+    "tracking dir": (
+        ["tracking.uri=sqlite:////proc/nope/m.db"],
+        "tracking.uri=sqlite:////proc/nope/m.db",
+        "cannot be opened",
+    ),
     "unknown experiment": (["experiment=nope"], "experiment=nope", "allowed: "),
     "unknown key": (["train.nosuchkey=1"], "nosuchkey", "TrainConfig"),
 }
@@ -42,13 +46,22 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
     overrides = [o.format(qa=tiny_qa) for o in overrides]
     outputs = tmp_path / "outputs"
     base = [
-        f"model.name={tiny_model}", f"data.path={tiny_qa}", "data.eval_size=8", "data.train_size=16",
-        f"eval.dataset_id={tiny_nanobeir}", "eval.datasets=[scifact]", f"paths.outputs={outputs}",
+        f"model.name={tiny_model}",
+        f"data.path={tiny_qa}",
+        "data.eval_size=8",
+        "data.train_size=16",
+        f"eval.dataset_id={tiny_nanobeir}",
+        "eval.datasets=[scifact]",
+        f"paths.outputs={outputs}",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *base, *overrides], cwd=ROOT, env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "pipeline", *base, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=300,
     )
     assert proc.returncode != 0

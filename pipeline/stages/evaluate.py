@@ -11,10 +11,11 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import pytrec_eval
+import sentence_transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator, nano_beir
 
-from pipeline.config import EvalConfig, ModelConfig
+from pipeline.config import EvalBackend, EvalConfig, ModelConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import model_source
 
@@ -62,7 +63,12 @@ def evaluate(
     """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers.
 
     `evaluator`: one built by `build_evaluator(eval_cfg, write_predictions=True)`, to reuse across models.
+    `eval_cfg.backend=mteb`: the same numbers and files through mteb (`pipeline.mteb_backend`).
     """
+    if EvalBackend(getattr(eval_cfg, "backend", EvalBackend.sentence_transformers)) == EvalBackend.mteb:
+        from pipeline.mteb_backend import evaluate_mteb
+
+        return evaluate_mteb(model, eval_cfg, out, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         with datasets_cache(cache_dir) if cache_dir else nullcontext():
@@ -89,6 +95,8 @@ def evaluate(
         "score_function": score_function,
         "dataset_id": eval_cfg.dataset_id,
         "queries": {k: len(v) for k, v in per_query.items()},
+        "backend": EvalBackend.sentence_transformers.value,
+        "backend_version": sentence_transformers.__version__,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "per_query.json").write_text(json.dumps(per_query, indent=2))

@@ -6,6 +6,7 @@ Reads like sentence-transformers' training_gooaq_lora.py, with the values from t
 from __future__ import annotations
 
 import json
+import shutil
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
 from pipeline.fingerprint import datasets_cache
@@ -126,13 +127,14 @@ def finetune(
         evaluator=evaluator,
         callbacks=callbacks,
     )
-    last_checkpoint = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
     # 9. Save the trained model: the adapter alone for LoRA, every weight for the full arm
     model.save_pretrained(str(out / "model"))
     reload_diff = _reload_difference(model, out / "model", train_dataset[: min(8, len(train_dataset))])
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # checkpoints only serve a resume; the model is saved
 
     weights = out / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
     summary = {
@@ -167,3 +169,20 @@ def _reload_difference(model: SentenceTransformer, saved: Path, rows: dict) -> f
     if diff > 1e-4:
         raise RuntimeError(f"the saved model at {saved} does not reproduce the trained one (max |diff| {diff:.2e})")
     return diff
+
+
+def last_complete_checkpoint(checkpoints: Path) -> str | None:
+    """The newest checkpoint a kill did not interrupt; half-written ones (no trainer_state.json yet) are removed.
+
+    The Trainer writes trainer_state.json last: a process killed while saving leaves a checkpoint dir without it.
+    """
+    if not checkpoints.is_dir():
+        return None
+    found = sorted(checkpoints.glob(f"{PREFIX_CHECKPOINT_DIR}-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]))
+    for checkpoint in reversed(found):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return str(checkpoint)
+        except (OSError, ValueError):  # missing or cut short
+            shutil.rmtree(checkpoint)
+    return None

@@ -1,0 +1,124 @@
+"""Faults: a SIGKILLed training resumes into the same MLflow run; damaged cache entries are rebuilt; run states."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.dag import is_complete, run_dag
+from tests.conftest import ROOT, tiny_overrides
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + [
+        f"finetune={method}",
+        "train.max_steps=300",
+        "train.save_steps=20",
+        "train.eval_steps=null",
+        "train.logging_steps=10",
+    ]
+    cmd = [sys.executable, "-m", "pipeline", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
+    deadline = time.time() + 600
+    while not list(finetune_cache.glob("*.partial/checkpoints/checkpoint-40")):
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (killed,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert run.info.run_id == killed.info.run_id
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.tags["resumed_from"].startswith("checkpoint-")
+    # checkpoint-40 may have been half-written when the kill came: then it resumes from checkpoint-20
+    assert int(run.data.tags["resumed_from"].split("-")[1]) >= 20
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert steps[0] == 1 and steps[-1] == 300
+    (final,) = [p for p in finetune_cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+    assert not (final / "checkpoints").exists()
+
+
+def test_damaged_cache_entry_is_rebuilt(tiny_cfg):
+    cfg = tiny_cfg(["finetune=full", "run.until=prepare_data"])
+    first = run_dag(cfg)["prepare_data"]
+    assert is_complete(first.dir)
+    # a file removed: the manifest no longer matches, the entry is rebuilt, never used
+    victim = next(p for p in first.dir.rglob("*.arrow"))
+    victim.unlink()
+    assert not is_complete(first.dir)
+    again = run_dag(cfg)["prepare_data"]
+    assert again.status == "ran" and is_complete(again.dir) and victim.exists()
+    # the marker missing: likewise
+    (again.dir / "_SUCCESS.json").unlink()
+    assert run_dag(cfg)["prepare_data"].status == "ran"
+    # a leftover partial dir of a crashed process is not mistaken for an output
+    partial = again.dir.with_name(again.dir.name + ".partial")
+    partial.mkdir()
+    (partial / "junk").write_text("half-written")
+    assert run_dag(cfg)["prepare_data"].status == "cached"
+
+
+def test_two_processes_never_both_compute_a_stage(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """Two processes start the same baseline stage at once: one computes it, the other waits and reuses it."""
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + ["run.until=baseline"]
+    code = (
+        "import json, sys; from tests.conftest import compose_config; from pipeline.dag import run_dag; "
+        "out = run_dag(compose_config(sys.argv[1:])); print(json.dumps({k: v.status for k, v in out.items()}))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    statuses = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1])["baseline"] for p in procs]
+    assert sorted(statuses) == ["cached", "ran"]
+
+
+def test_exception_ends_the_run_failed_with_its_error(tiny_cfg):
+    from pipeline.app import run
+
+    cfg = tiny_cfg(["finetune.target_modules=[no_such_module]"])
+    with pytest.raises(ValueError, match="no_such_module"):
+        run(cfg)
+    client = MlflowClient(f"sqlite:///{cfg.paths.outputs}/../mlflow.db")
+    (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert r.info.status == "FAILED" and "no_such_module" in r.data.tags["error"]
+    assert r.data.metrics["baseline_nanobeir_mean_ndcg_at_10"] >= 0  # what was written before the failure stays
+    assert "error.txt" in {a.path for a in client.list_artifacts(r.info.run_id)}
+
+
+def test_ctrl_c_ends_the_run_killed(tiny_cfg, monkeypatch):
+    import pipeline.stages.finetune as finetune_module
+    from pipeline.app import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_module.SentenceTransformerTrainer, "train", interrupted)
+    cfg = tiny_cfg()
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    client = MlflowClient(f"sqlite:///{cfg.paths.outputs}/../mlflow.db")
+    (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert r.info.status == "KILLED"
+    assert "baseline_nanobeir_mean_ndcg_at_10" in r.data.metrics
