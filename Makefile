@@ -14,7 +14,7 @@ PORT        ?= 5000
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo run sweep compare test test-fast lint ui clean
+.PHONY: help install demo run sweep compare reproduce reproduce-mini test test-fast lint ui clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,14 @@ sweep: ## LoRA r x alpha grid plus the full arm: make sweep SWEEP_ARGS="finetune
 
 compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
 	$(BIN)/python -m pipeline.compare $(COMPARE_ARGS)
+
+reproduce: ## the paper: both arms of bert-base-uncased on 1M GooAQ pairs, then the comparison (GPU + Hub)
+	$(BIN)/python -m pipeline -m experiment=paper_lora,paper_full $(ARGS)
+	$(BIN)/python -m pipeline.compare --experiment paper
+
+reproduce-mini: ## the paper recipe scaled to 2 CPU cores (needs ../shared/data), then the comparison
+	$(BIN)/python -m pipeline -m experiment=mini_paper_lora,mini_paper_full $(ARGS)
+	$(BIN)/python -m pipeline.compare --experiment mini_paper --out docs/mini_paper
 
 test: ## the whole test suite (the CI command)
 	$(BIN)/python -m pytest -q

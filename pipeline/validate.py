@@ -233,9 +233,14 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
         return
     from pipeline.sweep import is_relative_alpha
 
-    args = [
-        a for a in argv if not a.startswith("-") and not a.lstrip("+~").startswith("hydra") and not is_relative_alpha(a)
-    ]
+    with_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+    args, skip = [], False
+    for a in argv:
+        if skip or a in with_value:  # a flag's value is no override
+            skip = not skip
+            continue
+        if not a.startswith("-") and not a.lstrip("+~").startswith("hydra") and not is_relative_alpha(a):
+            args.append(a)
     try:
         parsed = OverridesParser.create().parse_overrides(args)
     except HydraException as error:

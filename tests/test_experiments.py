@@ -1,0 +1,123 @@
+"""The experiment configs encode their recipes exactly, and the launcher / search configs compose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import ROOT, compose_config
+
+PAPER = {
+    "model.name": "google-bert/bert-base-uncased",
+    "model.card_language": "en",
+    "model.card_license": "apache-2.0",
+    "data.path": "sentence-transformers/gooaq",
+    "data.eval_size": 10_000,
+    "data.seed": 12,
+    "data.train_size": 1_000_000,
+    "train.loss": "cached_mnrl",
+    "train.mini_batch_size": 32,
+    "train.epochs": 1.0,
+    "train.max_steps": None,
+    "train.batch_size": 1024,
+    "train.eval_batch_size": 1024,
+    "train.lr": 2e-5,
+    "train.warmup_ratio": 0.1,
+    "train.precision": "bf16",
+    "train.eval_steps": 100,
+    "train.save_steps": 100,
+    "train.save_total_limit": 2,
+    "train.logging_steps": 25,
+    "eval.dataset_id": "sentence-transformers/NanoBEIR-en",
+    "eval.datasets": None,  # all 13
+    "eval.during_training": True,
+}
+LORA = {"finetune.method": "lora", "finetune.r": 64, "finetune.alpha": 128, "finetune.dropout": 0.1,
+        "finetune.target_modules": None}
+
+
+def _values(cfg, keys):
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    out = {}
+    for key in keys:
+        node = container
+        for part in key.split("."):
+            node = node[part]
+        out[key] = node
+    return out
+
+
+@pytest.mark.parametrize(
+    "experiment, expected",
+    [
+        ("paper_lora", {**PAPER, **LORA, "model.card_model_name": "bert-base-uncased adapter finetuned on GooAQ pairs"}),
+        ("paper_full", {**PAPER, "finetune.method": "full", "model.card_model_name": "bert-base-uncased finetuned on GooAQ pairs"}),
+        ("paper_lora_mnrl", {**PAPER, **LORA, "train.loss": "mnrl"}),
+        ("paper_full_mnrl", {**PAPER, "finetune.method": "full", "train.loss": "mnrl"}),
+    ],
+)
+def test_paper_experiments_encode_the_recipe(experiment, expected):
+    cfg = compose_config([f"experiment={experiment}"])
+    assert _values(cfg, expected) == expected
+
+
+def test_peft_default_targets_for_bert_are_query_value():
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    assert set(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING["bert"]) == {"query", "value"}
+
+
+@pytest.mark.parametrize("experiment", ["mini_paper_lora", "mini_paper_full", "demo"])
+def test_scaled_experiments_keep_the_recipe_but_the_size(experiment):
+    cfg = compose_config([f"experiment={experiment}"])
+    assert cfg.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert cfg.train.loss == "cached_mnrl" and cfg.train.warmup_ratio == 0.1
+    assert cfg.train.precision in ("auto",) or experiment == "demo"
+
+
+@pytest.mark.parametrize(
+    "launcher, key, value",
+    [
+        ("submitit_slurm", "_target_", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("slurm", "gpus_per_node", "1"),
+        ("joblib", "_target_", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ],
+)
+def test_launcher_configs_compose(launcher, key, value):
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sweep=lora_grid", f"hydra/launcher={launcher}", "--cfg", "hydra"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    launcher_cfg = OmegaConf.create(out.stdout)["hydra"]["launcher"]
+    assert str(launcher_cfg[key]) == value
+    assert OmegaConf.create(out.stdout)["hydra"]["sweeper"]["_target_"].endswith("LoraVsFullSweeper")
+
+
+def test_optuna_search_maximises_ndcg():
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "hparams_search=optuna", "--cfg", "hydra"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    sweeper = OmegaConf.create(out.stdout)["hydra"]["sweeper"]
+    assert sweeper["direction"] == "maximize"
+    assert set(sweeper["params"]) == {"finetune.r", "finetune.alpha", "train.lr"}
+
+
+def test_ray_launcher_config_composes():
+    pytest.importorskip(
+        "hydra_plugins.hydra_ray_launcher",
+        reason="hydra-ray-launcher is not installed: it pins cloudpickle<3, which conflicts with joblib>=1.5 (our "
+        "joblib launcher), so it belongs in a cluster environment: pip install hydra-ray-launcher",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "sweep=lora_grid", "hydra/launcher=ray", "--cfg", "hydra"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert OmegaConf.create(out.stdout)["hydra"]["launcher"]["_target_"].endswith("RayLauncher")
