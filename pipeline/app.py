@@ -43,6 +43,8 @@ def run(cfg: DictConfig) -> float | None:
     device, precision = device_and_precision(cfg.train.precision.value)
     uri = tracking_uri(cfg)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
+    if cfg.model.trust_remote_code:
+        print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
     tags = {"device": device, "precision": precision}
     sweep = _sweep_of_this_job()
     if sweep is not None:  # a job of a multirun: a child of the sweep's parent run

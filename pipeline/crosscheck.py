@@ -1,7 +1,7 @@
 """Evaluate one model with both backends on the same NanoBEIR data and compare their NDCG@10, dataset by dataset.
 
     python -m pipeline.crosscheck --model PATH_OR_ID --dataset-id DIR_OR_HUB_ID --datasets scifact,msmarco \\
-        [--max-seq-length N] [--batch-size 64] [--tolerance 1e-6] [--tie-eps 1e-6] [--out DIR]
+        [--max-seq-length N] [--batch-size 64] [--tolerance 1e-6] [--tie-eps 1e-6] [--strict] [--out DIR]
 
 Both backends get the same `SentenceTransformer` (so the same max_seq_length and similarity function) and read the
 same files: mteb runs its retrieval evaluation on tasks built from `--dataset-id` as sentence-transformers reads it
@@ -11,8 +11,9 @@ On identical data the two agree exactly except for one known, systematic differe
 (sentence-transformers: ascending corpus id; mteb through pytrec_eval: descending). A query whose NDCG@10 differs is
 "tie-order" when ranking both backends' lists with tied scores (within --tie-eps) in one canonical order gives both
 the same NDCG@10; any other difference is unexplained. The check fails (exit 1) when, per dataset, the difference
-left after putting the tie-order queries back at sentence-transformers' score exceeds --tolerance, or when the two
-backends scored different queries.
+left after putting the tie-order queries back at sentence-transformers' score exceeds --tolerance, when any query
+differs unexplained (even if differences cancel in the mean), or when the two backends scored different queries.
+With --strict, tie-order differences fail too: the raw |mteb - st| must be within --tolerance.
 
 Tolerance 1e-6: with the same embeddings and rankings, the per-query NDCG@10s are the same numbers and the dataset
 means differ only by float64 summation order (~1e-16). The smallest change one swapped pair of documents can make to
@@ -90,8 +91,10 @@ class Comparison:
     def diff(self) -> float:
         return self.mteb - self.st
 
-    def ok(self, tolerance: float) -> bool:
-        return not self.problems and abs(self.residual) <= tolerance
+    def ok(self, tolerance: float, strict: bool = False) -> bool:
+        if strict and abs(self.diff) > tolerance:
+            return False
+        return not self.problems and not self.unexplained and abs(self.residual) <= tolerance
 
 
 def compare_dataset(
@@ -134,7 +137,7 @@ def compare_dataset(
     return c
 
 
-def format_table(rows: list[Comparison], tolerance: float) -> str:
+def format_table(rows: list[Comparison], tolerance: float, strict: bool = False) -> str:
     header = (
         f"{'dataset':<16}{'queries':>8}{'sentence_transformers':>23}{'mteb':>12}{'mteb - st':>12}"
         f"{'mteb rounded':>14}{'tie-order q':>13}{'unexplained q':>15}  status"
@@ -144,7 +147,7 @@ def format_table(rows: list[Comparison], tolerance: float) -> str:
         rounded = f"{c.mteb_rounded:.5f}" if c.mteb_rounded is not None else "-"
         lines.append(
             f"{c.dataset:<16}{c.queries:>8}{c.st:>23.6f}{c.mteb:>12.6f}{c.diff:>+12.2e}{rounded:>14}"
-            f"{len(c.tie_order):>13}{len(c.unexplained):>15}  {'ok' if c.ok(tolerance) else 'DIFFERS'}"
+            f"{len(c.tie_order):>13}{len(c.unexplained):>15}  {'ok' if c.ok(tolerance, strict) else 'DIFFERS'}"
         )
     if rows:
         st_mean = sum(c.st for c in rows) / len(rows)
@@ -163,6 +166,7 @@ def crosscheck(
     tie_eps: float = TIE_EPS,
     out: Path | None = None,
     mteb_source: str = "layout",
+    strict: bool = False,
 ) -> tuple[list[Comparison], str]:
     """Run both backends on `model_name` (a name or dir, or a loaded SentenceTransformer); return the per-dataset
     comparisons and the printed report."""
@@ -209,7 +213,7 @@ def crosscheck(
         f"backends: sentence_transformers {st['backend_version']} vs mteb {mt['backend_version']} "
         f"(mteb tasks: {mteb_source}); tolerance {tolerance:g}, tie eps {tie_eps:g}",
         "",
-        format_table(rows, tolerance),
+        format_table(rows, tolerance, strict),
     ]
     if any(c.tie_order for c in rows):
         report.append(
@@ -232,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--tolerance", type=float, default=TOLERANCE, help="max |mteb - st| per dataset, after ties")
     parser.add_argument("--tie-eps", type=float, default=TIE_EPS, help="scores this close count as tied")
+    parser.add_argument("--strict", action="store_true", help="fail on tie-order differences too")
     parser.add_argument("--out", type=Path, default=None, help="keep both backends' outputs here (default: temp)")
     parser.add_argument("--mteb-source", choices=("layout", "registered", "auto"), default="layout")
     args = parser.parse_args(argv)
@@ -246,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         args.tie_eps,
         args.out,
         args.mteb_source,
+        args.strict,
     )
     print(report)
-    failed = [c.dataset for c in rows if not c.ok(args.tolerance)]
+    failed = [c.dataset for c in rows if not c.ok(args.tolerance, args.strict)]
     if failed:
         print(f"\nFAIL: the backends disagree beyond {args.tolerance:g} on {', '.join(failed)}", file=sys.stderr)
         return 1

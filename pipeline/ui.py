@@ -220,13 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     if db is not None and not db.is_file():
         print(f"note: no MLflow DB at {db} yet; run the pipeline (make demo, make sweep) to fill it", file=sys.stderr)
     else:
-        client = MlflowClient(uri)
-        experiments = pipeline_experiments(client, args.experiment)
-        for experiment in experiments:
-            try:
+        try:
+            client = MlflowClient(uri)
+            experiments = pipeline_experiments(client, args.experiment)
+            for experiment in experiments:
                 describe_experiment(client, experiment.experiment_id)
-            except MlflowException as error:  # the UI is still worth serving
-                print(f"warning: could not set up the comparison view of {experiment.name!r}: {error}", file=sys.stderr)
+        except MlflowException as error:  # the UI is still worth serving
+            print(f"warning: could not set up the comparison view: {error}", file=sys.stderr)
 
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     command += ["--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
@@ -242,15 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     base_url = f"http://{browse_host(args.host)}:{args.port}"
     try:
         if not wait_healthy(base_url, proc):
-            print(f"error: the MLflow server did not answer {base_url}/health within 60 s", file=sys.stderr)
-            return proc.poll() or 1
+            if proc.poll() is not None:
+                print(f"error: the MLflow server exited with code {proc.returncode}", file=sys.stderr)
+                return proc.returncode or 1
+            print(f"warning: {base_url}/health has not answered within {HEALTH_TIMEOUT_S:.0f} s", file=sys.stderr)
         print(f"MLflow UI on {base_url} over {uri} (Ctrl-C stops it)", flush=True)
         for experiment in experiments:
             print(f"LoRA vs full, experiment {experiment.name!r}: {comparison_url(base_url, experiment.experiment_id)}")
         if args.experiment is not None and not experiments:
             print(f"warning: no experiment named {args.experiment!r} in {uri}", file=sys.stderr)
         sys.stdout.flush()
-        return proc.wait()
+        while proc.poll() is None:  # not proc.wait(): a Ctrl-C handled by another thread would not end a blocking wait
+            time.sleep(0.5)
+        return proc.returncode
     except KeyboardInterrupt:
         return 0
     finally:

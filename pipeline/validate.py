@@ -233,7 +233,18 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
         return
     from pipeline.sweep import is_relative_alpha
 
-    with_value = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+    with_value = {
+        "--cfg",
+        "-c",
+        "--package",
+        "-p",
+        "--config-path",
+        "-cp",
+        "--config-name",
+        "-cn",
+        "--config-dir",
+        "-cd",
+    }
     args, skip = [], False
     for a in argv:
         if skip or a in with_value:  # a flag's value is no override

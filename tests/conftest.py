@@ -145,6 +145,7 @@ def tiny_overrides(tmp_path: Path, tiny_model: Path, tiny_qa: Path, tiny_nanobei
         "train.batch_size=8",
         "train.mini_batch_size=4",
         "train.logging_steps=1",
+        "train.lr=1e-3",
         "train.eval_steps=1",
         "finetune.r=4",
         "finetune.alpha=8",

@@ -36,8 +36,13 @@ PAPER = {
     "eval.datasets": None,  # all 13
     "eval.during_training": True,
 }
-LORA = {"finetune.method": "lora", "finetune.r": 64, "finetune.alpha": 128, "finetune.dropout": 0.1,
-        "finetune.target_modules": None}
+LORA = {
+    "finetune.method": "lora",
+    "finetune.r": 64,
+    "finetune.alpha": 128,
+    "finetune.dropout": 0.1,
+    "finetune.target_modules": None,
+}
 
 
 def _values(cfg, keys):
@@ -54,8 +59,14 @@ def _values(cfg, keys):
 @pytest.mark.parametrize(
     "experiment, expected",
     [
-        ("paper_lora", {**PAPER, **LORA, "model.card_model_name": "bert-base-uncased adapter finetuned on GooAQ pairs"}),
-        ("paper_full", {**PAPER, "finetune.method": "full", "model.card_model_name": "bert-base-uncased finetuned on GooAQ pairs"}),
+        (
+            "paper_lora",
+            {**PAPER, **LORA, "model.card_model_name": "bert-base-uncased adapter finetuned on GooAQ pairs"},
+        ),
+        (
+            "paper_full",
+            {**PAPER, "finetune.method": "full", "model.card_model_name": "bert-base-uncased finetuned on GooAQ pairs"},
+        ),
         ("paper_lora_mnrl", {**PAPER, **LORA, "train.loss": "mnrl"}),
         ("paper_full_mnrl", {**PAPER, "finetune.method": "full", "train.loss": "mnrl"}),
     ],
@@ -90,7 +101,11 @@ def test_scaled_experiments_keep_the_recipe_but_the_size(experiment):
 def test_launcher_configs_compose(launcher, key, value):
     out = subprocess.run(
         [sys.executable, "-m", "pipeline", "sweep=lora_grid", f"hydra/launcher={launcher}", "--cfg", "hydra"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     launcher_cfg = OmegaConf.create(out.stdout)["hydra"]["launcher"]
@@ -101,7 +116,11 @@ def test_launcher_configs_compose(launcher, key, value):
 def test_optuna_search_maximises_ndcg():
     out = subprocess.run(
         [sys.executable, "-m", "pipeline", "hparams_search=optuna", "--cfg", "hydra"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     sweeper = OmegaConf.create(out.stdout)["hydra"]["sweeper"]
@@ -117,7 +136,11 @@ def test_ray_launcher_config_composes():
     )
     out = subprocess.run(
         [sys.executable, "-m", "pipeline", "sweep=lora_grid", "hydra/launcher=ray", "--cfg", "hydra"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert OmegaConf.create(out.stdout)["hydra"]["launcher"]["_target_"].endswith("RayLauncher")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 from sentence_transformers import SentenceTransformer
 
+from pipeline.adapters import load_with_local_base
 from pipeline.models import model_source
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data
 
@@ -68,10 +71,19 @@ def test_minilm_lora_on_medquad_twice(tmp_path):
         "evaluation/baseline",
     }
 
-    # the adapter loads both ways and gives the same embeddings
+    # a portable adapter: it records the base's Hub id, never this machine's path of the packaged copy
     adapter_dir = client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dl"))
+    recorded = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == "sentence-transformers/all-MiniLM-L6-v2"
+    # offline, it loads on a local copy of the base: with load_adapter, or the documented helper
     texts = ["what are the symptoms of anemia?", "Anemia causes fatigue and pale skin."]
-    direct = SentenceTransformer(adapter_dir).encode(texts)
-    base = SentenceTransformer(model_source("sentence-transformers/all-MiniLM-L6-v2"))
+    local_base = model_source("sentence-transformers/all-MiniLM-L6-v2")
+    helper = load_with_local_base(adapter_dir, local_base).encode(texts)
+    base = SentenceTransformer(local_base)
+    base.max_seq_length = 128
     base.load_adapter(adapter_dir)
-    np.testing.assert_allclose(base.encode(texts), direct, atol=1e-5)
+    np.testing.assert_allclose(base.encode(texts), helper, atol=1e-6)
+    # and gives the embeddings the pipeline evaluated with: the finetune stage checked its save reloads exactly
+    finetune_dir = next((tmp_path / "out" / "cache" / "finetune").iterdir())
+    summary = json.loads((finetune_dir / "_SUCCESS.json").read_text())["result"]
+    assert summary["reload_max_abs_diff"] < 1e-5

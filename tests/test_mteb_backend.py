@@ -136,6 +136,32 @@ def test_tracking_tags_backend_and_version(tiny_both):
     assert client.metrics["nanobeir_mean_ndcg_at_10"] == mt["ndcg_at_10"]
 
 
+def test_pipeline_baseline_through_mteb_is_tagged_in_mlflow(tiny_cfg):
+    """`eval.backend=mteb` from the command line: the DAG's baseline stage runs mteb and the run is tagged so."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.app import run
+    from pipeline.tracking import tracking_uri
+    from tests.conftest import compose_config
+
+    runs = {}
+    for backend in ("sentence_transformers", "mteb"):
+        cfg = tiny_cfg([f"eval.backend={backend}", "run.until=baseline", f"tracking.run_name={backend}"])
+        assert cfg.eval.backend == EvalBackend(backend)
+        run(cfg)
+        client = MlflowClient(tracking_uri(cfg))
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        found = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{backend}'")
+        runs[backend] = found[0].data
+    st, mt = runs["sentence_transformers"], runs["mteb"]
+    assert st.tags["baseline_eval.backend"] == "sentence_transformers"
+    assert (mt.tags["baseline_eval.backend"], mt.tags["baseline_eval.backend_version"]) == ("mteb", mteb_version())
+    for key in ("baseline_nanobeir_mean_ndcg_at_10", "baseline_nanobeir_scifact_ndcg_at_10"):
+        assert abs(mt.metrics[key] - st.metrics[key]) <= TOL
+    with pytest.raises(Exception, match="backend"):
+        compose_config(["eval.backend=bm25"])
+
+
 def test_no_stale_mteb_results_for_a_changed_model_of_the_same_name(tmp_path, tiny_model, tiny_nanobeir):
     """Model A, then a different model B saved in the same dir: B gets its own scores, not A's.
 
@@ -279,6 +305,7 @@ def test_tied_documents_are_the_one_systematic_difference(tmp_path, tiny_model):
     assert (sorted(c.tie_order), c.unexplained, c.ok(TOL)) == (["q0", "q1"], [], True), report
     assert abs(c.diff) > 1e-3 and abs(c.residual) <= TOL
     assert "tie-order q: queries whose NDCG@10 differs only because tied documents" in report
+    assert not c.ok(TOL, strict=True)  # --strict: tie order counts as a difference
 
 
 def test_compare_dataset_classifies_differences():
@@ -294,6 +321,11 @@ def test_compare_dataset_classifies_differences():
     other = {"q0": st_rank["q0"], "q1": [("a", 0.9), ("b", 0.8), ("c", 0.1)]}
     c = crosscheck.compare_dataset("x", st, {"q0": 1.0, "q1": 0.6309297535714575}, st_rank, other, qrels)
     assert (c.tie_order, c.unexplained, c.ok(TOL)) == ([], ["q1"], False)
+    # unexplained differences that cancel in the mean still fail
+    swapped = {"q0": [("b", 0.9), ("a", 0.8), ("c", 0.1)], "q1": [("b", 0.8), ("a", 0.7), ("c", 0.1)]}
+    st_swapped = {"q0": 0.6309297535714575, "q1": 1.0}
+    c = crosscheck.compare_dataset("x", st_swapped, {"q0": 1.0, "q1": 0.6309297535714575}, swapped, other, qrels)
+    assert c.unexplained == ["q0", "q1"] and abs(c.residual) <= TOL and not c.ok(TOL)
     # different query sets: not the same data
     c = crosscheck.compare_dataset("x", st, {"q0": 1.0}, st_rank, st_rank, qrels)
     assert c.problems and not c.ok(TOL)

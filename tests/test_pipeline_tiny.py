@@ -48,6 +48,16 @@ def test_lora_run_end_to_end(tiny_cfg, tmp_path):
         open(client.download_artifacts(r.info.run_id, "evaluation/per_query.json", str(tmp_path))).read()
     )
     assert set(per_query) == {"scifact", "msmarco"} and len(per_query["scifact"]) == 6
+    # the adapter records its base as configured, and loads with SentenceTransformer(dir) and with load_adapter
+    model_dir = client.download_artifacts(r.info.run_id, "model", str(tmp_path / "dl"))
+    adapter_config = json.loads(open(f"{model_dir}/adapter_config.json").read())
+    assert adapter_config["base_model_name_or_path"] == cfg.model.name
+    texts = ["what is heart pain?", "blood pressure and stroke"]
+    direct = SentenceTransformer(model_dir).encode(texts)
+    base = SentenceTransformer(cfg.model.name)
+    base.load_adapter(model_dir)
+    np.testing.assert_allclose(base.encode(texts), direct, atol=1e-6)
+    assert not np.allclose(SentenceTransformer(cfg.model.name).encode(texts), direct, atol=1e-4)  # it trained
     card = open(client.download_artifacts(r.info.run_id, "model/README.md", str(tmp_path))).read()
     assert "Trainable parameters" in card and "| scifact |" in card
 

@@ -29,9 +29,11 @@ from pipeline.ui import (
     VIEW_KEY,
     VIEW_NAME,
     VIEW_TAG,
+    browse_host,
     comparison_state,
     comparison_url,
     describe_experiment,
+    is_loopback,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,8 @@ def _missing_browser() -> str | None:
     return None
 
 
-browser_test = pytest.mark.skipif(_missing_browser() is not None, reason=str(_missing_browser()))
+MISSING = _missing_browser()
+browser_test = pytest.mark.skipif(MISSING is not None, reason=MISSING or "")
 
 
 def make_sweep_db(tmp: Path) -> tuple[str, str]:
@@ -72,7 +75,7 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
     exp_id = client.create_experiment("lora-vs-full", artifact_location=(tmp / "mlartifacts").as_uri())
     describe_experiment(client, exp_id)
     parent = client.create_run(
-        exp_id, run_name="sweep-s1", tags={"sweep_id": "s1", "pipeline.role": "sweep", "sweep.overrides": "..."}
+        exp_id, run_name="sweep-s1", tags={"sweep_id": "s1", "pipeline.role": "sweep"}
     ).info.run_id
     for name, method, r, alpha, ndcg in JOBS:
         run_id = client.create_run(
@@ -104,6 +107,15 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
 def test_comparison_url():
     url = comparison_url("http://127.0.0.1:5000/", "7")
     assert url.startswith(f"http://127.0.0.1:5000/#/experiments/7/runs?viewStateShareKey={VIEW_KEY}")
+
+
+@pytest.mark.parametrize(
+    "host, loopback, browse",
+    [("127.0.0.1", True, "127.0.0.1"), ("localhost", True, "localhost"), ("::1", True, "[::1]"),
+     ("0.0.0.0", False, "127.0.0.1"), ("::", False, "[::1]"), ("192.168.1.5", False, "192.168.1.5")],
+)  # fmt: skip
+def test_hosts(host, loopback, browse):
+    assert is_loopback(host) is loopback and browse_host(host) == browse
 
 
 @pytest.fixture(scope="module")
@@ -288,3 +300,7 @@ def test_runs_table_shows_the_comparison(ui_server, browser):
     assert all(visible.get(c) for c in (NAME, SCORE, METHOD, R, ALPHA)), visible  # in sight without scrolling
     headers = {e.get_attribute("col-id"): e.text for e in browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell")}
     assert headers[SCORE] == NDCG and headers[R] == "finetune.r" and headers[ALPHA] == "finetune.alpha"
+    # the page loaded nothing from anywhere but the local server
+    base = ui_server.split("/#", 1)[0]
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(u.startswith((base + "/", "data:", "blob:")) for u in loaded), loaded

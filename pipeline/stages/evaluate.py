@@ -120,7 +120,15 @@ def _per_query_ndcg10(ir, out: Path, score_function: str) -> dict[str, float]:
 
 
 def load_model(model_cfg: ModelConfig, path: str | None = None) -> SentenceTransformer:
-    """The base model (`path` None) or a saved fine-tune / adapter dir, with the configured sequence length."""
+    """The base model (`path` None), a saved full fine-tune, or a saved LoRA adapter on the base model.
+
+    An adapter dir records its base by Hub id (portable adapters); the base loads as configured here (the packaged
+    copy, a local dir or the Hub) and the adapter is attached to it with `load_adapter`.
+    """
+    if path is not None and (Path(path) / "adapter_config.json").is_file():
+        model = load_model(model_cfg)
+        model.load_adapter(path)
+        return model
     model = SentenceTransformer(
         path or model_source(model_cfg.name),
         revision=None if path else model_cfg.revision,

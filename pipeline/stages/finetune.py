@@ -26,10 +26,11 @@ from sentence_transformers.sentence_transformer.losses import (
 from transformers import set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from pipeline.adapters import adapter_facts
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import device_and_precision, model_source
-from pipeline.stages.evaluate import build_evaluator
+from pipeline.stages.evaluate import build_evaluator, load_model
 
 
 def finetune(
@@ -131,8 +132,10 @@ def finetune(
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
     # 9. Save the trained model: the adapter alone for LoRA, every weight for the full arm
-    model.save_pretrained(str(out / "model"))
-    reload_diff = _reload_difference(model, out / "model", train_dataset[: min(8, len(train_dataset))])
+    model.save_pretrained(str(out / "model"))  # safetensors
+    if lora:
+        portable_adapter_config(out / "model", model_cfg)
+    reload_diff = _reload_difference(model, model_cfg, out / "model", train_dataset[: min(8, len(train_dataset))])
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     shutil.rmtree(args.output_dir, ignore_errors=True)  # checkpoints only serve a resume; the model is saved
 
@@ -146,6 +149,7 @@ def finetune(
         "trainable_percent": 100.0 * trainable_params / total_params,
         "weights_file": weights.name,
         "weights_mb": weights.stat().st_size / 1e6,
+        "weights_file_mb": weights.stat().st_size / 1e6,
         "global_step": trainer.state.global_step,
         "resumed_from": Path(last_checkpoint).name if last_checkpoint else None,
         "reload_max_abs_diff": reload_diff,
@@ -153,18 +157,32 @@ def finetune(
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_loss": result.metrics.get("train_loss"),
     }
-    if lora:
-        adapter_state = model.get_adapter_state_dict()
-        summary["adapter_params"] = sum(t.numel() for t in adapter_state.values())
-        summary["target_modules"] = sorted(model.transformers_model.peft_config["default"].target_modules)
+    if lora:  # adapter facts from the adapter's own state dict (get_adapter_state_dict)
+        facts = adapter_facts(model)
+        summary.update(
+            trainable_params=facts["adapter_params"],
+            trainable_percent=facts["adapter_percent"],
+            adapter_params=facts["adapter_params"],
+            weights_mb=facts["adapter_mb"],
+            target_modules=facts["target_modules"],
+        )
     return summary
 
 
-def _reload_difference(model: SentenceTransformer, saved: Path, rows: dict) -> float:
+def portable_adapter_config(model_dir: Path, model_cfg: ModelConfig) -> None:
+    """Record the base model as configured (its Hub id), not the path of this machine's copy it was loaded from."""
+    path = model_dir / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = model_cfg.name
+    config["revision"] = model_cfg.revision
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def _reload_difference(model: SentenceTransformer, model_cfg: ModelConfig, saved: Path, rows: dict) -> float:
     """Largest embedding difference between the trained model and the saved dir loaded back: the save must be exact."""
     texts = [text for column in rows.values() for text in column]
     before = model.encode(texts, convert_to_tensor=True)
-    reloaded = SentenceTransformer(str(saved), device=str(model.device)).encode(texts, convert_to_tensor=True)
+    reloaded = load_model(model_cfg, str(saved)).to(model.device).encode(texts, convert_to_tensor=True)
     diff = float((before - reloaded).abs().max())
     if diff > 1e-4:
         raise RuntimeError(f"the saved model at {saved} does not reproduce the trained one (max |diff| {diff:.2e})")

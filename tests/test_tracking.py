@@ -1,0 +1,38 @@
+"""What reaches MLflow: flattened params without secrets, MLflow-safe metric names."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from pipeline.app import run
+from pipeline.tracking import flat_params, metric_name, tracking_uri
+
+
+def test_secret_like_keys_are_never_params():
+    cfg = OmegaConf.create(
+        {
+            "model": {"name": "m", "hf_token": "hf_abc"},
+            "tracking": {"api_key": "k", "password": "p", "uri": "u"},
+            "data": {"client_secret": "s", "path": "d"},
+            "hydra": {"x": 1},
+        }
+    )
+    params = flat_params(cfg)
+    assert params == {"model.name": "m", "tracking.uri": "u", "data.path": "d"}
+
+
+def test_metric_names_are_mlflow_safe():
+    assert metric_name("eval_NanoBEIR_mean_cosine_ndcg@10") == "eval_NanoBEIR_mean_cosine_ndcg_at_10"
+
+
+def test_a_token_in_the_environment_is_logged_nowhere(tiny_cfg, monkeypatch):
+    secret = "hf_SECRET_do_not_log_123"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    logged = list(r.data.params.values()) + list(r.data.tags.values())
+    assert not any(secret in str(v) for v in logged)
+    assert r.data.params["model.trust_remote_code"] == "False"
