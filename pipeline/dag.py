@@ -144,17 +144,22 @@ def _sources(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
     return sources
 
 
-def _config_slice(cfg: DictConfig, group: str) -> Any:
+def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
+    """The values of `group` that can change `stage`'s output."""
     values = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
     if group == "finetune" and values["method"] == "full":
         return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
+    if group == "model" and stage not in ("finetune", "model_card"):
+        return {k: v for k, v in values.items() if not k.startswith("card_")}  # card text: only in saved cards
+    if group == "eval" and stage == "finetune":
+        return {k: v for k, v in values.items() if k != "backend"}  # in-training evaluation is sentence-transformers'
     return values
 
 
 def stage_key(stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str]) -> str:
     material = {
         "stage": stage.name,
-        "config": {group: _config_slice(cfg, group) for group in stage.config},
+        "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
         "sources": _sources(cfg, stage.config),
         "upstream": upstream_keys,
     }

@@ -81,3 +81,20 @@ def test_full_output_is_a_plain_model_dir(tiny_cfg):
     model_dir = outputs["finetune"].dir / "model"
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
     SentenceTransformer(str(model_dir)).encode(["a question"])
+
+
+def test_keys_depend_only_on_what_changes_a_stage(tiny_cfg):
+    from pipeline.dag import STAGES, stage_key
+
+    lora = tiny_cfg(["finetune=lora", "model.card_model_name=an adapter", "eval.backend=sentence_transformers"])
+    full = tiny_cfg(["finetune=full", "model.card_model_name=a full fine-tune", "finetune.r=32"])
+    mteb = tiny_cfg(["finetune=lora", "model.card_model_name=an adapter", "eval.backend=mteb"])
+    # the baseline reads neither the method nor the card text: one baseline for both arms of a comparison
+    assert stage_key(STAGES["baseline"], lora, {}) == stage_key(STAGES["baseline"], full, {})
+    # a full fine-tune ignores LoRA's r; the backend of the final evaluation does not retrain
+    assert stage_key(STAGES["finetune"], full, {}) == stage_key(
+        STAGES["finetune"], tiny_cfg(["finetune=full", "model.card_model_name=a full fine-tune"]), {}
+    )
+    assert stage_key(STAGES["finetune"], lora, {}) == stage_key(STAGES["finetune"], mteb, {})
+    assert stage_key(STAGES["evaluate"], lora, {}) != stage_key(STAGES["evaluate"], mteb, {})
+    assert stage_key(STAGES["finetune"], lora, {}) != stage_key(STAGES["finetune"], tiny_cfg(["finetune.r=8"]), {})
