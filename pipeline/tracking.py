@@ -29,6 +29,7 @@ from transformers import TrainerCallback
 from pipeline.config import Method
 from pipeline.dag import StageOutput
 from pipeline.fingerprint import config_hash
+from pipeline.ui import describe_experiment
 
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
@@ -66,7 +67,9 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
             return experiment.experiment_id
         # Artifacts beside the DB, not in the working directory
         location = (db.parent / "mlartifacts" / name).as_uri() if db else None
-        return client.create_experiment(name, artifact_location=location)
+        exp_id = client.create_experiment(name, artifact_location=location)
+        describe_experiment(client, exp_id)  # the comparison (NDCG@10, method, r, alpha) as the UI's default view
+        return exp_id
 
 
 @contextmanager

@@ -25,12 +25,14 @@ from sentence_transformers.sentence_transformer.losses import (
     MultipleNegativesRankingLoss,
 )
 from transformers import set_seed
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.adapters import adapter_facts
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import device_and_precision, model_source
+from pipeline.progress import CompactProgress
 from pipeline.stages.evaluate import build_evaluator, load_model
 
 
@@ -129,6 +131,8 @@ def finetune(
         evaluator=evaluator,
         callbacks=callbacks,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(CompactProgress)  # the bar, with short log lines instead of raw metric dicts
     last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
