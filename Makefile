@@ -1,5 +1,5 @@
 # lora-vs-full: is a LoRA adapter as good as a full fine-tune for my embedding model, and at which rank?
-# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, HOST, PORT.
+# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, BENCH_ARGS, HOST, PORT.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -9,12 +9,13 @@ OUTPUTS     ?= $(or $(PIPELINE_OUTPUTS),outputs)
 ARGS        ?=
 SWEEP_ARGS  ?=
 COMPARE_ARGS ?=
+BENCH_ARGS  ?=
 HOST        ?= 127.0.0.1
 PORT        ?= 5000
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo run sweep compare reproduce reproduce-mini test test-fast lint ui clean
+.PHONY: help install demo run sweep compare reproduce reproduce-mini bench test test-fast lint ui clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +47,9 @@ reproduce: ## the paper: both arms of bert-base-uncased on 1M GooAQ pairs, then 
 reproduce-mini: ## the paper recipe scaled to 2 CPU cores (needs ../shared/data), then the comparison
 	$(BIN)/python -m pipeline -m experiment=mini_paper_lora,mini_paper_full $(ARGS)
 	$(BIN)/python -m pipeline.compare --experiment mini_paper --out docs/mini_paper
+
+bench: ## benchmarks -> docs/benchmarks.md: overhead, sweep reuse, evaluation, training ratios (~10 min, quiet 2 cores)
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 test: ## the whole test suite (the CI command)
 	$(BIN)/python -m pytest -q

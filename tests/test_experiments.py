@@ -90,6 +90,20 @@ def test_scaled_experiments_keep_the_recipe_but_the_size(experiment):
     assert cfg.train.precision in ("auto",) or experiment == "demo"
 
 
+def hydra_config(*overrides: str):
+    """The `hydra` node the CLI composes for these overrides (`--cfg hydra`): launchers and sweepers included."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", *overrides, "--cfg", "hydra"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    return OmegaConf.create(out.stdout)["hydra"]
+
+
 @pytest.mark.parametrize(
     "launcher, key, value",
     [
@@ -99,31 +113,14 @@ def test_scaled_experiments_keep_the_recipe_but_the_size(experiment):
     ],
 )
 def test_launcher_configs_compose(launcher, key, value):
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=lora_grid", f"hydra/launcher={launcher}", "--cfg", "hydra"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    launcher_cfg = OmegaConf.create(out.stdout)["hydra"]["launcher"]
-    assert str(launcher_cfg[key]) == value
-    assert OmegaConf.create(out.stdout)["hydra"]["sweeper"]["_target_"].endswith("LoraVsFullSweeper")
+    hydra = hydra_config("sweep=lora_grid", f"hydra/launcher={launcher}")
+    assert str(hydra["launcher"][key]) == value
+    assert hydra["sweeper"]["_target_"].endswith("LoraVsFullSweeper")
 
 
 def test_optuna_search_maximises_ndcg():
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "hparams_search=optuna", "--cfg", "hydra"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    sweeper = OmegaConf.create(out.stdout)["hydra"]["sweeper"]
+    hydra = hydra_config("hparams_search=optuna")
+    sweeper = hydra["sweeper"]
     assert sweeper["direction"] == "maximize"
     assert set(sweeper["params"]) == {"finetune.r", "finetune.alpha", "train.lr"}
 
@@ -134,13 +131,5 @@ def test_ray_launcher_config_composes():
         reason="hydra-ray-launcher is not installed: it pins cloudpickle<3, which conflicts with joblib>=1.5 (our "
         "joblib launcher), so it belongs in a cluster environment: pip install hydra-ray-launcher",
     )
-    out = subprocess.run(
-        [sys.executable, "-m", "pipeline", "sweep=lora_grid", "hydra/launcher=ray", "--cfg", "hydra"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert OmegaConf.create(out.stdout)["hydra"]["launcher"]["_target_"].endswith("RayLauncher")
+    hydra = hydra_config("sweep=lora_grid", "hydra/launcher=ray")
+    assert hydra["launcher"]["_target_"].endswith("RayLauncher")

@@ -33,7 +33,7 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     )
     finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
     deadline = time.time() + 600
-    while not list(finetune_cache.glob("*.partial/checkpoints/checkpoint-40")):
+    while not list(finetune_cache.glob("*.partial/checkpoints/checkpoint-30")):
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
@@ -50,10 +50,10 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     assert run.info.run_id == killed.info.run_id
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
     assert run.data.tags["resumed_from"].startswith("checkpoint-")
-    # checkpoint-40 may have been half-written when the kill came: then it resumes from checkpoint-20
+    # checkpoint-30 may have been half-written when the kill came: then it resumes from checkpoint-20
     assert int(run.data.tags["resumed_from"].split("-")[1]) >= 20
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert steps[0] == 1 and steps[-1] == 300
+    assert steps[0] == 1 and steps[-1] == 120
     (final,) = [p for p in finetune_cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
     assert not (final / "checkpoints").exists()
 

@@ -119,15 +119,23 @@ def _per_query_ndcg10(ir, out: Path, score_function: str) -> dict[str, float]:
     return {q: scores.get(q, {}).get("ndcg_cut_10", 0.0) for q in qrels}
 
 
-def load_model(model_cfg: ModelConfig, path: str | None = None) -> SentenceTransformer:
+def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = False) -> SentenceTransformer:
     """The base model (`path` None), a saved full fine-tune, or a saved LoRA adapter on the base model.
 
     An adapter dir records its base by Hub id (portable adapters); the base loads as configured here (the packaged
-    copy, a local dir or the Hub) and the adapter is attached to it with `load_adapter`.
+    copy, a local dir or the Hub) and the adapter is attached to it with `load_adapter`. With `merge=True` (what
+    evaluation uses) the adapter is merged into the base weights instead (peft `merge_and_unload`, as
+    `pipeline.export` does): the same embeddings within float rounding, at the base model's encoding speed
+    (bench/evaluation.py measures both); the default keeps the adapter attached, for callers that need it.
     """
     if path is not None and (Path(path) / "adapter_config.json").is_file():
         model = load_model(model_cfg)
-        model.load_adapter(path)
+        if merge:
+            from peft import PeftModel
+
+            model[0].model = PeftModel.from_pretrained(model.transformers_model, path).merge_and_unload()
+        else:
+            model.load_adapter(path)
         return model
     model = SentenceTransformer(
         path or model_source(model_cfg.name),
@@ -147,5 +155,5 @@ def evaluate_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, out: Path, c
 def evaluate_finetuned(
     model_cfg: ModelConfig, eval_cfg: EvalConfig, finetune_dir: Path, out: Path, cache_dir: Path | None = None
 ) -> dict:
-    """The fine-tuned model (full) or base + adapter (LoRA), loaded from the finetune stage's output."""
-    return evaluate(load_model(model_cfg, str(finetune_dir / "model")), eval_cfg, out, cache_dir)
+    """The fine-tuned model (full) or base + adapter merged (LoRA), loaded from the finetune stage's output."""
+    return evaluate(load_model(model_cfg, str(finetune_dir / "model"), merge=True), eval_cfg, out, cache_dir)
