@@ -1,6 +1,7 @@
 """`make bench` / `python -m bench`: every benchmark, one after the other, then docs/benchmarks.md.
 
-    python -m bench [--only training,evaluation,overhead,sweep_reuse] [--out docs/benchmarks.md]
+    python -m bench [--only training,evaluation,overhead,sweep_reuse] [--out docs/benchmarks.md] [--merge]
+    python -m bench --quick [--model DIR]     (every code path at the smallest sizes; table in outputs/bench/quick.md)
 
 Sized to finish in about 10 minutes on 2 quiet CPU cores (each benchmark's size is a flag of its own module:
 `python -m bench.overhead --help`). Run it on a quiet machine: the ratios are robust to steady load, not to load
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench import evaluation, overhead, sweep_reuse, training
-from bench.common import DOC, machine_info, markdown_table, quiet, write_doc
+from bench.common import DOC, MINILM, RESULTS, ROOT, BenchResult, machine_info, markdown_table, quiet, write_doc
 
 BENCHES = {
     "training": training.run,
@@ -23,30 +24,54 @@ BENCHES = {
     "overhead": overhead.run,
     "sweep_reuse": sweep_reuse.run,
 }
+# --quick: every code path at the smallest sizes (a couple of minutes; the numbers mean little)
+QUICK = {
+    "training": {"steps": 3, "batch": 8, "mini_batch": 8},
+    "evaluation": {"docs": 16, "reps": 1, "adapters": 2, "docs_per_adapter": 8},
+    "overhead": {"reps": 1, "steps": 2, "batch": 8, "docs": 40, "queries": 4},
+    "sweep_reuse": {"jobs": 2, "steps": 1, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},
+}
+
+
+def with_earlier(results: list[BenchResult], merge: bool) -> list[BenchResult]:
+    """`results`, plus (with `merge`) the last saved results of the benchmarks not run now, in BENCHES order."""
+    if not merge:
+        return results
+    fresh = {r.name: r for r in results}
+    merged = [fresh.get(name) or BenchResult.load(name) for name in BENCHES]
+    return [r for r in merged if r is not None]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
-    parser.add_argument("--out", type=Path, default=DOC, help="the results table (markdown)")
+    parser.add_argument("--out", type=Path, default=None, help=f"the results table (default {DOC.relative_to(ROOT)})")
+    parser.add_argument("--model", default=MINILM, help="the base model of every benchmark")
+    parser.add_argument("--quick", action="store_true", help="smallest sizes, table to outputs/bench/quick.md")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: keep the other benchmarks' last results (outputs/bench/*.json) in the table",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
 
+    out = args.out or (RESULTS / "quick.md" if args.quick else DOC)
     quiet()
     machine = machine_info()
     print(f"[bench] {machine}", file=sys.stderr, flush=True)
     results, started = [], time.perf_counter()
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        result = BENCHES[name]()
-        result.save()
+        result = BENCHES[name](model=args.model, **(QUICK[name] if args.quick else {}))
+        result.save(RESULTS / "quick" if args.quick else RESULTS)
         results.append(result)
         print(f"[bench] {name} took {result.seconds:.0f}s\n{markdown_table(result.rows)}", file=sys.stderr, flush=True)
-        write_doc(results, machine, args.out)  # after each benchmark: a crash later keeps what was measured
-    print(f"[bench] all took {(time.perf_counter() - started) / 60:.1f} min; wrote {args.out}", file=sys.stderr)
+        write_doc(with_earlier(results, args.merge), machine, out)  # a crash later keeps what was measured
+    print(f"[bench] all took {(time.perf_counter() - started) / 60:.1f} min; wrote {out}", file=sys.stderr)
     print(markdown_table([row for result in results for row in result.rows]))
     return 0
 

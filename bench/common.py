@@ -278,7 +278,7 @@ def msmarco_subset(
         corpus = corpus[corpus["_id"].isin(keep["_id"])]
     for name, frame in (("corpus", corpus), ("queries", query_rows), ("qrels", qrels)):
         (dst / name).mkdir(parents=True, exist_ok=True)
-        frame.to_parquet(dst / name / f"{split}.parquet")
+        frame.reset_index(drop=True).to_parquet(dst / name / f"{split}.parquet", index=False)
     configs = "\n".join(
         f"- config_name: {c}\n  data_files:\n  - split: {split}\n    path: {c}/{split}.parquet"
         for c in ("corpus", "queries", "qrels")
@@ -303,12 +303,22 @@ class BenchResult:
     rows: list[Row]
     details: dict = field(default_factory=dict)
     seconds: float = 0.0
+    date_utc: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
 
     def save(self, directory: Path = RESULTS) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.name}.json"
         path.write_text(json.dumps(asdict(self), indent=2, default=str))
         return path
+
+    @classmethod
+    def load(cls, name: str, directory: Path = RESULTS) -> BenchResult | None:
+        path = directory / f"{name}.json"
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text())
+        data["rows"] = [Row(**row) for row in data["rows"]]
+        return cls(**data)
 
 
 def markdown_table(rows: list[Row]) -> str:
@@ -345,7 +355,8 @@ def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, comma
     for result in results:
         how = result.details.get("how")
         if how:
-            text += [f"- **{result.name}** — {how}", ""]
+            earlier = "" if result.date_utc[:10] == machine["date_utc"][:10] else f" (measured {result.date_utc})"
+            text += [f"- **{result.name}**{earlier} — {how}", ""]
     content = "\n".join(text).rstrip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)

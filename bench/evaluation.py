@@ -6,7 +6,7 @@ adapter merged (`load_model(..., merge=True)`): merging adds B·A·(alpha/r) to 
 costs what the base costs; the unmerged adapter pays its extra low-rank matmuls on every token. The merged model's
 embeddings must equal the adapter model's within 1e-5.
 
-    python -m bench.evaluation [--docs 128] [--reps 5] [--adapters 4] [--docs-per-adapter 64]
+    python -m bench.evaluation [--docs 96] [--reps 4] [--adapters 3] [--docs-per-adapter 32]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def throughput(model_cfg, adapter_dir: Path, texts: list[str], batch_size: int, 
     }
     for model in models.values():  # warm-up: thread pool, allocator, first-call paths
         model.encode(texts[:batch_size], batch_size=batch_size)
-    check = texts[: min(64, len(texts))]
+    check = texts[: min(32, len(texts))]
     merge_diff = max_abs_diff(models["merged"], models["adapter"], check)
     adapter_effect = max_abs_diff(models["adapter"], models["base"], check)
     samples = alternate({name: (lambda m=m: encode_rate(m, texts, batch_size)) for name, m in models.items()}, reps)
@@ -104,6 +104,7 @@ def throughput(model_cfg, adapter_dir: Path, texts: list[str], batch_size: int, 
         "merge_max_abs_diff": merge_diff,
         "adapter_vs_base_max_abs_diff": adapter_effect,
         "lora_layers_in_merged": sum("lora" in n for n, _ in models["merged"].named_parameters()),
+        "checked_texts": len(check),
     }
 
 
@@ -157,10 +158,10 @@ def many_adapters(model_cfg, adapter_dirs: list[Path], texts: list[str], batch_s
 
 
 def run(
-    docs: int = 128,
-    reps: int = 5,
-    adapters: int = 4,
-    docs_per_adapter: int = 64,
+    docs: int = 96,
+    reps: int = 4,
+    adapters: int = 3,
+    docs_per_adapter: int = 32,
     batch_size: int = 64,
     model: str = MINILM,
     max_seq_length: int | None = 128,
@@ -189,6 +190,12 @@ def run(
     many = many_adapters(model_cfg, dirs, texts[:docs_per_adapter], batch_size, min(2, reps))
     many_ratio = many["total_s"]["one_base"] / many["total_s"]["separate"]
     mem = many["param_mb_if_all_held"]
+    # Separate merged loads pay (load_separate - load_one_base) / N more loading per adapter; one base pays the
+    # unmerged adapter's slowdown on every text: past this many seconds of (merged) encoding per adapter, separate
+    # merged loads finish sooner
+    extra_load = max(0.0, many["load_s"]["separate"] - many["load_s"]["one_base"]) / len(dirs)
+    slowdown = rate["merged"] / rate["adapter"] - 1
+    break_even = extra_load / slowdown if slowdown > 0 else float("inf")
 
     size = f"{docs} NanoMSMARCO passages, batch {batch_size}, max_seq_length {max_seq_length}, median of {reps}"
     rows = [
@@ -221,7 +228,7 @@ def run(
         Row(
             "evaluation",
             "merged vs adapter model embeddings, max |diff|",
-            f"{tp['merge_max_abs_diff']:.2e} on 64 passages (the adapter itself moves them by "
+            f"{tp['merge_max_abs_diff']:.2e} on {tp['checked_texts']} passages (the adapter itself moves them by "
             f"{tp['adapter_vs_base_max_abs_diff']:.2e}); LoRA layers left after merging: {tp['lora_layers_in_merged']}",
             None,
             f"≤ {MERGE_TOLERANCE:g}",
@@ -240,19 +247,22 @@ def run(
             REPORT,
             "none: evaluate_adapters keeps one base and switches adapters (set_adapter): one base load, and "
             f"{mem['one_base'] / mem['separate']:.2f}× the weights in memory; but each adapter encodes unmerged "
-            f"({adapter_ratio:.2f}× base speed), so on long evaluations separate merged loads finish sooner.",
+            f"({adapter_ratio:.2f}× base speed): once an adapter's evaluation encodes for more than ~{break_even:.0f}s "
+            "(a NanoBEIR set of 2000 passages does), separate merged loads finish sooner.",
         ),
     ]
     details = {
         "how": (
-            "In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, query/value, "
-            "lora_B randomised so it changes the embeddings), and that adapter merged by `load_model(merge=True)`; "
-            "each warmed up on one batch, then `encode` of the same passages alternated base/adapter/merged, "
-            "passages/s medians. N adapters: one base + N `load_adapter` + `set_adapter` and encode, vs N "
-            "`load_model(merge=True)` and encode, alternated; weights held = parameter bytes if all were in memory."
+            "In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, "
+            "query/value, lora_B randomised so it changes the embeddings), and that adapter merged by "
+            "`load_model(merge=True)`; each warmed up on one batch, then `encode` of the same passages alternated "
+            "base/adapter/merged, passages/s medians. N adapters: one base + N `load_adapter` + `set_adapter` and "
+            "encode, vs N `load_model(merge=True)` and encode, alternated; weights held = parameter bytes if all "
+            "were in memory."
         ),
         "throughput": tp,
         "many_adapters": many,
+        "break_even_encode_s": break_even,
         "config": {
             "docs": docs,
             "reps": reps,
@@ -268,10 +278,10 @@ def run(
 
 def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=128)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--adapters", type=int, default=4)
-    parser.add_argument("--docs-per-adapter", type=int, default=64)
+    parser.add_argument("--docs", type=int, default=96)
+    parser.add_argument("--reps", type=int, default=4)
+    parser.add_argument("--adapters", type=int, default=3)
+    parser.add_argument("--docs-per-adapter", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default=MINILM)
     args = parser.parse_args(argv)

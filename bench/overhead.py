@@ -5,7 +5,7 @@ Both arms are subprocesses timed end to end (imports included), alternated (pipe
 each with a fresh stage cache and a fresh `datasets` cache, so neither reuses the other's or its own earlier work. The
 MLflow DB is created once beforehand (a user's exists already: creating it is a one-off, not a per-run cost).
 
-    python -m bench.overhead [--reps 2] [--steps 4] [--batch 32] [--docs 300]
+    python -m bench.overhead [--reps 2] [--steps 4] [--batch 16] [--docs 160] [--queries 8]
 """
 
 from __future__ import annotations
@@ -127,9 +127,9 @@ def pipeline_ndcg(stdout: str) -> float | None:
 def run(
     reps: int = 2,
     steps: int = 4,
-    batch: int = 32,
-    docs: int | None = 300,
-    queries: int | None = 12,
+    batch: int = 16,
+    docs: int | None = 160,
+    queries: int | None = 8,
     model: str = MINILM,
 ) -> BenchResult:
     started = time.perf_counter()
@@ -242,9 +242,9 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--docs", type=int, default=300, help="NanoMSMARCO passages kept (0: all 2000)")
-    parser.add_argument("--queries", type=int, default=12, help="NanoMSMARCO queries kept (0: all 36)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--docs", type=int, default=160, help="NanoMSMARCO passages kept (0: all 2000)")
+    parser.add_argument("--queries", type=int, default=8, help="NanoMSMARCO queries kept (0: all 36)")
     parser.add_argument("--model", default=MINILM)
     args = parser.parse_args(argv)
     quiet()

@@ -3,7 +3,7 @@
 Goals: the sweep computes the stages its jobs share (prepare_data, baseline) once; a re-run of a finished sweep costs
 ≤ 3% of the first run (every stage is reused from the cache).
 
-    python -m bench.sweep_reuse [--jobs 2] [--steps 2] [--reruns 3]
+    python -m bench.sweep_reuse [--jobs 2] [--steps 2] [--batch 16] [--reruns 2]
 """
 
 from __future__ import annotations
@@ -45,11 +45,11 @@ def ran_counts(stderr: str) -> dict[str, int]:
 def run(
     jobs: int = 2,
     steps: int = 2,
-    batch: int = 32,
-    docs: int | None = 300,
-    reruns: int = 3,
+    batch: int = 16,
+    docs: int | None = 160,
+    reruns: int = 2,
     model: str = MINILM,
-    queries: int | None = 12,
+    queries: int | None = 8,
 ) -> BenchResult:
     started = time.perf_counter()
     work = scratch_dir("bench-sweep-")
@@ -79,7 +79,7 @@ def run(
     env = bench_env(sweep_scratch)
     first = run_measured(sweep_cmd, env=env).check()
     again = [run_measured(sweep_cmd, env=env).check() for _ in range(reruns)]
-    start_s = import_seconds(env, reps=2)
+    start_s = import_seconds(env)
     timelines = [pipeline_timeline(m) for m in again]
     timeline = {k: median([t[k] for t in timelines if k in t]) for k in timelines[0]}
     parts = ", ".join(f"{k} {v:.1f}s" for k, v in timeline.items() if k != "wall")
@@ -130,11 +130,12 @@ def run(
     ]
     details = {
         "how": (
-            f"{jobs} LoRA jobs (r = {', '.join(map(str, ranks))}, alpha 8, {steps} steps × batch {batch}, NanoMSMARCO "
-            f"{queries or 'all'} queries / {docs or 'all'} passages): first as {jobs} independent `python -m pipeline` processes with a stage cache "
-            "each, then as one `python -m pipeline -m` sweep with a fresh stage cache, then that same sweep command "
-            f"{reruns} more times (median); wall time of each process; stage statuses (ran / cached) from the "
-            "pipeline's status lines. One MLflow DB for all, created by an excluded warm-up."
+            f"{jobs} LoRA jobs (r = {', '.join(map(str, ranks))}, alpha 8, {steps} steps × batch {batch}, "
+            f"NanoMSMARCO {queries or 'all'} queries / {docs or 'all'} passages): first as {jobs} independent "
+            "`python -m pipeline` processes with a stage cache each, then as one `python -m pipeline -m` sweep "
+            f"with a fresh stage cache, then that same sweep command {reruns} more times (median); wall time of "
+            "each process; stage statuses (ran / cached) from the pipeline's status lines. One MLflow DB for all, "
+            "created by an excluded warm-up."
         ),
         "independent_s": [m.wall_s for m in independent],
         "sweep_s": first.wall_s,
@@ -162,10 +163,10 @@ def main(argv: list[str] | None = None) -> BenchResult:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--docs", type=int, default=300, help="NanoMSMARCO passages kept (0: all 2000)")
-    parser.add_argument("--queries", type=int, default=12, help="NanoMSMARCO queries kept (0: all 36)")
-    parser.add_argument("--reruns", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--docs", type=int, default=160, help="NanoMSMARCO passages kept (0: all 2000)")
+    parser.add_argument("--queries", type=int, default=8, help="NanoMSMARCO queries kept (0: all 36)")
+    parser.add_argument("--reruns", type=int, default=2)
     parser.add_argument("--model", default=MINILM)
     args = parser.parse_args(argv)
     quiet()

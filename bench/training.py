@@ -7,7 +7,7 @@ CachedMNRL, NO_DUPLICATES, AdamW) with a callback that times every optimizer ste
 collation included), skips the first (warm-up) and FLOP-counts the last (`torch.utils.flop_counter.FlopCounterMode`,
 not timed). FLOPs are also derived analytically from the token counts of every forward call of that step.
 
-    python -m bench.training [--steps 5] [--batch 32] [--reps 1]
+    python -m bench.training [--steps 4] [--batch 32] [--mini-batch 16] [--reps 1]
     python -m bench.training --worker lora|full ...   (one arm; prints one JSON line)
 """
 
@@ -120,7 +120,11 @@ class StepProbe:
                 probe.rss["train_begin"] = proc_status_mb("VmRSS")
                 # the trained model's shapes and linear weights (LoRA's included), for the analytic FLOPs
                 config = model.transformers_model.config
-                probe.shapes = {"layers": config.num_hidden_layers, "hidden": config.hidden_size}
+                probe.shapes = {
+                    "layers": config.num_hidden_layers,
+                    "hidden": config.hidden_size,
+                    "heads": config.num_attention_heads,
+                }
                 probe.params = linear_params(model)
                 probe._last = time.perf_counter()
 
@@ -167,9 +171,9 @@ def measure_training(
     work: Path,
     model: str = MINILM,
     data_path: str | Path = MEDQUAD,
-    steps: int = 5,
+    steps: int = 4,
     batch: int = 32,
-    mini_batch: int = 32,
+    mini_batch: int = 16,
     max_seq_length: int | None = 128,
     gemm_n: int = 2048,
     r: int = 64,
@@ -239,6 +243,7 @@ def measure_training(
         "rss_mb": {"start": rss_start, "imported": rss_imported, **probe.rss},
         "trainable_params": summary["trainable_params"],
         "linear_params": params,
+        "shapes": shapes,
         "calls": probe.calls,
         "flops_counted": counted,
         "flops_counted_by_op": probe.counted["by_op"],
@@ -251,7 +256,7 @@ def measure_training(
     }
 
 
-def run(steps: int = 5, batch: int = 32, mini_batch: int = 32, reps: int = 1, model: str = MINILM) -> BenchResult:
+def run(steps: int = 4, batch: int = 32, mini_batch: int = 16, reps: int = 1, model: str = MINILM) -> BenchResult:
     started = time.perf_counter()
     work = scratch_dir("bench-training-")
     results: dict[str, list[dict]] = {"lora": [], "full": []}
@@ -338,19 +343,19 @@ def run(steps: int = 5, batch: int = 32, mini_batch: int = 32, reps: int = 1, mo
                 "training",
                 f"{'LoRA' if m == 'lora' else 'full'}: training FLOP/s vs fp32 GEMM peak",
                 f"{achieved[m] / 1e9:.1f} vs {gemm[m] / 1e9:.1f} GFLOP/s (GEMM {r['gemm_peak']['n']}² fp32, "
-                f"{r['threads']} threads); {r['flops_executed'] / 1e9:.0f} GFLOP/step executed (FlopCounterMode "
-                f"{r['flops_counted'] / 1e9:.0f}{'' if r['attention_in_count'] else ' + attention'}; analytic "
-                f"{r['flops_analytic']['total'] / 1e9:.0f}, of which the cache's recomputation "
-                f"{(r['flops_analytic']['total'] - r['flops_analytic']['useful']) / 1e9:.0f})",
+                f"{r['threads']} threads); {r['flops_executed'] / 1e9:.3g} GFLOP/step executed (FlopCounterMode "
+                f"{r['flops_counted'] / 1e9:.3g}{'' if r['attention_in_count'] else ' + attention'}; analytic "
+                f"{r['flops_analytic']['total'] / 1e9:.3g}, of which the cache's recomputation "
+                f"{(r['flops_analytic']['total'] - r['flops_analytic']['useful']) / 1e9:.3g})",
                 fraction[m],
                 f"≥ {FLOPS_GOAL}",
                 verdict(fraction[m], at_least=FLOPS_GOAL),
                 "Within goal."
                 if fraction[m] >= FLOPS_GOAL
-                else "Below goal: a 384-wide, 6-layer model makes small matmuls (per-head attention is 32 wide, "
-                "seq ≤ 128) that reach a fraction of a large GEMM's rate, and layer norm, GELU, softmax, dropout, "
-                "the loss and AdamW are memory-bound work with no FLOPs counted; tokenization is in the step "
-                "too.",
+                else f"Below goal: a {r['shapes']['hidden']}-wide, {r['shapes']['layers']}-layer model makes small "
+                f"matmuls (per-head attention is {r['shapes']['hidden'] // r['shapes']['heads']} wide, seq ≤ 128) "
+                "that reach a fraction of a large GEMM's rate, and layer norm, GELU, softmax, dropout, the loss and "
+                "AdamW are memory-bound work with no FLOPs counted; tokenization is in the step too.",
             ),
         )
     details = {
@@ -375,9 +380,9 @@ def run(steps: int = 5, batch: int = 32, mini_batch: int = 32, reps: int = 1, mo
 
 def main(argv: list[str] | None = None) -> BenchResult | dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--mini-batch", type=int, default=32)
+    parser.add_argument("--mini-batch", type=int, default=16)
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--model", default=MINILM)
     parser.add_argument("--worker", choices=("lora", "full"), help="run one arm in this process")
