@@ -35,8 +35,13 @@ def build_bert_base(tokenizer_dir: Path, out: Path, hidden: int, layers: int) ->
     torch.manual_seed(0)
     tokenizer = BertTokenizerFast.from_pretrained(str(tokenizer_dir))
     heads = max(1, hidden // 64)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                        num_attention_heads=heads, intermediate_size=4 * hidden)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=4 * hidden,
+    )
     BertModel(config).save_pretrained(out / "hf")
     tokenizer.save_pretrained(out / "hf")
     transformer = Transformer(str(out / "hf"))
@@ -72,9 +77,17 @@ def main() -> None:
         EvalConfig(dataset_id=args.eval, datasets=args.datasets.split(","), batch_size=256, during_training=False)
     )
     train_cfg = OmegaConf.structured(
-        TrainConfig(max_steps=args.steps, batch_size=args.batch_size, eval_batch_size=args.batch_size,
-                    mini_batch_size=args.mini_batch_size, lr=2e-5, warmup_ratio=0.1, eval_steps=None,
-                    save_steps=None, logging_steps=1)
+        TrainConfig(
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            eval_batch_size=args.batch_size,
+            mini_batch_size=args.mini_batch_size,
+            lr=2e-5,
+            warmup_ratio=0.1,
+            eval_steps=None,
+            save_steps=None,
+            logging_steps=1,
+        )
     )
     prepare_data(data_cfg, args.out / "data")
 

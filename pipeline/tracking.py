@@ -228,7 +228,8 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
         run_id = _interrupted_run(client, exp_id, key)
         if run_id is not None:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-            client.set_tag(run_id, "resumed", "true")
+            for key_, value in {**(tags or {}), "resumed": "true"}.items():  # e.g. the sweep it now belongs to
+                client.set_tag(run_id, key_, value)
             print(f"[pipeline] resuming the interrupted MLflow run {run_id} of this config", file=sys.stderr)
         else:
             run_tags = {
