@@ -36,3 +36,24 @@ def test_a_token_in_the_environment_is_logged_nowhere(tiny_cfg, monkeypatch):
     logged = list(r.data.params.values()) + list(r.data.tags.values())
     assert not any(secret in str(v) for v in logged)
     assert r.data.params["model.trust_remote_code"] == "False"
+
+
+def test_an_interrupted_run_resumes_with_the_new_tags(tiny_cfg):
+    import pytest
+
+    from pipeline.tracking import pipeline_run
+
+    cfg = tiny_cfg()
+    with pytest.raises(KeyboardInterrupt), pipeline_run(cfg, tags={"sweep_id": "old"}) as first:
+        raise KeyboardInterrupt
+    client = MlflowClient(tracking_uri(cfg))
+    assert client.get_run(first.run_id).info.status == "KILLED"
+    with pipeline_run(cfg, tags={"sweep_id": "new"}) as second:
+        pass
+    run = client.get_run(second.run_id)
+    assert second.run_id == first.run_id and run.info.status == "FINISHED"
+    assert run.data.tags["sweep_id"] == "new" and run.data.tags["resumed"] == "true"
+    # a finished run is never resumed: the same config again is a new run
+    with pipeline_run(cfg) as third:
+        pass
+    assert third.run_id != first.run_id
