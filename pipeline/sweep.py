@@ -54,6 +54,25 @@ def sweep_info(sweep_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _first_job_experiment(config: DictConfig) -> str:
+    """The experiment of the sweep's first job (`experiment=...` overrides may set it), where the parent run goes."""
+    from hydra import compose
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
+    first = {}
+    for override in overrides:
+        value = next(iter(override.sweep_string_iterator())) if override.is_sweep_override() else None
+        line = f"{override.get_key_element()}={value}" if value is not None else override.input_line
+        if not is_relative_alpha(line):
+            first[override.get_key_element()] = line
+    try:
+        return compose(config_name=config.hydra.job.config_name, overrides=list(first.values())).tracking.experiment
+    except Exception:  # noqa: BLE001 - the jobs will report a bad config themselves
+        return config.tracking.experiment
+
+
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from pipeline.tracking import client_for, experiment_id, tracking_uri
@@ -63,7 +82,7 @@ class MLflowSweepCallback(Callback):
         sweep_id = f"{Path(config.hydra.sweep.dir).name}-{uuid.uuid4().hex[:6]}"
         overrides = " ".join(config.hydra.overrides.task)
         parent = client.create_run(
-            experiment_id(client, uri, config.tracking.experiment),
+            experiment_id(client, uri, _first_job_experiment(config)),
             run_name=f"sweep-{sweep_id}",
             tags={"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]},
         )
@@ -81,9 +100,8 @@ class MLflowSweepCallback(Callback):
             return
         client = MlflowClient(info["tracking_uri"])
         parent = client.get_run(info["parent_run_id"])
-        children = client.search_runs(
-            [parent.info.experiment_id], filter_string=f"tags.sweep_id = '{info['sweep_id']}'"
-        )
+        experiments = [e.experiment_id for e in client.search_experiments()]  # jobs may log to other experiments
+        children = client.search_runs(experiments, filter_string=f"tags.sweep_id = '{info['sweep_id']}'")
         children = [c for c in children if c.info.run_id != parent.info.run_id]
         failed = [c for c in children if c.info.status != "FINISHED"]
         client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
