@@ -31,7 +31,7 @@ def test_grid_becomes_lora_jobs_plus_one_full_arm():
         lora_vs_full_jobs([["finetune.alpha=2r"]])
 
 
-def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool = True):
+def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool = True, experiment="lora-vs-full"):
     overrides = [
         o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")
     ]
@@ -41,7 +41,7 @@ def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    experiment = client.get_experiment_by_name("lora-vs-full")
+    experiment = client.get_experiment_by_name(experiment)
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
     assert len(parents) == 1
@@ -80,6 +80,8 @@ def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_n
         "finetune.alpha=8",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=2",
+        "tracking.experiment=parallel",  # the parent run goes where its jobs log
+        experiment="parallel",
     )
     assert sorted(r.info.run_name for r in children) == ["lora-r2-a8", "lora-r4-a8"]
     for run in children:
