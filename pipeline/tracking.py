@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -61,7 +61,7 @@ def client_for(uri: str) -> MlflowClient:
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     db = _sqlite_path(uri)
     lock = FileLock(str(db) + ".lock") if db else None
-    with lock if lock else _nothing():
+    with lock if lock else nullcontext():
         experiment = client.get_experiment_by_name(name)
         if experiment is not None:
             return experiment.experiment_id
@@ -70,11 +70,6 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
         exp_id = client.create_experiment(name, artifact_location=location)
         describe_experiment(client, exp_id)  # the comparison (NDCG@10, method, r, alpha) as the UI's default view
         return exp_id
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def run_name(cfg: DictConfig) -> str:
