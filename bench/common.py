@@ -7,6 +7,7 @@ noise, their ratios much less so.
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -361,3 +362,14 @@ def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, comma
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
     return content
+
+
+def pipeline_run_parser(doc: str, steps: int) -> argparse.ArgumentParser:
+    """The size flags of the benchmarks that run the pipeline: training steps, batch, the NanoMSMARCO subset, model."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--docs", type=int, default=160, help="NanoMSMARCO passages kept (0: all 2000)")
+    parser.add_argument("--queries", type=int, default=8, help="NanoMSMARCO queries kept (0: all 36)")
+    parser.add_argument("--model", default=MINILM)
+    return parser

@@ -10,7 +10,6 @@ MLflow DB is created once beforehand (a user's exists already: creating it is a 
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import time
@@ -28,6 +27,7 @@ from bench.common import (
     bench_env,
     median,
     msmarco_subset,
+    pipeline_run_parser,
     quiet,
     run_measured,
     scratch_dir,
@@ -239,13 +239,8 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> BenchResult:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = pipeline_run_parser(__doc__, steps=4)
     parser.add_argument("--reps", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--docs", type=int, default=160, help="NanoMSMARCO passages kept (0: all 2000)")
-    parser.add_argument("--queries", type=int, default=8, help="NanoMSMARCO queries kept (0: all 36)")
-    parser.add_argument("--model", default=MINILM)
     args = parser.parse_args(argv)
     quiet()
     result = run(args.reps, args.steps, args.batch, args.docs or None, args.queries or None, args.model)

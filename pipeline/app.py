@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
 from pipeline.models import device_and_precision
-from pipeline.sweep import sweep_info
+from pipeline.progress import MLflowTrainerCallback
+from pipeline.sweep import sweep_of_this_job
 from pipeline.tracking import pipeline_run, tracking_uri
 
 
@@ -29,15 +30,6 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def _sweep_of_this_job() -> dict | None:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    return sweep_info(HydraConfig.get().sweep.dir)
-
-
 def run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
@@ -46,12 +38,14 @@ def run(cfg: DictConfig) -> float | None:
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
     tags = {"device": device, "precision": precision}
-    sweep = _sweep_of_this_job()
+    sweep = sweep_of_this_job()
     if sweep is not None:  # a job of a multirun: a child of the sweep's parent run
         tags.update({"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]})
     try:
         with pipeline_run(cfg, tags=tags) as tracked:
-            outputs = run_dag(cfg, callbacks=(tracked.trainer_callback,), on_stage=tracked.on_stage)
+            outputs = run_dag(
+                cfg, callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),), on_stage=tracked.on_stage
+            )
     except Exception as error:
         if sweep is None:
             raise

@@ -32,8 +32,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipeline.stats import Estimate, PairedTest, bootstrap_ci, paired_test
+from pipeline.sweep import sweep_runs
+from pipeline.tracking import METRIC, all_experiments, search_all_runs
 
-MEAN_METRIC = "nanobeir_mean_ndcg_at_10"
 DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
 PER_QUERY = "evaluation/per_query.json"
 BASELINE_PER_QUERY = "evaluation/baseline/per_query.json"
@@ -104,10 +105,7 @@ def sweep_id_of(run: Run) -> str:
 
 def list_sweeps(client: MlflowClient, experiment_ids: list[str] | None = None) -> list[Run]:
     """Parent runs of sweeps (tag `pipeline.role=sweep`), newest first, across all experiments unless given."""
-    ids = experiment_ids if experiment_ids is not None else _experiment_ids(client)
-    if not ids:
-        return []
-    return _search(client, ids, "tags.`pipeline.role` = 'sweep'", order_by=["attributes.start_time DESC"])
+    return search_all_runs(client, "tags.`pipeline.role` = 'sweep'", experiment_ids, ["attributes.start_time DESC"])
 
 
 def find_sweep(client: MlflowClient, sweep_id: str | None = None, experiment: str | None = None) -> Run:
@@ -116,7 +114,7 @@ def find_sweep(client: MlflowClient, sweep_id: str | None = None, experiment: st
     if experiment is not None:
         found = client.get_experiment_by_name(experiment)
         if found is None:
-            names = ", ".join(e.name for e in _experiments(client)) or "none"
+            names = ", ".join(e.name for e in all_experiments(client)) or "none"
             raise SweepNotFound(f"no experiment named {experiment!r}; existing experiments: {names}")
         experiment_ids = [found.experiment_id]
     sweeps = list_sweeps(client, experiment_ids)
@@ -216,33 +214,9 @@ def _client(uri: str) -> MlflowClient:
     return MlflowClient(uri)
 
 
-def _experiments(client: MlflowClient) -> list:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            return experiments
-
-
-def _experiment_ids(client: MlflowClient) -> list[str]:
-    return [e.experiment_id for e in _experiments(client)]
-
-
-def _search(client: MlflowClient, experiment_ids: list[str], filter_string: str, order_by=None) -> list[Run]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
 def _load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[list[Arm], Arm | None]:
     """The sweep's child runs as arms, and the base model's arm from their baseline artifacts and metrics."""
-    children = _search(client, _experiment_ids(client), f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = sweep_runs(client, parent.info.run_id)  # its jobs, and the finished runs it reused
     arms, baselines, baseline_metrics = [], [], {}
     for run in children:
         arm = _arm(run)
@@ -268,11 +242,11 @@ def _load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[
     elif baseline_metrics:
         baseline = Arm("baseline", "none", "", per_dataset=baseline_metrics)
         warnings.append(f"no {BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
-    if baseline is not None and baseline.per_query is None and MEAN_METRIC in baseline.per_dataset:
-        baseline.ndcg = Estimate(baseline.per_dataset.pop(MEAN_METRIC), math.nan, math.nan)
+    if baseline is not None and baseline.per_query is None and METRIC in baseline.per_dataset:
+        baseline.ndcg = Estimate(baseline.per_dataset.pop(METRIC), math.nan, math.nan)
     for arm in arms:
-        if arm.per_query is None and MEAN_METRIC in arm.per_dataset:
-            arm.ndcg = Estimate(arm.per_dataset.pop(MEAN_METRIC), math.nan, math.nan)
+        if arm.per_query is None and METRIC in arm.per_dataset:
+            arm.ndcg = Estimate(arm.per_dataset.pop(METRIC), math.nan, math.nan)
     return arms, baseline
 
 
@@ -300,12 +274,12 @@ def _arm(run: Run) -> Arm:
 
 
 def _dataset_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """{dataset: ndcg@10} from `<prefix>nanobeir_<dataset>_ndcg_at_10` metrics, and the mean under MEAN_METRIC."""
+    """{dataset: ndcg@10} from `<prefix>nanobeir_<dataset>_ndcg_at_10` metrics, and the mean under METRIC."""
     found = {}
     for key, value in metrics.items():
         match = DATASET_METRIC.match(key[len(prefix) :]) if key.startswith(prefix) else None
         if match:
-            found[MEAN_METRIC if match["name"] == "mean" else match["name"]] = value
+            found[METRIC if match["name"] == "mean" else match["name"]] = value
     return found
 
 

@@ -110,6 +110,7 @@ class PathsConfig:
 @dataclass
 class RunConfig:
     until: str | None = None  # stop after this stage (e.g. prepare_data); None: the whole DAG
+    skip_finished: bool = True  # in a sweep, a job whose config already has a FINISHED run reuses it instead
 
 
 @dataclass

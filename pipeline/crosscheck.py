@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING
 
 import pytrec_eval
 
+from pipeline.nanobeir import dataset_table
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -175,7 +177,7 @@ def crosscheck(
     from pipeline.config import EvalBackend, EvalConfig
     from pipeline.models import model_source
     from pipeline.mteb_backend import evaluate_mteb, load_layout_split, predictions_file, task_name
-    from pipeline.stages.evaluate import dataset_table, evaluate
+    from pipeline.stages.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out) if out else Path(tmp)

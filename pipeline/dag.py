@@ -22,8 +22,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.fingerprint import config_hash, source_fingerprint
-from pipeline.models import model_source
+from pipeline.fingerprint import config_hash, sources
 from pipeline.stages.evaluate import evaluate_baseline, evaluate_finetuned
 from pipeline.stages.finetune import finetune
 from pipeline.stages.model_card import model_card
@@ -132,18 +131,6 @@ def stages_until(until: str | None) -> list[Stage]:
     return [stage for stage in DAG if stage.name in needed]
 
 
-def _sources(cfg: DictConfig, groups: tuple[str, ...]) -> dict[str, str]:
-    """Content fingerprints of the local dirs a stage reads (Hub ids stand for themselves, with their revision)."""
-    sources = {}
-    if "data" in groups:
-        sources["data"] = source_fingerprint(cfg.data.path, cfg.data.revision)
-    if "eval" in groups:
-        sources["eval"] = source_fingerprint(cfg.eval.dataset_id)
-    if "model" in groups:
-        sources["model"] = source_fingerprint(model_source(cfg.model.name), cfg.model.revision)
-    return sources
-
-
 def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
     """The values of `group` that can change `stage`'s output."""
     values = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
@@ -160,7 +147,7 @@ def stage_key(stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str]) -> s
     material = {
         "stage": stage.name,
         "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
-        "sources": _sources(cfg, stage.config),
+        "sources": sources(cfg, stage.config),
         "upstream": upstream_keys,
     }
     return config_hash(material)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
 from pipeline.adapters import load_with_local_base
+from pipeline.stages.evaluate import merge_adapter_into
 
 SENTENCES = [
     "What is the capital of France?",
@@ -42,12 +42,11 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_path: str |
     # 1. Load the adapter model: its modules, tokenizer and sequence length come from the adapter dir
     model = load_adapter_model(adapter_dir, base_path)
     reference = model.encode(SENTENCES, convert_to_tensor=True)
-    # 2. Wrap a fresh copy of the same base weights in peft, merge B·A into them and drop the LoRA layers
+    # 2. A fresh copy of the same base weights, to merge B·A into
     adapted = model.transformers_model
     base = type(adapted).from_pretrained(adapted.name_or_path, dtype=adapted.dtype)
-    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     # 3. Put the merged transformers model in the Transformer module's place and save, safetensors only
-    model[0].model = merged.to(adapted.device)
+    model[0].model = merge_adapter_into(base, adapter_dir).to(adapted.device)
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # 4. Check: the saved merged model embeds as the adapter model did
     reloaded = SentenceTransformer(str(out_dir), device=str(reference.device))

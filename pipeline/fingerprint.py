@@ -13,6 +13,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from pipeline.models import model_source
+
 
 def dir_fingerprint(path: str | os.PathLike) -> str:
     """sha256 over the relative paths and bytes of every file below `path` (dot-files and caches excluded)."""
@@ -54,3 +58,15 @@ def datasets_cache(cache_dir: str | os.PathLike):
         yield
     finally:
         datasets.config.HF_DATASETS_CACHE = previous
+
+
+def sources(cfg: DictConfig, groups: tuple[str, ...] = ("data", "eval", "model")) -> dict[str, str]:
+    """Content fingerprints of the local dirs the config's `groups` read (a Hub id stands for itself, at its revision)."""
+    found = {}
+    if "data" in groups:
+        found["data"] = source_fingerprint(cfg.data.path, cfg.data.revision)
+    if "eval" in groups:
+        found["eval"] = source_fingerprint(cfg.eval.dataset_id)
+    if "model" in groups:
+        found["model"] = source_fingerprint(model_source(cfg.model.name), cfg.model.revision)
+    return found

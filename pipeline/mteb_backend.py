@@ -52,6 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.nanobeir import NANOBEIR_DATASETS, dataset_table
+
 HUB_NANOBEIR = "sentence-transformers/NanoBEIR-en"
 SPLIT = "train"  # mteb's NanoBEIR tasks evaluate their one split, named "train"
 SUBSET = "default"
@@ -365,7 +367,6 @@ def evaluate_mteb(model, eval_cfg, out: Path, cache_dir: Path | None = None, sou
     Also writes `mteb_predictions_<Name>.jsonl` (top 100 per query in mteb's order, the format of
     sentence-transformers' predictions files), which `pipeline.crosscheck` compares rank by rank.
     """
-    from pipeline.stages.evaluate import NANOBEIR_DATASETS, dataset_table
 
     out.mkdir(parents=True, exist_ok=True)
     datasets = list(eval_cfg.datasets) if eval_cfg.datasets else list(NANOBEIR_DATASETS)

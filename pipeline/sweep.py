@@ -5,6 +5,9 @@
 - `MLflowSweepCallback` (a Hydra callback) opens the sweep's parent run before any job starts, creating the sqlite DB
   once, and at the end closes it: FAILED, with the names of the failed jobs, if any job failed (and the sweep exits
   non-zero), FINISHED otherwise.
+- `finished_job`: a job whose config already has a FINISHED run (same config, same data and model content) reuses
+  that run instead of running again, so re-running a sweep (a grid grown by r=128, a failed job fixed) runs only what
+  is missing. Light on purpose: it runs before torch is imported.
 """
 
 from __future__ import annotations
@@ -14,15 +17,19 @@ import re
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: config validation (is_relative_alpha) stays fast
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
 
 RELATIVE_ALPHA = re.compile(r"^(\d*\.?\d*)r$")  # "r", "2r", "0.5r"
 LORA_ONLY = ("finetune.r", "finetune.alpha", "finetune.dropout", "finetune.target_modules")
 SWEEP_FILE = "sweep.json"
+REUSED_TAG = "sweep.reused.{parent_run_id}"  # on a finished run that a later sweep reused
 
 
 def lora_vs_full_jobs(jobs: list[list[str]]) -> list[list[str]]:
@@ -52,6 +59,46 @@ def sweep_info(sweep_dir: str | Path) -> dict[str, Any] | None:
     """What a job of a sweep needs to log under the sweep's parent run (written by the callback)."""
     path = Path(sweep_dir) / SWEEP_FILE
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def sweep_of_this_job() -> dict[str, Any] | None:
+    """The sweep this process runs a job of (`sweep_info`), or None outside a multirun."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    return sweep_info(HydraConfig.get().sweep.dir)
+
+
+def finished_job(cfg: DictConfig) -> Run | None:
+    """In a sweep, the FINISHED run of this job's exact config, tagged as reused by the sweep; None: run the job."""
+    sweep = sweep_of_this_job()
+    if sweep is None or not cfg.run.skip_finished:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking import finished_run, tracking_uri
+
+    run = finished_run(cfg)
+    if run is None:
+        return None
+    MlflowClient(tracking_uri(cfg)).set_tag(run.info.run_id, REUSED_TAG.format(**sweep), sweep["sweep_id"])
+    print(
+        f"[pipeline] {run.info.run_name}: this config already finished as MLflow run {run.info.run_id}; "
+        "reused (run.skip_finished=false runs it again)",
+        file=sys.stderr,
+    )
+    return run
+
+
+def sweep_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
+    """A sweep's runs: its jobs (children of its parent run, in any experiment) and the finished runs it reused."""
+    from pipeline.tracking import search_all_runs
+
+    jobs = search_all_runs(client, f"tags.mlflow.parentRunId = '{parent_run_id}'")
+    reused = search_all_runs(client, f"tags.`{REUSED_TAG.format(parent_run_id=parent_run_id)}` != ''")
+    return jobs + [run for run in reused if run.info.run_id not in {job.info.run_id for job in jobs}]
 
 
 def _first_job_experiment(config: DictConfig) -> str:
@@ -93,6 +140,7 @@ class MLflowSweepCallback(Callback):
         print(f"[pipeline] sweep {sweep_id}: MLflow parent run {parent.info.run_id} in {uri}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
 
         info = sweep_info(config.hydra.sweep.dir)
@@ -100,11 +148,11 @@ class MLflowSweepCallback(Callback):
             return
         client = MlflowClient(info["tracking_uri"])
         parent = client.get_run(info["parent_run_id"])
-        experiments = [e.experiment_id for e in client.search_experiments()]  # jobs may log to other experiments
-        children = client.search_runs(experiments, filter_string=f"tags.sweep_id = '{info['sweep_id']}'")
-        children = [c for c in children if c.info.run_id != parent.info.run_id]
+        children = sweep_runs(client, parent.info.run_id)
         failed = [c for c in children if c.info.status != "FINISHED"]
+        reused = [c for c in children if c.data.tags.get("mlflow.parentRunId") != parent.info.run_id]
         client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
+        client.set_tag(parent.info.run_id, "sweep.reused_jobs", str(len(reused)))
         if failed:
             names = ", ".join(f"{c.info.run_name} ({c.data.tags.get('error', c.info.status)})" for c in failed)
             client.set_tag(parent.info.run_id, "sweep.failed_jobs", names[:5000])
@@ -116,7 +164,8 @@ class MLflowSweepCallback(Callback):
             sys.exit(1)
         client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FINISHED))
         print(
-            f"[pipeline] sweep {info['sweep_id']}: {len(children)} jobs finished; compare them with "
+            f"[pipeline] sweep {info['sweep_id']}: {len(children)} jobs finished ({len(reused)} reused from earlier "
+            "runs); compare them with "
             f"`make compare` (python -m pipeline.compare --sweep-id {info['sweep_id']})",
             file=sys.stderr,
         )

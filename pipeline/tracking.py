@@ -19,19 +19,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from filelock import FileLock
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback
 
 from pipeline.config import Method
-from pipeline.dag import StageOutput
-from pipeline.fingerprint import config_hash
+from pipeline.fingerprint import config_hash, sources
 from pipeline.ui import describe_experiment
 
+if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
+    from pipeline.dag import StageOutput
+
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
+METRIC = "nanobeir_mean_ndcg_at_10"  # what a run is compared by
+RUN_ONLY = ("run.skip_finished",)  # how to run, not what: not part of a run's identity
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
 
@@ -97,6 +101,60 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+def run_key(cfg: DictConfig, params: dict[str, str] | None = None) -> str:
+    """What makes two runs the same run: the resolved config, and what the data, evaluation sets and model hold.
+
+    Tagged `pipeline.config_hash`: a killed run resumes into the run of its key, a sweep skips a key that finished.
+    """
+    params = {k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY}
+    return config_hash({"params": params, "sources": sources(cfg)})
+
+
+def finished_run(cfg: DictConfig) -> Run | None:
+    """The newest FINISHED run of this config (same `run_key`) in its experiment, if any; creates nothing."""
+    uri = tracking_uri(cfg)
+    db = _sqlite_path(uri)
+    if db is not None and not db.is_file():
+        return None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`pipeline.config_hash` = '{run_key(cfg)}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0] if runs else None
+
+
+def all_experiments(client: MlflowClient) -> list[Experiment]:
+    experiments, token = [], None
+    while True:
+        page = client.search_experiments(page_token=token)
+        experiments.extend(page)
+        token = page.token
+        if not token:
+            return experiments
+
+
+def search_all_runs(
+    client: MlflowClient, filter_string: str, experiment_ids: list[str] | None = None, order_by=None
+) -> list[Run]:
+    """Every run matching `filter_string`, page after page, in the given experiments or in all of them."""
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in all_experiments(client)]
+    runs, token = [], None
+    while experiment_ids:
+        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
 def metric_name(name: str) -> str:
     """MLflow metric names cannot contain '@'."""
     return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", name.replace("@", "_at_"))
@@ -119,16 +177,6 @@ def provenance() -> dict[str, str]:
     return tags
 
 
-class MLflowTrainerCallback(TrainerCallback):
-    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step."""
-
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        log_step(self.client, self.run_id, logs or {}, state.global_step)
-
-
 def log_step(client: MlflowClient, run_id: str, logs: dict, step: int) -> None:
     metrics = [
         Metric(metric_name(k), float(v), _now_ms(), step)
@@ -148,7 +196,6 @@ class PipelineRun:
 
     def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig):
         self.client, self.run_id, self.cfg = client, run_id, cfg
-        self.trainer_callback = MLflowTrainerCallback(client, run_id)
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
@@ -216,7 +263,7 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
     client = client_for(uri)
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
     params = flat_params(cfg)
-    key = config_hash(params)
+    key = run_key(cfg, params)
     locks = Path(cfg.paths.outputs).resolve() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"run-{key}.lock")):

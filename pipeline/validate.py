@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import LossName
 from pipeline.models import model_source
+from pipeline.nanobeir import dataset_table
 
 NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
@@ -99,8 +100,6 @@ def _check_data(cfg: DictConfig) -> None:
 
 
 def _check_eval(cfg: DictConfig) -> None:
-    from pipeline.stages.evaluate import dataset_table
-
     ev = cfg.eval
     local = os.path.isdir(ev.dataset_id)
     if not local and _looks_local(ev.dataset_id):

@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from sentence_transformers import SentenceTransformer
 
 from pipeline.adapters import load_with_local_base
+from pipeline.dag import is_complete
 from pipeline.models import model_source
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data
 
@@ -84,6 +85,6 @@ def test_minilm_lora_on_medquad_twice(tmp_path):
     base.load_adapter(adapter_dir)
     np.testing.assert_allclose(base.encode(texts), helper, atol=1e-6)
     # and gives the embeddings the pipeline evaluated with: the finetune stage checked its save reloads exactly
-    finetune_dir = next((tmp_path / "out" / "cache" / "finetune").iterdir())
+    finetune_dir = next(p for p in (tmp_path / "out" / "cache" / "finetune").iterdir() if is_complete(p))
     summary = json.loads((finetune_dir / "_SUCCESS.json").read_text())["result"]
     assert summary["reload_max_abs_diff"] < 1e-5

@@ -23,7 +23,8 @@ from pipeline import crosscheck
 from pipeline.config import EvalBackend, EvalConfig
 from pipeline.dag import StageOutput
 from pipeline.mteb_backend import HUB_NANOBEIR, MTEB_TASKS, build_tasks, load_layout_split, mteb_version
-from pipeline.stages.evaluate import NANOBEIR, evaluate
+from pipeline.nanobeir import NANOBEIR
+from pipeline.stages.evaluate import evaluate
 from pipeline.tracking import PipelineRun
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data, write_nanobeir_dir
 

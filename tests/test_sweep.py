@@ -1,4 +1,4 @@
-"""Sweeps: the grid plus the full arm, one parent run, shared stages once, parallel jobs, a failing job."""
+"""Sweeps: the grid plus the full arm, one parent run, shared stages once, parallel jobs, a failing job, re-runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep import lora_vs_full_jobs
+from pipeline.compare import compare
+from pipeline.sweep import lora_vs_full_jobs, sweep_runs
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -31,7 +32,7 @@ def test_grid_becomes_lora_jobs_plus_one_full_arm():
         lora_vs_full_jobs([["finetune.alpha=2r"]])
 
 
-def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool = True, experiment="lora-vs-full"):
+def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check=True, experiment="lora-vs-full", sweeps=1):
     overrides = [
         o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")
     ]
@@ -42,9 +43,9 @@ def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check: bool
         assert proc.returncode == 0, proc.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
-    assert len(parents) == 1
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parents = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]  # newest first
+    assert len(parents) == sweeps
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
     return proc, client, parents[0], children
 
@@ -113,3 +114,26 @@ def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model
     failed = next(r for r in children if r.info.status == "FAILED")
     assert "no_such_module" in failed.data.tags["error"]
     assert parent.info.status == "FAILED" and "lora-r2-a8" in parent.data.tags["sweep.failed_jobs"]
+
+
+@pytest.mark.slow
+def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    tiny = (tmp_path, tiny_model, tiny_qa, tiny_nanobeir)
+    _, _, first, _ = _sweep(*tiny, "finetune=lora", "finetune.r=2", "finetune.alpha=8")
+    # the grid grows by r=4: r=2 finished already, so only r=4 runs
+    proc, client, parent, children = _sweep(*tiny, "finetune=lora", "finetune.r=2,4", "finetune.alpha=8", sweeps=2)
+    assert parent.info.run_id != first.info.run_id and parent.info.status == "FINISHED"
+    assert "lora-r2-a8: this config already finished" in proc.stderr
+    assert [r.info.run_name for r in children] == ["lora-r4-a8"]
+    jobs = [r for r in client.search_runs([parent.info.experiment_id]) if "pipeline.role" not in r.data.tags]
+    assert sorted(r.info.run_name for r in jobs) == ["lora-r2-a8", "lora-r4-a8"]  # r=2 was not run twice
+    assert parent.data.tags["sweep.jobs"] == "2" and parent.data.tags["sweep.reused_jobs"] == "1"
+    assert sorted(r.info.run_name for r in sweep_runs(client, parent.info.run_id)) == ["lora-r2-a8", "lora-r4-a8"]
+    report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
+    assert {row["name"] for row in report["rows"]} >= {"lora-r2-a8", "lora-r4-a8"}
+
+    # run.skip_finished=false: the same config runs again, as a new run
+    proc, client, parent, children = _sweep(
+        *tiny, "finetune=lora", "finetune.r=2", "finetune.alpha=8", "run.skip_finished=false", sweeps=3
+    )
+    assert [r.info.run_name for r in children] == ["lora-r2-a8"] and parent.data.tags["sweep.reused_jobs"] == "0"

@@ -1,12 +1,15 @@
-"""What reaches MLflow: flattened params without secrets, MLflow-safe metric names."""
+"""What reaches MLflow: flattened params without secrets, MLflow-safe metric names, what identifies a run."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.app import run
-from pipeline.tracking import flat_params, metric_name, tracking_uri
+from pipeline.tracking import finished_run, flat_params, metric_name, run_key, tracking_uri
+from tests.conftest import write_qa_dir
 
 
 def test_secret_like_keys_are_never_params():
@@ -57,3 +60,23 @@ def test_an_interrupted_run_resumes_with_the_new_tags(tiny_cfg):
     with pipeline_run(cfg) as third:
         pass
     assert third.run_id != first.run_id
+
+
+def test_a_run_is_identified_by_its_config_and_by_what_its_data_holds(tiny_cfg, tmp_path):
+    data = write_qa_dir(tmp_path / "qa", rows=64, seed=0)
+    cfg = tiny_cfg([f"data.path={data}"])
+    key = run_key(cfg)
+    assert run_key(tiny_cfg([f"data.path={data}", "run.skip_finished=false"])) == key  # how to run, not what
+    assert run_key(tiny_cfg([f"data.path={data}", "finetune.r=8"])) != key
+    write_qa_dir(data, rows=64, seed=1)  # rebuilt in place: same path, other pairs
+    assert run_key(cfg) != key
+
+
+def test_finished_run_creates_nothing_and_finds_only_finished_runs(tiny_cfg):
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    assert finished_run(cfg) is None
+    assert not Path(tracking_uri(cfg).removeprefix("sqlite:///")).exists()  # no DB made by looking
+    run(cfg)
+    found = finished_run(cfg)
+    assert found is not None and found.info.status == "FINISHED"
+    assert finished_run(tiny_cfg(["run.until=prepare_data", "finetune.r=8"])) is None

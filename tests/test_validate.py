@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
+HEAVY = {"torch", "transformers", "sentence_transformers", "peft"}  # no model can load before the error
 CASES = {
     "r zero": (["finetune.r=0"], "finetune.r=0", ">= 1"),
     "r negative": (["finetune.r=-4"], "finetune.r=-4", ">= 1"),
@@ -57,7 +58,7 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", *base, *overrides],
+        [sys.executable, "-X", "importtime", "-m", "pipeline", *base, *overrides],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -65,9 +66,19 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
         timeout=300,
     )
     assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not imported & HEAVY, sorted(imported & HEAVY)  # failed before any heavy work
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("import time:")]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("error: ") and "Traceback" not in proc.stderr
     assert names in lines[0] and allowed in lines[0], lines[0]
     # nothing left behind: no outputs dir (no run dir, no cache, no MLflow DB)
     assert not outputs.exists(), sorted(p.name for p in outputs.rglob("*"))
+
+
+def test_the_allowed_nanobeir_names_are_sentence_transformers_own():
+    from sentence_transformers.sentence_transformer.evaluation import nano_beir
+
+    from pipeline.nanobeir import NANOBEIR
+
+    assert NANOBEIR == nano_beir.DATASET_NAME_TO_HUMAN_READABLE

@@ -18,23 +18,7 @@ from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvalua
 from pipeline.config import EvalBackend, EvalConfig, ModelConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import model_source
-
-NANOBEIR = dict(nano_beir.DATASET_NAME_TO_HUMAN_READABLE)  # the 13 NanoBEIR sets: short name -> human name
-NANOBEIR_DATASETS = list(NANOBEIR)
-
-
-def local_dataset_names(dataset_id: str) -> dict[str, str]:
-    """Short name -> human-readable name of the `Nano<Name>` splits of a local dir in the NanoBEIR layout."""
-    corpus = Path(dataset_id) / "corpus"
-    if not corpus.is_dir():
-        return {}
-    splits = sorted(p.stem for p in corpus.glob("Nano*.parquet"))
-    return {split[len("Nano") :].lower(): split[len("Nano") :] for split in splits}
-
-
-def dataset_table(dataset_id: str) -> dict[str, str]:
-    """Short name -> human name of every set `dataset_id` can hold: NanoBEIR's 13, plus a local dir's own splits."""
-    return {**local_dataset_names(dataset_id), **NANOBEIR}
+from pipeline.nanobeir import dataset_table
 
 
 def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
@@ -131,9 +115,7 @@ def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = Fa
     if path is not None and (Path(path) / "adapter_config.json").is_file():
         model = load_model(model_cfg)
         if merge:
-            from peft import PeftModel
-
-            model[0].model = PeftModel.from_pretrained(model.transformers_model, path).merge_and_unload()
+            model[0].model = merge_adapter_into(model.transformers_model, path)
         else:
             model.load_adapter(path)
         return model
@@ -145,6 +127,13 @@ def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = Fa
     if model_cfg.max_seq_length:
         model.max_seq_length = model_cfg.max_seq_length
     return model
+
+
+def merge_adapter_into(base, adapter_dir: str | Path):
+    """The base transformers model with the adapter's B·A·(alpha/r) added into the weights it adapts, LoRA layers gone."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
 def evaluate_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, out: Path, cache_dir: Path | None = None) -> dict:
