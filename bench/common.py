@@ -342,9 +342,8 @@ def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, comma
         "",
         f"**Machine:** {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
         f"torch {machine['torch']} with {machine['torch_threads']} threads, {machine['memory_gb']} GB RAM, "
-        f"Python {machine['python']}. **Date:** {machine['date_utc']}. "
-        f"**Took:** {total / 60:.1f} min "
-        f"({', '.join(f'{r.name} {r.seconds:.0f}s' for r in results)}).",
+        f"Python {machine['python']}. **Measured** (finished at, took): "
+        f"{'; '.join(f'{r.name} {r.date_utc}, {r.seconds:.0f}s' for r in results)}; {total / 60:.1f} min in all.",
         "",
         markdown_table(rows),
         "",
@@ -356,8 +355,7 @@ def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, comma
     for result in results:
         how = result.details.get("how")
         if how:
-            earlier = "" if result.date_utc[:10] == machine["date_utc"][:10] else f" (measured {result.date_utc})"
-            text += [f"- **{result.name}**{earlier} — {how}", ""]
+            text += [f"- **{result.name}** — {how}", ""]
     content = "\n".join(text).rstrip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)

@@ -101,7 +101,7 @@ def test_doc_writer_columns(tmp_path):
         "python": "3.11",
         "date_utc": "2026-01-01 00:00 UTC",
     }
-    result = BenchResult("overhead", rows, {"how": "two subprocesses"}, 12.0)
+    result = BenchResult("overhead", rows, {"how": "two subprocesses"}, 12.0, date_utc="2026-01-01 00:00 UTC")
     text = write_doc([result], machine, tmp_path / "benchmarks.md")
     assert (tmp_path / "benchmarks.md").read_text() == text
     header = next(line for line in text.splitlines() if line.startswith("| benchmark"))
