@@ -7,7 +7,7 @@ CachedMNRL, NO_DUPLICATES, AdamW) with a callback that times every optimizer ste
 collation included), skips the first (warm-up) and FLOP-counts the last (`torch.utils.flop_counter.FlopCounterMode`,
 not timed). FLOPs are also derived analytically from the token counts of every forward call of that step.
 
-    python -m bench.training [--steps 4] [--batch 32] [--mini-batch 16] [--reps 1]
+    python -m bench.training [--steps 7] [--batch 32] [--mini-batch 16] [--reps 1]
     python -m bench.training --worker lora|full ...   (one arm; prints one JSON line)
 """
 
@@ -256,7 +256,7 @@ def measure_training(
     }
 
 
-def run(steps: int = 4, batch: int = 32, mini_batch: int = 16, reps: int = 1, model: str = MINILM) -> BenchResult:
+def run(steps: int = 7, batch: int = 32, mini_batch: int = 16, reps: int = 1, model: str = MINILM) -> BenchResult:
     started = time.perf_counter()
     work = scratch_dir("bench-training-")
     results: dict[str, list[dict]] = {"lora": [], "full": []}
@@ -380,7 +380,7 @@ def run(steps: int = 4, batch: int = 32, mini_batch: int = 16, reps: int = 1, mo
 
 def main(argv: list[str] | None = None) -> BenchResult | dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=7)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--mini-batch", type=int, default=16)
     parser.add_argument("--reps", type=int, default=1)
