@@ -25,6 +25,7 @@ from bench.common import (
     Row,
     alternate,
     bench_env,
+    markdown_table,
     median,
     msmarco_subset,
     pipeline_run_parser,
@@ -247,8 +248,6 @@ def main(argv: list[str] | None = None) -> BenchResult:
     quiet()
     result = run(args.reps, args.steps, args.batch, args.docs or None, args.queries or None, args.model)
     result.save()
-    from bench.common import markdown_table
-
     print(markdown_table(result.rows))
     return result
 

@@ -143,11 +143,17 @@ def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
     return values
 
 
-def stage_key(stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str]) -> str:
+def stage_key(
+    stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str], found_sources: dict[str, str] | None = None
+) -> str:
+    """The cache key: the stage's config slices, the content of the dirs it reads (`found_sources`: the fingerprints
+    a run computed once for all its stages), and its upstream keys."""
+    if found_sources is None:
+        found_sources = sources(cfg, stage.config)
     material = {
         "stage": stage.name,
         "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
-        "sources": sources(cfg, stage.config),
+        "sources": {group: found_sources[group] for group in stage.config if group in found_sources},
         "upstream": upstream_keys,
     }
     return config_hash(material)
@@ -179,9 +185,14 @@ def _read_result(path: Path) -> dict:
 
 
 def run_stage(
-    stage: Stage, cfg: DictConfig, upstream: dict[str, StageOutput], cache: Path, ctx: Context
+    stage: Stage,
+    cfg: DictConfig,
+    upstream: dict[str, StageOutput],
+    cache: Path,
+    ctx: Context,
+    found_sources: dict[str, str] | None = None,
 ) -> StageOutput:
-    key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()})
+    key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()}, found_sources)
     final = cache / stage.name / key
     start = time.perf_counter()
     if is_complete(final):
@@ -210,9 +221,11 @@ def run_dag(
     """Run (or reuse) every stage up to `cfg.run.until`, in order; `on_stage` sees each output as it completes."""
     cache = Path(cfg.paths.outputs).resolve() / "cache"
     ctx = Context(datasets_cache=cache / "hf_datasets", callbacks=tuple(callbacks))
+    stages = stages_until(cfg.run.until)
+    found = sources(cfg, tuple({group for stage in stages for group in stage.config}))  # each dir hashed once
     outputs: dict[str, StageOutput] = {}
-    for stage in stages_until(cfg.run.until):
-        output = run_stage(stage, cfg, {name: outputs[name] for name in stage.inputs}, cache, ctx)
+    for stage in stages:
+        output = run_stage(stage, cfg, {name: outputs[name] for name in stage.inputs}, cache, ctx, found)
         outputs[stage.name] = output
         _status_line(stage.name, output.status, seconds=output.seconds)
         if on_stage is not None:

@@ -98,7 +98,8 @@ def sweep_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
 
     jobs = search_all_runs(client, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     reused = search_all_runs(client, f"tags.`{REUSED_TAG.format(parent_run_id=parent_run_id)}` != ''")
-    return jobs + [run for run in reused if run.info.run_id not in {job.info.run_id for job in jobs}]
+    job_ids = {job.info.run_id for job in jobs}
+    return jobs + [run for run in reused if run.info.run_id not in job_ids]
 
 
 def _first_job_experiment(config: DictConfig) -> str:

@@ -120,13 +120,7 @@ def finished_run(cfg: DictConfig) -> Run | None:
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
     if experiment is None:
         return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`pipeline.config_hash` = '{run_key(cfg)}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    return _newest_run(client, experiment.experiment_id, run_key(cfg), ("FINISHED",))
 
 
 def all_experiments(client: MlflowClient) -> list[Experiment]:
@@ -267,7 +261,9 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
     locks = Path(cfg.paths.outputs).resolve() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"run-{key}.lock")):
-        run_id = _interrupted_run(client, exp_id, key)
+        # The newest run of this config left RUNNING (its process was killed: we hold its lock now) or KILLED
+        interrupted = _newest_run(client, exp_id, key, ("RUNNING", "KILLED"))
+        run_id = interrupted.info.run_id if interrupted else None
         if run_id is not None:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             for key_, value in {**(tags or {}), "resumed": "true"}.items():  # e.g. the sweep it now belongs to
@@ -308,13 +304,12 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
-def _interrupted_run(client: MlflowClient, exp_id: str, key: str) -> str | None:
-    """The newest run of this config left RUNNING (its process was killed: we hold its lock now) or KILLED."""
+def _newest_run(client: MlflowClient, exp_id: str, key: str, statuses: tuple[str, ...]) -> Run | None:
+    """The newest run of `key` (tag `pipeline.config_hash`) in the experiment whose status is one of `statuses`."""
     runs = client.search_runs(
         [exp_id], filter_string=f"tags.`pipeline.config_hash` = '{key}'", order_by=["attributes.start_time DESC"]
     )
-    interrupted = [r for r in runs if r.info.status in ("RUNNING", "KILLED")]
-    return interrupted[0].info.run_id if interrupted else None
+    return next((run for run in runs if run.info.status in statuses), None)
 
 
 @contextmanager
