@@ -27,9 +27,9 @@ install: ## create .venv, install torch first (TORCH_SPEC), then the project and
 	$(BIN)/python -m pip install -q -e ".[dev]"
 
 demo: ## offline: LoRA and full fine-tune of the packaged MiniLM on generated data, then the comparison
-	$(BIN)/python -m pipeline.demo_data
+	$(BIN)/python -m pipeline.tools.demo_data
 	$(BIN)/python -m pipeline -m experiment=demo finetune=lora,full $(ARGS)
-	$(BIN)/python -m pipeline.compare --experiment demo
+	$(BIN)/python -m pipeline.report --experiment demo
 
 run: ## one pipeline run: make run ARGS="finetune=full data.path=... train.max_steps=100"
 	$(BIN)/python -m pipeline $(ARGS)
@@ -38,15 +38,15 @@ sweep: ## LoRA r x alpha grid plus the full arm: make sweep SWEEP_ARGS="finetune
 	$(BIN)/python -m pipeline -m sweep=lora_grid $(SWEEP_ARGS)
 
 compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
-	$(BIN)/python -m pipeline.compare $(COMPARE_ARGS)
+	$(BIN)/python -m pipeline.report $(COMPARE_ARGS)
 
 reproduce: ## the paper: both arms of bert-base-uncased on 1M GooAQ pairs, then the comparison (GPU + Hub)
 	$(BIN)/python -m pipeline -m experiment=paper_lora,paper_full $(ARGS)
-	$(BIN)/python -m pipeline.compare --experiment paper
+	$(BIN)/python -m pipeline.report --experiment paper
 
 reproduce-mini: ## the paper recipe scaled to 2 CPU cores (needs ../shared/data), then the comparison
 	$(BIN)/python -m pipeline -m experiment=mini_paper_lora,mini_paper_full $(ARGS)
-	$(BIN)/python -m pipeline.compare --experiment mini_paper --out docs/mini_paper
+	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
 
 bench: ## benchmarks -> docs/benchmarks.md: overhead, sweep reuse, evaluation, training ratios (~10 min, quiet 2 cores)
 	$(BIN)/python -m bench $(BENCH_ARGS)
@@ -62,7 +62,7 @@ lint: ## ruff lint and format check
 	$(BIN)/ruff format --check .
 
 ui: ## MLflow UI on $(HOST):$(PORT) over $(OUTPUTS)/mlflow.db, with the URL of the LoRA-vs-full comparison
-	PIPELINE_OUTPUTS="$(OUTPUTS)" $(BIN)/python -m pipeline.ui --host $(HOST) --port $(PORT)
+	PIPELINE_OUTPUTS="$(OUTPUTS)" $(BIN)/python -m pipeline.tracking.ui --host $(HOST) --port $(PORT)
 
 clean: ## remove run outputs, stage caches and the MLflow DB under $(OUTPUTS)
 	rm -rf $(OUTPUTS)

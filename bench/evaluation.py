@@ -85,7 +85,7 @@ def param_bytes(model) -> int:
 
 def throughput(model_cfg, adapter_dir: Path, texts: list[str], batch_size: int, reps: int) -> dict:
     """Base, adapter (unmerged) and merged models, alternated; texts/s medians and the merge's embedding error."""
-    from pipeline.stages.evaluate import load_model
+    from pipeline.models import load_model
 
     models = {
         "base": load_model(model_cfg),
@@ -109,9 +109,9 @@ def throughput(model_cfg, adapter_dir: Path, texts: list[str], batch_size: int, 
 
 
 def many_adapters(model_cfg, adapter_dirs: list[Path], texts: list[str], batch_size: int, reps: int) -> dict:
-    """N adapters: one base with every adapter attached (`pipeline.adapters.evaluate_adapters`' way) vs N separate
+    """N adapters: one base with every adapter attached (`pipeline.tools.adapters.evaluate_adapters`' way) vs N separate
     loads of base + adapter merged (the evaluate stage's way), each encoding `texts` per adapter."""
-    from pipeline.stages.evaluate import load_model
+    from pipeline.models import load_model
 
     loads: dict[str, list[float]] = {"one_base": [], "separate": []}
     memory: dict[str, int] = {}

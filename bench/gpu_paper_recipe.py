@@ -20,8 +20,8 @@ import torch
 from omegaconf import OmegaConf
 
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, Method, ModelConfig, TrainConfig
-from pipeline.models import device_and_precision, device_name
-from pipeline.stages.evaluate import evaluate, load_model
+from pipeline.evaluation.st_backend import evaluate
+from pipeline.models import device_and_precision, device_name, load_model
 from pipeline.stages.finetune import finetune
 from pipeline.stages.prepare_data import prepare_data
 

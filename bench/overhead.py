@@ -83,7 +83,7 @@ def resolved_config(overrides: list[str]) -> dict:
 def warm_up(env: dict, tracking_uri: str) -> float:
     """Excluded from the timings: imports (page cache, .pyc) and the one-off creation of the MLflow DB."""
     code = (
-        "import sys; from pipeline.tracking import client_for, experiment_id; "
+        "import sys; from pipeline.tracking.run import client_for, experiment_id; "
         f"u = sys.argv[1]; experiment_id(client_for(u), u, {EXPERIMENT!r})"
     )
     return run_measured([PYTHON, "-c", code, tracking_uri], env=env).check().wall_s

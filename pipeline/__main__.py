@@ -24,10 +24,10 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.sweep import finished_job
+    from pipeline.tracking.sweep import finished_job
 
     if (finished := finished_job(cfg)) is not None:  # a sweep's job that already finished: reused, torch not imported
-        from pipeline.tracking import METRIC
+        from pipeline.tracking.run import METRIC
 
         return finished.data.metrics.get(METRIC)
     try:

@@ -9,10 +9,11 @@ import warnings
 from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
+from pipeline.fingerprint import sources
 from pipeline.models import device_and_precision
-from pipeline.progress import MLflowTrainerCallback
-from pipeline.sweep import sweep_of_this_job
-from pipeline.tracking import pipeline_run, tracking_uri
+from pipeline.tracking.progress import MLflowTrainerCallback
+from pipeline.tracking.run import pipeline_run, tracking_uri
+from pipeline.tracking.sweep import sweep_of_this_job
 
 
 def quiet_libraries() -> None:
@@ -41,10 +42,14 @@ def run(cfg: DictConfig) -> float | None:
     sweep = sweep_of_this_job()
     if sweep is not None:  # a job of a multirun: a child of the sweep's parent run
         tags.update({"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]})
+    found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
-        with pipeline_run(cfg, tags=tags) as tracked:
+        with pipeline_run(cfg, found, tags=tags) as tracked:
             outputs = run_dag(
-                cfg, callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),), on_stage=tracked.on_stage
+                cfg,
+                found,
+                callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),),
+                on_stage=tracked.on_stage,
             )
     except Exception as error:
         if sweep is None:

@@ -32,7 +32,7 @@ class Precision(str, Enum):
 
 class EvalBackend(str, Enum):
     sentence_transformers = "sentence_transformers"  # NanoBEIREvaluator
-    mteb = "mteb"  # mteb.evaluate on mteb's NanoBEIR tasks (pipeline.mteb_backend)
+    mteb = "mteb"  # mteb.evaluate on mteb's NanoBEIR tasks (pipeline.evaluation.mteb_backend)
 
 
 @dataclass

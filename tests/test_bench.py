@@ -30,8 +30,8 @@ from bench.common import (
 )
 from bench.overhead import pipeline_ndcg, pipeline_overrides, resolved_config
 from pipeline.config import ModelConfig
-from pipeline.export import SENTENCES
-from pipeline.stages.evaluate import load_model
+from pipeline.models import load_model
+from pipeline.tools.export import SENTENCES
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 STDERR = """[pipeline] device cpu, precision fp32; MLflow sqlite:///x.db (make ui)

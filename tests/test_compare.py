@@ -1,4 +1,4 @@
-"""pipeline.compare end to end on sweeps built here with MlflowClient, in the shape a real sweep leaves in MLflow."""
+"""pipeline.report end to end on sweeps built here with MlflowClient, in the shape a real sweep leaves in MLflow."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.compare import REPORT_FILES, compare, main
-from pipeline.stats import bootstrap_ci, nanobeir_mean, paired_test
+from pipeline.report import REPORT_FILES, compare, main
+from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
 
 N = 2000  # resamples: enough for the checks, fast
 DATASETS = {"scifact": 12, "msmarco": 10}

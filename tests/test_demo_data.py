@@ -1,4 +1,4 @@
-"""The offline demo data (pipeline/demo_data.py): layouts the pipeline loads, sizes, train/eval disjointness,
+"""The offline demo data (pipeline/tools/demo_data.py): layouts the pipeline loads, sizes, train/eval disjointness,
 determinism across processes and hash seeds, and that an existing output is kept."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from datasets import load_dataset
 
-from pipeline import demo_data
 from pipeline.config import EvalConfig
 from pipeline.fingerprint import datasets_cache
 from pipeline.stages.prepare_data import prepare_data
+from pipeline.tools import demo_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = demo_data.SPLIT
@@ -74,7 +74,12 @@ def test_train_and_eval_are_disjoint(demo, tmp_path):
 def test_same_files_in_another_process_and_hash_seed(demo, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "1", "PIPELINE_OUTPUTS": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "pipeline.demo_data"], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "pipeline.tools.demo_data"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert f"pydocs-qa: {len(_load(demo['pydocs-qa'], None, 'train', tmp_path))} pairs" in done.stdout
     for name, path in demo.items():
@@ -104,7 +109,7 @@ def test_existing_output_is_kept_unless_forced(tmp_path, capsys):
 
 
 def test_build_evaluator_loads_it(demo, tmp_path):
-    from pipeline.stages.evaluate import build_evaluator
+    from pipeline.evaluation.st_backend import build_evaluator
 
     with datasets_cache(tmp_path):
         evaluator = build_evaluator(EvalConfig(dataset_id=str(demo["nanobeir-pydocs"]), datasets=["pydocs"]))

@@ -13,9 +13,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sentence_transformers import SentenceTransformer
 
-from pipeline.adapters import load_with_local_base
 from pipeline.dag import is_complete
 from pipeline.models import model_source
+from pipeline.tools.adapters import load_with_local_base
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data
 
 pytestmark = [pytest.mark.slow, requires_shared_data("medquad-qa", "nanobeir-mini")]

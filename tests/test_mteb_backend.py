@@ -1,6 +1,6 @@
 """eval.backend=mteb: the same NanoBEIR NDCG@10 as sentence-transformers on the same data, with no stale mteb cache.
 
-Every systematic difference listed in `pipeline.mteb_backend`'s docstring is exercised here on the tiny BERT.
+Every systematic difference listed in `pipeline.evaluation.mteb_backend`'s docstring is exercised here on the tiny BERT.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import sentence_transformers
 import torch
 from sentence_transformers import SentenceTransformer
 
-from pipeline import crosscheck
 from pipeline.config import EvalBackend, EvalConfig
 from pipeline.dag import StageOutput
-from pipeline.mteb_backend import HUB_NANOBEIR, MTEB_TASKS, build_tasks, load_layout_split, mteb_version
-from pipeline.nanobeir import NANOBEIR
-from pipeline.stages.evaluate import evaluate
-from pipeline.tracking import PipelineRun
+from pipeline.evaluation import crosscheck
+from pipeline.evaluation.mteb_backend import HUB_NANOBEIR, MTEB_TASKS, build_tasks, load_layout_split, mteb_version
+from pipeline.evaluation.nanobeir import NANOBEIR
+from pipeline.evaluation.st_backend import evaluate
+from pipeline.tracking.run import PipelineRun
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data, write_nanobeir_dir
 
 TOL = crosscheck.TOLERANCE
@@ -142,7 +142,7 @@ def test_pipeline_baseline_through_mteb_is_tagged_in_mlflow(tiny_cfg):
     from mlflow.tracking import MlflowClient
 
     from pipeline.app import run
-    from pipeline.tracking import tracking_uri
+    from pipeline.tracking.run import tracking_uri
     from tests.conftest import compose_config
 
     runs = {}
@@ -361,7 +361,7 @@ def test_local_set_unknown_to_mteb_gets_its_own_task(tmp_path, tiny_model):
 
 def test_crosscheck_cli(tmp_path, tiny_model, tiny_nanobeir):
     cmd = [
-        sys.executable, "-m", "pipeline.crosscheck", "--model", str(tiny_model), "--dataset-id", str(tiny_nanobeir),
+        sys.executable, "-m", "pipeline.evaluation.crosscheck", "--model", str(tiny_model), "--dataset-id", str(tiny_nanobeir),
         "--datasets", "scifact,msmarco", "--max-seq-length", "32", "--batch-size", "16",
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

@@ -1,4 +1,4 @@
-"""pipeline.stats on constructed cases whose answers are known."""
+"""pipeline.report.stats on constructed cases whose answers are known."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.stats import bootstrap_ci, nanobeir_mean, paired_test
+from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
 
 
 def scores(rng: np.random.Generator, sizes: dict[str, int]) -> dict[str, dict[str, float]]:

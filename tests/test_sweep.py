@@ -9,8 +9,9 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.compare import compare
-from pipeline.sweep import lora_vs_full_jobs, sweep_runs
+from pipeline.launch.grid import lora_vs_full_jobs
+from pipeline.report import compare
+from pipeline.tracking.sweep import sweep_runs
 from tests.conftest import ROOT, tiny_overrides
 
 

@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.app import run
-from pipeline.tracking import finished_run, flat_params, metric_name, run_key, tracking_uri
+from pipeline.tracking.run import finished_run, flat_params, metric_name, run_key, tracking_uri
 from tests.conftest import write_qa_dir
 
 
@@ -44,7 +44,7 @@ def test_a_token_in_the_environment_is_logged_nowhere(tiny_cfg, monkeypatch):
 def test_an_interrupted_run_resumes_with_the_new_tags(tiny_cfg):
     import pytest
 
-    from pipeline.tracking import pipeline_run
+    from pipeline.tracking.run import pipeline_run
 
     cfg = tiny_cfg()
     with pytest.raises(KeyboardInterrupt), pipeline_run(cfg, tags={"sweep_id": "old"}) as first:

@@ -1,4 +1,4 @@
-"""`python -m pipeline.ui` end to end: the MLflow UI over a DB holding a small sweep, opened in headless Chromium.
+"""`python -m pipeline.tracking.ui` end to end: the MLflow UI over a DB holding a small sweep, opened in headless Chromium.
 
 Needs Debian's `chromium` and `chromium-driver` (apt) and `selenium` (the dev extra); skipped, saying which is
 missing, elsewhere. The browser only talks to the server on 127.0.0.1. The screenshot lands in
@@ -21,7 +21,7 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from pipeline.ui import (
+from pipeline.tracking.ui import (
     KIND_TAG,
     NDCG,
     NOTE_HASH_TAG,
@@ -42,7 +42,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 60
 
-# name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.sweep leaves in MLflow
+# name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.tracking.sweep leaves in MLflow
 JOBS = [
     ("lora-r4-a8", "lora", 4, 8, 0.4123),
     ("lora-r64-a128", "lora", 64, 128, None),
@@ -170,7 +170,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def ui_server(sweep_db):
-    """`python -m pipeline.ui --port <free>` over the sweep's DB, found as the default DB via PIPELINE_OUTPUTS."""
+    """`python -m pipeline.tracking.ui --port <free>` over the sweep's DB, found as the default DB via PIPELINE_OUTPUTS."""
     tmp, _, exp_id = sweep_db
     port = free_port()
     log = tmp / "ui.log"
@@ -178,7 +178,7 @@ def ui_server(sweep_db):
     env.pop("MLFLOW_TRACKING_URI", None)
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.ui", "--port", str(port)],
+            [sys.executable, "-m", "pipeline.tracking.ui", "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=out,
@@ -191,11 +191,11 @@ def ui_server(sweep_db):
         while url is None and time.monotonic() < deadline and proc.poll() is None:
             url = next((line.rsplit(" ", 1)[-1] for line in log.read_text().splitlines() if VIEW_KEY in line), None)
             time.sleep(0.5)
-        assert url is not None, f"pipeline.ui printed no comparison URL within {WAIT_S} s:\n{log.read_text()}"
+        assert url is not None, f"pipeline.tracking.ui printed no comparison URL within {WAIT_S} s:\n{log.read_text()}"
         assert url == comparison_url(f"http://127.0.0.1:{port}", exp_id)
         yield url
     finally:
-        proc.send_signal(signal.SIGTERM)  # pipeline.ui stops the server's process group
+        proc.send_signal(signal.SIGTERM)  # pipeline.tracking.ui stops the server's process group
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:

@@ -78,7 +78,7 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
 
 
 def test_the_allowed_nanobeir_names_are_sentence_transformers_own():
-    from pipeline.nanobeir import NANOBEIR
+    from pipeline.evaluation.nanobeir import NANOBEIR
 
     # a fresh process: build_evaluator registers a local dir's extra sets in this table
     code = (

@@ -1,6 +1,6 @@
 """`hydra/sweeper=lora_vs_full`: Hydra's basic sweeper, with the grid turned into LoRA jobs plus one full arm.
 
-See `pipeline.sweep.lora_vs_full_jobs`. Lives in the `hydra_plugins` namespace so that Hydra discovers it.
+See `pipeline.launch.grid.lora_vs_full_jobs`. Lives in the `hydra_plugins` namespace so that Hydra discovers it.
 (No `from __future__ import annotations`: Hydra loads plugin modules outside sys.modules, where string
 annotations of a dataclass cannot be resolved.)
 """
@@ -11,7 +11,7 @@ from typing import Dict, Optional  # noqa: UP035
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 
-from pipeline.sweep import lora_vs_full_jobs
+from pipeline.launch.grid import lora_vs_full_jobs
 
 
 @dataclass

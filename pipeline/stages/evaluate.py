@@ -1,139 +1,15 @@
-"""Stage 3: NanoBEIR NDCG@10 of a model, mean and per dataset, with per-query scores for CIs and paired tests.
+"""Stage 3: NanoBEIR NDCG@10 of the base model (baseline) and of the fine-tuned one, mean, per dataset and per query.
 
-sentence-transformers' `NanoBEIREvaluator` computes the metrics; its ranked predictions are re-scored per query with
-pytrec_eval (`ndcg_cut_10`), whose mean must equal the evaluator's NDCG@10.
+The numbers come from `pipeline.evaluation` (sentence-transformers' NanoBEIREvaluator, or mteb with eval.backend=mteb).
 """
 
 from __future__ import annotations
 
-import json
-from contextlib import nullcontext
 from pathlib import Path
 
-import pytrec_eval
-import sentence_transformers
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator, nano_beir
-
-from pipeline.config import EvalBackend, EvalConfig, ModelConfig
-from pipeline.fingerprint import datasets_cache
-from pipeline.models import model_source
-from pipeline.nanobeir import dataset_table
-
-
-def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
-    """NanoBEIREvaluator on the Hub's NanoBEIR-en (or a local dir in its layout) for the configured datasets.
-
-    A local dir may hold sets beyond NanoBEIR's 13 (the offline demo's `pydocs`): their names are registered with
-    the evaluator's name table, which is how it finds a dataset's `Nano<Name>` split.
-    """
-    for short, human in dataset_table(eval_cfg.dataset_id).items():
-        nano_beir.DATASET_NAME_TO_HUMAN_READABLE.setdefault(short, human)
-    return NanoBEIREvaluator(
-        dataset_names=list(eval_cfg.datasets) if eval_cfg.datasets else None,
-        dataset_id=eval_cfg.dataset_id,
-        batch_size=eval_cfg.batch_size,
-        **kwargs,
-    )
-
-
-def evaluate(
-    model: SentenceTransformer,
-    eval_cfg: EvalConfig,
-    out: Path,
-    cache_dir: Path | None = None,
-    evaluator: NanoBEIREvaluator | None = None,
-) -> dict:
-    """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers.
-
-    `evaluator`: one built by `build_evaluator(eval_cfg, write_predictions=True)`, to reuse across models.
-    `eval_cfg.backend=mteb`: the same numbers and files through mteb (`pipeline.mteb_backend`).
-    """
-    if EvalBackend(getattr(eval_cfg, "backend", EvalBackend.sentence_transformers)) == EvalBackend.mteb:
-        from pipeline.mteb_backend import evaluate_mteb
-
-        return evaluate_mteb(model, eval_cfg, out, cache_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if evaluator is None:
-        with datasets_cache(cache_dir) if cache_dir else nullcontext():
-            evaluator = build_evaluator(eval_cfg, write_predictions=True)  # ranked lists, for per-query scores
-    metrics = evaluator(model, output_path=str(out))
-    # e.g. "NanoBEIR_mean_cosine_ndcg@10": the model's own similarity function
-    primary = evaluator.primary_metric
-    score_function = primary[len(evaluator.name) + 1 :].split("_ndcg@")[0]
-
-    per_dataset, per_query = {}, {}
-    for ir in evaluator.evaluators:
-        short = ir.name[len("Nano") :].lower()
-        per_dataset[short] = metrics[f"{ir.name}_{score_function}_ndcg@10"]
-        per_query[short] = _per_query_ndcg10(ir, out, score_function)
-        pytrec_mean = sum(per_query[short].values()) / len(per_query[short])
-        if abs(pytrec_mean - per_dataset[short]) > 1e-6:
-            raise RuntimeError(
-                f"pytrec_eval NDCG@10 {pytrec_mean:.6f} != evaluator's {per_dataset[short]:.6f} on {ir.name}"
-            )
-
-    summary = {
-        "ndcg_at_10": metrics[primary],
-        "per_dataset_ndcg_at_10": per_dataset,
-        "score_function": score_function,
-        "dataset_id": eval_cfg.dataset_id,
-        "queries": {k: len(v) for k, v in per_query.items()},
-        "backend": EvalBackend.sentence_transformers.value,
-        "backend_version": sentence_transformers.__version__,
-    }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "per_query.json").write_text(json.dumps(per_query, indent=2))
-    return summary
-
-
-def _per_query_ndcg10(ir, out: Path, score_function: str) -> dict[str, float]:
-    """NDCG@10 of every query with pytrec_eval, from the evaluator's predictions in its own ranking order."""
-    path = out / ir.predictions_file.replace(".jsonl", f"_{score_function}.jsonl")
-    run = {}
-    with open(path) as f:
-        for line in f:
-            pred = json.loads(line)
-            # Scores by rank, so trec_eval's tie-breaking cannot reorder what the evaluator ranked
-            n = len(pred["results"])
-            run[str(pred["query_id"])] = {str(hit["corpus_id"]): float(n - i) for i, hit in enumerate(pred["results"])}
-    qrels = {str(q): {str(d): 1 for d in docs} for q, docs in ir.relevant_docs.items() if str(q) in run}
-    scores = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10"}).evaluate(run)
-    # A query that retrieved nothing relevant still counts, with 0
-    return {q: scores.get(q, {}).get("ndcg_cut_10", 0.0) for q in qrels}
-
-
-def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = False) -> SentenceTransformer:
-    """The base model (`path` None), a saved full fine-tune, or a saved LoRA adapter on the base model.
-
-    An adapter dir records its base by Hub id (portable adapters); the base loads as configured here (the packaged
-    copy, a local dir or the Hub) and the adapter is attached to it with `load_adapter`. With `merge=True` (what
-    evaluation uses) the adapter is merged into the base weights instead (peft `merge_and_unload`, as
-    `pipeline.export` does): the same embeddings within float rounding, at the base model's encoding speed
-    (bench/evaluation.py measures both); the default keeps the adapter attached, for callers that need it.
-    """
-    if path is not None and (Path(path) / "adapter_config.json").is_file():
-        model = load_model(model_cfg)
-        if merge:
-            model[0].model = merge_adapter_into(model.transformers_model, path)
-        else:
-            model.load_adapter(path)
-        return model
-    model = SentenceTransformer(
-        path or model_source(model_cfg.name),
-        revision=None if path else model_cfg.revision,
-        trust_remote_code=model_cfg.trust_remote_code,
-    )
-    if model_cfg.max_seq_length:
-        model.max_seq_length = model_cfg.max_seq_length
-    return model
-
-
-def merge_adapter_into(base, adapter_dir: str | Path):
-    """The base transformers model with the adapter's B·A·(alpha/r) added into the weights it adapts, LoRA layers gone."""
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+from pipeline.config import EvalConfig, ModelConfig
+from pipeline.evaluation.st_backend import evaluate
+from pipeline.models import load_model
 
 
 def evaluate_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, out: Path, cache_dir: Path | None = None) -> dict:

@@ -28,12 +28,11 @@ from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from pipeline.adapters import adapter_facts
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
+from pipeline.console import CompactProgress
+from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
-from pipeline.models import device_and_precision, model_source
-from pipeline.progress import CompactProgress
-from pipeline.stages.evaluate import build_evaluator, load_model
+from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
 
 
 def finetune(

@@ -13,7 +13,7 @@ have (it is None, or the *base* model's name for a fine-tune), so a second model
 scores. Every call passes `cache=None` and `overwrite_strategy="always"`: mteb reads and writes no result cache.
 
 Systematic differences from the sentence-transformers backend (`NanoBEIREvaluator`), and what is done about each;
-`tests/test_mteb_backend.py` tests every one, and `pipeline.crosscheck` reports them:
+`tests/test_mteb_backend.py` tests every one, and `pipeline.evaluation.crosscheck` reports them:
 1. Rounding: mteb rounds its aggregate scores to 5 decimals (`parse_metrics_from_scores`). The per-dataset NDCG@10
    here is the unrounded mean of mteb's own per-query pytrec_eval scores (captured through the task's
    `task_specific_scores` hook, which mteb calls with them); it is checked to round to mteb's reported score.
@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.nanobeir import NANOBEIR_DATASETS, dataset_table
+from pipeline.evaluation.nanobeir import NANOBEIR_DATASETS, dataset_table
 
 HUB_NANOBEIR = "sentence-transformers/NanoBEIR-en"
 SPLIT = "train"  # mteb's NanoBEIR tasks evaluate their one split, named "train"
@@ -365,7 +365,7 @@ def evaluate_mteb(model, eval_cfg, out: Path, cache_dir: Path | None = None, sou
     """The evaluate stage through mteb: same summary, metrics.json and per_query.json as the default backend.
 
     Also writes `mteb_predictions_<Name>.jsonl` (top 100 per query in mteb's order, the format of
-    sentence-transformers' predictions files), which `pipeline.crosscheck` compares rank by rank.
+    sentence-transformers' predictions files), which `pipeline.evaluation.crosscheck` compares rank by rank.
     """
 
     out.mkdir(parents=True, exist_ok=True)

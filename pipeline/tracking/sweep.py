@@ -1,7 +1,5 @@
 """Sweeps: the LoRA grid plus the full fine-tune arm, one MLflow parent run per sweep, and failed jobs reported.
 
-- `lora_vs_full_jobs` turns Hydra's cartesian product into the jobs a comparison needs: a LoRA job per (r, alpha) and
-  ONE full fine-tune job (r / alpha mean nothing to it), with alpha given absolutely (`32`) or relative to r (`r`, `2r`).
 - `MLflowSweepCallback` (a Hydra callback) opens the sweep's parent run before any job starts, creating the sqlite DB
   once, and at the end closes it: FAILED, with the names of the failed jobs, if any job failed (and the sweep exits
   non-zero), FINISHED otherwise.
@@ -13,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import uuid
 from pathlib import Path
@@ -22,37 +19,14 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-if TYPE_CHECKING:  # MLflow is imported where it is used: config validation (is_relative_alpha) stays fast
+from pipeline.launch.grid import is_relative_alpha
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check stays fast
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-RELATIVE_ALPHA = re.compile(r"^(\d*\.?\d*)r$")  # "r", "2r", "0.5r"
-LORA_ONLY = ("finetune.r", "finetune.alpha", "finetune.dropout", "finetune.target_modules")
 SWEEP_FILE = "sweep.json"
 REUSED_TAG = "sweep.reused.{parent_run_id}"  # on a finished run that a later sweep reused
-
-
-def lora_vs_full_jobs(jobs: list[list[str]]) -> list[list[str]]:
-    """Resolve relative alphas and collapse the full fine-tune jobs that differ only in LoRA keys into one."""
-    result, seen = [], set()
-    for job in jobs:
-        values = dict(override.split("=", 1) for override in job)
-        if values.get("finetune") == "full":
-            job = [o for o in job if o.split("=", 1)[0] not in LORA_ONLY]
-        elif (match := RELATIVE_ALPHA.match(values.get("finetune.alpha", ""))) is not None:
-            if "finetune.r" not in values:
-                raise ValueError(f"finetune.alpha={values['finetune.alpha']} is relative to r: give finetune.r too")
-            alpha = float(match.group(1) or 1) * int(values["finetune.r"])
-            job = [f"finetune.alpha={int(alpha)}" if o.startswith("finetune.alpha=") else o for o in job]
-        if tuple(job) not in seen:
-            seen.add(tuple(job))
-            result.append(job)
-    return result
-
-
-def is_relative_alpha(override: str) -> bool:
-    key, _, value = override.partition("=")
-    return key == "finetune.alpha" and any(RELATIVE_ALPHA.match(v) for v in value.split(","))
 
 
 def sweep_info(sweep_dir: str | Path) -> dict[str, Any] | None:
@@ -78,7 +52,7 @@ def finished_job(cfg: DictConfig) -> Run | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking import finished_run, tracking_uri
+    from pipeline.tracking.run import finished_run, tracking_uri
 
     run = finished_run(cfg)
     if run is None:
@@ -94,7 +68,7 @@ def finished_job(cfg: DictConfig) -> Run | None:
 
 def sweep_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """A sweep's runs: its jobs (children of its parent run, in any experiment) and the finished runs it reused."""
-    from pipeline.tracking import search_all_runs
+    from pipeline.tracking.run import search_all_runs
 
     jobs = search_all_runs(client, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     reused = search_all_runs(client, f"tags.`{REUSED_TAG.format(parent_run_id=parent_run_id)}` != ''")
@@ -123,7 +97,7 @@ def _first_job_experiment(config: DictConfig) -> str:
 
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pipeline.tracking import client_for, experiment_id, tracking_uri
+        from pipeline.tracking.run import client_for, experiment_id, tracking_uri
 
         uri = tracking_uri(config)
         client = client_for(uri)  # the DB is created here, once, before parallel jobs race to create it
@@ -167,6 +141,6 @@ class MLflowSweepCallback(Callback):
         print(
             f"[pipeline] sweep {info['sweep_id']}: {len(children)} jobs finished ({len(reused)} reused from earlier "
             "runs); compare them with "
-            f"`make compare` (python -m pipeline.compare --sweep-id {info['sweep_id']})",
+            f"`make compare` (python -m pipeline.report --sweep-id {info['sweep_id']})",
             file=sys.stderr,
         )

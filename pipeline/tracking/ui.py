@@ -1,6 +1,6 @@
 """The MLflow UI over the pipeline's DB, opened on the LoRA-vs-full comparison.
 
-`python -m pipeline.ui [--host 127.0.0.1] [--port 5000] [--tracking-uri URI] [--experiment NAME] [--workers N]`
+`python -m pipeline.tracking.ui [--host 127.0.0.1] [--port 5000] [--tracking-uri URI] [--experiment NAME] [--workers N]`
 (`make ui`) serves `mlflow server` over `sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db`, bound to 127.0.0.1
 unless told otherwise, and prints the URL of the comparison view of each experiment that holds pipeline runs.
 Arguments it does not know are passed on to `mlflow server`.
@@ -197,7 +197,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.ui",
+        prog="python -m pipeline.tracking.ui",
         description="The MLflow UI over the pipeline's DB; prints the URL of the LoRA-vs-full comparison view. "
         "Unknown arguments go to `mlflow server`.",
     )

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Method
 from pipeline.fingerprint import config_hash, sources
-from pipeline.ui import describe_experiment
+from pipeline.tracking.ui import describe_experiment
 
 if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
     from pipeline.dag import StageOutput
@@ -101,13 +101,14 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
-def run_key(cfg: DictConfig, params: dict[str, str] | None = None) -> str:
-    """What makes two runs the same run: the resolved config, and what the data, evaluation sets and model hold.
+def run_key(cfg: DictConfig, found_sources: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
+    """What makes two runs the same run: the resolved config, and what the data, evaluation sets and model hold
+    (`found_sources`: the run's content fingerprints, `pipeline.fingerprint.sources`).
 
     Tagged `pipeline.config_hash`: a killed run resumes into the run of its key, a sweep skips a key that finished.
     """
     params = {k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY}
-    return config_hash({"params": params, "sources": sources(cfg)})
+    return config_hash({"params": params, "sources": found_sources if found_sources is not None else sources(cfg)})
 
 
 def finished_run(cfg: DictConfig) -> Run | None:
@@ -246,7 +247,9 @@ class PipelineRun:
 
 
 @contextmanager
-def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterator[PipelineRun]:
+def pipeline_run(
+    cfg: DictConfig, found_sources: dict[str, str] | None = None, tags: dict[str, str] | None = None
+) -> Iterator[PipelineRun]:
     """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C, SIGTERM).
 
     The same config started again after a kill (SIGKILL leaves its run RUNNING; Ctrl-C leaves it KILLED) logs into
@@ -257,7 +260,7 @@ def pipeline_run(cfg: DictConfig, tags: dict[str, str] | None = None) -> Iterato
     client = client_for(uri)
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
     params = flat_params(cfg)
-    key = run_key(cfg, params)
+    key = run_key(cfg, found_sources, params)
     locks = Path(cfg.paths.outputs).resolve() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"run-{key}.lock")):

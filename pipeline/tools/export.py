@@ -1,6 +1,6 @@
 """Merge a LoRA adapter into its base: a standalone sentence-transformers dir, no PEFT needed to load it.
 
-    python -m pipeline.export ADAPTER_DIR OUT_DIR [--base LOCAL_BASE_DIR]
+    python -m pipeline.tools.export ADAPTER_DIR OUT_DIR [--base LOCAL_BASE_DIR]
 
 peft's `merge_and_unload()` adds each B·A·(alpha/r) to the weight it adapts, so the merged model computes what the
 adapter model computed, at the base model's cost.
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from sentence_transformers import SentenceTransformer
 
-from pipeline.adapters import load_with_local_base
-from pipeline.stages.evaluate import merge_adapter_into
+from pipeline.models import merge_adapter_into
+from pipeline.tools.adapters import load_with_local_base
 
 SENTENCES = [
     "What is the capital of France?",
@@ -55,7 +55,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_path: str |
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.export", description=__doc__.splitlines()[0])
     parser.add_argument("adapter_dir", help="a saved sentence-transformers adapter dir (adapter_config.json)")
     parser.add_argument("out_dir", help="where to write the merged sentence-transformers model")
     parser.add_argument("--base", default=None, help="a local copy of the base model, instead of the recorded one")

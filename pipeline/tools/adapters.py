@@ -14,8 +14,9 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from pipeline.config import EvalConfig, ModelConfig
+from pipeline.evaluation.st_backend import build_evaluator, evaluate
 from pipeline.fingerprint import datasets_cache
-from pipeline.stages.evaluate import build_evaluator, evaluate, load_model
+from pipeline.models import load_model
 
 BASELINE = "baseline"
 
@@ -51,29 +52,6 @@ def evaluate_adapters(
         model.set_adapter(name)
         results[name] = evaluate(model, eval_cfg, out / name, cache_dir, evaluator=evaluator)
     return results
-
-
-def adapter_facts(model: SentenceTransformer, adapter_name: str | None = None) -> dict:
-    """Size of an adapter (the active one by default) from `get_adapter_state_dict()`: for the model card and MLflow."""
-    state = model.get_adapter_state_dict(adapter_name)
-    adapter_params = sum(t.numel() for t in state.values())
-    all_adapters = model.transformers_model.peft_config
-    name = adapter_name or model.active_adapters()[0]
-    lora_params = sum(sum(t.numel() for t in model.get_adapter_state_dict(n).values()) for n in all_adapters)
-    base_params = sum(p.numel() for p in model.parameters()) - lora_params
-    config = all_adapters[name]
-    return {
-        "adapter_name": name,
-        "adapter_params": adapter_params,
-        "adapter_mb": sum(t.numel() * t.element_size() for t in state.values()) / 1e6,
-        "adapter_tensors": len(state),
-        "adapter_percent": 100.0 * adapter_params / base_params,
-        "base_params": base_params,
-        "peft_type": str(config.peft_type.value),
-        "r": getattr(config, "r", None),
-        "lora_alpha": getattr(config, "lora_alpha", None),
-        "target_modules": sorted(config.target_modules or []),
-    }
 
 
 def saved_max_seq_length(model_dir: str | Path) -> int | None:

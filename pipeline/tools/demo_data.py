@@ -1,6 +1,6 @@
 """Offline demo data, generated from the docstrings of the Python standard library installed on this machine.
 
-`python -m pipeline.demo_data [--out DIR] [--force]` writes, under DIR (default `$PIPELINE_OUTPUTS/demo_data`):
+`python -m pipeline.tools.demo_data [--out DIR] [--force]` writes, under DIR (default `$PIPELINE_OUTPUTS/demo_data`):
 
 - `pydocs-qa/`: question / answer pairs laid out like the Hub's sentence-transformers/gooaq (`data/train.parquet`),
   for `conf/data/demo.yaml`. The question is the summary sentence of the docstring of a module or of a public
@@ -195,7 +195,7 @@ def write_qa(dest: Path) -> None:
     (dest / "README.md").write_text(
         _front_matter({"default": {"train": "data/train.parquet"}})
         + f"\n# pydocs-qa\n\n{len(train)} question / answer pairs from the docstrings of Python {PY}'s standard "
-        f"library (pipeline/demo_data.py).\nModules: {', '.join(TRAIN_MODULES)}.\n"
+        f"library (pipeline/tools/demo_data.py).\nModules: {', '.join(TRAIN_MODULES)}.\n"
     )
 
 
@@ -217,7 +217,7 @@ def write_nanobeir(dest: Path) -> None:
     (dest / "README.md").write_text(
         _front_matter({c: {SPLIT: f"{c}/{SPLIT}.parquet"} for c in tables})
         + f"\n# nanobeir-pydocs\n\nA NanoBEIR-style retrieval set from the docstrings of Python {PY}'s standard "
-        f"library (pipeline/demo_data.py), disjoint from pydocs-qa.\nModules: {', '.join(EVAL_MODULES)}.\n"
+        f"library (pipeline/tools/demo_data.py), disjoint from pydocs-qa.\nModules: {', '.join(EVAL_MODULES)}.\n"
     )
 
 
@@ -268,7 +268,7 @@ def generate(out: Path, force: bool = False) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m pipeline.demo_data", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tools.demo_data", description=__doc__.split("\n\n")[0])
     default = Path(os.environ.get("PIPELINE_OUTPUTS", "outputs")) / "demo_data"
     parser.add_argument("--out", type=Path, default=default, help=f"output dir (default: {default})")
     parser.add_argument("--force", action="store_true", help="rebuild even if the datasets exist")

@@ -1,6 +1,6 @@
 """Evaluate one model with both backends on the same NanoBEIR data and compare their NDCG@10, dataset by dataset.
 
-    python -m pipeline.crosscheck --model PATH_OR_ID --dataset-id DIR_OR_HUB_ID --datasets scifact,msmarco \\
+    python -m pipeline.evaluation.crosscheck --model PATH_OR_ID --dataset-id DIR_OR_HUB_ID --datasets scifact,msmarco \\
         [--max-seq-length N] [--batch-size 64] [--tolerance 1e-6] [--tie-eps 1e-6] [--strict] [--out DIR]
 
 Both backends get the same `SentenceTransformer` (so the same max_seq_length and similarity function) and read the
@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import pytrec_eval
 
-from pipeline.nanobeir import dataset_table
+from pipeline.evaluation.nanobeir import dataset_table
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -175,9 +175,9 @@ def crosscheck(
     from sentence_transformers import SentenceTransformer
 
     from pipeline.config import EvalBackend, EvalConfig
+    from pipeline.evaluation.mteb_backend import evaluate_mteb, load_layout_split, predictions_file, task_name
+    from pipeline.evaluation.st_backend import evaluate
     from pipeline.models import model_source
-    from pipeline.mteb_backend import evaluate_mteb, load_layout_split, predictions_file, task_name
-    from pipeline.stages.evaluate import evaluate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(out) if out else Path(tmp)

@@ -1,12 +1,8 @@
-"""Training progress: the trainer's bar with one short line per log instead of its raw dicts, and the same logs
-live in MLflow."""
+"""What a run prints while it trains: the trainer's bar, with one short line per log instead of its raw dicts."""
 
 from __future__ import annotations
 
-from mlflow.tracking import MlflowClient
-from transformers.trainer_callback import ProgressCallback, TrainerCallback
-
-from pipeline.tracking import log_step
+from transformers.trainer_callback import ProgressCallback
 
 SHOWN = ("loss", "learning_rate", "grad_norm", "eval_loss", "train_runtime", "train_samples_per_second")
 
@@ -25,13 +21,3 @@ class CompactProgress(ProgressCallback):
         ]
         if parts:
             self.training_bar.write(f"step {state.global_step}/{state.max_steps}: " + ", ".join(parts))
-
-
-class MLflowTrainerCallback(TrainerCallback):
-    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step."""
-
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        log_step(self.client, self.run_id, logs or {}, state.global_step)

@@ -1,0 +1,1 @@
+"""Evaluation: NanoBEIR names, the sentence-transformers and mteb backends, and the cross-check between them."""

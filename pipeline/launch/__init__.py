@@ -1,0 +1,1 @@
+"""Launching: how a sweep becomes jobs (the grid), and where those jobs run."""

@@ -1,0 +1,248 @@
+"""A sweep's arms from MLflow: its parent run, its child runs (and the runs it reused), their per-query scores.
+
+Reads MLflow only, never the pipeline's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipeline.report.stats import Estimate, PairedTest
+from pipeline.tracking.run import METRIC, all_experiments, search_all_runs
+from pipeline.tracking.sweep import sweep_runs
+
+DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
+PER_QUERY = "evaluation/per_query.json"
+BASELINE_PER_QUERY = "evaluation/baseline/per_query.json"
+SHOWN_SWEEP_IDS = 5
+
+
+class SweepNotFound(LookupError):
+    """No sweep matches the request; the message says what exists instead."""
+
+
+@dataclass
+class Arm:
+    """One row of the report: a child run of the sweep, or the base model."""
+
+    name: str
+    method: str
+    status: str
+    run_id: str | None = None
+    start_time: int = 0
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
+    error: str | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    weights_mb: float | None = None
+    per_query: dict | None = None
+    per_dataset: dict[str, float] = field(default_factory=dict)
+    ndcg: Estimate | None = None
+    delta: PairedTest | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "run_id": self.run_id,
+            "method": self.method,
+            "status": self.status,
+            "error": self.error,
+            "r": self.r,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "trainable_params": self.trainable_params,
+            "total_params": self.total_params,
+            "weights_mb": self.weights_mb,
+            "ndcg_at_10": _no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
+            "per_dataset_ndcg_at_10": self.per_dataset,
+            "delta_vs_full": self.delta._asdict() if self.delta else None,
+        }
+
+
+def _no_nan(values: dict) -> dict:
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+
+
+def default_outputs() -> Path:
+    return Path(os.environ.get("PIPELINE_OUTPUTS") or "outputs").resolve()
+
+
+def default_tracking_uri() -> str:
+    """MLFLOW_TRACKING_URI, else the pipeline's default DB: sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_outputs() / 'mlflow.db'}"
+
+
+def sweep_id_of(run: Run) -> str:
+    return run.data.tags.get("sweep_id") or (run.info.run_name or run.info.run_id).removeprefix("sweep-")
+
+
+def list_sweeps(client: MlflowClient, experiment_ids: list[str] | None = None) -> list[Run]:
+    """Parent runs of sweeps (tag `pipeline.role=sweep`), newest first, across all experiments unless given."""
+    return search_all_runs(client, "tags.`pipeline.role` = 'sweep'", experiment_ids, ["attributes.start_time DESC"])
+
+
+def find_sweep(client: MlflowClient, sweep_id: str | None = None, experiment: str | None = None) -> Run:
+    """The sweep's parent run: by id, else the newest sweep (in `experiment` if given, else in any experiment)."""
+    experiment_ids = None
+    if experiment is not None:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = ", ".join(e.name for e in all_experiments(client)) or "none"
+            raise SweepNotFound(f"no experiment named {experiment!r}; existing experiments: {names}")
+        experiment_ids = [found.experiment_id]
+    sweeps = list_sweeps(client, experiment_ids)
+    where = f" in experiment {experiment!r}" if experiment is not None else ""
+    if sweep_id is None:
+        if not sweeps:
+            raise SweepNotFound(f"no sweep{where} (no run tagged pipeline.role=sweep); run a sweep first")
+        return sweeps[0]
+    for run in sweeps:
+        if sweep_id_of(run) == sweep_id:
+            return run
+    ids = [sweep_id_of(run) for run in sweeps]
+    shown = ", ".join(ids[:SHOWN_SWEEP_IDS]) + (
+        f" (and {len(ids) - SHOWN_SWEEP_IDS} more)" if len(ids) > SHOWN_SWEEP_IDS else ""
+    )
+    raise SweepNotFound(f"no sweep with id {sweep_id!r}{where}; existing sweep ids, newest first: {shown or 'none'}")
+
+
+def open_client(uri: str) -> MlflowClient:
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise SweepNotFound(
+            f"no MLflow database at {uri[len('sqlite:///') :]}; run a sweep first or pass --tracking-uri"
+        )
+    return MlflowClient(uri)
+
+
+def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[list[Arm], Arm | None]:
+    """The sweep's child runs as arms, and the base model's arm from their baseline artifacts and metrics."""
+    children = sweep_runs(client, parent.info.run_id)  # its jobs, and the finished runs it reused
+    arms, baselines, baseline_metrics = [], [], {}
+    for run in children:
+        arm = _arm(run)
+        arms.append(arm)
+        if arm.status != "FINISHED":
+            continue
+        arm.per_query = _read_json(client, run.info.run_id, PER_QUERY)
+        if arm.per_query is None:
+            warnings.append(f"{arm.name}: no {PER_QUERY} artifact; mean from its metrics, without CI or test")
+        else:
+            arm.per_dataset = _per_dataset(arm.per_query)
+        baseline_pq = _read_json(client, run.info.run_id, BASELINE_PER_QUERY)
+        if baseline_pq is not None:
+            baselines.append((arm.name, baseline_pq))
+        baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, "baseline_")
+    baseline = None
+    if baselines:
+        first_name, first = baselines[0]
+        differing = [name for name, pq in baselines[1:] if pq != first]
+        if differing:
+            warnings.append(f"baseline per-query scores differ between {first_name} and {', '.join(differing)}")
+        baseline = Arm("baseline", "none", "", per_query=first, per_dataset=_per_dataset(first))
+    elif baseline_metrics:
+        baseline = Arm("baseline", "none", "", per_dataset=baseline_metrics)
+        warnings.append(f"no {BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
+    if baseline is not None and baseline.per_query is None and METRIC in baseline.per_dataset:
+        baseline.ndcg = Estimate(baseline.per_dataset.pop(METRIC), math.nan, math.nan)
+    for arm in arms:
+        if arm.per_query is None and METRIC in arm.per_dataset:
+            arm.ndcg = Estimate(arm.per_dataset.pop(METRIC), math.nan, math.nan)
+    return arms, baseline
+
+
+def _arm(run: Run) -> Arm:
+    tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
+    method = tags.get("method") or params.get("finetune.method") or ("full" if run.info.run_name == "full" else "lora")
+    lora = method == "lora"
+    arm = Arm(
+        name=run.info.run_name or run.info.run_id,
+        method=method,
+        status=run.info.status,
+        run_id=run.info.run_id,
+        start_time=run.info.start_time or 0,
+        r=_number(params.get("finetune.r"), int) if lora else None,
+        alpha=_number(params.get("finetune.alpha"), int) if lora else None,
+        dropout=_number(params.get("finetune.dropout"), float) if lora else None,
+        error=tags.get("error"),
+        trainable_params=_number(metrics.get("trainable_params"), int),
+        total_params=_number(metrics.get("total_params"), int),
+        weights_mb=metrics.get("weights_mb"),
+    )
+    if arm.status == "FINISHED":
+        arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
+    return arm
+
+
+def _dataset_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """{dataset: ndcg@10} from `<prefix>nanobeir_<dataset>_ndcg_at_10` metrics, and the mean under METRIC."""
+    found = {}
+    for key, value in metrics.items():
+        match = DATASET_METRIC.match(key[len(prefix) :]) if key.startswith(prefix) else None
+        if match:
+            found[METRIC if match["name"] == "mean" else match["name"]] = value
+    return found
+
+
+def _read_json(client: MlflowClient, run_id: str, path: str) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except (MlflowException, OSError):
+            return None
+        return json.loads(Path(local).read_text())
+
+
+def _per_dataset(per_query: dict) -> dict[str, float]:
+    return {name: sum(scores.values()) / len(scores) for name, scores in sorted(per_query.items()) if scores}
+
+
+def _number(value, kind):
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if kind is int and number.is_integer() else kind(number)
+
+
+def ordered(arms: list[Arm]) -> list[Arm]:
+    """LoRA by r then alpha, then the full fine-tune(s), then anything else; ties by name."""
+    order = {"lora": 0, "full": 1}
+
+    def key(arm: Arm):
+        r = arm.r if arm.r is not None else math.inf
+        alpha = arm.alpha if arm.alpha is not None else math.inf
+        return order.get(arm.method, 2), r, alpha, arm.name, arm.start_time
+
+    return sorted(arms, key=key)
+
+
+def full_arm(arms: list[Arm], warnings: list[str]) -> Arm | None:
+    full = [a for a in arms if a.method == "full" and a.status == "FINISHED" and a.ndcg is not None]
+    if not full:
+        return None
+    full.sort(key=lambda a: a.start_time, reverse=True)
+    if len(full) > 1:
+        warnings.append(f"{len(full)} finished full fine-tunes; compared against the newest, {full[0].run_id}")
+    return full[0]
+
+
+def best_lora(arms: list[Arm]) -> Arm | None:
+    """The finished LoRA run with the highest NanoBEIR mean; on a tie, the one with fewer trainable parameters."""
+    lora = [a for a in arms if a.method == "lora" and a.status == "FINISHED" and a.ndcg is not None]
+    if not lora:
+        return None
+    return max(lora, key=lambda a: (a.ndcg.mean, -(a.trainable_params or 0)))
