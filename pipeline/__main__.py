@@ -1,6 +1,7 @@
 """`python -m pipeline`: compose the config, validate it, run the DAG inside one MLflow run, return the metric.
 
-The return value (NanoBEIR mean NDCG@10 of the fine-tuned model) is what Hydra sweepers optimise.
+The return value (the fine-tuned model's in-domain dev NDCG@10, never the NanoBEIR test score) is what Hydra sweepers
+select on and optimise.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ def main(cfg: DictConfig) -> float | None:
     from pipeline.tracking.sweep import finished_job
 
     if (finished := finished_job(cfg)) is not None:  # a sweep's job that already finished: reused, torch not imported
-        from pipeline.tracking.run import METRIC
+        from pipeline.tracking.run import SELECTION_METRIC
 
-        return finished.data.metrics.get(METRIC)
+        return finished.data.metrics.get(SELECTION_METRIC)
     try:
         validate(cfg)
     except ConfigError as error:

@@ -59,7 +59,9 @@ def run(cfg: DictConfig) -> float | None:
         return float("nan")
     print(status_table(outputs))
     if "evaluate" in outputs:
-        score = outputs["evaluate"].result["ndcg_at_10"]
-        print(f"nanobeir_mean_ndcg_at_10 = {score:.4f} (run {tracked.run_id})")
+        print(f"nanobeir_mean_ndcg_at_10 = {outputs['evaluate'].result['ndcg_at_10']:.4f} (run {tracked.run_id})")
+    if "dev_evaluate" in outputs:  # what a sweeper selects on: the dev set, never the test set
+        score = outputs["dev_evaluate"].result["ndcg_at_10"]
+        print(f"dev_ndcg_at_10 = {score:.4f}")
         return score
     return None

@@ -57,6 +57,10 @@ class DataConfig:
     eval_size: int = 10_000
     train_size: int | None = None  # None: every row left after the split
     seed: int = 12
+    # The in-domain dev set (pipeline.evaluation.dev), built from the held-out rows; what a sweep selects on
+    dev_queries: int = 1_000  # held-out questions used as dev queries (capped: 10,000 would slow every evaluation)
+    dev_corpus: int = 5_000  # held-out answers in the dev corpus: the dev queries' own answers first, then others
+    dev_distractors: int = 0  # training answers sampled (seed `seed`) into the dev corpus as extra distractors
 
 
 @dataclass

@@ -23,7 +23,12 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.fingerprint import config_hash, sources
-from pipeline.stages.evaluate import evaluate_baseline, evaluate_finetuned
+from pipeline.stages.evaluate import (
+    evaluate_baseline,
+    evaluate_dev_baseline,
+    evaluate_dev_finetuned,
+    evaluate_finetuned,
+)
 from pipeline.stages.finetune import finetune
 from pipeline.stages.model_card import model_card
 from pipeline.stages.prepare_data import prepare_data
@@ -64,8 +69,9 @@ class StageOutput:
     seconds: float
 
 
-# The DAG: prepare_data -> finetune -> evaluate -> model_card, with the baseline evaluation of the base model beside it.
-# prepare_data and baseline do not depend on the method or its hyper-parameters, so a sweep computes them once.
+# The DAG: prepare_data -> finetune -> evaluate (NanoBEIR, the test set) and dev_evaluate (the in-domain dev set that
+# prepare_data held out) -> model_card, with the base model's evaluations (baseline, dev_baseline) beside them.
+# prepare_data and the baselines do not depend on the method or its hyper-parameters, so a sweep computes them once.
 DAG: tuple[Stage, ...] = (
     Stage(
         "prepare_data",
@@ -78,6 +84,12 @@ DAG: tuple[Stage, ...] = (
         config=("model", "eval"),
         inputs=(),
         run=lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache("eval")),
+    ),
+    Stage(
+        "dev_baseline",
+        config=("model",),  # the dev set is prepare_data's output: its key is upstream
+        inputs=("prepare_data",),
+        run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_data"].dir, out),
     ),
     Stage(
         "finetune",
@@ -105,9 +117,17 @@ DAG: tuple[Stage, ...] = (
         ),
     ),
     Stage(
+        "dev_evaluate",
+        config=("model",),
+        inputs=("prepare_data", "finetune"),
+        run=lambda cfg, up, out, ctx: evaluate_dev_finetuned(
+            cfg.model, cfg.eval, up["prepare_data"].dir, up["finetune"].dir, out
+        ),
+    ),
+    Stage(
         "model_card",
         config=("model", "finetune"),
-        inputs=("finetune", "baseline", "evaluate"),
+        inputs=("finetune", "baseline", "evaluate", "dev_baseline", "dev_evaluate"),
         run=lambda cfg, up, out, ctx: model_card(
             cfg.model,
             cfg.finetune,
@@ -115,6 +135,8 @@ DAG: tuple[Stage, ...] = (
             up["finetune"].result,
             up["baseline"].result,
             up["evaluate"].result,
+            up["dev_baseline"].result,
+            up["dev_evaluate"].result,
             out,
         ),
     ),

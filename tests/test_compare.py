@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from statsmodels.stats.multitest import multipletests
 
 from pipeline.report import REPORT_FILES, compare, main
+from pipeline.report.load import load_arms
+from pipeline.report.protocol import apply
+from pipeline.report.seeds import difference
 from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
+from pipeline.report.verdict import VERDICTS, decide
 
 N = 2000  # resamples: enough for the checks, fast
 DATASETS = {"scifact": 12, "msmarco": 10}
@@ -40,7 +45,7 @@ def log_json(client: MlflowClient, run_id: str, data: dict, artifact_path: str, 
 
 
 def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict], tmp: Path, seed: int = 0) -> str:
-    """A parent run and one child per job: {name, method, r, alpha, gain} or {..., failed: message}."""
+    """A parent run and one child per job: {name, method, r, alpha, lr, seed, dev, gain} or {..., failed: message}."""
     rng = np.random.default_rng(seed)
     parent = client.create_run(
         exp_id, start_time=start, run_name=f"sweep-{sweep_id}", tags={"sweep_id": sweep_id, "pipeline.role": "sweep"}
@@ -58,6 +63,8 @@ def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict],
             "finetune.r": "64",
             "finetune.alpha": "128",
             "finetune.dropout": "0.1",
+            "train.lr": str(job.get("lr", 2e-5)),
+            "train.seed": str(job.get("seed", 12)),
         }
         if job["method"] == "lora":
             params.update({"finetune.r": str(job["r"]), "finetune.alpha": str(job["alpha"])})
@@ -68,7 +75,10 @@ def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict],
             continue
         pq = per_query(rng, baseline, job["gain"])
         trainable = BASE if job["method"] == "full" else 2 * 6 * 384 * job["r"] * 2
-        values = {**metrics_of(pq), **metrics_of(baseline, "baseline_")}
+        values = {**metrics_of(pq), **metrics_of(baseline, "baseline_"), "baseline_dev_ndcg_at_10": 0.5}
+        if "dev" in job:
+            values.update(dev_ndcg_at_10=job["dev"], dev_delta_vs_base=job["dev"] - 0.5)
+            values["nanobeir_delta_vs_base"] = values["nanobeir_mean_ndcg_at_10"] - nanobeir_mean(baseline)
         values.update(trainable_params=trainable, total_params=BASE + (trainable if job["method"] == "lora" else 0))
         values["weights_mb"] = trainable * 4 / 2**20
         client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in values.items()])
@@ -81,18 +91,36 @@ def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict],
     return parent
 
 
+def job(method, seed, dev, gain, r=None, alpha=None, lr=None, **extra):
+    lr = lr or (2e-4 if method == "lora" else 2e-5)
+    name = (f"lora-r{r}-a{alpha}" if method == "lora" else "full") + f"-lr{lr:g}-s{seed}"
+    return {
+        "name": name,
+        "method": method,
+        "r": r,
+        "alpha": alpha,
+        "lr": lr,
+        "seed": seed,
+        "dev": dev,
+        "gain": gain,
+        **extra,
+    }
+
+
+# The protocol's shape: a grid at seed 12, then the selected configuration of each method at seeds 13 and 14.
+# lora-r8-a16 has the best NanoBEIR (test) score but not the best dev score: it must not be selected.
 JOBS = [
-    {"name": "full", "method": "full", "gain": 0.10},
-    {"name": "lora-r16-a32", "method": "lora", "r": 16, "alpha": 32, "gain": 0.08},
-    {
-        "name": "lora-r64-a128",
-        "method": "lora",
-        "r": 64,
-        "alpha": 128,
-        "failed": "OutOfMemoryError: CUDA out of memory",
-    },
-    {"name": "lora-r8-a16", "method": "lora", "r": 8, "alpha": 16, "gain": 0.05},
+    job("full", 12, dev=0.70, gain=0.10),
+    job("full", 12, dev=0.66, gain=0.12, lr=5e-5),
+    job("lora", 12, dev=0.71, gain=0.08, r=16, alpha=32),
+    job("lora", 12, dev=0.0, gain=0.0, r=64, alpha=128, failed="OutOfMemoryError: CUDA out of memory"),
+    job("lora", 12, dev=0.65, gain=0.15, r=8, alpha=16),
+    job("full", 13, dev=0.69, gain=0.10),
+    job("full", 14, dev=0.70, gain=0.10),
+    job("lora", 13, dev=0.70, gain=0.08, r=16, alpha=32),
+    job("lora", 14, dev=0.71, gain=0.08, r=16, alpha=32),
 ]
+SELECTED_LORA, SELECTED_FULL = "lora-r16-a32-lr0.0002", "full-lr2e-05"
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +132,8 @@ def sweeps(tmp_path_factory):
     main_exp = client.create_experiment("lora-vs-full", artifact_location=(tmp / "artifacts").as_uri())
     other_exp = client.create_experiment("other", artifact_location=(tmp / "artifacts-other").as_uri())
     jobs = [dict(job) for job in JOBS]
-    no_artifacts = {"name": "lora-r4-a8", "method": "lora", "r": 4, "alpha": 8, "gain": 0.03, "no_artifacts": True}
-    old_jobs = [dict(JOBS[3]), no_artifacts]
+    no_artifacts = job("lora", 12, dev=0.6, gain=0.03, r=4, alpha=8, no_artifacts=True)
+    old_jobs = [dict(JOBS[4]), no_artifacts]
     parents = {
         "s-old": make_sweep(client, main_exp, "s-old", 1_000_000, old_jobs, tmp, seed=1),  # no full arm
         "s-other": make_sweep(client, other_exp, "s-other", 1_500_000, [dict(JOBS[0])], tmp, seed=2),
@@ -133,64 +161,120 @@ def test_report_files_exist(sweeps):
     out = sweeps["tmp"] / "report"
     for name in REPORT_FILES:
         assert (out / name).stat().st_size > 0, name
-    for name in ("ndcg_vs_r.png", "ndcg_vs_params.png", "per_dataset.png"):
+    for name in (n for n in REPORT_FILES if n.endswith(".png")):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((out / "comparison.json").read_text())["rows"] == sweeps["result"]["rows"]
 
 
 def test_table_rows_order_and_failed_job(sweeps):
     rows = sweeps["result"]["rows"]
-    assert [r["name"] for r in rows] == ["baseline", "lora-r8-a16", "lora-r16-a32", "lora-r64-a128", "full"]
-    failed = rows[3]
+    assert [r["name"] for r in rows] == [
+        "baseline",
+        "lora-r8-a16-lr0.0002-s12",
+        "lora-r16-a32-lr0.0002-s12",
+        "lora-r16-a32-lr0.0002-s13",
+        "lora-r16-a32-lr0.0002-s14",
+        "lora-r64-a128-lr0.0002-s12",
+        "full-lr2e-05-s12",
+        "full-lr2e-05-s13",
+        "full-lr2e-05-s14",
+        "full-lr5e-05-s12",
+    ]
+    failed = rows[5]
     assert failed["status"] == "FAILED" and failed["error"] == "OutOfMemoryError: CUDA out of memory"
     assert failed["ndcg_at_10"] is None and failed["delta_vs_full"] is None
     assert (failed["r"], failed["alpha"]) == (64, 128)
-    assert rows[4]["r"] is None and rows[4]["alpha"] is None  # r/alpha mean nothing for a full fine-tune
+    assert rows[6]["r"] is None and rows[6]["alpha"] is None  # r/alpha mean nothing for a full fine-tune
     report = (sweeps["tmp"] / "report" / "report.md").read_text()
     table = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
-    assert table["lora-r64-a128"].rstrip(" |").endswith("FAILED")
-    assert "**lora-r64-a128**" in report and "CUDA out of memory" in report
+    assert table["lora-r64-a128-lr0.0002-s12"].rstrip(" |").endswith("FAILED")
+    assert "**lora-r64-a128-lr0.0002-s12**" in report and "CUDA out of memory" in report
     header = [c.strip() for c in table["run"].strip("|").split("|")]
-    assert {"scifact", "msmarco", "p", "status"} <= set(header)
-    full_cells = [c.strip() for c in table["full"].strip("|").split("|")]
+    assert {"scifact", "msmarco", "p", "p (Holm)", "dev NDCG@10", "lr", "seed", "status"} <= set(header)
+    full_cells = [c.strip() for c in table["full-lr2e-05-s12"].strip("|").split("|")]
     assert full_cells[header.index("p")] == "" and full_cells[header.index("Δ vs full [95% CI]")] == ""
 
 
 def test_numbers_match_the_statistics_called_directly(sweeps):
     jobs, rows = sweeps["jobs"], {r["name"]: r for r in sweeps["result"]["rows"]}
-    full = jobs["full"]["per_query"]
-    arms = {name: jobs[name]["per_query"] for name in ("lora-r8-a16", "lora-r16-a32")}
-    arms["baseline"] = jobs["full"]["baseline"]
-    for name, pq in arms.items():
+    for name in ("lora-r8-a16-lr0.0002-s12", "lora-r16-a32-lr0.0002-s12", "lora-r16-a32-lr0.0002-s13"):
+        pq, seed = jobs[name]["per_query"], jobs[name]["seed"]
+        full = jobs[f"full-lr2e-05-s{seed}"]["per_query"]  # the selected full fine-tune's run at the same seed
         assert rows[name]["delta_vs_full"] == paired_test(pq, full, n=N, seed=0)._asdict(), name
         assert rows[name]["ndcg_at_10"] == bootstrap_ci(pq, n=N, seed=0)._asdict(), name
         assert rows[name]["per_dataset_ndcg_at_10"] == pytest.approx(
             {d: np.mean(list(s.values())) for d, s in pq.items()}
         )
-    assert rows["full"]["ndcg_at_10"] == bootstrap_ci(full, n=N, seed=0)._asdict()
-    assert rows["full"]["delta_vs_full"] is None
-    assert rows["lora-r16-a32"]["trainable_params"] == 2 * 6 * 384 * 16 * 2
+    assert rows["full-lr2e-05-s12"]["delta_vs_full"] is None
+    assert rows["lora-r16-a32-lr0.0002-s12"]["trainable_params"] == 2 * 6 * 384 * 16 * 2
+    # Holm over the adapter configurations at the grid seed (12), on their raw p-values
+    grid = ["lora-r8-a16-lr0.0002-s12", "lora-r16-a32-lr0.0002-s12"]
+    raw = [rows[name]["delta_vs_full"]["p_value"] for name in grid]
+    assert [rows[name]["p_holm"] for name in grid] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    assert rows["lora-r16-a32-lr0.0002-s13"]["p_holm"] is None  # replicates are not part of the family
 
 
-def test_summary_and_artifacts_logged_on_the_parent(sweeps):
+def test_selection_reads_dev_and_the_verdict_compares_the_selected_configurations(sweeps):
+    result = sweeps["result"]
+    configs = {c["name"]: c for c in result["configurations"]}
+    assert {name for name, c in configs.items() if c["selected"]} == {SELECTED_LORA, SELECTED_FULL}
+    assert configs[SELECTED_LORA]["seeds"] == [12, 13, 14] and configs["lora-r8-a16-lr0.0002"]["seeds"] == [12]
+    # selection used the seed every LoRA configuration has (12), not the replicates' seeds
+    assert configs[SELECTED_LORA]["dev_ndcg_at_10"] == pytest.approx(0.71)
+    verdict = result["verdict"]
+    assert (verdict["adapter"], verdict["full"]) == (SELECTED_LORA, SELECTED_FULL)
+    adapter = [sweeps["jobs"][f"{SELECTED_LORA}-s{s}"]["per_query"] for s in (12, 13, 14)]
+    full = [sweeps["jobs"][f"{SELECTED_FULL}-s{s}"]["per_query"] for s in (12, 13, 14)]
+    expected = decide(difference(adapter, full), 0.01)
+    assert verdict["label"] == expected.label and verdict["delta"] == pytest.approx(expected.delta)
+    assert verdict["ci90"] == pytest.approx(list(expected.ci90))
+    assert verdict["label"] in VERDICTS and verdict["seeds"] == {"adapter": 3, "full": 3}
+
+
+def test_scrambled_test_scores_leave_the_selection_unchanged(sweeps):
+    """Selection never reads NanoBEIR: shuffle every run's test scores and metrics across runs, same selection."""
+    client = sweeps["client"]
+    parent = client.get_run(sweeps["parents"]["s-new"])
+    arms, _ = load_arms(client, parent, [])
+    chosen = apply(arms, n_resamples=200)
+    # the test set would have chosen otherwise would have chosen otherwise: r8 has the best NanoBEIR score of the LoRA grid
+    best_test = max(
+        (a for a in arms if a.method == "lora" and a.seed == 12 and a.per_query),
+        key=lambda a: nanobeir_mean(a.per_query),
+    )
+    assert best_test.name.startswith("lora-r8") and chosen.adapter.name == SELECTED_LORA
+    finished = [a for a in arms if a.per_query is not None]
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        order = rng.permutation(len(finished))
+        scores = [(finished[i].per_query, finished[i].per_dataset, finished[i].ndcg) for i in order]
+        for arm, (pq, per_dataset, ndcg) in zip(finished, scores, strict=True):
+            arm.per_query, arm.per_dataset, arm.ndcg = pq, per_dataset, ndcg
+        scrambled = apply(arms, n_resamples=200)
+        assert (scrambled.adapter.key, scrambled.full.key) == (chosen.adapter.key, chosen.full.key)
+
+
+def test_verdict_and_summary_logged_on_the_parent(sweeps):
     client, result = sweeps["client"], sweeps["result"]
     parent = client.get_run(result["parent_run_id"])
     logged = {Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == set(REPORT_FILES)
-    finished_lora = [job for job in sweeps["jobs"].values() if job["method"] == "lora" and "per_query" in job]
-    means = {job["name"]: nanobeir_mean(job["per_query"]) for job in finished_lora}
-    best = max(means, key=means.get)
-    assert result["best_lora_run"] == best == parent.data.tags["best_lora_run"]
-    assert parent.data.metrics["best_lora_nanobeir_mean_ndcg_at_10"] == pytest.approx(means[best])
-    full = nanobeir_mean(sweeps["jobs"]["full"]["per_query"])
-    assert parent.data.metrics["full_nanobeir_mean_ndcg_at_10"] == pytest.approx(full)
+    assert parent.data.tags["verdict"] == result["verdict"]["label"]
+    assert parent.data.tags["mlflow.note.content"] == result["verdict"]["sentence"]
+    report = (sweeps["tmp"] / "report" / "report.md").read_text().splitlines()
+    assert report[2] == result["verdict"]["sentence"]  # the report opens with the verdict
+    assert result["verdict"]["sentence"].startswith(f"**{result['verdict']['label'].capitalize()}**")
+    adapter = np.mean([nanobeir_mean(sweeps["jobs"][f"{SELECTED_LORA}-s{s}"]["per_query"]) for s in (12, 13, 14)])
+    assert parent.data.metrics["adapter_nanobeir_mean_ndcg_at_10"] == pytest.approx(adapter)
+    assert parent.data.metrics["verdict_margin"] == 0.01
 
 
-def test_sweep_without_full_arm_leaves_delta_blank(sweeps, tmp_path):
+def test_sweep_without_full_arm_has_no_verdict(sweeps, tmp_path):
     result = compare(sweeps["uri"], sweep_id="s-old", out_dir=tmp_path, n_resamples=N, log_to_mlflow=False)
-    assert result["full_run"] is None
-    assert [r["name"] for r in result["rows"]] == ["baseline", "lora-r4-a8", "lora-r8-a16"]
+    assert result["verdict"] is None
+    assert [r["name"] for r in result["rows"]] == ["baseline", "lora-r4-a8-lr0.0002-s12", "lora-r8-a16-lr0.0002-s12"]
     assert all(r["delta_vs_full"] is None for r in result["rows"])
+    assert (tmp_path / "report.md").read_text().splitlines()[2].startswith("**No verdict**")
     # a finished run without per_query.json: its logged mean, no CI, and a warning; the JSON stays strict
     strict = json.loads((tmp_path / "comparison.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     no_artifacts = strict["rows"][1]
@@ -202,11 +286,18 @@ def test_sweep_without_full_arm_leaves_delta_blank(sweeps, tmp_path):
     assert sweeps["client"].list_artifacts(result["parent_run_id"]) == []  # nothing logged
 
 
+def test_cli_rejects_a_bad_margin_in_one_line(sweeps, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--tracking-uri", sweeps["uri"], "--margin", "0", "--no-log"])
+    assert exit_.value.code == 2
+    assert "--margin 0.0 is not allowed" in capsys.readouterr().err
+
+
 def test_cli_experiment_picks_its_newest_sweep(sweeps, tmp_path, capsys):
     args = ["--tracking-uri", sweeps["uri"], "--experiment", "other", "--out", str(tmp_path), "--resamples", "500"]
     assert main([*args, "--no-log"]) == 0
     assert json.loads((tmp_path / "comparison.json").read_text())["sweep_id"] == "s-other"
-    assert "| full |" in capsys.readouterr().out
+    assert "| full-lr2e-05-s12 |" in capsys.readouterr().out
 
 
 def test_cli_defaults_from_environment(sweeps, tmp_path, monkeypatch):

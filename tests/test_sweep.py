@@ -38,7 +38,8 @@ def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check=True,
         o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides, *args]
+    # the grid only (no seed replicates): the tiny config's own learning rate and seed
+    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", "hydra.sweeper.seeds=[]", *overrides, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -57,7 +58,11 @@ def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, ti
         tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2,4", "finetune.alpha=8"
     )
     assert parent.info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["full", "lora-r2-a8", "lora-r4-a8"]
+    assert sorted(r.info.run_name for r in children) == [
+        "full-lr1e-3-s12",
+        "lora-r2-a8-lr1e-3-s12",
+        "lora-r4-a8-lr1e-3-s12",
+    ]
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["sweep_id"] for r in children} == {parent.data.tags["sweep_id"]}
     assert {r.data.tags["method"] for r in children} == {"lora", "full"}
@@ -85,7 +90,7 @@ def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_n
         "tracking.experiment=parallel",  # the parent run goes where its jobs log
         experiment="parallel",
     )
-    assert sorted(r.info.run_name for r in children) == ["lora-r2-a8", "lora-r4-a8"]
+    assert sorted(r.info.run_name for r in children) == ["lora-r2-a8-lr1e-3-s12", "lora-r4-a8-lr1e-3-s12"]
     for run in children:
         assert run.info.status == "FINISHED"
         assert run.data.params["finetune.alpha"] == "8"
@@ -111,10 +116,14 @@ def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model
     assert proc.returncode != 0
     assert "1 of 3 jobs failed" in proc.stderr
     by_status = sorted((r.info.status, r.info.run_name) for r in children)
-    assert by_status == [("FAILED", "lora-r2-a8"), ("FINISHED", "full"), ("FINISHED", "lora-r2-a8")]
+    assert by_status == [
+        ("FAILED", "lora-r2-a8-lr1e-3-s12"),
+        ("FINISHED", "full-lr1e-3-s12"),
+        ("FINISHED", "lora-r2-a8-lr1e-3-s12"),
+    ]
     failed = next(r for r in children if r.info.status == "FAILED")
     assert "no_such_module" in failed.data.tags["error"]
-    assert parent.info.status == "FAILED" and "lora-r2-a8" in parent.data.tags["sweep.failed_jobs"]
+    assert parent.info.status == "FAILED" and "lora-r2-a8-lr1e-3-s12" in parent.data.tags["sweep.failed_jobs"]
 
 
 @pytest.mark.slow
@@ -124,17 +133,25 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
     # the grid grows by r=4: r=2 finished already, so only r=4 runs
     proc, client, parent, children = _sweep(*tiny, "finetune=lora", "finetune.r=2,4", "finetune.alpha=8", sweeps=2)
     assert parent.info.run_id != first.info.run_id and parent.info.status == "FINISHED"
-    assert "lora-r2-a8: this config already finished" in proc.stderr
-    assert [r.info.run_name for r in children] == ["lora-r4-a8"]
+    assert "lora-r2-a8-lr1e-3-s12: this config already finished" in proc.stderr
+    assert [r.info.run_name for r in children] == ["lora-r4-a8-lr1e-3-s12"]
     jobs = [r for r in client.search_runs([parent.info.experiment_id]) if "pipeline.role" not in r.data.tags]
-    assert sorted(r.info.run_name for r in jobs) == ["lora-r2-a8", "lora-r4-a8"]  # r=2 was not run twice
+    assert sorted(r.info.run_name for r in jobs) == [
+        "lora-r2-a8-lr1e-3-s12",
+        "lora-r4-a8-lr1e-3-s12",
+    ]  # r=2 was not run twice
     assert parent.data.tags["sweep.jobs"] == "2" and parent.data.tags["sweep.reused_jobs"] == "1"
-    assert sorted(r.info.run_name for r in sweep_runs(client, parent.info.run_id)) == ["lora-r2-a8", "lora-r4-a8"]
+    assert sorted(r.info.run_name for r in sweep_runs(client, parent.info.run_id)) == [
+        "lora-r2-a8-lr1e-3-s12",
+        "lora-r4-a8-lr1e-3-s12",
+    ]
     report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
-    assert {row["name"] for row in report["rows"]} >= {"lora-r2-a8", "lora-r4-a8"}
+    assert {row["name"] for row in report["rows"]} >= {"lora-r2-a8-lr1e-3-s12", "lora-r4-a8-lr1e-3-s12"}
 
     # run.skip_finished=false: the same config runs again, as a new run
     proc, client, parent, children = _sweep(
         *tiny, "finetune=lora", "finetune.r=2", "finetune.alpha=8", "run.skip_finished=false", sweeps=3
     )
-    assert [r.info.run_name for r in children] == ["lora-r2-a8"] and parent.data.tags["sweep.reused_jobs"] == "0"
+    assert [r.info.run_name for r in children] == ["lora-r2-a8-lr1e-3-s12"] and parent.data.tags[
+        "sweep.reused_jobs"
+    ] == "0"

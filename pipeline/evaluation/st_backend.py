@@ -65,7 +65,7 @@ def evaluate(
     for ir in evaluator.evaluators:
         short = ir.name[len("Nano") :].lower()
         per_dataset[short] = metrics[f"{ir.name}_{score_function}_ndcg@10"]
-        per_query[short] = _per_query_ndcg10(ir, out, score_function)
+        per_query[short] = per_query_ndcg10(ir, out, score_function)
         pytrec_mean = sum(per_query[short].values()) / len(per_query[short])
         if abs(pytrec_mean - per_dataset[short]) > 1e-6:
             raise RuntimeError(
@@ -86,7 +86,7 @@ def evaluate(
     return summary
 
 
-def _per_query_ndcg10(ir, out: Path, score_function: str) -> dict[str, float]:
+def per_query_ndcg10(ir, out: Path, score_function: str) -> dict[str, float]:
     """NDCG@10 of every query with pytrec_eval, from the evaluator's predictions in its own ranking order."""
     path = out / ir.predictions_file.replace(".jsonl", f"_{score_function}.jsonl")
     run = {}

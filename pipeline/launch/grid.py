@@ -33,3 +33,40 @@ def lora_vs_full_jobs(jobs: list[list[str]]) -> list[list[str]]:
 def is_relative_alpha(override: str) -> bool:
     key, _, value = override.partition("=")
     return key == "finetune.alpha" and any(RELATIVE_ALPHA.match(v) for v in value.split(","))
+
+
+def job_values(job: list[str]) -> dict[str, str]:
+    return dict(override.split("=", 1) for override in job)
+
+
+def method_of(job: list[str], default: str) -> str:
+    """The job's `finetune=<method>` override, or the config's default method."""
+    return job_values(job).get("finetune", default)
+
+
+def configuration(job: list[str]) -> tuple[str, ...]:
+    """What identifies a job's configuration across seeds: its overrides without the seed."""
+    return tuple(o for o in job if o.split("=", 1)[0] != "train.seed")
+
+
+def with_learning_rates(jobs: list[list[str]], lr: dict[str, list[float]], default_method: str) -> list[list[str]]:
+    """Each job once per learning rate of its method (`lr`: {method: [rates]}): LoRA's best rate is typically ~10x
+    full fine-tuning's, so one shared rate favours one arm. Jobs that set `train.lr` themselves, and methods without
+    rates in `lr`, are left as they are."""
+    result = []
+    for job in jobs:
+        rates = lr.get(method_of(job, default_method))
+        if not rates or "train.lr" in job_values(job):
+            result.append(job)
+        else:
+            result.extend([*job, f"train.lr={rate:g}"] for rate in rates)
+    return result
+
+
+def with_seed(jobs: list[list[str]], seed: int) -> list[list[str]]:
+    return [job if "train.seed" in job_values(job) else [*job, f"train.seed={seed}"] for job in jobs]
+
+
+def replicates(selected: list[list[str]], seeds: list[int]) -> list[list[str]]:
+    """The selected configurations again, once per further seed."""
+    return [[*configuration(job), f"train.seed={seed}"] for job in selected for seed in seeds]

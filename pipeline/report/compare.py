@@ -1,20 +1,20 @@
-"""The sweep report: which LoRA rank/alpha, and how far from a full fine-tune?
+"""The sweep report: is the selected adapter as good as the selected full fine-tune, and at which rank?
 
-    python -m pipeline.report [--sweep-id ID | --experiment NAME] [--tracking-uri URI] [--out DIR]
+    python -m pipeline.report [--sweep-id ID | --experiment NAME] [--margin 0.01] [--tracking-uri URI] [--out DIR]
 
 Reads MLflow only (never the pipeline's cache): the sweep's parent run (tag `pipeline.role=sweep`), its child runs
-(one per job: params `finetune.*`, NanoBEIR metrics, `evaluation/per_query.json` and
-`evaluation/baseline/per_query.json`). Writes `report.md`, `comparison.json` and three PNG plots to the output dir,
-and logs them on the parent run under `report/` with summary metrics and a `best_lora_run` tag.
-
-Statistics (pipeline.report.stats) are over queries: the CI of a run's NanoBEIR mean is a stratified bootstrap, and each
-run is compared with the full fine-tune on the same queries (paired bootstrap CI, sign-flip permutation p-value).
+(params, dev and NanoBEIR metrics, `evaluation/per_query.json` and `evaluation/baseline/per_query.json`). Applies
+the comparison protocol (`pipeline.report.protocol`: selection on dev, seed + query intervals, the verdict within a
+margin, Holm-adjusted p-values over the adapter configurations). Writes `report.md` (verdict sentence first),
+`comparison.json` and four PNG plots to the output dir, and logs them on the parent run under `report/`, with the
+tag `verdict` and the verdict sentence as the run's description.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -24,23 +24,30 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline.report.load import (
-    Arm,
+    COST,
     SweepNotFound,
-    best_lora,
     default_outputs,
     default_tracking_uri,
     find_sweep,
-    full_arm,
     load_arms,
+    no_nan,
     open_client,
     ordered,
     sweep_id_of,
 )
-from pipeline.report.plots import plot_ndcg_vs_params, plot_ndcg_vs_r, plot_per_dataset
-from pipeline.report.render import render_markdown
-from pipeline.report.stats import bootstrap_ci, paired_test
+from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndcg_vs_r, plot_per_dataset
+from pipeline.report.protocol import Protocol, apply
+from pipeline.report.render import render_markdown, verdict_sentence
+from pipeline.report.stats import bootstrap_ci
 
-REPORT_FILES = ("report.md", "comparison.json", "ndcg_vs_r.png", "ndcg_vs_params.png", "per_dataset.png")
+REPORT_FILES = (
+    "report.md",
+    "comparison.json",
+    "ndcg_vs_r.png",
+    "ndcg_vs_cost.png",
+    "per_dataset.png",
+    "learn_vs_forget.png",
+)
 
 
 def compare(
@@ -52,6 +59,8 @@ def compare(
     seed: int = 0,
     level: float = 0.95,
     log_to_mlflow: bool = True,
+    margin: float = 0.01,
+    cost: str = "trainable_params",
 ) -> dict:
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
 
@@ -71,16 +80,8 @@ def compare(
     for arm in rows:
         if arm.per_query is not None:
             arm.ndcg = bootstrap_ci(arm.per_query, n=n_resamples, seed=seed, level=level)
-    full = full_arm(arms, warnings)
-    if full is not None and full.per_query is not None:
-        for arm in rows:
-            if arm is full or arm.per_query is None:
-                continue
-            try:
-                arm.delta = paired_test(arm.per_query, full.per_query, n=n_resamples, seed=seed, level=level)
-            except ValueError as error:
-                warnings.append(f"{arm.name}: no paired test against {full.name}: {error}")
-    best = best_lora(arms)
+    protocol = apply(arms, margin=margin, level=level, n_resamples=n_resamples, seed=seed)
+    warnings += protocol.notes
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
 
     result = {
@@ -93,40 +94,85 @@ def compare(
             "resamples": n_resamples,
             "seed": seed,
             "level": level,
-            "ci": "stratified percentile bootstrap over queries within each dataset",
-            "p_value": "two-sided paired sign-flip permutation test vs the full fine-tune, stratified by dataset",
+            "margin": margin,
+            "selection": "each method's configuration with the best in-domain dev NDCG@10 (never NanoBEIR)",
+            "ci": "per run: stratified percentile bootstrap over queries within each dataset; per configuration: "
+            "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.report.seeds)",
+            "p_value": "per run: two-sided paired sign-flip permutation test vs the selected full fine-tune's run "
+            "at the same seed, stratified by dataset; Holm-adjusted over the adapter configurations at the grid seed",
+            "verdict": "TOST-style reading of the (1 - 2 alpha) and (1 - alpha) CIs of adapter - full within +-margin",
         },
         "datasets": datasets,
-        "best_lora_run": best.name if best else None,
-        "full_run": full.name if full else None,
+        "verdict": _verdict_json(protocol),
+        "configurations": [_configuration_json(c) for c in protocol.configurations],
         "rows": [arm.to_json() for arm in rows],
         "warnings": warnings,
     }
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    (out / "report.md").write_text(render_markdown(result, rows, baseline, best, full, level))
-    plot_ndcg_vs_r(out / "ndcg_vs_r.png", arms, baseline, full, level)
-    plot_ndcg_vs_params(out / "ndcg_vs_params.png", arms, baseline, level)
-    plot_per_dataset(out / "per_dataset.png", baseline, best, full, datasets, n_resamples, seed, level)
+    (out / "report.md").write_text(render_markdown(result, rows, protocol, level))
+    plot_ndcg_vs_r(out / "ndcg_vs_r.png", protocol, baseline, level)
+    plot_ndcg_vs_cost(out / "ndcg_vs_cost.png", protocol, baseline, cost, level)
+    plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level)
+    plot_learn_forget(out / "learn_vs_forget.png", arms, datasets)
     if log_to_mlflow:
-        _log_on_parent(client, parent.info.run_id, out, best, full)
+        _log_on_parent(client, parent.info.run_id, out, protocol)
     result["out_dir"] = str(out)
     return result
 
 
-def _log_on_parent(client: MlflowClient, run_id: str, out: Path, best: Arm | None, full: Arm | None) -> None:
+def _verdict_json(protocol: Protocol) -> dict | None:
+    if protocol.verdict is None:
+        return None
+    v, d = protocol.verdict, protocol.difference
+    return {
+        "label": v.label,
+        "sentence": verdict_sentence(protocol),
+        "adapter": protocol.adapter.name,
+        "full": protocol.full.name,
+        "margin": v.margin,
+        "delta": v.delta,
+        "ci90": list(v.ci90),
+        "ci95": list(v.ci95),
+        "p_tost": v.p_tost,
+        "p_noninferiority": v.p_noninferiority,
+        "p_difference": d.p_value,
+        "seeds": {"adapter": d.seeds_a, "full": d.seeds_b},
+        "reason": v.reason,
+    }
+
+
+def _configuration_json(c) -> dict:
+    e = c.estimate
+    return {
+        "name": c.name,
+        "method": c.method,
+        "selected": c.selected,
+        "dev_ndcg_at_10": None if math.isnan(c.dev) else c.dev,
+        "runs": [a.run_id for a in c.runs],
+        "seeds": [a.seed for a in c.runs],
+        "nanobeir": None if e is None else no_nan({**e._asdict(), "seed_means": list(e.seed_means)}),
+    }
+
+
+def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Protocol) -> None:
     for name in REPORT_FILES:
         client.log_artifact(run_id, str(out / name), "report")
     now = int(time.time() * 1000)
     metrics = []
-    if best is not None:
-        metrics.append(Metric("best_lora_nanobeir_mean_ndcg_at_10", best.ndcg.mean, now, 0))
-        client.set_tag(run_id, "best_lora_run", best.name)
-        client.set_tag(run_id, "best_lora_run_id", best.run_id)
-        if best.delta is not None:
-            metrics.append(Metric("best_lora_delta_vs_full_ndcg_at_10", best.delta.delta, now, 0))
-            metrics.append(Metric("best_lora_p_value_vs_full", best.delta.p_value, now, 0))
-    if full is not None:
-        metrics.append(Metric("full_nanobeir_mean_ndcg_at_10", full.ndcg.mean, now, 0))
+    if protocol.verdict is not None:
+        client.set_tag(run_id, "verdict", protocol.verdict.label)
+        client.set_tag(run_id, "mlflow.note.content", verdict_sentence(protocol))  # the run's description in the UI
+        client.set_tag(run_id, "verdict_adapter", protocol.adapter.name)
+        client.set_tag(run_id, "verdict_adapter_run_ids", ",".join(a.run_id for a in protocol.adapter.finished))
+        client.set_tag(run_id, "verdict_full_run_ids", ",".join(a.run_id for a in protocol.full.finished))
+        metrics += [
+            Metric("verdict_delta_ndcg_at_10", protocol.verdict.delta, now, 0),
+            Metric("verdict_p_tost", protocol.verdict.p_tost, now, 0),
+            Metric("verdict_margin", protocol.verdict.margin, now, 0),
+        ]
+    for config, prefix in ((protocol.adapter, "adapter"), (protocol.full, "full")):
+        if config is not None and config.estimate is not None:
+            metrics.append(Metric(f"{prefix}_nanobeir_mean_ndcg_at_10", config.estimate.mean, now, 0))
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 
@@ -143,8 +189,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output dir (default: <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap and permutation resamples")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--margin", type=float, default=0.01, help="equivalence margin in NDCG@10 points (default 0.01)"
+    )
+    parser.add_argument("--cost", choices=COST, default="trainable_params", help="x axis of the cost frontier plot")
     parser.add_argument("--no-log", action="store_true", help="write the report files only, log nothing to MLflow")
     args = parser.parse_args(argv)
+    if not args.margin > 0:
+        parser.error(f"--margin {args.margin} is not allowed: the equivalence margin must be > 0 NDCG@10 (e.g. 0.01)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         result = compare(
@@ -155,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
             n_resamples=args.resamples,
             seed=args.seed,
             log_to_mlflow=not args.no_log,
+            margin=args.margin,
+            cost=args.cost,
         )
     except SweepNotFound as error:
         print(f"error: {error}", file=sys.stderr)

@@ -17,14 +17,18 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.fingerprint import config_hash
 from pipeline.report.stats import Estimate, PairedTest
 from pipeline.tracking.run import METRIC, all_experiments, search_all_runs
 from pipeline.tracking.sweep import sweep_runs
 
 DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
+DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")
 PER_QUERY = "evaluation/per_query.json"
 BASELINE_PER_QUERY = "evaluation/baseline/per_query.json"
 SHOWN_SWEEP_IDS = 5
+NOT_CONFIGURATION = ("train.seed", "tracking.run_name")  # runs that differ only here are seeds of one configuration
+COST = ("trainable_params", "train_seconds", "train_samples_per_second", "peak_memory_mb", "weights_mb")
 
 
 class SweepNotFound(LookupError):
@@ -47,10 +51,19 @@ class Arm:
     trainable_params: int | None = None
     total_params: int | None = None
     weights_mb: float | None = None
+    lr: float | None = None
+    seed: int | None = None
+    configuration: str = ""  # the same for runs that differ only by seed
+    dev: float = math.nan  # in-domain dev NDCG@10: what selection reads
+    dev_delta: float = math.nan  # dev - base model's dev: what fine-tuning learned in domain
+    nanobeir_delta: float = math.nan  # NanoBEIR - base model's: what it forgot (or gained) out of domain
+    dataset_deltas: dict[str, float] = field(default_factory=dict)
+    cost: dict[str, float] = field(default_factory=dict)  # train_seconds, samples/s, peak_memory_mb, ...
     per_query: dict | None = None
     per_dataset: dict[str, float] = field(default_factory=dict)
     ndcg: Estimate | None = None
-    delta: PairedTest | None = None
+    delta: PairedTest | None = None  # vs the selected full fine-tune's run at the same seed, on the same queries
+    p_holm: float | None = None  # delta's p-value, Holm-adjusted over the adapter configurations compared
 
     def to_json(self) -> dict:
         return {
@@ -65,13 +78,25 @@ class Arm:
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "weights_mb": self.weights_mb,
-            "ndcg_at_10": _no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
+            "lr": self.lr,
+            "seed": self.seed,
+            "configuration": self.configuration,
+            "dev_ndcg_at_10": _none_if_nan(self.dev),
+            "dev_delta_vs_base": _none_if_nan(self.dev_delta),
+            "nanobeir_delta_vs_base": _none_if_nan(self.nanobeir_delta),
+            "cost": self.cost,
+            "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
             "per_dataset_ndcg_at_10": self.per_dataset,
             "delta_vs_full": self.delta._asdict() if self.delta else None,
+            "p_holm": self.p_holm,
         }
 
 
-def _no_nan(values: dict) -> dict:
+def _none_if_nan(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else value
+
+
+def no_nan(values: dict) -> dict:
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
@@ -119,6 +144,7 @@ def find_sweep(client: MlflowClient, sweep_id: str | None = None, experiment: st
 
 
 def open_client(uri: str) -> MlflowClient:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact read otherwise
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
         raise SweepNotFound(
             f"no MLflow database at {uri[len('sqlite:///') :]}; run a sweep first or pass --tracking-uri"
@@ -129,7 +155,7 @@ def open_client(uri: str) -> MlflowClient:
 def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[list[Arm], Arm | None]:
     """The sweep's child runs as arms, and the base model's arm from their baseline artifacts and metrics."""
     children = sweep_runs(client, parent.info.run_id)  # its jobs, and the finished runs it reused
-    arms, baselines, baseline_metrics = [], [], {}
+    arms, baselines, baseline_metrics, baseline_dev = [], [], {}, math.nan
     for run in children:
         arm = _arm(run)
         arms.append(arm)
@@ -144,6 +170,8 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
         if baseline_pq is not None:
             baselines.append((arm.name, baseline_pq))
         baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, "baseline_")
+        if math.isnan(baseline_dev):
+            baseline_dev = run.data.metrics.get("baseline_dev_ndcg_at_10", math.nan)
     baseline = None
     if baselines:
         first_name, first = baselines[0]
@@ -154,6 +182,8 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
     elif baseline_metrics:
         baseline = Arm("baseline", "none", "", per_dataset=baseline_metrics)
         warnings.append(f"no {BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
+    if baseline is not None:
+        baseline.dev = baseline_dev
     if baseline is not None and baseline.per_query is None and METRIC in baseline.per_dataset:
         baseline.ndcg = Estimate(baseline.per_dataset.pop(METRIC), math.nan, math.nan)
     for arm in arms:
@@ -179,9 +209,17 @@ def _arm(run: Run) -> Arm:
         trainable_params=_number(metrics.get("trainable_params"), int),
         total_params=_number(metrics.get("total_params"), int),
         weights_mb=metrics.get("weights_mb"),
+        lr=_number(params.get("train.lr"), float),
+        seed=_number(params.get("train.seed"), int),
+        configuration=config_hash({k: v for k, v in params.items() if k not in NOT_CONFIGURATION}),
+        dev=metrics.get("dev_ndcg_at_10", math.nan),
+        dev_delta=metrics.get("dev_delta_vs_base", math.nan),
+        nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
+        cost={k: metrics[k] for k in COST if k in metrics},
     )
     if arm.status == "FINISHED":
         arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
+        arm.dataset_deltas = {m["name"]: v for k, v in metrics.items() if (m := DATASET_DELTA.match(k))}
     return arm
 
 
@@ -219,30 +257,10 @@ def _number(value, kind):
 
 
 def ordered(arms: list[Arm]) -> list[Arm]:
-    """LoRA by r then alpha, then the full fine-tune(s), then anything else; ties by name."""
-    order = {"lora": 0, "full": 1}
+    """Adapters, then the full fine-tune(s), then anything else; within them by r, alpha, learning rate, seed."""
 
     def key(arm: Arm):
-        r = arm.r if arm.r is not None else math.inf
-        alpha = arm.alpha if arm.alpha is not None else math.inf
-        return order.get(arm.method, 2), r, alpha, arm.name, arm.start_time
+        numbers = (arm.r, arm.alpha, arm.lr, arm.seed)
+        return (arm.method == "full", arm.method), *(math.inf if x is None else x for x in numbers), arm.name
 
     return sorted(arms, key=key)
-
-
-def full_arm(arms: list[Arm], warnings: list[str]) -> Arm | None:
-    full = [a for a in arms if a.method == "full" and a.status == "FINISHED" and a.ndcg is not None]
-    if not full:
-        return None
-    full.sort(key=lambda a: a.start_time, reverse=True)
-    if len(full) > 1:
-        warnings.append(f"{len(full)} finished full fine-tunes; compared against the newest, {full[0].run_id}")
-    return full[0]
-
-
-def best_lora(arms: list[Arm]) -> Arm | None:
-    """The finished LoRA run with the highest NanoBEIR mean; on a tie, the one with fewer trainable parameters."""
-    lora = [a for a in arms if a.method == "lora" and a.status == "FINISHED" and a.ndcg is not None]
-    if not lora:
-        return None
-    return max(lora, key=lambda a: (a.ndcg.mean, -(a.trainable_params or 0)))

@@ -1,4 +1,6 @@
-"""The report's plots: NDCG@10 against LoRA rank, against trainable parameters (with the frontier), per dataset."""
+"""The report's plots, one point per configuration (its NanoBEIR mean over seeds, seed + query CI): NDCG@10 against
+LoRA rank, against a cost (trainable parameters, training time, memory) with the frontier, per dataset, and what each
+run learned in domain (dev) against what it forgot out of domain (NanoBEIR)."""
 
 from __future__ import annotations
 
@@ -10,66 +12,90 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from pipeline.report.load import Arm
+from pipeline.report.protocol import Configuration, Protocol
 from pipeline.report.stats import Estimate, bootstrap_ci
 
+COST_LABELS = {
+    "trainable_params": "trainable parameters",
+    "train_seconds": "training time (s)",
+    "train_samples_per_second": "training samples / s",
+    "peak_memory_mb": "peak memory (MB)",
+    "weights_mb": "saved weights (MB)",
+}
 
-def plot_ndcg_vs_r(path: Path, arms: list[Arm], baseline: Arm | None, full: Arm | None, level: float) -> None:
+
+def _estimated(protocol: Protocol) -> list[Configuration]:
+    return [c for c in protocol.configurations if c.estimate is not None]
+
+
+def _base(baseline: Arm | None):
+    return baseline.ndcg if baseline is not None else None
+
+
+def _full(protocol: Protocol):
+    return protocol.full.estimate if protocol.full is not None else None
+
+
+def plot_ndcg_vs_r(path: Path, protocol: Protocol, baseline: Arm | None, level: float) -> None:
     fig, ax = _figure()
-    lora = [a for a in arms if a.method == "lora" and a.ndcg is not None and a.r is not None]
-    alphas = sorted({a.alpha for a in lora}, key=lambda x: (x is None, x))
-    for i, alpha in enumerate(alphas):
-        points = sorted((a for a in lora if a.alpha == alpha), key=lambda a: a.r)
-        shift = 2 ** (0.04 * (i - (len(alphas) - 1) / 2))  # side by side, so error bars do not overlap
+    ranked = [c for c in _estimated(protocol) if c.method != "full" and c.runs[0].r is not None]
+    series = sorted({(c.method, c.runs[0].alpha, c.runs[0].lr) for c in ranked}, key=str)
+    for i, (method, alpha, lr) in enumerate(series):
+        points = sorted((c for c in ranked if (c.method, c.runs[0].alpha, c.runs[0].lr) == (method, alpha, lr)),
+                        key=lambda c: c.runs[0].r)  # fmt: skip
+        shift = 2 ** (0.04 * (i - (len(series) - 1) / 2))  # side by side, so error bars do not overlap
+        lr_text = f", lr={lr:g}" if lr is not None else ""
         ax.errorbar(
-            [a.r * shift for a in points],
-            [a.ndcg.mean for a in points],
-            yerr=_yerr(points),
+            [c.runs[0].r * shift for c in points],
+            [c.estimate.mean for c in points],
+            yerr=_yerr([c.estimate for c in points]),
             marker="o",
             capsize=3,
-            label=f"LoRA alpha={alpha}",
+            label=f"{method} alpha={alpha}{lr_text}",
         )
-    _reference(ax, full, "full fine-tune", "tab:red", "-")
-    _reference(ax, baseline, "base model", "gray", "--")
-    if lora:
+        for c in points:
+            if c.selected:
+                ax.plot(c.runs[0].r * shift, c.estimate.mean, marker="*", markersize=14, color="black", zorder=5)
+    _reference(ax, _full(protocol), "full fine-tune (selected)", "tab:red", "-")
+    _reference(ax, _base(baseline), "base model", "gray", "--")
+    if ranked:
         ax.set_xscale("log", base=2)
-        ranks = sorted({a.r for a in lora})
+        ranks = sorted({c.runs[0].r for c in ranked})
         ax.xaxis.set_major_locator(FixedLocator(ranks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(r) for r in ranks])
         ax.set_xlim(min(ranks) / 1.4, max(ranks) * 1.4)
     else:
-        ax.text(0.5, 0.5, "no finished LoRA runs", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("LoRA rank r")
+        ax.text(0.5, 0.5, "no finished adapter runs with a rank", transform=ax.transAxes, ha="center")
+    ax.set_xlabel("adapter rank r (★: selected on dev)")
     ax.set_ylabel("NanoBEIR mean NDCG@10")
-    ax.set_title(f"NDCG@10 vs LoRA rank ({level:.0%} bootstrap CI)")
+    ax.set_title(f"NDCG@10 vs rank ({level:.0%} CI over seeds and queries)")
     _finish(fig, ax, path)
 
 
-def plot_ndcg_vs_params(path: Path, arms: list[Arm], baseline: Arm | None, level: float) -> None:
+def plot_ndcg_vs_cost(path: Path, protocol: Protocol, baseline: Arm | None, cost: str, level: float) -> None:
     fig, ax = _figure()
-    points = [a for a in arms if a.ndcg is not None and a.trainable_params]
-    for method, color in (("lora", "tab:blue"), ("full", "tab:red")):
-        group = [a for a in points if a.method == method]
-        if group:
-            ax.errorbar(
-                [a.trainable_params for a in group],
-                [a.ndcg.mean for a in group],
-                yerr=_yerr(group),
-                fmt="o",
-                color=color,
-                capsize=3,
-                label="LoRA" if method == "lora" else "full fine-tune",
-            )
+    points = [(c, _cost(c, cost)) for c in _estimated(protocol)]
+    points = [(c, x) for c, x in points if x is not None and x > 0]
+    for method in sorted({c.method for c, _ in points}, key=lambda m: (m == "full", m)):
+        group = [(c, x) for c, x in points if c.method == method]
+        ax.errorbar(
+            [x for _, x in group],
+            [c.estimate.mean for c, _ in group],
+            yerr=_yerr([c.estimate for c, _ in group]),
+            fmt="o",
+            color="tab:red" if method == "full" else None,
+            capsize=3,
+            label="full fine-tune" if method == "full" else method,
+        )
     frontier = efficiency_frontier(points)
-    for a in points:  # only the frontier and the full fine-tune are named: the rest would overlap, the table has them
-        if a in frontier or a.method == "full":
-            ax.annotate(
-                a.name, (a.trainable_params, a.ndcg.mean), textcoords="offset points", xytext=(5, 5), fontsize=7
-            )
+    for c, x in points:  # only the frontier and the selected ones are named: the rest would overlap
+        if c in [f for f, _ in frontier] or c.selected:
+            ax.annotate(c.name, (x, c.estimate.mean), textcoords="offset points", xytext=(5, 5), fontsize=7)
     if frontier:
         ax.plot(
-            [a.trainable_params for a in frontier],
-            [a.ndcg.mean for a in frontier],
+            [x for _, x in frontier],
+            [c.estimate.mean for c, _ in frontier],
             drawstyle="steps-post",
             color="black",
             linewidth=1,
@@ -78,39 +104,50 @@ def plot_ndcg_vs_params(path: Path, arms: list[Arm], baseline: Arm | None, level
             markersize=11,
             label="efficiency frontier",
         )
-    _reference(ax, baseline, "base model", "gray", "--")
+    _reference(ax, _base(baseline), "base model", "gray", "--")
     if points:
         ax.set_xscale("log")
     else:
-        ax.text(0.5, 0.5, "no finished runs with trainable_params", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("trainable parameters (log scale)")
+        ax.text(0.5, 0.5, f"no finished runs with {cost}", transform=ax.transAxes, ha="center")
+    ax.set_xlabel(f"{COST_LABELS[cost]} (log scale)")
     ax.set_ylabel("NanoBEIR mean NDCG@10")
-    ax.set_title(f"NDCG@10 vs trainable parameters ({level:.0%} bootstrap CI)")
+    ax.set_title(f"NDCG@10 vs {COST_LABELS[cost]} ({level:.0%} CI over seeds and queries)")
     _finish(fig, ax, path)
 
 
-def efficiency_frontier(arms: list[Arm]) -> list[Arm]:
-    """The runs that no other run beats with as many or fewer trainable parameters, by parameters ascending."""
+def _cost(config: Configuration, cost: str) -> float | None:
+    if cost == "trainable_params":
+        return None if math.isinf(config.trainable_params) else config.trainable_params
+    values = [a.cost[cost] for a in config.finished if cost in a.cost]
+    return sum(values) / len(values) if values else None
+
+
+def efficiency_frontier(points: list[tuple]) -> list[tuple]:
+    """The (configuration, cost) points no other point beats at an equal or lower cost, by cost ascending."""
     frontier, best = [], -math.inf
-    for arm in sorted(arms, key=lambda a: (a.trainable_params, -a.ndcg.mean)):
-        if arm.ndcg.mean > best:
-            frontier.append(arm)
-            best = arm.ndcg.mean
+    for c, x in sorted(points, key=lambda p: (p[1], -p[0].estimate.mean)):
+        if c.estimate.mean > best:
+            frontier.append((c, x))
+            best = c.estimate.mean
     return frontier
 
 
 def plot_per_dataset(
     path: Path,
     baseline: Arm | None,
-    best: Arm | None,
-    full: Arm | None,
+    protocol: Protocol,
     datasets: list[str],
     n_resamples: int,
     seed: int,
     level: float,
 ) -> None:
+    """Base model, selected adapter and selected full fine-tune per dataset (their first seed's run: the seed the
+    grid shares), with stratified bootstrap CIs over queries."""
     groups = [*datasets, "NanoBEIR mean"]
-    series = [(a, label) for a, label in ((baseline, "base model"), (best, "best LoRA"), (full, "full fine-tune")) if a]
+    series = [(baseline, "base model")] if baseline is not None else []
+    for config, label in ((protocol.adapter, "selected adapter"), (protocol.full, "selected full fine-tune")):
+        if config is not None and config.finished:
+            series.append((config.finished[0], f"{label} ({config.finished[0].name})"))
     fig, ax = _figure(max(9, 0.7 * len(groups) + 4))
     width = 0.8 / max(1, len(series))
     for i, (arm, label) in enumerate(series):
@@ -125,35 +162,63 @@ def plot_per_dataset(
             values.append(estimate.mean if estimate else math.nan)
             errors[0].append(_half(estimate, low=True))
             errors[1].append(_half(estimate, low=False))
-        name = label if arm is baseline or arm.name == "full" else f"{label} ({arm.name})"
         x = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(x, values, width, yerr=errors, capsize=2, label=name)
+        ax.bar(x, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, rotation=30, ha="right")
     ax.set_ylabel("NDCG@10")
-    ax.set_title(f"NDCG@10 per dataset ({level:.0%} bootstrap CI)")
+    ax.set_title(f"NDCG@10 per dataset ({level:.0%} bootstrap CI over queries)")
     if not series:
         ax.text(0.5, 0.5, "no finished runs", transform=ax.transAxes, ha="center")
     _finish(fig, ax, path)
 
 
-def _yerr(arms: list[Arm]) -> list[list[float]]:
-    return [[_half(a.ndcg, low=True) for a in arms], [_half(a.ndcg, low=False) for a in arms]]
+def plot_learn_forget(path: Path, arms: list[Arm], datasets: list[str]) -> None:
+    """Δ dev (learned in domain) against Δ NanoBEIR (kept out of domain) per run, and per NanoBEIR dataset."""
+    panels = ["NanoBEIR mean", *datasets]
+    fig = Figure(figsize=(4.2 * len(panels) + 2, 4.2))
+    FigureCanvasAgg(fig)
+    done = [a for a in arms if a.status == "FINISHED" and not math.isnan(a.dev_delta)]
+    methods = sorted({a.method for a in done}, key=lambda m: (m == "full", m))
+    for i, panel in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for method in methods:
+            group = [a for a in done if a.method == method]
+            y = [a.nanobeir_delta if panel == "NanoBEIR mean" else a.dataset_deltas.get(panel, math.nan) for a in group]
+            ax.scatter([a.dev_delta for a in group], y, label=method, color="tab:red" if method == "full" else None)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.axvline(0, color="gray", linewidth=0.8)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("Δ dev NDCG@10 vs base (learned)")
+        if i == 0:
+            ax.set_ylabel("Δ NDCG@10 vs base (out of domain)")
+        ax.grid(True, alpha=0.3)
+    if not done:
+        fig.text(0.5, 0.5, "no finished runs with dev scores", ha="center")
+    elif methods:
+        fig.axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    fig.suptitle("Learn vs forget: each run's change from the base model", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
-def _half(e: Estimate | None, low: bool) -> float:
+def _yerr(estimates: list) -> list[list[float]]:
+    return [[_half(e, low=True) for e in estimates], [_half(e, low=False) for e in estimates]]
+
+
+def _half(e, low: bool) -> float:
     if e is None or math.isnan(e.low):
         return 0.0
     return max(0.0, e.mean - e.low) if low else max(0.0, e.high - e.mean)
 
 
-def _reference(ax, arm: Arm | None, label: str, color: str, style: str) -> None:
-    """A horizontal line at the arm's NanoBEIR mean, with its CI as a band."""
-    if arm is None or arm.ndcg is None:
+def _reference(ax, estimate, label: str, color: str, style: str) -> None:
+    """A horizontal line at a NanoBEIR mean, with its CI as a band."""
+    if estimate is None:
         return
-    ax.axhline(arm.ndcg.mean, color=color, linestyle=style, label=f"{label} {arm.ndcg.mean:.4f}")
-    if not math.isnan(arm.ndcg.low):
-        ax.axhspan(arm.ndcg.low, arm.ndcg.high, color=color, alpha=0.12, linewidth=0)
+    ax.axhline(estimate.mean, color=color, linestyle=style, label=f"{label} {estimate.mean:.4f}")
+    if not math.isnan(estimate.low):
+        ax.axhspan(estimate.low, estimate.high, color=color, alpha=0.12, linewidth=0)
 
 
 def _figure(width: float = 9, height: float = 4.5):

@@ -5,13 +5,26 @@ from __future__ import annotations
 import math
 
 from pipeline.report.load import Arm
+from pipeline.report.protocol import Protocol
 from pipeline.report.stats import Estimate, PairedTest
+from pipeline.report.verdict import sentence
+
+
+def verdict_sentence(protocol: Protocol) -> str:
+    """The report's first sentence: the verdict, with its CI; or why there is none."""
+    if protocol.verdict is None:
+        why = "; ".join(n for n in protocol.notes if n.startswith("no verdict")) or "no verdict"
+        return f"**No verdict**: {why.removeprefix('no verdict: ')}."
+    adapter, full = protocol.adapter, protocol.full
+    adapter_text = f"{adapter.name} ({len(adapter.finished)} seeds)"
+    full_text = f"the full fine-tune {full.name} ({len(full.finished)} seeds)"
+    return sentence(protocol.verdict, adapter_text, full_text)
 
 
 def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list[str], list[list[str]]]:
     percent = f"{level:.0%}"
-    header = ["run", "method", "r", "alpha", "trainable params", "weights MB", f"NDCG@10 [{percent} CI]"]
-    header += datasets + [f"Δ vs full [{percent} CI]", "p", "status"]
+    header = ["run", "method", "r", "alpha", "lr", "seed", "trainable params", "weights MB", "dev NDCG@10"]
+    header += [f"NDCG@10 [{percent} CI]", *datasets, f"Δ vs full [{percent} CI]", "p", "p (Holm)", "status"]
     body = []
     for arm in rows:
         line = [
@@ -19,62 +32,107 @@ def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list
             arm.method,
             _text(arm.r),
             _text(arm.alpha),
+            f"{arm.lr:g}" if arm.lr is not None else "",
+            _text(arm.seed),
             f"{arm.trainable_params:,}" if arm.trainable_params is not None else "",
             f"{arm.weights_mb:.1f}" if arm.weights_mb is not None else "",
+            "" if math.isnan(arm.dev) else f"{arm.dev:.4f}",
             _estimate(arm.ndcg),
         ]
         line += [f"{arm.per_dataset[d]:.4f}" if d in arm.per_dataset else "" for d in datasets]
-        line += [_delta(arm.delta), _p(arm.delta.p_value) if arm.delta else "", arm.status]
-        body.append(line)
+        line += [
+            _delta(arm.delta),
+            _p(arm.delta.p_value) if arm.delta else "",
+            _p(arm.p_holm) if arm.p_holm is not None else "",
+        ]
+        body.append([*line, arm.status])
     return header, body
 
 
-def render_markdown(
-    result: dict, rows: list[Arm], baseline: Arm | None, best: Arm | None, full: Arm | None, level: float
-) -> str:
-    header, body = table_rows(rows, result["datasets"], level)
+def configuration_rows(protocol: Protocol, level: float) -> tuple[list[str], list[list[str]]]:
+    header = ["configuration", "method", "selected", "seeds", "dev NDCG@10", "NanoBEIR mean ± sd over seeds"]
+    header += [f"[{level:.0%} CI: seeds + queries]", "trainable params"]
+    body = []
+    for c in sorted(protocol.configurations, key=lambda c: (c.method == "full", c.method, -_or(c.dev, -1))):
+        e = c.estimate
+        spread = "" if e is None else f"{e.mean:.4f}" + ("" if math.isnan(e.seed_sd) else f" ± {e.seed_sd:.4f}")
+        body.append(
+            [
+                c.name,
+                c.method,
+                "**yes**" if c.selected else "",
+                str(len(c.finished)),
+                "" if math.isnan(c.dev) else f"{c.dev:.4f}",
+                spread,
+                "" if e is None else f"[{e.low:.4f}, {e.high:.4f}]",
+                "" if math.isinf(c.trainable_params) else f"{int(c.trainable_params):,}",
+            ]
+        )
+    return header, body
+
+
+def _or(value: float, default: float) -> float:
+    return default if math.isnan(value) else value
+
+
+def _table(header: list[str], body: list[list[str]], left: int = 2) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |"]
+    lines.append(
+        "|" + "|".join("---" if i < left or i == len(header) - 1 else "---:" for i in range(len(header))) + "|"
+    )
+    return lines + ["| " + " | ".join(_cell(c) for c in line) + " |" for line in body]
+
+
+def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: float) -> str:
     stats = result["statistics"]
-    lines = [f"# Sweep {result['sweep_id']}: LoRA vs full fine-tune on NanoBEIR", ""]
-    lines += _answer(rows, baseline, best, full) + [""]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" if i < 2 or i == len(header) - 1 else "---:" for i in range(len(header))) + "|")
-    lines += ["| " + " | ".join(_cell(c) for c in line) + " |" for line in body]
+    lines = [f"# Sweep {result['sweep_id']}: adapter vs full fine-tune", "", verdict_sentence(protocol), ""]
+    lines += _answer(rows, protocol) + ["", "## Selected configurations (chosen on dev, reported on NanoBEIR)", ""]
+    lines += _table(*configuration_rows(protocol, level), left=3)
+    lines += ["", "## Every run", ""] + _table(*table_rows(rows, result["datasets"], level))
     failed = [a for a in rows if a.status not in ("FINISHED", "")]
     if failed:
         lines += ["", "## Failed jobs", ""]
         lines += [f"- **{a.name}** ({a.run_id}): {a.status}: {_cell(a.error or 'no error recorded')}" for a in failed]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
+    grid = f" (seed {protocol.grid_seed})" if protocol.grid_seed is not None else ""
     lines += [
         "",
         "## How to read this",
         "",
-        "- NDCG@10 is the NanoBEIR mean: the unweighted mean over datasets of the per-dataset mean over queries.",
-        f"- CIs: {stats['ci']} ({stats['resamples']:,} resamples, seed {stats['seed']}).",
-        f"- Δ vs full: mean(run) − mean(full) on the same queries, paired bootstrap CI; p: {stats['p_value']}. "
-        "p-values are per comparison, not adjusted for the number of runs compared.",
+        f"- Selection: {stats['selection']}. Test: NanoBEIR (the unweighted mean over datasets of the per-dataset "
+        "mean over queries).",
+        f"- Verdict: {stats['verdict']}, margin ±{stats['margin']:g} NDCG@10 (`--margin`). Intervals of a "
+        f"configuration: {stats['ci'].split('per configuration: ')[1]}.",
+        f"- Every run: CI by {stats['ci'].split(';')[0].removeprefix('per run: ')} ({stats['resamples']:,} resamples, "
+        f"seed {stats['seed']}); Δ vs full and p against the selected full fine-tune's run at the same seed; "
+        f"p (Holm): adjusted over the adapter configurations compared at the grid seed{grid}.",
+        "- Learn vs forget (`learn_vs_forget.png`): each run's change from the base model in domain (dev) against "
+        "out of domain (NanoBEIR).",
         f"- Parent run `{result['parent_run_id']}` in `{result['tracking_uri']}`.",
         "",
     ]
     return "\n".join(lines)
 
 
-def _answer(rows: list[Arm], baseline: Arm | None, best: Arm | None, full: Arm | None) -> list[str]:
+def _answer(rows: list[Arm], protocol: Protocol) -> list[str]:
     lines = []
-    if best is None:
-        lines.append("- No LoRA run finished.")
-    else:
-        line = f"- Best LoRA: **{best.name}** (r={best.r}, alpha={best.alpha}), NDCG@10 {_estimate(best.ndcg)}"
-        if best.delta is not None:
-            line += f"; Δ vs full {_delta(best.delta)}, p = {_p(best.delta.p_value)}"
-        if full is not None and best.trainable_params and full.trainable_params:
-            line += f"; {best.trainable_params / full.trainable_params:.2%} of full's trainable parameters"
-        if full is not None and best.weights_mb is not None and full.weights_mb is not None:
-            line += f", {best.weights_mb:.1f} MB of weights vs {full.weights_mb:.1f} MB"
-        lines.append(line + ".")
-    lines.append(f"- Full fine-tune: **{full.name}**, NDCG@10 {_estimate(full.ndcg)}." if full else "- No full arm.")
-    if baseline is not None and baseline.ndcg is not None:
-        lines.append(f"- Base model: NDCG@10 {_estimate(baseline.ndcg)}.")
+    for config, what in ((protocol.adapter, "Selected adapter"), (protocol.full, "Selected full fine-tune")):
+        if config is None:
+            lines.append(f"- {what}: none finished.")
+            continue
+        e = config.estimate
+        est = "" if e is None else f", NanoBEIR {e.mean:.4f} [{e.low:.4f}, {e.high:.4f}] over {e.seeds} seed(s)"
+        lines.append(f"- {what}: **{config.name}** (dev NDCG@10 {config.dev:.4f}{est}).")
+    adapter, full = protocol.adapter, protocol.full
+    if adapter is not None and full is not None and not math.isinf(adapter.trainable_params * full.trainable_params):
+        lines.append(
+            f"- The adapter trains {adapter.trainable_params / full.trainable_params:.2%} of full's parameters."
+        )
+    base = rows[0] if rows and rows[0].name == "baseline" else None
+    if base is not None and base.ndcg is not None:
+        dev = "" if math.isnan(base.dev) else f", dev NDCG@10 {base.dev:.4f}"
+        lines.append(f"- Base model: NanoBEIR {_estimate(base.ndcg)}{dev}.")
     failed = sum(a.status not in ("FINISHED", "") for a in rows)
     if failed:
         lines.append(f"- {failed} job(s) did not finish; see Failed jobs.")

@@ -1,4 +1,5 @@
-"""Stage 3: NanoBEIR NDCG@10 of the base model (baseline) and of the fine-tuned one, mean, per dataset and per query.
+"""Stage 3: NDCG@10 of the base model (baseline) and of the fine-tuned one, on NanoBEIR (the test set: mean, per
+dataset and per query) and on the in-domain dev set (what a sweep selects on).
 
 The numbers come from `pipeline.evaluation` (sentence-transformers' NanoBEIREvaluator, or mteb with eval.backend=mteb).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import EvalConfig, ModelConfig
+from pipeline.evaluation.dev import evaluate_dev
 from pipeline.evaluation.st_backend import evaluate
 from pipeline.models import load_model
 
@@ -22,3 +24,16 @@ def evaluate_finetuned(
 ) -> dict:
     """The fine-tuned model (full) or base + adapter merged (LoRA), loaded from the finetune stage's output."""
     return evaluate(load_model(model_cfg, str(finetune_dir / "model"), merge=True), eval_cfg, out, cache_dir)
+
+
+def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir: Path, out: Path) -> dict:
+    """The base model on the in-domain dev set that prepare_data held out."""
+    return evaluate_dev(load_model(model_cfg), data_dir, out, eval_cfg.batch_size)
+
+
+def evaluate_dev_finetuned(
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir: Path, finetune_dir: Path, out: Path
+) -> dict:
+    """The fine-tuned model (LoRA merged) on the same dev set."""
+    model = load_model(model_cfg, str(finetune_dir / "model"), merge=True)
+    return evaluate_dev(model, data_dir, out, eval_cfg.batch_size)

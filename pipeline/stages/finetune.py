@@ -159,7 +159,8 @@ def finetune(
         "global_step": trainer.state.global_step,
         "resumed_from": Path(last_checkpoint).name if last_checkpoint else None,
         "reload_max_abs_diff": reload_diff,
-        "train_runtime_s": result.metrics.get("train_runtime"),
+        "train_seconds": result.metrics.get("train_runtime"),
+        "peak_memory_mb": peak_memory_mb(device),  # GPU memory on CUDA, the process's peak RSS on CPU
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_loss": result.metrics.get("train_loss"),
     }
@@ -202,6 +203,14 @@ def _reload_difference(
     if diff > (1e-3 if amp else 1e-4):
         raise RuntimeError(f"the saved model at {saved} does not reproduce the trained one (max |diff| {diff:.2e})")
     return diff
+
+
+def peak_memory_mb(device: str) -> float:
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e6
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def last_complete_checkpoint(checkpoints: Path) -> str | None:

@@ -7,6 +7,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_dataset
 
 from pipeline.config import DataConfig
+from pipeline.evaluation.dev import build_dev_set, write_dev_set
 from pipeline.fingerprint import source_fingerprint
 
 
@@ -32,8 +33,23 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
         train = train.select(range(data.train_size))
 
     DatasetDict(train=train, eval=splits["test"]).save_to_disk(out / "dataset")
+
+    # The held-out pairs as an in-domain retrieval dev set: what a sweep selects on (NanoBEIR stays the test set)
+    heldout = splits["test"]
+    dev = build_dev_set(
+        heldout[data.question_column],
+        heldout[data.answer_column],
+        train[data.answer_column] if data.dev_distractors else [],
+        queries=data.dev_queries,
+        corpus=data.dev_corpus,
+        distractors=data.dev_distractors,
+        seed=data.seed,
+    )
+    write_dev_set(dev, out)
     return {
         "train_rows": len(train),
         "eval_rows": len(splits["test"]),
+        "dev_queries": len(dev["queries"]),
+        "dev_corpus": len(dev["corpus"]),
         "source": source_fingerprint(data.path, data.revision),
     }

@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must n
     from pipeline.dag import StageOutput
 
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
-METRIC = "nanobeir_mean_ndcg_at_10"  # what a run is compared by
+METRIC = "nanobeir_mean_ndcg_at_10"  # the test metric: what the verdict compares
+SELECTION_METRIC = "dev_ndcg_at_10"  # the in-domain dev metric: what sweeps select on and Optuna maximises
 RUN_ONLY = ("run.skip_finished",)  # how to run, not what: not part of a run's identity
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
@@ -77,11 +78,17 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 
 
 def run_name(cfg: DictConfig) -> str:
+    """e.g. `lora-r16-a32-lr2e-4-s12`, `full-lr2e-5-s12`: the method, its hyper-parameters, learning rate and seed."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    if cfg.finetune.method == Method.lora:
-        return f"lora-r{cfg.finetune.r}-a{cfg.finetune.alpha}"
-    return "full"
+    method = f"lora-r{cfg.finetune.r}-a{cfg.finetune.alpha}" if cfg.finetune.method == Method.lora else "full"
+    return f"{method}-lr{short_float(cfg.train.lr)}-s{cfg.train.seed}"
+
+
+def short_float(x: float) -> str:
+    """1e-4 -> '1e-4', 2.5e-05 -> '2.5e-5', 0.5 -> '5e-1'."""
+    mantissa, exponent = f"{x:e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -191,6 +198,7 @@ class PipelineRun:
 
     def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig):
         self.client, self.run_id, self.cfg = client, run_id, cfg
+        self.base: dict[str, dict] = {}  # the base model's results, for what fine-tuning learned and forgot
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
@@ -200,9 +208,22 @@ class PipelineRun:
         r = output.result
         self.client.set_tag(self.run_id, "data.source", r["source"])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
+        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
 
     def _log_baseline(self, output: StageOutput) -> None:
+        self.base["nanobeir"] = output.result
         self._log_evaluation(output, prefix="baseline_", artifact_path="evaluation/baseline")
+
+    def _log_dev_baseline(self, output: StageOutput) -> None:
+        self.base["dev"] = output.result
+        self._metrics({"baseline_dev_ndcg_at_10": output.result["ndcg_at_10"]})
+        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), "evaluation/dev_baseline")
+
+    def _log_dev_evaluate(self, output: StageOutput) -> None:
+        """Dev NDCG@10 (what a sweep selects on) and what fine-tuning learned in-domain: the change from the base."""
+        dev = output.result["ndcg_at_10"]
+        self._metrics({"dev_ndcg_at_10": dev, "dev_delta_vs_base": dev - self.base["dev"]["ndcg_at_10"]})
+        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), "evaluation/dev")
 
     def _log_finetune(self, output: StageOutput) -> None:
         r = output.result
@@ -212,17 +233,19 @@ class PipelineRun:
                 log_step(self.client, self.run_id, entry, int(entry.get("step", 0)))
         for key in ("device", "precision", "resumed_from"):
             self.client.set_tag(self.run_id, key, str(r.get(key)))
-        self._metrics(
-            {
-                k: r[k]
-                for k in ("total_params", "trainable_params", "trainable_percent", "weights_mb", "adapter_params")
-                if r.get(k) is not None
-            }
-        )
+        cost = ("train_seconds", "train_samples_per_second", "peak_memory_mb")  # what the run cost
+        sizes = ("total_params", "trainable_params", "trainable_percent", "weights_mb", "adapter_params")
+        self._metrics({k: r[k] for k in sizes + cost if r.get(k) is not None})
         self.client.log_artifacts(self.run_id, str(output.dir / "model"), "model")
 
     def _log_evaluate(self, output: StageOutput) -> None:
+        """NanoBEIR NDCG@10, and what fine-tuning forgot (or gained) out of domain: the change from the base."""
         self._log_evaluation(output, prefix="", artifact_path="evaluation")
+        r, base = output.result, self.base["nanobeir"]
+        deltas = {"nanobeir_delta_vs_base": r["ndcg_at_10"] - base["ndcg_at_10"]}
+        for name, value in r["per_dataset_ndcg_at_10"].items():
+            deltas[f"nanobeir_{name}_delta_vs_base"] = value - base["per_dataset_ndcg_at_10"][name]
+        self._metrics(deltas)
 
     def _log_model_card(self, output: StageOutput) -> None:
         # The completed card replaces the one sentence-transformers wrote into the logged model dir

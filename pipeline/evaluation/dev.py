@@ -1,0 +1,99 @@
+"""The in-domain dev set: the held-out question/answer pairs as an information-retrieval task, what a sweep selects on.
+
+prepare_data holds out `eval_size` pairs (the recipe's `train_test_split(test_size=10_000, seed=12)`). Of those, the
+first `dev_queries` questions are the dev queries; each one's own answer is its relevant document. The corpus is
+deterministic: the dev queries' answers, then the other held-out answers up to `dev_corpus`, then (optionally)
+`dev_distractors` training answers sampled with the data seed. Answers are de-duplicated by text: a question whose
+answer text appears twice has one relevant document, never a relevant twin ranked as a negative.
+
+NanoBEIR stays the test set: a configuration is chosen on dev NDCG@10, and reported on NanoBEIR.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+DEV_FILE = "dev.json"
+
+
+def build_dev_set(
+    heldout_questions, heldout_answers, train_answers, queries: int, corpus: int, distractors: int, seed: int
+) -> dict:
+    """{"queries": {qid: text}, "corpus": {did: text}, "relevant_docs": {qid: [did]}} from the held-out pairs."""
+    heldout_questions, heldout_answers = list(heldout_questions), list(heldout_answers)
+    n_queries = min(queries, len(heldout_questions))
+    n_corpus = max(n_queries, min(corpus, len(heldout_answers)))
+    doc_of_text: dict[str, str] = {}
+    corpus_docs: dict[str, str] = {}
+
+    def add(text: str) -> str:
+        if text not in doc_of_text:
+            doc_of_text[text] = f"d{len(doc_of_text)}"
+            corpus_docs[doc_of_text[text]] = text
+        return doc_of_text[text]
+
+    relevant = {f"q{i}": [add(heldout_answers[i])] for i in range(n_queries)}
+    for i in range(n_queries, n_corpus):
+        add(heldout_answers[i])
+    if distractors > 0 and len(train_answers) > 0:
+        picks = random.Random(seed).sample(range(len(train_answers)), min(distractors, len(train_answers)))
+        for i in sorted(picks):
+            add(train_answers[i])
+    return {
+        "queries": {f"q{i}": heldout_questions[i] for i in range(n_queries)},
+        "corpus": corpus_docs,
+        "relevant_docs": relevant,
+    }
+
+
+def write_dev_set(dev: dict, out: Path) -> Path:
+    path = out / DEV_FILE
+    path.write_text(json.dumps(dev, ensure_ascii=False))
+    return path
+
+
+def load_dev_set(data_dir: Path) -> dict:
+    return json.loads((data_dir / DEV_FILE).read_text())
+
+
+def dev_evaluator(dev: dict, batch_size: int, **kwargs):
+    """sentence-transformers' InformationRetrievalEvaluator on the dev set (NDCG@10 is its primary metric)."""
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    return InformationRetrievalEvaluator(
+        queries=dev["queries"],
+        corpus=dev["corpus"],
+        relevant_docs={q: set(docs) for q, docs in dev["relevant_docs"].items()},
+        batch_size=batch_size,
+        name="dev",
+        write_csv=False,
+        **kwargs,
+    )
+
+
+def evaluate_dev(model, data_dir: Path, out: Path, batch_size: int) -> dict:
+    """Dev NDCG@10 of `model` (mean and per query, pytrec_eval on the evaluator's own ranking); writes metrics.json
+    and per_query.json under `out`."""
+    from pipeline.evaluation.st_backend import per_query_ndcg10
+
+    out.mkdir(parents=True, exist_ok=True)
+    evaluator = dev_evaluator(load_dev_set(data_dir), batch_size, write_predictions=True)
+    metrics = evaluator(model, output_path=str(out))
+    score_function = evaluator.primary_metric[len("dev_") :].split("_ndcg@")[0]
+    ndcg = metrics[evaluator.primary_metric]
+    per_query = per_query_ndcg10(evaluator, out, score_function)
+    pytrec_mean = sum(per_query.values()) / len(per_query)
+    if abs(pytrec_mean - ndcg) > 1e-6:
+        raise RuntimeError(f"pytrec_eval dev NDCG@10 {pytrec_mean:.6f} != the evaluator's {ndcg:.6f}")
+    for predictions in out.glob("*_predictions*.jsonl"):
+        predictions.unlink()  # rankings of every dev query: large, and per_query.json holds what is needed
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (out / "per_query.json").write_text(json.dumps({"dev": per_query}, indent=2))
+    return {
+        "ndcg_at_10": ndcg,
+        "score_function": score_function,
+        "queries": len(per_query),
+        "corpus": len(evaluator.corpus),
+    }

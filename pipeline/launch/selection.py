@@ -1,0 +1,52 @@
+"""Which configuration of each method goes on to seed replicates and to the verdict: the best on the dev set.
+
+Never the test set: the maximum of a grid, picked on the queries it is then reported on, is biased upwards (winner's
+curse). The sweeper (hydra_plugins) and the report (pipeline.report) both select with `select`, so the report names
+the configurations the sweep replicated.
+
+A configuration's dev score is its mean dev NDCG@10 over the seeds that every configuration of its method has (the
+grid's seed, once replicates exist); where they share none, over its own seeds. Ties: fewer trainable parameters,
+then the order given.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable
+from typing import NamedTuple
+
+
+class Candidate(NamedTuple):
+    method: str
+    config: Hashable  # identifies the configuration across seeds
+    seed: int | None
+    dev: float  # dev NDCG@10; nan for a failed run
+    trainable_params: float = math.inf
+
+
+def dev_scores(candidates: Iterable[Candidate]) -> dict[tuple[str, Hashable], float]:
+    """{(method, config): its dev score} as the module docstring defines it; failed runs left out."""
+    finished = [c for c in candidates if not math.isnan(c.dev)]
+    seeds: dict[tuple[str, Hashable], dict] = {}
+    for c in finished:
+        seeds.setdefault((c.method, c.config), {})[c.seed] = c.dev
+    shared: dict[str, set] = {}
+    for (method, _), by_seed in seeds.items():
+        shared[method] = shared[method] & set(by_seed) if method in shared else set(by_seed)
+    scores = {}
+    for (method, config), by_seed in seeds.items():
+        used = [by_seed[s] for s in shared[method]] or list(by_seed.values())
+        scores[(method, config)] = sum(used) / len(used)
+    return scores
+
+
+def select(candidates: list[Candidate]) -> dict[str, Hashable]:
+    """{method: the configuration with the best dev score}."""
+    params = {(c.method, c.config): c.trainable_params for c in candidates}
+    order = {key: i for i, key in reversed(list(enumerate((c.method, c.config) for c in candidates)))}
+    best: dict[str, tuple] = {}
+    for (method, config), score in dev_scores(candidates).items():
+        rank = (-score, params[(method, config)], order[(method, config)])
+        if method not in best or rank < best[method][0]:
+            best[method] = (rank, config)
+    return {method: config for method, (_, config) in best.items()}

@@ -1,0 +1,142 @@
+"""Seed-and-query intervals and the verdict, checked by simulation: coverage near nominal, error rates at the margin.
+
+Scores are drawn from the model pipeline.report.seeds states: y = mu + v[q] + u[s] + e[s, q], three datasets of
+different sizes, a fresh sample of queries and seeds in every replicate, so the target (mu, or a difference of two
+mus) is what an interval must cover.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.report.seeds import arm_estimate, difference, stack
+from pipeline.report.verdict import VERDICTS, decide, needed, sentence
+
+SIZES = {"a": 30, "b": 40, "c": 50}
+REPLICATES = 800
+
+
+def draw(rng, mu, k, v, sd_u, sd_e):
+    """k seeds of one arm: {dataset: {qid: score}} per seed, with query effects v (shared by paired arms)."""
+    seeds = []
+    for _ in range(k):
+        u = rng.normal(0, sd_u)
+        seeds.append({d: {f"q{i}": mu + v[d][i] + u + rng.normal(0, sd_e) for i in range(n)} for d, n in SIZES.items()})
+    return seeds
+
+
+def query_effects(rng, sd_v):
+    return {d: rng.normal(0, sd_v, n) for d, n in SIZES.items()}
+
+
+def coverage_of_arm(k, sd_u, sd_e, sd_v=0.2, seed=0, query_only=False):
+    rng, hits = np.random.default_rng(seed), 0
+    for _ in range(REPLICATES):
+        seeds = draw(rng, 0.5, k, query_effects(rng, sd_v), sd_u, sd_e)
+        est = arm_estimate(seeds[:1] if query_only else seeds)
+        hits += est.low <= 0.5 <= est.high
+    return hits / REPLICATES
+
+
+@pytest.mark.parametrize(
+    "k, sd_u, sd_e, sd_v",
+    [(3, 0.02, 0.05, 0.2), (3, 0.0, 0.08, 0.02), (5, 0.01, 0.02, 0.2), (2, 0.015, 0.03, 0.2)],
+    ids=["3 seeds, seed effects", "3 seeds, per-query seed noise only, easy queries", "5 seeds", "2 seeds"],
+)
+def test_arm_interval_covers_the_true_mean_at_nominal_rate(k, sd_u, sd_e, sd_v):
+    assert 0.93 <= coverage_of_arm(k, sd_u, sd_e, sd_v) <= 0.975
+
+
+def test_a_query_only_interval_misses_when_seeds_vary():
+    """The simulation can tell: ignoring seed variation (one seed's queries only) covers far below 95%."""
+    assert coverage_of_arm(3, 0.03, 0.02, query_only=True) < 0.85
+
+
+def coverage_of_difference(true_delta, k, sd_u, sd_e, seed=1):
+    rng, hits = np.random.default_rng(seed), 0
+    for _ in range(REPLICATES):
+        v = query_effects(rng, 0.2)
+        v_b = {d: x + rng.normal(0, 0.05, x.size) for d, x in v.items()}  # paired: mostly the same hard queries
+        a = draw(rng, 0.5 + true_delta, k, v, sd_u, sd_e)
+        b = draw(rng, 0.5, k, v_b, sd_u, sd_e)
+        diff = difference(a, b)
+        hits += diff.low <= true_delta <= diff.high
+    return hits / REPLICATES
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_difference_interval_covers_the_true_difference(k):
+    assert 0.93 <= coverage_of_difference(-0.01, k, sd_u=0.015, sd_e=0.04) <= 0.975
+
+
+def verdict_rates(true_delta, margin=0.01, k=3, sd_u=0.004, sd_e=0.03, seed=2, replicates=REPLICATES):
+    rng = np.random.default_rng(seed)
+    counts = dict.fromkeys(VERDICTS, 0)
+    for _ in range(replicates):
+        v = query_effects(rng, 0.2)
+        a = draw(rng, 0.5 + true_delta, k, v, sd_u, sd_e)
+        b = draw(rng, 0.5, k, v, sd_u, sd_e)
+        counts[decide(difference(a, b), margin).label] += 1
+    return {label: n / replicates for label, n in counts.items()}
+
+
+def test_an_adapter_worse_by_the_margin_is_rarely_called_equivalent_or_non_inferior():
+    rates = verdict_rates(-0.01)
+    assert rates["equivalent"] + rates["non-inferior"] + rates["superior"] <= 0.05 + 0.02  # alpha + MC error
+
+
+def test_an_adapter_better_by_the_margin_is_rarely_called_equivalent():
+    assert verdict_rates(+0.01)["equivalent"] <= 0.05 + 0.02
+
+
+def test_a_true_tie_is_mostly_called_equivalent_when_the_noise_allows():
+    rates = verdict_rates(0.0, sd_u=0.002, sd_e=0.01, k=5, replicates=200)
+    assert rates["equivalent"] >= 0.8 and rates["inferior"] + rates["superior"] <= 0.1
+
+
+def test_a_clear_loss_is_inferior():
+    assert verdict_rates(-0.05, replicates=100)["inferior"] >= 0.95
+
+
+def test_one_seed_per_arm_is_inconclusive_and_says_why():
+    rng = np.random.default_rng(3)
+    v = query_effects(rng, 0.2)
+    diff = difference(draw(rng, 0.4, 1, v, 0.01, 0.01), draw(rng, 0.5, 1, v, 0.01, 0.01))
+    verdict = decide(diff, 0.01)
+    assert verdict.label == "inconclusive" and "seed-to-seed variation is not measured" in verdict.reason
+    assert "Inconclusive" in sentence(verdict, "lora-r8", "full")
+
+
+def test_inconclusive_says_how_many_seeds_would_decide_it():
+    rng = np.random.default_rng(4)
+    v = query_effects(rng, 0.2)
+    diff = difference(draw(rng, 0.497, 2, v, 0.02, 0.03), draw(rng, 0.5, 2, v, 0.02, 0.03))
+    verdict = decide(diff, 0.01)
+    assert verdict.label == "inconclusive"
+    assert "seeds per arm" in verdict.reason or "queries" in verdict.reason
+    # more seeds than suggested: the sd of the estimate shrinks as the formula says
+    assert "would likely decide it" in needed(diff, 0.01) or "too wide" in needed(diff, 0.01)
+
+
+def test_ninety_percent_interval_is_what_tost_reads():
+    rng = np.random.default_rng(5)
+    v = query_effects(rng, 0.2)
+    diff = difference(draw(rng, 0.5, 3, v, 0.003, 0.02), draw(rng, 0.5, 3, v, 0.003, 0.02))
+    verdict = decide(diff, 0.01)
+    low, high = verdict.ci90
+    assert (verdict.p_tost < 0.05) == (-0.01 < low and high < 0.01)
+
+
+def test_seeds_must_share_their_queries():
+    one = {"a": {"q1": 0.5, "q2": 0.4}}
+    with pytest.raises(ValueError, match="other datasets or queries"):
+        stack([one, {"a": {"q1": 0.5, "q3": 0.4}}])
+    with pytest.raises(ValueError, match="different"):
+        difference([one], [{"a": {"q1": 0.5, "q9": 0.1}}])
+
+
+def test_margin_must_be_positive():
+    diff = difference([{"a": {"q1": 0.5, "q2": 0.4}}], [{"a": {"q1": 0.5, "q2": 0.3}}])
+    with pytest.raises(ValueError, match="margin=0"):
+        decide(diff, 0.0)
