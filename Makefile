@@ -40,12 +40,13 @@ sweep: ## LoRA r x alpha grid plus the full arm: make sweep SWEEP_ARGS="finetune
 compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
 	$(BIN)/python -m pipeline.report $(COMPARE_ARGS)
 
-reproduce: ## the paper: both arms of bert-base-uncased on 1M GooAQ pairs, then the comparison (GPU + Hub)
-	$(BIN)/python -m pipeline -m experiment=paper_lora,paper_full $(ARGS)
+reproduce: ## the paper recipe through the protocol (LoRA r=64 and full, each at 3 learning rates, 3 seeds), then the verdict (GPU + Hub)
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment paper
 
-reproduce-mini: ## the paper recipe scaled to 2 CPU cores (needs ../shared/data), then the comparison
-	$(BIN)/python -m pipeline -m experiment=mini_paper_lora,mini_paper_full $(ARGS)
+MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
+reproduce-mini: ## the protocol on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=64 finetune.alpha=128 $(MINI_PROTOCOL) $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
 
 bench: ## benchmarks -> docs/benchmarks.md: overhead, sweep reuse, evaluation, training ratios (~10 min, quiet 2 cores)

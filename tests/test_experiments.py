@@ -61,11 +61,11 @@ def _values(cfg, keys):
     [
         (
             "paper_lora",
-            {**PAPER, **LORA, "model.card_model_name": "bert-base-uncased adapter finetuned on GooAQ pairs"},
+            {**PAPER, **LORA, "model.card_model_name": None},  # named by method: one experiment serves both arms
         ),
         (
             "paper_full",
-            {**PAPER, "finetune.method": "full", "model.card_model_name": "bert-base-uncased finetuned on GooAQ pairs"},
+            {**PAPER, "finetune.method": "full", "model.card_model_name": None},
         ),
         ("paper_lora_mnrl", {**PAPER, **LORA, "train.loss": "mnrl"}),
         ("paper_full_mnrl", {**PAPER, "finetune.method": "full", "train.loss": "mnrl"}),

@@ -151,3 +151,24 @@ def test_rejects_bad_input():
         bootstrap_ci({"scifact": {"q1": float("nan")}})
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci({"scifact": {"q1": 0.5}}, level=95)
+
+
+def test_stratified_bootstrap_matches_scipy_on_one_dataset():
+    """With one dataset, stratified = plain: the percentile interval agrees with scipy.stats.bootstrap's."""
+    from scipy import stats
+
+    values = np.random.default_rng(7).beta(2, 3, size=60)
+    ours = bootstrap_ci({"only": {f"q{i}": v for i, v in enumerate(values)}}, n=20_000, seed=1)
+    theirs = stats.bootstrap((values,), np.mean, n_resamples=20_000, method="percentile", random_state=2)
+    assert ours.mean == pytest.approx(values.mean())
+    assert ours.low == pytest.approx(theirs.confidence_interval.low, abs=0.004)
+    assert ours.high == pytest.approx(theirs.confidence_interval.high, abs=0.004)
+
+
+def test_holm_as_the_report_calls_it_on_known_p_values():
+    """Holm's step-down: sorted p (0.01, 0.03, 0.04) times (3, 2, 1), made monotone: 0.03, 0.06, 0.06."""
+    from statsmodels.stats.multitest import multipletests
+
+    reject, adjusted, _, _ = multipletests([0.01, 0.04, 0.03], alpha=0.05, method="holm")
+    assert list(adjusted) == pytest.approx([0.03, 0.06, 0.06])
+    assert list(reject) == [True, False, False]

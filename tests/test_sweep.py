@@ -9,8 +9,10 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.launch.grid import lora_vs_full_jobs
+from pipeline.launch.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.launch.selection import Candidate, select
 from pipeline.report import compare
+from pipeline.report.verdict import VERDICTS
 from pipeline.tracking.sweep import sweep_runs
 from tests.conftest import ROOT, tiny_overrides
 
@@ -33,13 +35,50 @@ def test_grid_becomes_lora_jobs_plus_one_full_arm():
         lora_vs_full_jobs([["finetune.alpha=2r"]])
 
 
-def _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check=True, experiment="lora-vs-full", sweeps=1):
+def test_each_method_gets_its_own_learning_rates_and_the_grid_seed():
+    jobs = [["finetune=lora", "finetune.r=8"], ["finetune=full"], ["finetune=lora", "finetune.r=4", "train.lr=3e-4"]]
+    rates = {"lora": [1e-4, 5e-4], "full": [2e-5]}
+    assert with_seed(with_learning_rates(jobs, rates, default_method="lora"), 12) == [
+        ["finetune=lora", "finetune.r=8", "train.lr=0.0001", "train.seed=12"],
+        ["finetune=lora", "finetune.r=8", "train.lr=0.0005", "train.seed=12"],
+        ["finetune=full", "train.lr=2e-05", "train.seed=12"],
+        ["finetune=lora", "finetune.r=4", "train.lr=3e-4", "train.seed=12"],  # its own rate: left as it is
+    ]
+    assert with_learning_rates([["finetune.r=8"]], rates, default_method="lora")[1] == [
+        "finetune.r=8",
+        "train.lr=0.0005",
+    ]
+    assert replicates([["finetune=full", "train.lr=2e-05", "train.seed=12"]], [13, 14]) == [
+        ["finetune=full", "train.lr=2e-05", "train.seed=13"],
+        ["finetune=full", "train.lr=2e-05", "train.seed=14"],
+    ]
+
+
+def test_selection_is_per_method_on_dev_on_the_shared_seed():
+    c = [
+        Candidate("lora", "a", 12, 0.70, 100),
+        Candidate("lora", "b", 12, 0.72, 200),
+        Candidate("lora", "a", 13, 0.99, 100),  # a replicate's seed: not shared by b, not read
+        Candidate("full", "f1", 12, 0.60),
+        Candidate("full", "f2", 12, float("nan")),  # failed
+        Candidate("lora", "c", 12, 0.72, 50),  # ties with b: fewer trainable parameters wins
+    ]
+    assert select(c) == {"lora": "c", "full": "f1"}
+    assert select([Candidate("lora", "a", 1, 0.5), Candidate("lora", "b", 2, 0.6)]) == {"lora": "b"}  # no shared seed
+
+
+def _sweep(
+    tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args: str, check=True, experiment="lora-vs-full", sweeps=1, grid=True
+):
     overrides = [
         o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    # the grid only (no seed replicates): the tiny config's own learning rate and seed
-    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", "hydra.sweeper.seeds=[]", *overrides, *args]
+    if grid:  # the grid only (no seed replicates): the tiny config's own learning rate and seed
+        overrides.append("hydra.sweeper.seeds=[]")
+    else:  # the protocol: learning rates and seeds from the sweeper
+        overrides = [o for o in overrides if not o.startswith("train.lr=")]
+    cmd = [sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides, *args]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -155,3 +194,33 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
     assert [r.info.run_name for r in children] == ["lora-r2-a8-lr1e-3-s12"] and parent.data.tags[
         "sweep.reused_jobs"
     ] == "0"
+
+
+@pytest.mark.slow
+def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """make sweep -> make compare, shrunk: 2 LoRA learning rates + 1 full at seed 1, then the selected configuration
+    of each method at seed 2; the report's verdict on the parent run, every child with its dev score."""
+    proc, client, parent, children = _sweep(
+        tmp_path,
+        tiny_model,
+        tiny_qa,
+        tiny_nanobeir,
+        "finetune.r=2",
+        "finetune.alpha=4",
+        "hydra.sweeper.lr.lora=[1e-3,5e-3]",
+        "hydra.sweeper.lr.full=[1e-4]",
+        "hydra.sweeper.seeds=[1,2]",
+        grid=False,
+    )
+    names = sorted(r.info.run_name for r in children)
+    grid = ["full-lr1e-4-s1", "lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"]
+    assert set(grid) <= set(names) and len(names) == 5
+    dev = {r.info.run_name: r.data.metrics["dev_ndcg_at_10"] for r in children}
+    best_lora = max(("lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"), key=lambda n: (dev[n], n.endswith("1e-3-s1")))
+    assert sorted(set(names) - set(grid)) == ["full-lr1e-4-s2", best_lora.replace("-s1", "-s2")]  # replicated on dev
+    report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
+    assert report["verdict"]["label"] in VERDICTS and report["verdict"]["seeds"] == {"adapter": 2, "full": 2}
+    assert report["verdict"]["adapter"] == best_lora.removesuffix("-s1")
+    parent = client.get_run(parent.info.run_id)
+    assert parent.data.tags["verdict"] == report["verdict"]["label"]
+    assert all("dev_ndcg_at_10" in r.data.metrics and "dev_delta_vs_base" in r.data.metrics for r in children)
