@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 NDCG = "nanobeir_mean_ndcg_at_10"
+DEV = "dev_ndcg_at_10"
 VIEW_KEY = "lora-vs-full"  # the share key in the URL, and the tag suffix
 VIEW_NAME = "LoRA vs full (NDCG@10)"  # as listed under Views
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
@@ -42,11 +43,14 @@ NOTE_HASH_TAG = "pipeline.note_sha1"  # of the note written here: a note the use
 PIPELINE_RUNS = "tags.method LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
 HEALTH_TIMEOUT_S = 60.0
 COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across the Metrics / Parameters groups
-    "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha> / full
+    "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha>-lr<lr>-s<seed> / full-lr<lr>-s<seed>
     f"metrics.`{NDCG}`": 200,
     "params.`finetune.method`": 125,
     "params.`finetune.r`": 90,
     "params.`finetune.alpha`": 110,
+    f"metrics.`{DEV}`": 130,
+    "params.`train.lr`": 90,
+    "params.`train.seed`": 90,
     "metrics.`trainable_params`": 130,
     "tags.`sweep_id`": 110,
     "runDateAndNestInfo": 135,  # "Created"
@@ -56,15 +60,17 @@ COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across
 NOTE = f"""\
 ### Is a LoRA adapter as good as a full fine-tune, and at which rank?
 
-Each run fine-tunes the same base model either with a LoRA adapter (run name `lora-r<r>-a<alpha>`) or fully
-(`full`), then evaluates it on NanoBEIR. **`{NDCG}`** is the mean NDCG@10 over the NanoBEIR datasets (higher is
-better); `baseline_{NDCG}` is the base model before fine-tuning, `nanobeir_<dataset>_ndcg_at_10` the per-dataset scores.
+Each run fine-tunes the same base model either with a LoRA adapter (run name `lora-r<r>-a<alpha>-lr<lr>-s<seed>`) or
+fully (`full-lr<lr>-s<seed>`), then evaluates it on NanoBEIR, the test set. **`{NDCG}`** is the mean NDCG@10 over the
+NanoBEIR datasets (higher is better); `baseline_{NDCG}` is the base model before fine-tuning,
+`nanobeir_<dataset>_ndcg_at_10` the per-dataset scores. **`{DEV}`** is NDCG@10 on the in-domain dev set held out from
+the training data: what sweeps select learning rates and adapter settings on.
 
 **The comparison:** *Views → {VIEW_NAME}* (the URL `make ui` prints) lists the fine-tune runs, best NDCG@10 first,
 with the method, LoRA rank r and alpha (r and alpha mean nothing for `full`), trainable parameters and sweep id. Failed
 runs come last, without a score. One sweep only: add `AND tags.sweep_id = '<id>'` to the search.
-The runs named `sweep-<id>` are the sweeps' parent runs; `make compare` logs the report (bootstrap CIs and paired
-p-values of each LoRA arm vs full) under their `report/` artifacts.
+The runs named `sweep-<id>` are the sweeps' parent runs; `make compare` sets their `verdict` tag and description and
+logs the report (selection on dev, seed + query CIs, the verdict within a margin) under their `report/` artifacts.
 """
 
 
