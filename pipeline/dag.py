@@ -204,6 +204,8 @@ def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
     if group == "train":
         device, precision = device_and_precision(values["precision"])
         values = {k: v for k, v in values.items() if k not in _NOT_WEIGHTS}
+        if values["max_steps"] is not None:
+            values.pop("epochs")  # max_steps decides the length
         return {**values, "device": device, "resolved_precision": precision}
     if group == "eval":
         # during_training: only the finetune stage's log; dataset_id / revision: in the sources

@@ -64,13 +64,13 @@ def dir_fingerprint(path: str | os.PathLike, memo_file: str | os.PathLike | None
     processes through `memo_file` (a JSON file, updated under a file lock).
     """
     root = Path(path).resolve()
-    files = []
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+    files = [(root.name, root)] if root.is_file() else []  # a data file (.jsonl, .csv, .parquet) stands alone
+    for file in sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []:
         rel = file.relative_to(root).as_posix()
         if not any(part.startswith(".") or part == "__pycache__" for part in rel.split("/")):
             files.append((rel, file))
     memo = _FILE_DIGESTS
-    if memo_file is not None:
+    if memo_file is not None and files:
         memo_path = Path(memo_file)
         memo_path.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(memo_path) + ".lock"):
@@ -137,8 +137,8 @@ def hub_revision(repo_id: str, kind: str, revision: str | None = None) -> str:
 def source_fingerprint(
     name_or_path: str, revision: str | None = None, kind: str = "dataset", memo_file: str | os.PathLike | None = None
 ) -> str:
-    """`local:<content hash>` for a local dir, `hub:<id>@<commit SHA>` for a Hub id (the Hub pins content by SHA)."""
-    if os.path.isdir(name_or_path):
+    """`local:<content hash>` for a local dir or file, `hub:<id>@<commit SHA>` for a Hub id (pinned content)."""
+    if os.path.isdir(name_or_path) or os.path.isfile(name_or_path):
         return f"local:{dir_fingerprint(name_or_path, memo_file)}"
     return f"hub:{name_or_path}@{hub_revision(name_or_path, kind, revision)}"
 
@@ -163,14 +163,18 @@ def datasets_cache(cache_dir: str | os.PathLike):
         datasets.config.HF_DATASETS_CACHE = previous
 
 
-def memo_file(cfg: DictConfig) -> Path:
-    """Where the per-file digests of local dirs are remembered across runs."""
-    return Path(cfg.paths.outputs).resolve() / "cache" / "fingerprints.json"
+def digest_memo() -> Path:
+    """Where the per-file digests of local inputs are remembered across runs (and shared by every outputs dir):
+    `$PIPELINE_FINGERPRINTS`, else `$XDG_CACHE_HOME/lora-vs-full/fingerprints.json` (default ~/.cache)."""
+    if os.environ.get("PIPELINE_FINGERPRINTS"):
+        return Path(os.environ["PIPELINE_FINGERPRINTS"])
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "lora-vs-full" / "fingerprints.json"
 
 
 def sources(cfg: DictConfig, groups: tuple[str, ...] = ("data", "eval", "model")) -> dict[str, str]:
     """Content fingerprints of what the config's `groups` read: a local dir's content, a Hub id's commit SHA."""
-    found, memo = {}, memo_file(cfg)
+    found, memo = {}, digest_memo()
     if "data" in groups:
         found["data"] = source_fingerprint(cfg.data.path, cfg.data.revision, "dataset", memo)
     if "eval" in groups:
