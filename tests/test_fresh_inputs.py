@@ -149,3 +149,45 @@ def test_a_predownloaded_hub_dataset_trains_offline(tmp_path, tiny_model, tiny_n
     )
     assert set(train) <= main_rows  # the commit main points at
     shutil.rmtree(outputs)
+
+
+def test_a_hub_model_is_pinned_to_its_commit_in_the_run_the_card_and_the_adapter(
+    tmp_path, tiny_model, tiny_qa, tiny_nanobeir
+):
+    """A Hub base model (here from a populated cache, offline) trains at the SHA main points to, and that SHA is in
+    the run's tags, the adapter's config and the model card."""
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "hf"
+    shutil.copytree(tiny_model, home / "hub" / "models--org--tiny" / "snapshots" / SHA_A)
+    (home / "hub" / "models--org--tiny" / "refs").mkdir()
+    (home / "hub" / "models--org--tiny" / "refs" / "main").write_text(SHA_A)
+    env = {**os.environ, "HF_HOME": str(home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("HF_HUB_CACHE", None)
+    args = [
+        "model.name=org/tiny",
+        "model.max_seq_length=32",
+        f"data.path={tiny_qa}",
+        "data.eval_size=8",
+        "data.train_size=16",
+        "train.batch_size=8",
+        "train.max_steps=1",
+        "train.eval_steps=null",
+        "finetune.r=2",
+        "finetune.alpha=4",
+        f"eval.dataset_id={tiny_nanobeir}",
+        "eval.datasets=[scifact]",
+        f"paths.outputs={tmp_path}/outputs",
+        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert run.data.tags["source.model"] == f"hub:org/tiny@{SHA_A}"
+    model_dir = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "dl")))
+    adapter = json.loads((model_dir / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "org/tiny" and adapter["revision"] == SHA_A
+    assert SHA_A in (model_dir / "README.md").read_text()

@@ -12,9 +12,10 @@ def card_values(model_cfg: ModelConfig, data_cfg: DataConfig, ft: FinetuneConfig
     """The card's language, license and title: set on the model before training, and re-applied here, so that card
     text can change without retraining (the finetune stage's key leaves it out)."""
     lora = ft.method == Method.lora
-    name = model_cfg.card_model_name or (
-        f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {Path(data_cfg.path).name} pairs"
-    )
+    data = Path(data_cfg.path)
+    if data.parent.name == "snapshots":  # a Hub dataset read from its cached snapshot: named by its repo
+        data = Path(data.parent.parent.name.split("--")[-1])
+    name = model_cfg.card_model_name or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {data.name} pairs"
     return {"language": model_cfg.card_language, "license": model_cfg.card_license, "model_name": name}
 
 
