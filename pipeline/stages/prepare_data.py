@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict
 
 from pipeline.config import DataConfig
 from pipeline.evaluation.dev import build_dev_set, write_dev_set
 from pipeline.fingerprint import source_fingerprint
+from pipeline.inputs import load_source
 
 
 def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> dict:
-    # `datasets.load_dataset` reads a Hub id or a local dir in the Hub layout alike
-    dataset = load_dataset(data.path, data.name, split=data.split, revision=data.revision, cache_dir=cache_dir)
+    # `datasets.load_dataset` reads a Hub id, a local dir in the Hub layout or a data file (.jsonl, .csv, .parquet)
+    dataset = load_source(data.path, data.name, data.split, data.revision, cache_dir)
     columns = [data.question_column, data.answer_column]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
