@@ -33,7 +33,7 @@ from pipeline.stages.evaluate import (
 )
 from pipeline.stages.finetune import finetune
 from pipeline.stages.model_card import card_values, model_card
-from pipeline.stages.prepare_data import prepare_data
+from pipeline.stages.prepare_data import prepare_data, prepare_dev
 
 MANIFEST = "_SUCCESS.json"
 
@@ -59,6 +59,7 @@ class Stage:
     inputs: tuple[str, ...]  # upstream stages
     run: Callable[..., dict]  # (cfg, upstream outputs by name, out dir, context) -> summary
     code: tuple[str, ...]  # the modules it runs: their source (and what they import) is part of its key
+    reads: tuple[str, ...] | None = None  # the groups whose content (sources) it reads; None: all of `config`
     resumable: bool = False  # keep a killed run's partial dir (checkpoints) for the next attempt
 
 
@@ -101,6 +102,13 @@ DAG: tuple[Stage, ...] = (
         code=("pipeline.stages.prepare_data",),
     ),
     Stage(
+        "prepare_dev",
+        config=("data",),  # its dev_* keys (`_config_slice`)
+        inputs=("prepare_data",),
+        run=lambda cfg, up, out, ctx: prepare_dev(cfg.data, up["prepare_data"].dir, out),
+        code=("pipeline.stages.prepare_data",),
+    ),
+    Stage(
         "baseline",
         config=("model", "eval"),
         inputs=(),
@@ -109,10 +117,11 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "dev_baseline",
-        config=("model",),  # the dev set is prepare_data's output: its key is upstream
-        inputs=("prepare_data",),
-        run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_data"].dir, out),
+        config=("model", "eval"),  # the dev set is prepare_dev's output: its key is upstream
+        inputs=("prepare_dev",),
+        run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_dev"].dir, out),
         code=("pipeline.stages.evaluate",),
+        reads=("model",),  # eval: its batch size only, not the NanoBEIR sets
     ),
     Stage(
         "finetune",
@@ -133,12 +142,13 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "dev_evaluate",
-        config=("model",),
-        inputs=("prepare_data", "finetune"),
+        config=("model", "eval"),
+        inputs=("prepare_dev", "finetune"),
         run=lambda cfg, up, out, ctx: evaluate_dev_finetuned(
-            cfg.model, cfg.eval, up["prepare_data"].dir, up["finetune"].dir, out
+            cfg.model, cfg.eval, up["prepare_dev"].dir, up["finetune"].dir, out
         ),
         code=("pipeline.stages.evaluate",),
+        reads=("model",),
     ),
     Stage(
         "model_card",
@@ -220,7 +230,10 @@ def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
     if group == "data":
         if stage == "model_card":
             return {"path_name": Path(values["path"]).name}  # the card's default title names the data
-        return {k: v for k, v in values.items() if k not in ("path", "revision")}
+        dev = {k: v for k, v in values.items() if k.startswith("dev_")}
+        if stage == "prepare_dev":
+            return {**dev, "seed": values["seed"]}  # which held-out pairs: upstream; the seed samples distractors
+        return {k: v for k, v in values.items() if k not in ("path", "revision", *dev)}
     if group == "finetune":
         if values["method"] == "full":
             return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
@@ -231,6 +244,8 @@ def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
         if values["max_steps"] is not None:
             values.pop("epochs")  # max_steps decides the length
         return {**values, "device": device, "resolved_precision": precision}
+    if group == "eval" and stage.startswith("dev_"):
+        return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}  # the dev set is upstream
     if group == "eval":
         # during_training: only the finetune stage's log; dataset_id / revision: in the sources
         values = {k: v for k, v in values.items() if k not in ("during_training", "dataset_id", "revision")}
@@ -248,7 +263,7 @@ def stage_key(
     material = {
         "stage": stage.name,
         "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
-        "sources": {group: found_sources[group] for group in stage.config if group in found_sources},
+        "sources": {g: found_sources[g] for g in (stage.reads or stage.config) if g in found_sources},
         "code": code_version(*stage.code),
         "upstream": upstream_keys,
     }

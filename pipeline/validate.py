@@ -31,7 +31,16 @@ class ConfigError(ValueError):
     """A bad config value: the message is the one line the user sees."""
 
 
-STAGE_NAMES = ("prepare_data", "baseline", "finetune", "evaluate", "model_card")  # pipeline.dag's (a test checks)
+STAGE_NAMES = (  # pipeline.dag's (a test checks)
+    "prepare_data",
+    "prepare_dev",
+    "baseline",
+    "dev_baseline",
+    "finetune",
+    "evaluate",
+    "dev_evaluate",
+    "model_card",
+)
 AT_LEAST_ONE = (  # integer keys that must be >= 1 where set (None means "the default" for those that allow it)
     "model.max_seq_length",
     "train.eval_batch_size",

@@ -11,20 +11,26 @@ import pytest
 from pipeline.dag import DAG, STAGES, forced_stages, stage_key
 from pipeline.fingerprint import sources
 
-ALL = {"prepare_data", "baseline", "finetune", "evaluate", "model_card"}
-TRAINED = {"finetune", "evaluate", "model_card"}
+ALL = {"prepare_data", "prepare_dev", "baseline", "dev_baseline", "finetune", "evaluate", "dev_evaluate", "model_card"}
+TRAINED = {"finetune", "evaluate", "dev_evaluate", "model_card"}
+DEV = {"prepare_dev", "dev_baseline"}  # the dev set is cut from prepare_data's held-out rows: downstream of them
+EVALUATED = {"baseline", "evaluate", "model_card"}  # NanoBEIR
 
 # override -> the stages whose output it can change (from the tiny base config, LoRA arm)
 PERTURBATIONS = {
     # data: the pairs, hence the training
-    "data.train_size=24": {"prepare_data", *TRAINED},
-    "data.eval_size=6": {"prepare_data", *TRAINED},
-    "data.seed=3": {"prepare_data", *TRAINED},
-    "data.question_column=answer": {"prepare_data", *TRAINED},
-    "data.split=other": {"prepare_data", *TRAINED},
+    "data.train_size=24": {"prepare_data", *DEV, *TRAINED},
+    "data.eval_size=6": {"prepare_data", *DEV, *TRAINED},
+    "data.seed=3": {"prepare_data", *DEV, *TRAINED},
+    "data.question_column=answer": {"prepare_data", *DEV, *TRAINED},
+    "data.split=other": {"prepare_data", *DEV, *TRAINED},
+    # the dev set's size: the dev numbers and the card, never the training
+    "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
+    "data.dev_corpus=3": {*DEV, "dev_evaluate", "model_card"},
+    "data.dev_distractors=4": {*DEV, "dev_evaluate", "model_card"},
     # the model: everything; its card text only the card
-    "model.max_seq_length=16": {"baseline", *TRAINED},
-    "model.trust_remote_code=true": {"baseline", *TRAINED},
+    "model.max_seq_length=16": {"baseline", "dev_baseline", *TRAINED},
+    "model.trust_remote_code=true": {"baseline", "dev_baseline", *TRAINED},
     "model.card_language=de": {"model_card"},
     "model.card_license=mit": {"model_card"},
     "model.card_model_name=mine": {"model_card"},
@@ -51,9 +57,9 @@ PERTURBATIONS = {
     "train.eval_batch_size=4": set(),
     "train.mini_batch_size=2": set(),
     # evaluation: the numbers, never the trained weights
-    "eval.datasets=[scifact]": {"baseline", "evaluate", "model_card"},
-    "eval.batch_size=8": {"baseline", "evaluate", "model_card"},
-    "eval.backend=mteb": {"baseline", "evaluate", "model_card"},
+    "eval.datasets=[scifact]": EVALUATED,
+    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
+    "eval.backend=mteb": EVALUATED,
     "eval.during_training=false": set(),
     # how to run and where to log: no stage output
     "tracking.experiment=other": set(),
@@ -83,9 +89,9 @@ def test_the_content_of_each_input_is_in_the_keys(tiny_cfg):
     found = sources(cfg)
     base = keys(cfg, found)
     expected = {
-        "data": {"prepare_data", *TRAINED},
-        "eval": {"baseline", "evaluate", "model_card"},
-        "model": ALL - {"prepare_data"},
+        "data": {"prepare_data", *DEV, *TRAINED},
+        "eval": EVALUATED,
+        "model": ALL - {"prepare_data", "prepare_dev"},
     }
     for group, stages in expected.items():
         other = keys(cfg, {**found, group: "local:0123456789abcdef"})
@@ -99,7 +105,7 @@ def test_the_resolved_device_and_precision_are_in_the_finetune_key(tiny_cfg, mon
     cpu = keys(cfg)
     monkeypatch.setattr(dag, "device_and_precision", lambda precision="auto": ("cuda", "bf16"))
     gpu = keys(cfg)
-    assert {n for n in cpu if cpu[n] != gpu[n]} == {"baseline", *TRAINED}
+    assert {n for n in cpu if cpu[n] != gpu[n]} == {"baseline", "dev_baseline", *TRAINED}
 
 
 def test_the_code_of_a_stage_is_in_its_key(tiny_cfg, monkeypatch):
@@ -144,7 +150,8 @@ def test_force_recomputes_a_stage_and_what_depends_on_it():
     assert forced_stages(None) == set()
     assert forced_stages("finetune") == TRAINED
     assert forced_stages(["baseline"]) == {"baseline", "model_card"}
-    assert forced_stages("prepare_data") == {"prepare_data", *TRAINED}
+    assert forced_stages("prepare_data") == {"prepare_data", *DEV, *TRAINED}
+    assert forced_stages("prepare_dev") == {*DEV, "dev_evaluate", "model_card"}
     assert forced_stages("all") == ALL
     with pytest.raises(ValueError, match="nosuch"):
         forced_stages("nosuch")

@@ -223,11 +223,14 @@ class PipelineRun:
         r = output.result
         self.client.set_tag(self.run_id, "data.source", r["source"])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
-        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
 
     def _log_baseline(self, output: StageOutput) -> None:
         self.base["nanobeir"] = output.result
         self._log_evaluation(output, prefix="baseline_", artifact_path="evaluation/baseline")
+
+    def _log_prepare_dev(self, output: StageOutput) -> None:
+        r = output.result
+        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
 
     def _log_dev_baseline(self, output: StageOutput) -> None:
         self.base["dev"] = output.result
