@@ -86,14 +86,18 @@ def test_second_identical_run_is_cached(tiny_cfg):
     other_r = run_dag(tiny_cfg(["finetune=lora", "finetune.r=8"]))
     assert {n: o.status for n, o in other_r.items()} == {
         "prepare_data": "cached",
+        "prepare_dev": "cached",
         "baseline": "cached",
+        "dev_baseline": "cached",
         "finetune": "ran",
         "evaluate": "ran",
+        "dev_evaluate": "ran",
         "model_card": "ran",
     }
     # another evaluation set re-evaluates; it does not retrain
     other_eval = run_dag(tiny_cfg(["finetune=lora", "eval.datasets=[scifact]"]))
     assert other_eval["finetune"].status == "cached" and other_eval["evaluate"].status == "ran"
+    assert other_eval["dev_evaluate"].status == "cached"  # the dev set did not change
     assert list(other_eval["evaluate"].result["per_dataset_ndcg_at_10"]) == ["scifact"]
 
 

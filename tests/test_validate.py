@@ -49,7 +49,7 @@ CASES = {
     "model dir not a model": (["model.name={qa}"], "is a dir but not a model", "modules.json"),
     "lora targets": (["finetune.target_modules=[nosuch]"], "['nosuch']", "its layers: "),
     "lora targets empty": (["finetune.target_modules=[]"], "finetune.target_modules=[]", "null for peft's default"),
-    "force unknown": (["run.force=nosuch"], "['nosuch']", "allowed: prepare_data, baseline"),
+    "force unknown": (["run.force=nosuch"], "['nosuch']", "allowed: prepare_data, prepare_dev, baseline"),
     "eval batch zero": (["eval.batch_size=0"], "eval.batch_size=0", ">= 1"),
     "logging steps zero": (["train.logging_steps=0"], "train.logging_steps=0", ">= 1"),
     "max seq length zero": (["model.max_seq_length=0"], "model.max_seq_length=0", ">= 1"),
