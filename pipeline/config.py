@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
@@ -93,6 +94,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     dataset_id: str = "sentence-transformers/NanoBEIR-en"  # Hub id or local dir in the NanoBEIR layout
+    revision: str | None = None  # of a Hub dataset_id: branch, tag or commit SHA (None: main), pinned at run start
     datasets: list[str] | None = None  # NanoBEIR short names; None: all 13
     batch_size: int = 64
     during_training: bool = True  # run the NanoBEIR evaluator at eval_steps, as the recipe does
@@ -115,6 +117,9 @@ class PathsConfig:
 class RunConfig:
     until: str | None = None  # stop after this stage (e.g. prepare_data); None: the whole DAG
     skip_finished: bool = True  # in a sweep, a job whose config already has a FINISHED run reuses it instead
+    # Recompute these stages and every stage after them, even when cached: a stage name (run.force=finetune), a list
+    # (run.force=[baseline,finetune]) or `all`; a forced sweep job never reuses a finished run
+    force: Any = None
 
 
 @dataclass

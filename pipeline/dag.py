@@ -1,7 +1,8 @@
 """The stage graph, declared once, and the runner that hashes, caches, locks and reports `ran` / `cached`.
 
-Each stage's output lives in `<outputs>/cache/<stage>/<key>/`, where the key hashes the config groups the stage reads,
-a content fingerprint of the local dirs it reads (data, eval set, base model) and its upstream keys. A stage is
+Each stage's output lives in `<outputs>/cache/<stage>/<key>/`, where the key hashes the config values that can change
+the stage's output (`_config_slice`: exactly those, with the resolved device and precision), a fingerprint of what it
+reads (a local dir's content, a Hub id's commit SHA), the version of its code and its upstream keys. A stage is
 computed in `<key>.partial/` under a file lock and renamed to `<key>/` when complete, with a manifest of its files:
 a partial or damaged output is never used, and of two processes that need the same output one computes it while the
 other waits and then reads it.
@@ -22,7 +23,8 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.fingerprint import config_hash, sources
+from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
+from pipeline.models import device_and_precision
 from pipeline.stages.evaluate import (
     evaluate_baseline,
     evaluate_dev_baseline,
@@ -30,8 +32,8 @@ from pipeline.stages.evaluate import (
     evaluate_finetuned,
 )
 from pipeline.stages.finetune import finetune
-from pipeline.stages.model_card import model_card
-from pipeline.stages.prepare_data import prepare_data
+from pipeline.stages.model_card import card_values, model_card
+from pipeline.stages.prepare_data import prepare_data, prepare_dev
 
 MANIFEST = "_SUCCESS.json"
 
@@ -53,9 +55,11 @@ class Context:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config: tuple[str, ...]  # the config groups whose values change this stage's output
+    config: tuple[str, ...]  # the config groups whose values can change this stage's output (`_config_slice`)
     inputs: tuple[str, ...]  # upstream stages
     run: Callable[..., dict]  # (cfg, upstream outputs by name, out dir, context) -> summary
+    code: tuple[str, ...]  # the modules it runs: their source (and what they import) is part of its key
+    reads: tuple[str, ...] | None = None  # the groups whose content (sources) it reads; None: all of `config`
     resumable: bool = False  # keep a killed run's partial dir (checkpoints) for the next attempt
 
 
@@ -69,6 +73,23 @@ class StageOutput:
     seconds: float
 
 
+def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
+    result = finetune(
+        cfg.model,
+        cfg.data,
+        cfg.finetune,
+        cfg.train,
+        cfg.eval,
+        up["prepare_data"].dir,
+        out,
+        list(ctx.callbacks),
+        ctx.datasets_cache("eval"),
+    )
+    # Which evaluation its in-training metrics are of: the key leaves `eval` out (it does not change the weights), so a
+    # run that reuses this output with another evaluation must not log those metrics as its own
+    return {**result, "in_training_eval": eval_identity(cfg, ctx.sources)}
+
+
 # The DAG: prepare_data -> finetune -> evaluate (NanoBEIR, the test set) and dev_evaluate (the in-domain dev set that
 # prepare_data held out) -> model_card, with the base model's evaluations (baseline, dev_baseline) beside them.
 # prepare_data and the baselines do not depend on the method or its hyper-parameters, so a sweep computes them once.
@@ -78,34 +99,36 @@ DAG: tuple[Stage, ...] = (
         config=("data",),
         inputs=(),
         run=lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
+        code=("pipeline.stages.prepare_data",),
+    ),
+    Stage(
+        "prepare_dev",
+        config=("data",),  # its dev_* keys (`_config_slice`)
+        inputs=("prepare_data",),
+        run=lambda cfg, up, out, ctx: prepare_dev(cfg.data, up["prepare_data"].dir, out),
+        code=("pipeline.stages.prepare_data",),
     ),
     Stage(
         "baseline",
         config=("model", "eval"),
         inputs=(),
         run=lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache("eval")),
+        code=("pipeline.stages.evaluate",),
     ),
     Stage(
         "dev_baseline",
-        config=("model",),  # the dev set is prepare_data's output: its key is upstream
-        inputs=("prepare_data",),
-        run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_data"].dir, out),
+        config=("model", "eval"),  # the dev set is prepare_dev's output: its key is upstream
+        inputs=("prepare_dev",),
+        run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_dev"].dir, out),
+        code=("pipeline.stages.evaluate",),
+        reads=("model",),  # eval: its batch size only, not the NanoBEIR sets
     ),
     Stage(
         "finetune",
-        config=("model", "finetune", "train", "eval"),
+        config=("model", "finetune", "train"),
         inputs=("prepare_data",),
-        run=lambda cfg, up, out, ctx: finetune(
-            cfg.model,
-            cfg.data,
-            cfg.finetune,
-            cfg.train,
-            cfg.eval,
-            up["prepare_data"].dir,
-            out,
-            list(ctx.callbacks),
-            ctx.datasets_cache("eval"),
-        ),
+        run=_finetune,
+        code=("pipeline.stages.finetune",),
         resumable=True,
     ),
     Stage(
@@ -115,18 +138,21 @@ DAG: tuple[Stage, ...] = (
         run=lambda cfg, up, out, ctx: evaluate_finetuned(
             cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache("eval")
         ),
+        code=("pipeline.stages.evaluate",),
     ),
     Stage(
         "dev_evaluate",
-        config=("model",),
-        inputs=("prepare_data", "finetune"),
+        config=("model", "eval"),
+        inputs=("prepare_dev", "finetune"),
         run=lambda cfg, up, out, ctx: evaluate_dev_finetuned(
-            cfg.model, cfg.eval, up["prepare_data"].dir, up["finetune"].dir, out
+            cfg.model, cfg.eval, up["prepare_dev"].dir, up["finetune"].dir, out
         ),
+        code=("pipeline.stages.evaluate",),
+        reads=("model",),
     ),
     Stage(
         "model_card",
-        config=("model", "finetune"),
+        config=("model", "finetune", "data"),
         inputs=("finetune", "baseline", "evaluate", "dev_baseline", "dev_evaluate"),
         run=lambda cfg, up, out, ctx: model_card(
             cfg.model,
@@ -138,7 +164,9 @@ DAG: tuple[Stage, ...] = (
             up["dev_baseline"].result,
             up["dev_evaluate"].result,
             out,
+            card_values(cfg.model, cfg.data, cfg.finetune),
         ),
+        code=("pipeline.stages.model_card",),
     ),
 )
 STAGES = {stage.name: stage for stage in DAG}
@@ -159,31 +187,88 @@ def stages_until(until: str | None) -> list[Stage]:
     return [stage for stage in DAG if stage.name in needed]
 
 
+def forced_stages(force: Any) -> set[str]:
+    """`run.force` (a stage name, a list of them, or `all`) and every stage downstream of those."""
+    if force is None or force == "" or force == []:
+        return set()
+    names = [force] if isinstance(force, str) else list(force)
+    if "all" in names:
+        return set(STAGES)
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ValueError(f"run.force={force} names no stage {unknown}; stages: {', '.join(STAGES)}, or all")
+    forced = set(names)
+    for stage in DAG:  # in DAG order: a stage is forced when any of its inputs is
+        if any(i in forced for i in stage.inputs):
+            forced.add(stage.name)
+    return forced
+
+
+# What a config key can change, group by group. Keys the sources cover (a local dir's content, a Hub id at its SHA)
+# are left out: `data.path`, `eval.dataset_id`, the revisions. What a stage does not read is left out too.
+_NOT_WEIGHTS = (  # train keys that do not change the trained weights
+    "logging_steps",  # how often the loss is logged
+    "save_steps",  # checkpoints, to resume a killed run
+    "save_total_limit",
+    "eval_batch_size",  # only the in-training evaluation loss
+    "mini_batch_size",  # CachedMNRL's gradient cache: the same gradients in less memory
+    "precision",  # replaced by the resolved precision (auto -> bf16 / fp16 / fp32)
+)
+
+
 def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
     """The values of `group` that can change `stage`'s output."""
     values = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
-    if group == "finetune" and values["method"] == "full":
-        return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
-    if group == "model" and stage not in ("finetune", "model_card"):
-        return {k: v for k, v in values.items() if not k.startswith("card_")}  # card text: only in saved cards
-    if group == "eval" and stage == "finetune":
-        return {k: v for k, v in values.items() if k != "backend"}  # in-training evaluation is sentence-transformers'
+    if group == "model":
+        card = {k: v for k, v in values.items() if k.startswith("card_")}
+        if stage == "model_card":
+            return {"name": values["name"], **card}  # the card names the base as configured
+        values = {k: v for k, v in values.items() if k not in card and k != "revision"}  # revision: in the sources
+        if stage == "finetune":
+            return values  # its adapter_config.json records model.name
+        return {k: v for k, v in values.items() if k != "name"}  # the sources say what it holds
+    if group == "data":
+        if stage == "model_card":
+            return {"path_name": Path(values["path"]).name}  # the card's default title names the data
+        dev = {k: v for k, v in values.items() if k.startswith("dev_")}
+        if stage == "prepare_dev":
+            return {**dev, "seed": values["seed"]}  # which held-out pairs: upstream; the seed samples distractors
+        return {k: v for k, v in values.items() if k not in ("path", "revision", *dev)}
+    if group == "finetune":
+        if values["method"] == "full":
+            return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
+        return values
+    if group == "train":
+        device, precision = device_and_precision(values["precision"])
+        values = {k: v for k, v in values.items() if k not in _NOT_WEIGHTS}
+        if values["max_steps"] is not None:
+            values.pop("epochs")  # max_steps decides the length
+        return {**values, "device": device, "resolved_precision": precision}
+    if group == "eval" and stage.startswith("dev_"):
+        return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}  # the dev set is upstream
+    if group == "eval":
+        # during_training: only the finetune stage's log; dataset_id / revision: in the sources
+        values = {k: v for k, v in values.items() if k not in ("during_training", "dataset_id", "revision")}
+        return {**values, "device": device_and_precision()[0]}  # GPU and CPU embeddings differ in rounding
     return values
 
 
 def stage_key(
     stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str], found_sources: dict[str, str] | None = None
 ) -> str:
-    """The cache key: the stage's config slices, the content of the dirs it reads (`found_sources`: the fingerprints
-    a run computed once for all its stages), and its upstream keys."""
+    """The cache key: the stage's config slices, the content of what it reads (`found_sources`: the fingerprints a
+    run computed once for all its stages), the version of its code, and its upstream keys."""
     if found_sources is None:
         found_sources = sources(cfg, stage.config)
     material = {
         "stage": stage.name,
         "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
-        "sources": {group: found_sources[group] for group in stage.config if group in found_sources},
+        "sources": {g: found_sources[g] for g in (stage.reads or stage.config) if g in found_sources},
+        "code": code_version(*stage.code),
         "upstream": upstream_keys,
     }
+    if stage.name == "model_card":  # it reads no content itself: its upstream keys cover the data and model
+        material.pop("sources")
     return config_hash(material)
 
 
@@ -218,25 +303,31 @@ def run_stage(
     upstream: dict[str, StageOutput],
     cache: Path,
     ctx: Context,
+    force: bool = False,
+    run_cfg: DictConfig | None = None,
 ) -> StageOutput:
+    """Reuse the stage's complete output, or compute it; `force`: compute it even when complete.
+
+    `cfg` keys the stage; the stage runs with `run_cfg` (the config with Hub ids pinned to their SHAs), default `cfg`.
+    """
     key = stage_key(stage, cfg, {name: out.key for name, out in upstream.items()}, ctx.sources)
     final = cache / stage.name / key
     start = time.perf_counter()
-    if is_complete(final):
+    if is_complete(final) and not force:
         return StageOutput(stage.name, key, final, _read_result(final), "cached", time.perf_counter() - start)
 
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
-        if is_complete(final):  # computed by another process while this one waited for the lock
+        if is_complete(final) and not force:  # computed by another process while this one waited for the lock
             return StageOutput(stage.name, key, final, _read_result(final), "cached", time.perf_counter() - start)
-        if final.exists():  # incomplete or damaged: never used, rebuilt
+        if final.exists():  # incomplete, damaged or forced: never used, rebuilt
             shutil.rmtree(final)
         work = final.with_name(key + ".partial")
-        if work.exists() and not stage.resumable:
+        if work.exists() and (force or not stage.resumable):
             shutil.rmtree(work)
         work.mkdir(exist_ok=True)
         _status_line(stage.name, "running", key=key)
-        result = stage.run(cfg, upstream, work, ctx)
+        result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
         _write_manifest(work, result)
         os.replace(work, final)
     return StageOutput(stage.name, key, final, result, "ran", time.perf_counter() - start)
@@ -252,10 +343,14 @@ def run_dag(
 
     `found_sources`: the run's content fingerprints, computed once by the runner (here when not given)."""
     cache = Path(cfg.paths.outputs).resolve() / "cache"
-    ctx = Context(cache, found_sources if found_sources is not None else sources(cfg), tuple(callbacks))
+    found = found_sources if found_sources is not None else sources(cfg)
+    ctx = Context(cache, found, tuple(callbacks))
+    run_cfg = pinned_config(cfg, found)  # every Hub id at the SHA the keys were computed with
+    forced = forced_stages(cfg.run.get("force"))
     outputs: dict[str, StageOutput] = {}
     for stage in stages_until(cfg.run.until):
-        output = run_stage(stage, cfg, {name: outputs[name] for name in stage.inputs}, cache, ctx)
+        upstream = {name: outputs[name] for name in stage.inputs}
+        output = run_stage(stage, cfg, upstream, cache, ctx, force=stage.name in forced, run_cfg=run_cfg)
         outputs[stage.name] = output
         _status_line(stage.name, output.status, seconds=output.seconds)
         if on_stage is not None:

@@ -6,12 +6,21 @@ Each failure is a `ConfigError` whose message is one line naming the bad value a
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config import LossName
+from pipeline.config import LossName, Precision
 from pipeline.evaluation.nanobeir import dataset_table
+from pipeline.inputs import (
+    DATA_FILE_BUILDERS,
+    duplicate_count,
+    load_source,
+    model_dir_problem,
+    pair_problems,
+    target_module_problem,
+)
 from pipeline.models import model_source
 
 NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
@@ -22,18 +31,82 @@ class ConfigError(ValueError):
     """A bad config value: the message is the one line the user sees."""
 
 
+STAGE_NAMES = (  # pipeline.dag's (a test checks)
+    "prepare_data",
+    "prepare_dev",
+    "baseline",
+    "dev_baseline",
+    "finetune",
+    "evaluate",
+    "dev_evaluate",
+    "model_card",
+)
+AT_LEAST_ONE = (  # integer keys that must be >= 1 where set (None means "the default" for those that allow it)
+    "model.max_seq_length",
+    "train.eval_batch_size",
+    "train.eval_steps",
+    "train.save_steps",
+    "train.save_total_limit",
+    "train.logging_steps",
+    "eval.batch_size",
+)
+
+
 def validate(cfg: DictConfig) -> None:
+    _check_ranges(cfg)
     _check_finetune(cfg)
     _check_train(cfg)
+    _check_run(cfg)
     _check_data(cfg)
     _check_eval(cfg)
     _check_model(cfg)
     _check_tracking(cfg)
+    _check_precision(cfg)
+
+
+def _check_ranges(cfg: DictConfig) -> None:
+    for key in AT_LEAST_ONE:
+        value = OmegaConf.select(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{key}={value} is not allowed: must be >= 1, or null for the default")
+    for key in ("train.seed", "data.seed"):
+        value = OmegaConf.select(cfg, key)
+        if value < 0:
+            raise ConfigError(f"{key}={value} is not allowed: a seed must be >= 0")
+
+
+def _check_run(cfg: DictConfig) -> None:
+    force = cfg.run.get("force")
+    if force is None or force == "":
+        return
+    names = [force] if isinstance(force, str) else list(force) if OmegaConf.is_list(force) else None
+    if names is None or any(not isinstance(n, str) for n in names):
+        raise ConfigError(f"run.force={force} is not allowed: give a stage name, a list of them, or all")
+    unknown = [n for n in names if n not in (*STAGE_NAMES, "all")]
+    if unknown:
+        raise ConfigError(f"run.force has unknown stage(s) {unknown}; allowed: {', '.join(STAGE_NAMES)}, all")
+
+
+def _check_precision(cfg: DictConfig) -> None:
+    """bf16 / fp16 need a CUDA GPU (that supports them): say so now, not after the baseline has run."""
+    precision = Precision(cfg.train.precision).value
+    if precision not in ("bf16", "fp16"):
+        return  # auto and fp32 work on any device; torch stays unloaded
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.precision={precision} needs a CUDA GPU and this machine has none: use train.precision=auto or fp32"
+        )
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16 is not supported by {torch.cuda.get_device_name(0)}: use auto or fp16")
 
 
 def _check_finetune(cfg: DictConfig) -> None:
     ft = cfg.finetune
     if ft.method == "lora":
+        if ft.target_modules is not None and len(ft.target_modules) == 0:
+            raise ConfigError("finetune.target_modules=[] is not allowed: name modules, or null for peft's default")
         if ft.r < 1:
             raise ConfigError(f"finetune.r={ft.r} is not allowed: the LoRA rank must be an integer >= 1")
         if ft.alpha <= 0:
@@ -67,21 +140,33 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data.train_size={data.train_size} is not allowed: use a row count >= 1, or null for all")
     if data.eval_size <= 0:
         raise ConfigError(f"data.eval_size={data.eval_size} is not allowed: must be >= 1")
-    if not os.path.isdir(data.path):
-        if _looks_local(data.path):
-            raise ConfigError(f"data.path={data.path} does not exist: give a local dataset dir or a Hub dataset id")
-        _check_hub("dataset", data.path, "data.path")
+    is_file = os.path.isfile(data.path)
+    if is_file and Path(data.path).suffix.lower() not in DATA_FILE_BUILDERS:
+        raise ConfigError(
+            f"data.path={data.path} is a file of an unknown type: allowed {', '.join(DATA_FILE_BUILDERS)} "
+            "(or a dataset dir, or a Hub dataset id)"
+        )
+    if not os.path.isdir(data.path) and not is_file:
+        if _looks_local(data.path) or os.path.splitext(data.path)[1].lower() in DATA_FILE_BUILDERS:
+            raise ConfigError(
+                f"data.path={data.path} does not exist: give a local dataset dir or data file, or a Hub dataset id"
+            )
+        _check_hub("dataset", data.path, "data.path", revision=data.revision)
         return
-    # A local dir is cheap to read: check its columns and size now rather than after loading a model
+    # A local dir or file is cheap to read: check its columns, values and size now rather than after loading a model
     import datasets
-    from datasets import load_dataset
+
+    from pipeline.fingerprint import config_hash, digest_memo, source_fingerprint
 
     datasets.disable_progress_bars()
+    # `datasets` caches a local dir by path and mtime: a cache keyed on the content never hands back old rows
+    content = source_fingerprint(data.path, memo_file=digest_memo())
+    cache = Path(datasets.config.HF_DATASETS_CACHE) / "lora-vs-full" / config_hash(content)
     try:
-        dataset = load_dataset(data.path, data.name, split=data.split)
+        dataset = load_source(data.path, data.name, data.split, None, cache)
     except Exception as error:  # noqa: BLE001 - any loader failure is a bad data.path
         raise ConfigError(
-            f"data.path={data.path} cannot be read as a dataset ({type(error).__name__}: {error})"
+            f"data.path={data.path} cannot be read as a dataset ({type(error).__name__}: {' '.join(str(error).split())})"
         ) from error
     missing = [c for c in (data.question_column, data.answer_column) if c not in dataset.column_names]
     if missing:
@@ -96,6 +181,19 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(
             f"data.train_size={data.train_size} is larger than the data: {data.path} has {len(dataset)} rows, "
             f"{available} after holding out data.eval_size={data.eval_size}"
+        )
+    columns = [data.question_column, data.answer_column]
+    problem = pair_problems(
+        dataset, f"data.path={data.path}", columns, cfg.train.batch_size, data.train_size or available
+    )
+    if problem:
+        raise ConfigError(problem)
+    repeated = duplicate_count(dataset, data.question_column)
+    if repeated:
+        print(
+            f"warning: data.path={data.path} repeats {repeated} question(s); the NO_DUPLICATES sampler keeps each "
+            "out of batches that already hold it",
+            file=sys.stderr,
         )
 
 
@@ -121,7 +219,7 @@ def _check_eval(cfg: DictConfig) -> None:
     if names == []:
         raise ConfigError("eval.datasets=[] is not allowed: name at least one dataset, or null for all 13")
     if not local:
-        _check_hub("dataset", ev.dataset_id, "eval.dataset_id")
+        _check_hub("dataset", ev.dataset_id, "eval.dataset_id", revision=ev.get("revision"))
         return
     root = Path(ev.dataset_id)
     absent = [
@@ -138,11 +236,24 @@ def _check_eval(cfg: DictConfig) -> None:
 
 def _check_model(cfg: DictConfig) -> None:
     name = cfg.model.name
-    if os.path.isdir(model_source(name)):
-        return
-    if _looks_local(name):
-        raise ConfigError(f"model.name={name} is not a local dir (it does not exist) and not a Hub model id")
-    _check_hub("model", name, "model.name", revision=cfg.model.revision)
+    local = model_source(name)
+    if os.path.isdir(local):
+        problem = model_dir_problem(local, "model.name")
+        if problem:
+            raise ConfigError(problem)
+        model_dir = local
+    else:
+        if _looks_local(name) or os.path.isfile(name):
+            raise ConfigError(f"model.name={name} is not a local dir (it does not exist) and not a Hub model id")
+        _check_hub("model", name, "model.name", revision=cfg.model.revision)
+        from pipeline.fingerprint import cached_snapshot
+
+        model_dir = cached_snapshot(name, "model", cfg.model.revision)
+    targets = cfg.finetune.target_modules
+    if cfg.finetune.method == "lora" and targets and model_dir is not None:
+        problem = target_module_problem(model_dir, list(targets), "finetune.target_modules")
+        if problem:
+            raise ConfigError(problem)
 
 
 def _check_tracking(cfg: DictConfig) -> None:

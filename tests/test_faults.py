@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -71,25 +73,50 @@ def test_damaged_cache_entry_is_rebuilt(tiny_cfg):
     # the marker missing: likewise
     (again.dir / "_SUCCESS.json").unlink()
     assert run_dag(cfg)["prepare_data"].status == "ran"
-    # a leftover partial dir of a crashed process is not mistaken for an output
+    # a leftover partial dir of a crashed process is not mistaken for an output, nor built upon
     partial = again.dir.with_name(again.dir.name + ".partial")
     partial.mkdir()
     (partial / "junk").write_text("half-written")
-    assert run_dag(cfg)["prepare_data"].status == "cached"
+    assert run_dag(cfg)["prepare_data"].status == "cached"  # the complete output wins
+    shutil.rmtree(again.dir)  # now only the crashed process's partial dir is left
+    rebuilt = run_dag(cfg)["prepare_data"]
+    assert rebuilt.status == "ran" and is_complete(rebuilt.dir)
+    assert not (rebuilt.dir / "junk").exists() and not partial.exists()  # started afresh, not from the leftover
 
 
 def test_two_processes_never_both_compute_a_stage(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
-    """Two processes start the same baseline stage at once: one computes it, the other waits and reuses it."""
+    """Two processes start the same baseline stage at once: one computes it, the other waits and reuses it.
+
+    The test holds the stage's lock until both processes are at it, so that they do overlap."""
+    from filelock import FileLock
+
+    from pipeline.dag import STAGES, stage_key
+    from tests.conftest import compose_config
+
     overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + ["run.until=baseline"]
+    cfg = compose_config(overrides)
+    final = Path(cfg.paths.outputs).resolve() / "cache" / "baseline" / stage_key(STAGES["baseline"], cfg, {})
+    final.parent.mkdir(parents=True)
     code = (
-        "import json, sys; from tests.conftest import compose_config; from pipeline.dag import run_dag; "
-        "out = run_dag(compose_config(sys.argv[1:])); print(json.dumps({k: v.status for k, v in out.items()}))"
+        "import json, sys, pathlib; from tests.conftest import compose_config; from pipeline.dag import run_dag; "
+        "cfg = compose_config(sys.argv[2:]); pathlib.Path(sys.argv[1]).touch(); "
+        "out = run_dag(cfg); print(json.dumps({k: v.status for k, v in out.items()}))"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen([sys.executable, "-c", code, *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-        for _ in range(2)
-    ]
+    markers = [tmp_path / f"started-{i}" for i in range(2)]
+    lock = FileLock(str(final) + ".lock")
+    with lock:
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, str(m), *overrides], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True
+            )
+            for m in markers
+        ]
+        deadline = time.time() + 300
+        while not all(m.exists() for m in markers) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # both past their imports: now at the stage's lock, which this test holds
+        assert not final.exists()
     statuses = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1])["baseline"] for p in procs]
     assert sorted(statuses) == ["cached", "ran"]
 

@@ -76,16 +76,29 @@ def test_lora_run_end_to_end(tiny_cfg, tmp_path):
 
 
 def test_second_identical_run_is_cached(tiny_cfg):
-    cfg = tiny_cfg(["finetune=full"])
+    cfg = tiny_cfg(["finetune=lora"])
     first = run_dag(cfg)
     assert {o.status for o in first.values()} == {"ran"}
     second = run_dag(cfg)
     assert {o.status for o in second.values()} == {"cached"}
     assert second["evaluate"].result == first["evaluate"].result
-    # a different r changes finetune and everything after it, not the shared stages
-    lora = run_dag(tiny_cfg(["finetune=lora"]))
-    assert lora["prepare_data"].status == "cached" and lora["baseline"].status == "cached"
-    assert lora["finetune"].status == "ran"
+    # a different r (and nothing else) changes finetune and everything after it, not the shared stages
+    other_r = run_dag(tiny_cfg(["finetune=lora", "finetune.r=8"]))
+    assert {n: o.status for n, o in other_r.items()} == {
+        "prepare_data": "cached",
+        "prepare_dev": "cached",
+        "baseline": "cached",
+        "dev_baseline": "cached",
+        "finetune": "ran",
+        "evaluate": "ran",
+        "dev_evaluate": "ran",
+        "model_card": "ran",
+    }
+    # another evaluation set re-evaluates; it does not retrain
+    other_eval = run_dag(tiny_cfg(["finetune=lora", "eval.datasets=[scifact]"]))
+    assert other_eval["finetune"].status == "cached" and other_eval["evaluate"].status == "ran"
+    assert other_eval["dev_evaluate"].status == "cached"  # the dev set did not change
+    assert list(other_eval["evaluate"].result["per_dataset_ndcg_at_10"]) == ["scifact"]
 
 
 def test_full_output_is_a_plain_model_dir(tiny_cfg):
@@ -110,4 +123,23 @@ def test_keys_depend_only_on_what_changes_a_stage(tiny_cfg):
     )
     assert stage_key(STAGES["finetune"], lora, {}) == stage_key(STAGES["finetune"], mteb, {})
     assert stage_key(STAGES["evaluate"], lora, {}) != stage_key(STAGES["evaluate"], mteb, {})
-    assert stage_key(STAGES["finetune"], lora, {}) != stage_key(STAGES["finetune"], tiny_cfg(["finetune.r=8"]), {})
+    same_card = ["finetune=lora", "model.card_model_name=an adapter", "eval.backend=sentence_transformers"]
+    assert stage_key(STAGES["finetune"], lora, {}) != stage_key(
+        STAGES["finetune"], tiny_cfg([*same_card, "finetune.r=8"]), {}
+    )
+    assert stage_key(STAGES["finetune"], lora, {}) == stage_key(STAGES["finetune"], tiny_cfg(same_card), {})
+
+
+def test_a_reused_fine_tune_logs_no_in_training_numbers_of_another_evaluation(tiny_cfg):
+    """The finetune stage is reused across evaluation configs; its in-training NanoBEIR metrics are of the one it
+    was trained with, so a run with other evaluation sets logs its loss history but not those metrics."""
+    first = tiny_cfg()
+    run(first)
+    client, (r1,) = _only_run(first)
+    assert any(k.startswith("eval_NanoBEIR") for k in r1.data.metrics)
+    run(tiny_cfg(["eval.datasets=[scifact]"]))
+    client, (r2, _) = _only_run(first)
+    assert r2.data.tags["stage.finetune"] == "cached" and r2.data.tags["stage.evaluate"] == "ran"
+    assert not any(k.startswith("eval_NanoBEIR") for k in r2.data.metrics)
+    assert [m.step for m in client.get_metric_history(r2.info.run_id, "loss")] == [1, 2]  # the loss is replayed
+    assert "nanobeir_scifact_ndcg_at_10" in r2.data.metrics

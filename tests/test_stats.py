@@ -119,11 +119,18 @@ def test_paired_monte_carlo_never_reports_zero():
     assert p == 1 / 2001  # no random pattern reaches the all-positive statistic; the +1 correction
 
 
-def test_paired_null_p_value_is_not_small():
+def test_paired_p_value_is_calibrated_under_the_null():
+    """Over many draws where both runs come from one distribution, p < 0.05 about 5% of the time and p is about
+    uniform (mean 0.5): one draw could not tell a valid test from one that always answers 1."""
     rng = np.random.default_rng(8)
-    a = scores(rng, {"scifact": 50, "msmarco": 50})
-    b = {name: {q: float(rng.uniform()) for q in qs} for name, qs in a.items()}  # same distribution
-    assert paired_test(a, b, n=2000).p_value > 0.05
+    p_values = []
+    for _ in range(300):
+        a = scores(rng, {"scifact": 30, "msmarco": 30})
+        b = {name: {q: float(rng.uniform()) for q in qs} for name, qs in a.items()}  # same distribution
+        p_values.append(paired_test(a, b, n=400, seed=int(rng.integers(1 << 30))).p_value)
+    p_values = np.array(p_values)
+    assert 0.02 <= (p_values < 0.05).mean() <= 0.09
+    assert 0.44 <= p_values.mean() <= 0.56
 
 
 def test_paired_delta_is_difference_of_means():

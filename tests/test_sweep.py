@@ -194,6 +194,18 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
     assert [r.info.run_name for r in children] == ["lora-r2-a8-lr1e-3-s12"] and parent.data.tags[
         "sweep.reused_jobs"
     ] == "0"
+    # a new run, whose stages come from the cache: neither the config nor the code changed
+    assert {children[0].data.tags[f"stage.{s}"] for s in ("prepare_data", "baseline", "finetune")} == {"cached"}
+
+    # run.force=finetune: a new run that trains again (and evaluates again), reusing the shared stages
+    proc, client, parent, children = _sweep(
+        *tiny, "finetune=lora", "finetune.r=2", "finetune.alpha=8", "run.force=finetune", sweeps=4
+    )
+    assert [r.info.run_name for r in children] == ["lora-r2-a8-lr1e-3-s12"] and parent.data.tags[
+        "sweep.reused_jobs"
+    ] == "0"
+    tags = children[0].data.tags
+    assert tags["stage.finetune"] == "ran" and tags["stage.evaluate"] == "ran" and tags["stage.baseline"] == "cached"
 
 
 @pytest.mark.slow

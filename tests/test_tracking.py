@@ -29,16 +29,28 @@ def test_metric_names_are_mlflow_safe():
     assert metric_name("eval_NanoBEIR_mean_cosine_ndcg@10") == "eval_NanoBEIR_mean_cosine_ndcg_at_10"
 
 
-def test_a_token_in_the_environment_is_logged_nowhere(tiny_cfg, monkeypatch):
+def test_a_token_in_the_config_is_logged_nowhere(tiny_cfg, monkeypatch, tmp_path):
+    """A token that enters the config (here through an env interpolation) reaches no param, tag or config.yaml."""
     secret = "hf_SECRET_do_not_log_123"
     monkeypatch.setenv("HF_TOKEN", secret)
-    cfg = tiny_cfg(["run.until=prepare_data"])
-    run(cfg)
+    from pipeline.tracking.run import pipeline_run
+
+    # the typed schema has no token key: a plain copy of the config takes one, as a user's own config group might
+    cfg = OmegaConf.create(OmegaConf.to_container(tiny_cfg(["run.until=prepare_data"]), enum_to_str=True))
+    cfg.model.hf_token = "${oc.env:HF_TOKEN}"
+    cfg.tracking.auth = {"api_key": "${oc.env:HF_TOKEN}"}
+    assert secret in OmegaConf.to_yaml(cfg, resolve=True)  # it is in the config
+    with pipeline_run(cfg):
+        pass
     client = MlflowClient(tracking_uri(cfg))
     (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     logged = list(r.data.params.values()) + list(r.data.tags.values())
     assert not any(secret in str(v) for v in logged)
     assert r.data.params["model.trust_remote_code"] == "False"
+    config_yaml = Path(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    assert secret not in config_yaml and "hf_token" not in config_yaml
+    assert OmegaConf.create(config_yaml).model.trust_remote_code is False  # the rest of the config is there
+    assert "auth" in OmegaConf.create(config_yaml).tracking
 
 
 def test_an_interrupted_run_resumes_with_the_new_tags(tiny_cfg):

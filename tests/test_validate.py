@@ -39,19 +39,56 @@ CASES = {
     ),
     "unknown experiment": (["experiment=nope"], "experiment=nope", "allowed: "),
     "unknown key": (["train.nosuchkey=1"], "nosuchkey", "TrainConfig"),
+    # everyday inputs: data files and their content, model dirs, LoRA targets, ranges, run options
+    "data null answers": (["data.path={nulls}"], "column 'answer' has 2 null", "non-empty text"),
+    "data empty questions": (["data.path={empty}"], "column 'question' has 0 null and 1 empty", "non-empty text"),
+    "data not text": (["data.path={ints}"], "column 'answer' holds int64", "must be strings"),
+    "data file type": (["data.path={txt}"], "data.path=", "allowed .jsonl, .json, .csv, .tsv, .parquet"),
+    "data file missing": (["data.path=/no/such/pairs.jsonl"], "data.path=/no/such/pairs.jsonl", "does not exist"),
+    "batch over rows": (["train.batch_size=32"], "train.batch_size=32", "16 training rows"),
+    "model dir not a model": (["model.name={qa}"], "is a dir but not a model", "modules.json"),
+    "lora targets": (["finetune.target_modules=[nosuch]"], "['nosuch']", "its layers: "),
+    "lora targets empty": (["finetune.target_modules=[]"], "finetune.target_modules=[]", "null for peft's default"),
+    "force unknown": (["run.force=nosuch"], "['nosuch']", "allowed: prepare_data, prepare_dev, baseline"),
+    "eval batch zero": (["eval.batch_size=0"], "eval.batch_size=0", ">= 1"),
+    "logging steps zero": (["train.logging_steps=0"], "train.logging_steps=0", ">= 1"),
+    "max seq length zero": (["model.max_seq_length=0"], "model.max_seq_length=0", ">= 1"),
+    "seed negative": (["train.seed=-1"], "train.seed=-1", ">= 0"),
 }
+
+
+def _bad_data(tmp_path):
+    """Data dirs with one everyday problem each."""
+    import pandas as pd
+
+    def qa(name, question, answer):
+        (tmp_path / name / "data").mkdir(parents=True)
+        pd.DataFrame({"question": question, "answer": answer}).to_parquet(tmp_path / name / "data" / "train.parquet")
+        return tmp_path / name
+
+    n = 40
+    questions = [f"question {i}?" for i in range(n)]
+    answers = [f"answer {i}." for i in range(n)]
+    (tmp_path / "pairs.txt").write_text("q\ta\n")
+    return {
+        "nulls": qa("nulls", questions, answers[:5] + [None] + answers[6:20] + [None] + answers[21:]),
+        "empty": qa("empty", questions[:3] + [""] + questions[4:], answers),
+        "ints": qa("ints", questions, list(range(n))),
+        "txt": tmp_path / "pairs.txt",
+    }
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     overrides, names, allowed = CASES[case]
-    overrides = [o.format(qa=tiny_qa) for o in overrides]
+    overrides = [o.format(qa=tiny_qa, **_bad_data(tmp_path)) for o in overrides]
     outputs = tmp_path / "outputs"
     base = [
         f"model.name={tiny_model}",
         f"data.path={tiny_qa}",
         "data.eval_size=8",
         "data.train_size=16",
+        "train.batch_size=8",
         f"eval.dataset_id={tiny_nanobeir}",
         "eval.datasets=[scifact]",
         f"paths.outputs={outputs}",
@@ -87,3 +124,45 @@ def test_the_allowed_nanobeir_names_are_sentence_transformers_own():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert NANOBEIR == json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_bf16_on_a_cpu_fails_in_one_line_before_any_stage(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: bf16 may be allowed")
+    outputs = tmp_path / "outputs"
+    args = [f"model.name={tiny_model}", f"data.path={tiny_qa}", "data.eval_size=8", "data.train_size=16"]
+    args += ["train.batch_size=8", f"eval.dataset_id={tiny_nanobeir}", "eval.datasets=[scifact]"]
+    args += [f"paths.outputs={outputs}", "train.precision=bf16"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "train.precision=bf16 needs a CUDA GPU" in lines[0] and "auto or fp32" in lines[0]
+    assert not outputs.exists()  # no baseline ran
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_a_data_file_is_a_dataset(suffix, tiny_cfg, tmp_path, capsys):
+    """A single .jsonl / .csv / .parquet file of pairs trains as a dataset dir does; a repeated question warns."""
+    import pandas as pd
+
+    from pipeline.dag import run_dag
+    from pipeline.validate import validate
+
+    frame = pd.DataFrame({"question": [f"q{i % 30}?" for i in range(32)], "answer": [f"a {i}." for i in range(32)]})
+    path = tmp_path / f"pairs{suffix}"
+    {
+        ".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+        ".csv": lambda: frame.to_csv(path, index=False),
+        ".parquet": lambda: frame.to_parquet(path),
+    }[suffix]()
+    cfg = tiny_cfg([f"data.path={path}", "data.train_size=20", "data.eval_size=8", "run.until=prepare_data"])
+    validate(cfg)
+    assert "repeats 2 question(s)" in capsys.readouterr().err  # a one-line warning: legitimate, but said
+    out = run_dag(cfg)["prepare_data"]
+    assert out.result["train_rows"] == 20 and out.result["source"].startswith("local:")

@@ -26,14 +26,14 @@ def evaluate_finetuned(
     return evaluate(load_model(model_cfg, str(finetune_dir / "model"), merge=True), eval_cfg, out, cache_dir)
 
 
-def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir: Path, out: Path) -> dict:
-    """The base model on the in-domain dev set that prepare_data held out."""
-    return evaluate_dev(load_model(model_cfg), data_dir, out, eval_cfg.batch_size)
+def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, dev_dir: Path, out: Path) -> dict:
+    """The base model on the in-domain dev set (prepare_dev's output: the pairs prepare_data held out)."""
+    return evaluate_dev(load_model(model_cfg), dev_dir, out, eval_cfg.batch_size)
 
 
 def evaluate_dev_finetuned(
-    model_cfg: ModelConfig, eval_cfg: EvalConfig, data_dir: Path, finetune_dir: Path, out: Path
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, dev_dir: Path, finetune_dir: Path, out: Path
 ) -> dict:
     """The fine-tuned model (LoRA merged) on the same dev set."""
     model = load_model(model_cfg, str(finetune_dir / "model"), merge=True)
-    return evaluate_dev(model, data_dir, out, eval_cfg.batch_size)
+    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size)

@@ -33,6 +33,7 @@ from pipeline.console import CompactProgress
 from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
+from pipeline.stages.model_card import card_values
 
 
 def finetune(
@@ -49,6 +50,7 @@ def finetune(
     set_seed(train.seed)  # the adapter's initialisation and the data order
     lora = ft.method == Method.lora
     device, precision = device_and_precision(train.precision.value)
+    card = card_values(model_cfg, data_cfg, ft)  # language, license, title: the model_card stage can change them
 
     # 1. Load a model to finetune with 2. model card data
     model = SentenceTransformer(
@@ -56,12 +58,7 @@ def finetune(
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
         device=device,
-        model_card_data=SentenceTransformerModelCardData(
-            language=model_cfg.card_language,
-            license=model_cfg.card_license,
-            model_name=model_cfg.card_model_name
-            or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {Path(data_cfg.path).name} pairs",
-        ),
+        model_card_data=SentenceTransformerModelCardData(**card),
     )
     if model_cfg.max_seq_length:
         model.max_seq_length = model_cfg.max_seq_length
@@ -148,6 +145,8 @@ def finetune(
     weights = out / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
     summary = {
         "method": ft.method.value,
+        "card": card,
+        "base_revision": model_cfg.revision,  # the commit SHA a Hub base model was pinned to; None: a local dir
         "device": device,
         "precision": precision,
         "total_params": total_params,

@@ -2,9 +2,32 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from pipeline.config import FinetuneConfig, Method, ModelConfig
+from pipeline.config import DataConfig, FinetuneConfig, Method, ModelConfig
+
+
+def card_values(model_cfg: ModelConfig, data_cfg: DataConfig, ft: FinetuneConfig) -> dict[str, str]:
+    """The card's language, license and title: set on the model before training, and re-applied here, so that card
+    text can change without retraining (the finetune stage's key leaves it out)."""
+    lora = ft.method == Method.lora
+    data = Path(data_cfg.path)
+    if data.parent.name == "snapshots":  # a Hub dataset read from its cached snapshot: named by its repo
+        data = Path(data.parent.parent.name.split("--")[-1])
+    name = model_cfg.card_model_name or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {data.name} pairs"
+    return {"language": model_cfg.card_language, "license": model_cfg.card_license, "model_name": name}
+
+
+def _recard(card: str, written: dict[str, str], wanted: dict[str, str]) -> str:
+    """The card sentence-transformers wrote with `written` values, with the `wanted` ones instead."""
+    if written.get("language") != wanted["language"]:
+        card = re.sub(r"(?m)^language:\n- .*$", f"language:\n- {wanted['language']}", card, count=1)
+    if written.get("license") != wanted["license"]:
+        card = re.sub(r"(?m)^license: .*$", f"license: {wanted['license']}", card, count=1)
+    if written.get("model_name") and written["model_name"] != wanted["model_name"]:
+        card = card.replace(written["model_name"], wanted["model_name"])
+    return card
 
 
 def model_card(
@@ -17,8 +40,11 @@ def model_card(
     dev_baseline: dict,
     dev_finetuned: dict,
     out: Path,
+    card_text: dict[str, str] | None = None,
 ) -> dict:
     card = (finetune_dir / "model" / "README.md").read_text()
+    if card_text is not None:  # this run's card values, where the reused fine-tune was written with others
+        card = _recard(card, trained.get("card", {}), card_text)
     lines = [
         "",
         "## Fine-tuning method",
@@ -26,6 +52,7 @@ def model_card(
         "| | |",
         "|---|---|",
         f"| Base model | `{model_cfg.name}` |",
+        f"| Base model revision | `{trained.get('base_revision') or 'as loaded (local dir)'}` |",
         f"| Method | {'LoRA adapter (peft)' if ft.method == Method.lora else 'full fine-tuning'} |",
     ]
     if ft.method == Method.lora:

@@ -1,19 +1,21 @@
-"""Stage 1: question/answer pairs from the Hub or a local dir, split as the reference recipe does."""
+"""Stage 1: question/answer pairs from the Hub or a local dir, split as the reference recipe does; the held-out pairs
+as an in-domain dev set."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from datasets import DatasetDict, load_dataset
+from datasets import DatasetDict, load_from_disk
 
 from pipeline.config import DataConfig
 from pipeline.evaluation.dev import build_dev_set, write_dev_set
 from pipeline.fingerprint import source_fingerprint
+from pipeline.inputs import load_source
 
 
 def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> dict:
-    # `datasets.load_dataset` reads a Hub id or a local dir in the Hub layout alike
-    dataset = load_dataset(data.path, data.name, split=data.split, revision=data.revision, cache_dir=cache_dir)
+    # `datasets.load_dataset` reads a Hub id, a local dir in the Hub layout or a data file (.jsonl, .csv, .parquet)
+    dataset = load_source(data.path, data.name, data.split, data.revision, cache_dir)
     columns = [data.question_column, data.answer_column]
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
@@ -34,8 +36,19 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
 
     DatasetDict(train=train, eval=splits["test"]).save_to_disk(out / "dataset")
 
-    # The held-out pairs as an in-domain retrieval dev set: what a sweep selects on (NanoBEIR stays the test set)
-    heldout = splits["test"]
+    return {
+        "train_rows": len(train),
+        "eval_rows": len(splits["test"]),
+        "source": source_fingerprint(data.path, data.revision),
+    }
+
+
+def prepare_dev(data: DataConfig, data_dir: Path, out: Path) -> dict:
+    """The held-out pairs as an in-domain retrieval dev set: what a sweep selects on (NanoBEIR stays the test set).
+
+    A stage of its own, so that its sizes never change the training data's key (nor retrain anything)."""
+    dataset = load_from_disk(str(data_dir / "dataset"))
+    heldout, train = dataset["eval"], dataset["train"]
     dev = build_dev_set(
         heldout[data.question_column],
         heldout[data.answer_column],
@@ -46,10 +59,4 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
         seed=data.seed,
     )
     write_dev_set(dev, out)
-    return {
-        "train_rows": len(train),
-        "eval_rows": len(splits["test"]),
-        "dev_queries": len(dev["queries"]),
-        "dev_corpus": len(dev["corpus"]),
-        "source": source_fingerprint(data.path, data.revision),
-    }
+    return {"dev_queries": len(dev["queries"]), "dev_corpus": len(dev["corpus"])}

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Method
-from pipeline.fingerprint import config_hash, sources
+from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.tracking.ui import describe_experiment
 
 if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must n
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
 METRIC = "nanobeir_mean_ndcg_at_10"  # the test metric: what the verdict compares
 SELECTION_METRIC = "dev_ndcg_at_10"  # the in-domain dev metric: what sweeps select on and Optuna maximises
-RUN_ONLY = ("run.skip_finished",)  # how to run, not what: not part of a run's identity
+IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training evaluator's metrics
+RUN_ONLY = ("run.skip_finished", "run.force")  # how to run, not what: not part of a run's identity
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
 
@@ -108,14 +109,28 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+def without_secrets(cfg: DictConfig) -> dict:
+    """The resolved config with every key that looks like a secret removed, at any depth (for config.yaml)."""
+
+    def clean(node):
+        if isinstance(node, dict):
+            return {k: clean(v) for k, v in node.items() if not SECRET.search(str(k))}
+        if isinstance(node, list):
+            return [clean(v) for v in node]
+        return node
+
+    return clean(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+
+
 def run_key(cfg: DictConfig, found_sources: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
-    """What makes two runs the same run: the resolved config, and what the data, evaluation sets and model hold
-    (`found_sources`: the run's content fingerprints, `pipeline.fingerprint.sources`).
+    """What makes two runs the same run: the resolved config, what the data, evaluation sets and model hold
+    (`found_sources`: the run's content fingerprints and Hub SHAs, `pipeline.fingerprint.sources`) and the code.
 
     Tagged `pipeline.config_hash`: a killed run resumes into the run of its key, a sweep skips a key that finished.
     """
     params = {k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY}
-    return config_hash({"params": params, "sources": found_sources if found_sources is not None else sources(cfg)})
+    found = found_sources if found_sources is not None else sources(cfg)
+    return config_hash({"params": params, "sources": found, "code": code_version(*STAGE_CODE)})
 
 
 def finished_run(cfg: DictConfig) -> Run | None:
@@ -196,8 +211,8 @@ def _now_ms() -> int:
 class PipelineRun:
     """One MLflow run for one pipeline run: params and tags up front, then what each stage produces."""
 
-    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig):
-        self.client, self.run_id, self.cfg = client, run_id, cfg
+    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict[str, str]):
+        self.client, self.run_id, self.cfg, self.sources = client, run_id, cfg, found_sources
         self.base: dict[str, dict] = {}  # the base model's results, for what fine-tuning learned and forgot
 
     def on_stage(self, output: StageOutput) -> None:
@@ -208,11 +223,14 @@ class PipelineRun:
         r = output.result
         self.client.set_tag(self.run_id, "data.source", r["source"])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
-        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
 
     def _log_baseline(self, output: StageOutput) -> None:
         self.base["nanobeir"] = output.result
         self._log_evaluation(output, prefix="baseline_", artifact_path="evaluation/baseline")
+
+    def _log_prepare_dev(self, output: StageOutput) -> None:
+        r = output.result
+        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
 
     def _log_dev_baseline(self, output: StageOutput) -> None:
         self.base["dev"] = output.result
@@ -229,7 +247,14 @@ class PipelineRun:
         r = output.result
         if output.status == "cached":  # trained earlier: replay its log history into this run
             history = json.loads((output.dir / "log_history.json").read_text())
+            other_eval = r.get("in_training_eval") != eval_identity(self.cfg, self.sources)
+            if other_eval:  # its in-training NanoBEIR numbers are of another evaluation config: not this run's
+                self.client.set_tag(
+                    self.run_id, "in_training_eval", "dropped: the reused fine-tune evaluated other sets"
+                )
             for entry in history:
+                if other_eval:
+                    entry = {k: v for k, v in entry.items() if not k.startswith(IN_TRAINING_EVAL)}
                 log_step(self.client, self.run_id, entry, int(entry.get("step", 0)))
         for key in ("device", "precision", "resumed_from"):
             self.client.set_tag(self.run_id, key, str(r.get(key)))
@@ -283,7 +308,8 @@ def pipeline_run(
     client = client_for(uri)
     exp_id = experiment_id(client, uri, cfg.tracking.experiment)
     params = flat_params(cfg)
-    key = run_key(cfg, found_sources, params)
+    found = found_sources if found_sources is not None else sources(cfg)
+    key = run_key(cfg, found, params)
     locks = Path(cfg.paths.outputs).resolve() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"run-{key}.lock")):
@@ -300,6 +326,7 @@ def pipeline_run(
                 "method": Method(cfg.finetune.method).value,
                 "base_model": cfg.model.name,
                 "pipeline.config_hash": key,
+                **{f"source.{group}": value for group, value in found.items()},  # content hash or Hub id@SHA
                 **provenance(),
                 **(tags or {}),
             }
@@ -309,11 +336,11 @@ def pipeline_run(
                 client.log_batch(run_id, params=batch[i : i + 100])
             with tempfile.TemporaryDirectory() as tmp:
                 resolved = Path(tmp) / "config.yaml"
-                resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+                resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
                 client.log_artifact(run_id, str(resolved))
         with _sigterm_as_interrupt():
             try:
-                yield PipelineRun(client, run_id, cfg)
+                yield PipelineRun(client, run_id, cfg, found)
             except KeyboardInterrupt:
                 client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))

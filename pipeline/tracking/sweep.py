@@ -48,7 +48,7 @@ def sweep_of_this_job() -> dict[str, Any] | None:
 def finished_job(cfg: DictConfig) -> Run | None:
     """In a sweep, the FINISHED run of this job's exact config, tagged as reused by the sweep; None: run the job."""
     sweep = sweep_of_this_job()
-    if sweep is None or not cfg.run.skip_finished:
+    if sweep is None or not cfg.run.skip_finished or cfg.run.get("force"):
         return None
     from mlflow.tracking import MlflowClient
 

@@ -1,0 +1,157 @@
+"""Stage keys change exactly when a stage's output can: each config key perturbed alone, every stage's key compared.
+
+A key that misses a value serves a stale output (a silently wrong number); a key that holds a value the output does not
+depend on retrains for nothing. The keys are computed as the runner does (upstream keys chained), without running.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline.dag import DAG, STAGES, forced_stages, stage_key
+from pipeline.fingerprint import sources
+
+ALL = {"prepare_data", "prepare_dev", "baseline", "dev_baseline", "finetune", "evaluate", "dev_evaluate", "model_card"}
+TRAINED = {"finetune", "evaluate", "dev_evaluate", "model_card"}
+DEV = {"prepare_dev", "dev_baseline"}  # the dev set is cut from prepare_data's held-out rows: downstream of them
+EVALUATED = {"baseline", "evaluate", "model_card"}  # NanoBEIR
+
+# override -> the stages whose output it can change (from the tiny base config, LoRA arm)
+PERTURBATIONS = {
+    # data: the pairs, hence the training
+    "data.train_size=24": {"prepare_data", *DEV, *TRAINED},
+    "data.eval_size=6": {"prepare_data", *DEV, *TRAINED},
+    "data.seed=3": {"prepare_data", *DEV, *TRAINED},
+    "data.question_column=answer": {"prepare_data", *DEV, *TRAINED},
+    "data.split=other": {"prepare_data", *DEV, *TRAINED},
+    # the dev set's size: the dev numbers and the card, never the training
+    "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
+    "data.dev_corpus=3": {*DEV, "dev_evaluate", "model_card"},
+    "data.dev_distractors=4": {*DEV, "dev_evaluate", "model_card"},
+    # the model: everything; its card text only the card
+    "model.max_seq_length=16": {"baseline", "dev_baseline", *TRAINED},
+    "model.trust_remote_code=true": {"baseline", "dev_baseline", *TRAINED},
+    "model.card_language=de": {"model_card"},
+    "model.card_license=mit": {"model_card"},
+    "model.card_model_name=mine": {"model_card"},
+    # the adapter
+    "finetune.r=8": TRAINED,
+    "finetune.alpha=4": TRAINED,
+    "finetune.dropout=0.2": TRAINED,
+    "finetune.target_modules=[query]": TRAINED,
+    "finetune=full": TRAINED,
+    # training: what changes the weights
+    "train.max_steps=3": TRAINED,
+    "train.epochs=2": set(),  # max_steps=2 decides the length
+    "train.batch_size=4": TRAINED,
+    "train.lr=2e-3": TRAINED,
+    "train.warmup_ratio=0.2": TRAINED,
+    "train.loss=mnrl": TRAINED,
+    "train.seed=1": TRAINED,
+    "train.eval_steps=2": TRAINED,  # what the replayed log history holds
+    "train.precision=fp32": set(),  # auto resolves to fp32 on this CPU: the same model
+    # training: what does not change the weights
+    "train.logging_steps=2": set(),
+    "train.save_steps=5": set(),
+    "train.save_total_limit=1": set(),
+    "train.eval_batch_size=4": set(),
+    "train.mini_batch_size=2": set(),
+    # evaluation: the numbers, never the trained weights
+    "eval.datasets=[scifact]": EVALUATED,
+    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
+    "eval.backend=mteb": EVALUATED,
+    "eval.during_training=false": set(),
+    # how to run and where to log: no stage output
+    "tracking.experiment=other": set(),
+    "tracking.run_name=x": set(),
+    "run.skip_finished=false": set(),
+    "run.force=finetune": set(),
+}
+
+
+def keys(cfg, found=None) -> dict[str, str]:
+    found = found if found is not None else sources(cfg)
+    out: dict[str, str] = {}
+    for stage in DAG:
+        out[stage.name] = stage_key(stage, cfg, {name: out[name] for name in stage.inputs}, found)
+    return out
+
+
+@pytest.mark.parametrize("override", list(PERTURBATIONS))
+def test_a_key_changes_exactly_when_the_output_can(override, tiny_cfg):
+    base = keys(tiny_cfg())
+    changed = keys(tiny_cfg([override]))
+    assert {name for name in base if base[name] != changed[name]} == PERTURBATIONS[override]
+
+
+def test_the_content_of_each_input_is_in_the_keys(tiny_cfg):
+    cfg = tiny_cfg()
+    found = sources(cfg)
+    base = keys(cfg, found)
+    expected = {
+        "data": {"prepare_data", *DEV, *TRAINED},
+        "eval": EVALUATED,
+        "model": ALL - {"prepare_data", "prepare_dev"},
+    }
+    for group, stages in expected.items():
+        other = keys(cfg, {**found, group: "local:0123456789abcdef"})
+        assert {n for n in base if base[n] != other[n]} == stages, group
+
+
+def test_the_resolved_device_and_precision_are_in_the_finetune_key(tiny_cfg, monkeypatch):
+    import pipeline.dag as dag
+
+    cfg = tiny_cfg()
+    cpu = keys(cfg)
+    monkeypatch.setattr(dag, "device_and_precision", lambda precision="auto": ("cuda", "bf16"))
+    gpu = keys(cfg)
+    assert {n for n in cpu if cpu[n] != gpu[n]} == {"baseline", "dev_baseline", *TRAINED}
+
+
+def test_the_code_of_a_stage_is_in_its_key(tiny_cfg, monkeypatch):
+    import pipeline.dag as dag
+
+    cfg = tiny_cfg()
+    base = keys(cfg)
+    real = dag.code_version
+    monkeypatch.setattr(dag, "code_version", lambda *m: real(*m) + ("x" if "pipeline.stages.finetune" in m else ""))
+    assert {n for n, k in keys(cfg).items() if k != base[n]} == TRAINED
+
+
+def test_code_version_follows_the_source_of_every_module_a_stage_imports(tmp_path, monkeypatch):
+    import shutil
+
+    import pipeline.fingerprint as fp
+
+    copy = tmp_path / "pipeline"
+    shutil.copytree(fp.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fp, "PACKAGE_ROOT", copy)
+    fp.code_version.cache_clear()
+    before = {m: fp.code_version(m) for m in fp.STAGE_CODE}
+    # models.py is imported by the finetune and evaluate stages (through pipeline.models), not by prepare_data's
+    (copy / "models.py").write_text((copy / "models.py").read_text() + "\n# changed\n")
+    fp.code_version.cache_clear()
+    after = {m: fp.code_version(m) for m in fp.STAGE_CODE}
+    fp.code_version.cache_clear()
+    assert before["pipeline.stages.finetune"] != after["pipeline.stages.finetune"]
+    assert before["pipeline.stages.evaluate"] != after["pipeline.stages.evaluate"]
+    assert before["pipeline.stages.model_card"] == after["pipeline.stages.model_card"]
+
+
+def test_the_stage_code_the_run_identity_covers_is_the_dags():
+    from pipeline.fingerprint import STAGE_CODE
+    from pipeline.validate import STAGE_NAMES
+
+    assert sorted({m for stage in DAG for m in stage.code}) == sorted(STAGE_CODE)
+    assert list(STAGES) == list(STAGE_NAMES)
+
+
+def test_force_recomputes_a_stage_and_what_depends_on_it():
+    assert forced_stages(None) == set()
+    assert forced_stages("finetune") == TRAINED
+    assert forced_stages(["baseline"]) == {"baseline", "model_card"}
+    assert forced_stages("prepare_data") == {"prepare_data", *DEV, *TRAINED}
+    assert forced_stages("prepare_dev") == {*DEV, "dev_evaluate", "model_card"}
+    assert forced_stages("all") == ALL
+    with pytest.raises(ValueError, match="nosuch"):
+        forced_stages("nosuch")
