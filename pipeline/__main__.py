@@ -25,7 +25,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.tracking.sweep import finished_job
+    from pipeline.tracking.sweep import finished_job, sweep_of_this_job
 
     if (finished := finished_job(cfg)) is not None:  # a sweep's job that already finished: reused, torch not imported
         from pipeline.tracking.run import SELECTION_METRIC
@@ -34,6 +34,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         validate(cfg)
     except ConfigError as error:
+        if sweep_of_this_job() is not None:  # one bad job of a sweep: a FAILED run, and the other jobs go on
+            from pipeline.app import bad_job
+
+            return bad_job(cfg, error)
         _remove_empty_run_dir()
         fail(error)
     from pipeline.app import run

@@ -12,7 +12,7 @@ from pipeline.dag import run_dag, status_table
 from pipeline.fingerprint import sources
 from pipeline.models import device_and_precision
 from pipeline.tracking.progress import MLflowTrainerCallback
-from pipeline.tracking.run import pipeline_run, tracking_uri
+from pipeline.tracking.run import pipeline_run, run_name, tracking_uri
 from pipeline.tracking.sweep import sweep_of_this_job
 
 
@@ -31,6 +31,25 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+def sweep_tags() -> dict[str, str]:
+    """In a job of a multirun: the tags that make its run a child of the sweep's parent run."""
+    sweep = sweep_of_this_job()
+    return {} if sweep is None else {"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]}
+
+
+def bad_job(cfg: DictConfig, error: Exception) -> float:
+    """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
+    its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
+    message = " ".join(str(error).split())
+    print(f"error: job {run_name(cfg)}: {message}", file=sys.stderr)
+    try:
+        with pipeline_run(cfg, {}, tags=sweep_tags()):
+            raise error
+    except type(error):
+        pass
+    return float("nan")
+
+
 def run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
@@ -38,10 +57,8 @@ def run(cfg: DictConfig) -> float | None:
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
-    tags = {"device": device, "precision": precision}
+    tags = {"device": device, "precision": precision, **sweep_tags()}
     sweep = sweep_of_this_job()
-    if sweep is not None:  # a job of a multirun: a child of the sweep's parent run
-        tags.update({"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]})
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
         with pipeline_run(cfg, found, tags=tags) as tracked:
