@@ -48,18 +48,19 @@ def plot_ndcg_vs_r(path: Path, arms: list[Arm], baseline: Arm | None, full: Arm 
 def plot_ndcg_vs_params(path: Path, arms: list[Arm], baseline: Arm | None, level: float) -> None:
     fig, ax = _figure()
     points = [a for a in arms if a.ndcg is not None and a.trainable_params]
-    for method, color in (("lora", "tab:blue"), ("full", "tab:red")):
+    methods = sorted({a.method for a in points}, key=lambda m: (m == "full", m != "lora", m))  # every adapter alike
+    colors = iter(["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    for method in methods:
         group = [a for a in points if a.method == method]
-        if group:
-            ax.errorbar(
-                [a.trainable_params for a in group],
-                [a.ndcg.mean for a in group],
-                yerr=_yerr(group),
-                fmt="o",
-                color=color,
-                capsize=3,
-                label="LoRA" if method == "lora" else "full fine-tune",
-            )
+        ax.errorbar(
+            [a.trainable_params for a in group],
+            [a.ndcg.mean for a in group],
+            yerr=_yerr(group),
+            fmt="o",
+            color="tab:red" if method == "full" else next(colors, "tab:cyan"),
+            capsize=3,
+            label="full fine-tune" if method == "full" else method,
+        )
     frontier = efficiency_frontier(points)
     for a in points:  # only the frontier and the full fine-tune are named: the rest would overlap, the table has them
         if a in frontier or a.method == "full":

@@ -26,6 +26,8 @@ from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.adapter_configs import hyperparameters
+from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import Method
 from pipeline.fingerprint import config_hash, sources
 from pipeline.tracking.ui import describe_experiment
@@ -79,9 +81,14 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
 def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    if cfg.finetune.method == Method.lora:
-        return f"lora-r{cfg.finetune.r}-a{cfg.finetune.alpha}"
-    return "full"
+    return method_run_name(cfg.finetune)  # lora-r16-a32, dora-r8-a8, ia3, lokr-r8-a8-all-linear, full
+
+
+def method_tags(cfg: DictConfig) -> dict[str, str]:
+    """`method` and each of its hyper-parameters as `method.<key>` (e.g. method.r, method.target_modules)."""
+    tags = {"method": Method(cfg.finetune.method).value}
+    tags.update({f"method.{k}": str(v) for k, v in hyperparameters(cfg.finetune).items()})
+    return tags
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -274,7 +281,7 @@ def pipeline_run(
             print(f"[pipeline] resuming the interrupted MLflow run {run_id} of this config", file=sys.stderr)
         else:
             run_tags = {
-                "method": Method(cfg.finetune.method).value,
+                **method_tags(cfg),
                 "base_model": cfg.model.name,
                 "pipeline.config_hash": key,
                 **provenance(),
