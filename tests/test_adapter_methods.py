@@ -178,12 +178,11 @@ def test_pissa_and_olora_change_the_base_weights(init, tiny_model):
     assert "changes the base weights" in REFUSED[init]
 
 
-def test_export_refuses_an_adapter_peft_cannot_merge(trained, tmp_path, capsys):
-    _, model_dir, _ = trained["lora"]
-    foreign = tmp_path / "vera"
+def test_export_refuses_an_adapter_peft_cannot_merge(tiny_model, tmp_path, capsys):
+    foreign = tmp_path / "vera"  # a VeRA adapter saved elsewhere (peft's own get_peft_model can train one)
     foreign.mkdir()
-    config = json.loads((model_dir / "adapter_config.json").read_text())
-    (foreign / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "VERA"}))
+    config = {"peft_type": "VERA", "r": 256, "base_model_name_or_path": str(tiny_model), "target_modules": ["query"]}
+    (foreign / "adapter_config.json").write_text(json.dumps(config))
     with pytest.raises(SystemExit) as exit_info:
         main([str(foreign), str(tmp_path / "out")])
     assert exit_info.value.code == 2
