@@ -4,6 +4,7 @@ saved adapter-only, loaded back three ways with identical embeddings, merged whe
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,3 +190,26 @@ def test_export_refuses_an_adapter_peft_cannot_merge(tiny_model, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "VERA adapter, which peft cannot merge" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_a_mixed_sweep_compares_in_one_report(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    from pipeline.report.compare import compare
+    from tests.test_sweep import _sweep
+
+    args = ("finetune=lora,ia3,dora,full", "finetune.r=4", "finetune.alpha=8", "train.eval_steps=null")
+    proc, client, parent, children = _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args)
+    names = sorted(r.info.run_name for r in children)
+    assert names == ["dora-r4-a8", "full", "ia3", "lora-r4-a8"] and all(r.info.status == "FINISHED" for r in children)
+    dora = next(r for r in children if r.info.run_name == "dora-r4-a8")
+    assert dora.data.tags["method"] == "dora" and dora.data.tags["method.alpha"] == "8"
+    card = Path(client.download_artifacts(dora.info.run_id, "model/README.md", str(tmp_path))).read_text()
+    assert "DoRA adapter (peft LoraConfig, use_dora=True)" in card and "| `finetune.r` | 4 |" in card
+    report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
+    rows = {row["name"]: row for row in report["rows"]}
+    assert {rows[n]["method"] for n in names} == {"lora", "ia3", "dora", "full"}
+    assert rows["ia3"]["params"]["target_modules"] == "None" and rows["ia3"]["r"] is None
+    assert all(rows[n]["delta_vs_full"] is not None for n in ("dora-r4-a8", "ia3", "lora-r4-a8"))  # each vs full
+    adapters = [rows[n] for n in ("dora-r4-a8", "ia3", "lora-r4-a8")]
+    best = max(adapters, key=lambda r: (r["ndcg_at_10"]["mean"], -r["trainable_params"]))  # a tie: fewer params
+    assert report["best_lora_run"] == best["name"]  # chosen across methods, not among LoRA runs only
