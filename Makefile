@@ -28,7 +28,7 @@ install: ## create .venv, install torch first (TORCH_SPEC), then the project and
 
 demo: ## offline: LoRA and full fine-tune of the packaged MiniLM on generated data, then the comparison
 	$(BIN)/python -m pipeline.tools.demo_data
-	$(BIN)/python -m pipeline -m experiment=demo finetune=lora,full $(ARGS)
+	$(BIN)/python -m pipeline -m experiment=demo $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment demo
 
 run: ## one pipeline run: make run ARGS="finetune=full data.path=... train.max_steps=100"

@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, Method, ModelConfig, TrainConfig
+from pipeline.adapter_configs import FullFinetune, LoraFinetune
+from pipeline.config import DataConfig, EvalConfig, Method, ModelConfig, TrainConfig
 from pipeline.evaluation.st_backend import evaluate
 from pipeline.models import device_and_precision, device_name, load_model
 from pipeline.stages.finetune import finetune
@@ -92,7 +93,9 @@ def main() -> None:
     prepare_data(data_cfg, args.out / "data")
 
     for method in [Method(m) for m in args.methods.split(",")]:
-        ft_cfg = OmegaConf.structured(FinetuneConfig(method=method, r=64, alpha=128, dropout=0.1))
+        ft_cfg = OmegaConf.structured(
+            LoraFinetune(r=64, alpha=128, dropout=0.1) if method == Method.lora else FullFinetune()
+        )
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()

@@ -189,7 +189,8 @@ def measure_training(
     import torch
     from omegaconf import OmegaConf
 
-    from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, Method, ModelConfig, TrainConfig
+    from pipeline.adapter_configs import SCHEMAS
+    from pipeline.config import DataConfig, EvalConfig, Method, ModelConfig, TrainConfig
     from pipeline.stages.finetune import finetune
     from pipeline.stages.prepare_data import prepare_data
 
@@ -197,7 +198,8 @@ def measure_training(
     peak = gemm_peak(gemm_n)
     model_cfg = OmegaConf.structured(ModelConfig(name=str(model), max_seq_length=max_seq_length))
     data_cfg = OmegaConf.structured(DataConfig(path=str(data_path), eval_size=16, train_size=steps * batch))
-    ft_cfg = OmegaConf.structured(FinetuneConfig(method=Method(method), r=r, alpha=alpha))  # finetune=lora: 64, 128
+    schema = SCHEMAS[Method(method)]  # as finetune=lora (r 64, alpha 128, dropout 0.1); full has no such keys
+    ft_cfg = OmegaConf.structured(schema(r=r, alpha=alpha, dropout=0.1) if method != "full" else schema())
     train_cfg = OmegaConf.structured(
         TrainConfig(
             max_steps=steps,

@@ -13,10 +13,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-
-class Method(str, Enum):
-    lora = "lora"
-    full = "full"
+# The finetune group's schemas, one per method, live in pipeline.adapter_configs (re-exported here)
+from pipeline.adapter_configs import FinetuneConfig, Method, register_adapter_configs  # noqa: F401
 
 
 class LossName(str, Enum):
@@ -62,15 +60,6 @@ class DataConfig:
     dev_queries: int = 1_000  # held-out questions used as dev queries (capped: 10,000 would slow every evaluation)
     dev_corpus: int = 5_000  # held-out answers in the dev corpus: the dev queries' own answers first, then others
     dev_distractors: int = 0  # training answers sampled (seed `seed`) into the dev corpus as extra distractors
-
-
-@dataclass
-class FinetuneConfig:
-    method: Method = MISSING
-    r: int = 64
-    alpha: int = 128
-    dropout: float = 0.1
-    target_modules: list[str] | None = None  # None: peft's default for the architecture (BERT: query, value)
 
 
 @dataclass
@@ -126,7 +115,7 @@ class RunConfig:
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    finetune: Any = MISSING  # the chosen method's schema (pipeline.adapter_configs), from conf/finetune/<method>.yaml
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -136,4 +125,6 @@ class Config:
 
 def register_configs() -> None:
     """The primary config (`conf/config.yaml`) starts from this schema: every group is type-checked on compose."""
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    register_adapter_configs(store)

@@ -73,8 +73,10 @@ def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = Fa
     from sentence_transformers import SentenceTransformer
 
     if path is not None and (Path(path) / "adapter_config.json").is_file():
+        from pipeline.peft_methods import MERGEABLE, peft_type_of
+
         model = load_model(model_cfg)
-        if merge:
+        if merge and peft_type_of(path) in MERGEABLE:  # an adapter peft cannot merge stays attached
             model[0].model = merge_adapter_into(model.transformers_model, path)
         else:
             model.load_adapter(path)
@@ -90,7 +92,8 @@ def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = Fa
 
 
 def merge_adapter_into(base, adapter_dir: str | Path):
-    """The base transformers model with the adapter's B·A·(alpha/r) added into the weights it adapts, LoRA layers gone."""
+    """The base transformers model with the adapter folded into the weights it adapts (LoRA: B·A·alpha/r added;
+    IA3: rows or columns scaled; LoHa, LoKr: their products added), adapter layers gone."""
     from peft import PeftModel
 
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()

@@ -9,8 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from pipeline.adapter_configs import ALL_LINEAR, REFUSED, SCHEMAS, Method, keys_of
 from pipeline.config import LossName, Precision
 from pipeline.evaluation.nanobeir import dataset_table
 from pipeline.inputs import (
@@ -104,15 +105,47 @@ def _check_precision(cfg: DictConfig) -> None:
 
 def _check_finetune(cfg: DictConfig) -> None:
     ft = cfg.finetune
-    if ft.method == "lora":
-        if ft.target_modules is not None and len(ft.target_modules) == 0:
-            raise ConfigError("finetune.target_modules=[] is not allowed: name modules, or null for peft's default")
-        if ft.r < 1:
-            raise ConfigError(f"finetune.r={ft.r} is not allowed: the LoRA rank must be an integer >= 1")
-        if ft.alpha <= 0:
-            raise ConfigError(f"finetune.alpha={ft.alpha} is not allowed: LoRA alpha must be > 0")
-        if not 0 <= ft.dropout < 1:
-            raise ConfigError(f"finetune.dropout={ft.dropout} is not allowed: LoRA dropout must be in [0, 1)")
+    method = Method(ft.method)
+    schema = OmegaConf.get_type(ft)
+    if schema is not SCHEMAS[method]:  # finetune.method=... set over another method's schema
+        raise ConfigError(
+            f"finetune.method={method.value} does not match the finetune config {schema.__name__}: "
+            f"choose the method with finetune={method.value}"
+        )
+    keys = keys_of(method)
+    for key in ("r", "decompose_factor"):
+        if key in keys and ft[key] < 1 and not (key == "decompose_factor" and ft[key] == -1):
+            what = "an integer >= 1" + (", or -1" if key == "decompose_factor" else "")
+            raise ConfigError(f"finetune.{key}={ft[key]} is not allowed with finetune={method.value}: use {what}")
+    if "alpha" in keys and ft.alpha <= 0:
+        raise ConfigError(f"finetune.alpha={ft.alpha} is not allowed with finetune={method.value}: must be > 0")
+    for key in ("dropout", "rank_dropout", "module_dropout"):
+        if key in keys and not 0 <= ft[key] < 1:
+            raise ConfigError(f"finetune.{key}={ft[key]} is not allowed: dropout must be in [0, 1)")
+    if "target_modules" in keys:
+        _check_modules("target_modules", ft.target_modules, allow_all_linear=True)
+    if "feedforward_modules" in keys:
+        _check_modules("feedforward_modules", ft.feedforward_modules, allow_all_linear=False)
+        targets, feedforward = ft.target_modules, ft.feedforward_modules
+        if feedforward and isinstance(targets, ListConfig) and not set(feedforward) <= set(targets):
+            raise ConfigError(
+                f"finetune.feedforward_modules={list(feedforward)} is not allowed: (IA)^3's feedforward modules "
+                f"must be among finetune.target_modules={list(targets)}"
+            )
+
+
+def _check_modules(key: str, value, allow_all_linear: bool) -> None:
+    """None, a non-empty list of module names, or (for targets) peft's `all-linear`."""
+    if value is None or (allow_all_linear and value == ALL_LINEAR):
+        return
+    if isinstance(value, ListConfig) and len(value) and all(isinstance(v, str) and v for v in value):
+        return
+    allowed = (
+        "null for peft's default, "
+        + (f"{ALL_LINEAR}, " if allow_all_linear else "")
+        + "or a list of module names like [query,value]"
+    )
+    raise ConfigError(f"finetune.{key}={value} is not allowed: use {allowed}")
 
 
 def _check_train(cfg: DictConfig) -> None:
@@ -324,6 +357,10 @@ def check_group_options(conf_dir: Path, overrides: list[str]) -> None:
             continue
         allowed = sorted(p.stem for p in group.glob("*.yaml"))
         for option in value.split(","):
+            if key == "finetune" and option in REFUSED and option not in allowed:
+                raise ConfigError(
+                    f"finetune={option} is not supported: {REFUSED[option]}; allowed: {', '.join(allowed)}"
+                )
             if option not in allowed:
                 raise ConfigError(f"{key}={option} is not a known {key}; allowed: {', '.join(allowed)}")
 
@@ -341,7 +378,7 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
 
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
         return
-    from pipeline.launch.grid import is_relative_alpha
+    from pipeline.launch.grid import for_method, is_relative_alpha
 
     with_value = {
         "--cfg",
@@ -372,6 +409,8 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
     for sweep in sweeps:
         others = [f"{s.get_key_element()}={first}" for s, first in _firsts(sweeps) if s is not sweep]
         variants += [fixed + others + [f"{sweep.get_key_element()}={v}"] for v in sweep.sweep_string_iterator()]
+    if any(o.is_sweep_override() for o in parsed):  # as the sweeper does: a job keeps the keys its method has
+        variants = [for_method(v) for v in variants]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):

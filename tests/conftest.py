@@ -147,11 +147,16 @@ def tiny_overrides(tmp_path: Path, tiny_model: Path, tiny_qa: Path, tiny_nanobei
         "train.logging_steps=1",
         "train.lr=1e-3",
         "train.eval_steps=1",
-        "finetune.r=4",
-        "finetune.alpha=8",
         f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
         f"paths.outputs={tmp_path}/outputs",
     ]
+
+
+def tiny_method(extra: list[str]) -> list[str]:
+    """A small rank for the tiny model (r=4, alpha=8) for the methods that have one: lora (the default), dora,
+    rslora, loha, lokr; ia3 and full have no such keys (their configs refuse them)."""
+    method = next((o.split("=", 1)[1] for o in reversed(extra) if o.startswith("finetune=")), "lora")
+    return ["finetune.r=4", "finetune.alpha=8"] if method in ("lora", "dora", "rslora", "loha", "lokr") else []
 
 
 @pytest.fixture
@@ -159,7 +164,11 @@ def tiny_cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """Compose the real config with the tiny overrides; extra overrides via tiny_cfg(['finetune=full'])."""
 
     def make(extra: list[str] | None = None):
-        return compose_config(tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + (extra or []))
+        extra = extra or []
+        base = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir)
+        finetune = [o for o in extra if o.startswith("finetune=")]  # the method first, then its keys
+        rest = [o for o in extra if not o.startswith("finetune=")]
+        return compose_config(base + finetune + tiny_method(extra) + rest)
 
     return make
 

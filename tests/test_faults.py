@@ -15,7 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.dag import is_complete, run_dag
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, tiny_method, tiny_overrides
 
 
 @pytest.mark.slow
@@ -23,6 +23,7 @@ from tests.conftest import ROOT, tiny_overrides
 def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + [
         f"finetune={method}",
+        *tiny_method([f"finetune={method}"]),
         "train.max_steps=120",
         "train.save_steps=10",
         "train.eval_steps=null",

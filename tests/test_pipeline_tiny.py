@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
+from hydra.errors import ConfigCompositionException
 from mlflow.tracking import MlflowClient
 from sentence_transformers import SentenceTransformer
 
@@ -113,14 +115,13 @@ def test_keys_depend_only_on_what_changes_a_stage(tiny_cfg):
     from pipeline.dag import STAGES, stage_key
 
     lora = tiny_cfg(["finetune=lora", "model.card_model_name=an adapter", "eval.backend=sentence_transformers"])
-    full = tiny_cfg(["finetune=full", "model.card_model_name=a full fine-tune", "finetune.r=32"])
+    full = tiny_cfg(["finetune=full", "model.card_model_name=a full fine-tune"])
     mteb = tiny_cfg(["finetune=lora", "model.card_model_name=an adapter", "eval.backend=mteb"])
     # the baseline reads neither the method nor the card text: one baseline for both arms of a comparison
     assert stage_key(STAGES["baseline"], lora, {}) == stage_key(STAGES["baseline"], full, {})
-    # a full fine-tune ignores LoRA's r; the backend of the final evaluation does not retrain
-    assert stage_key(STAGES["finetune"], full, {}) == stage_key(
-        STAGES["finetune"], tiny_cfg(["finetune=full", "model.card_model_name=a full fine-tune"]), {}
-    )
+    # a full fine-tune has no r (its config refuses one); the backend of the final evaluation does not retrain
+    with pytest.raises(ConfigCompositionException, match="Could not override 'finetune.r'"):
+        tiny_cfg(["finetune=full", "finetune.r=32"])
     assert stage_key(STAGES["finetune"], lora, {}) == stage_key(STAGES["finetune"], mteb, {})
     assert stage_key(STAGES["evaluate"], lora, {}) != stage_key(STAGES["evaluate"], mteb, {})
     same_card = ["finetune=lora", "model.card_model_name=an adapter", "eval.backend=sentence_transformers"]

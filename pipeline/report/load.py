@@ -40,13 +40,14 @@ class Arm:
     """One row of the report: a child run of the sweep, or the base model."""
 
     name: str
-    method: str
+    method: str  # "full", "none" (the base model) or an adapter method: lora, dora, rslora, ia3, loha, lokr
     status: str
     run_id: str | None = None
     start_time: int = 0
     r: int | None = None
     alpha: int | None = None
     dropout: float | None = None
+    params: dict[str, str] = field(default_factory=dict)  # the method's hyper-parameters (finetune.* but method)
     error: str | None = None
     trainable_params: int | None = None
     total_params: int | None = None
@@ -75,6 +76,7 @@ class Arm:
             "r": self.r,
             "alpha": self.alpha,
             "dropout": self.dropout,
+            "params": self.params,
             "trainable_params": self.trainable_params,
             "total_params": self.total_params,
             "weights_mb": self.weights_mb,
@@ -195,16 +197,19 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
 def _arm(run: Run) -> Arm:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     method = tags.get("method") or params.get("finetune.method") or ("full" if run.info.run_name == "full" else "lora")
-    lora = method == "lora"
+    adapter = is_adapter(method)
     arm = Arm(
         name=run.info.run_name or run.info.run_id,
         method=method,
         status=run.info.status,
         run_id=run.info.run_id,
         start_time=run.info.start_time or 0,
-        r=_number(params.get("finetune.r"), int) if lora else None,
-        alpha=_number(params.get("finetune.alpha"), int) if lora else None,
-        dropout=_number(params.get("finetune.dropout"), float) if lora else None,
+        r=_number(params.get("finetune.r"), int) if adapter else None,
+        alpha=_number(params.get("finetune.alpha"), int) if adapter else None,
+        dropout=_number(params.get("finetune.dropout"), float) if adapter else None,
+        params={k.removeprefix("finetune."): v for k, v in sorted(params.items()) if _is_method_param(k)}
+        if adapter
+        else {},
         error=tags.get("error"),
         trainable_params=_number(metrics.get("trainable_params"), int),
         total_params=_number(metrics.get("total_params"), int),
@@ -221,6 +226,15 @@ def _arm(run: Run) -> Arm:
         arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
         arm.dataset_deltas = {m["name"]: v for k, v in metrics.items() if (m := DATASET_DELTA.match(k))}
     return arm
+
+
+def is_adapter(method: str) -> bool:
+    """Every method but the full fine-tune (and the base model's row) is an adapter, compared alike."""
+    return method not in ("full", "none")
+
+
+def _is_method_param(key: str) -> bool:
+    return key.startswith("finetune.") and key != "finetune.method"
 
 
 def _dataset_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
@@ -261,6 +275,7 @@ def ordered(arms: list[Arm]) -> list[Arm]:
 
     def key(arm: Arm):
         numbers = (arm.r, arm.alpha, arm.lr, arm.seed)
-        return (arm.method == "full", arm.method), *(math.inf if x is None else x for x in numbers), arm.name
+        group = 0 if is_adapter(arm.method) else 1 if arm.method == "full" else 2
+        return (group, arm.method != "lora", arm.method), *(math.inf if x is None else x for x in numbers), arm.name
 
     return sorted(arms, key=key)

@@ -77,14 +77,15 @@ def plot_ndcg_vs_cost(path: Path, protocol: Protocol, baseline: Arm | None, cost
     fig, ax = _figure()
     points = [(c, _cost(c, cost)) for c in _estimated(protocol)]
     points = [(c, x) for c, x in points if x is not None and x > 0]
-    for method in sorted({c.method for c, _ in points}, key=lambda m: (m == "full", m)):
+    colors = iter(["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"])
+    for method in sorted({c.method for c, _ in points}, key=lambda m: (m == "full", m != "lora", m)):
         group = [(c, x) for c, x in points if c.method == method]
         ax.errorbar(
             [x for _, x in group],
             [c.estimate.mean for c, _ in group],
             yerr=_yerr([c.estimate for c, _ in group]),
             fmt="o",
-            color="tab:red" if method == "full" else None,
+            color="tab:red" if method == "full" else next(colors, "tab:cyan"),
             capsize=3,
             label="full fine-tune" if method == "full" else method,
         )

@@ -1,4 +1,4 @@
-"""Stage 2: fine-tune a sentence-transformers model with a LoRA adapter or fully, with one recipe for both.
+"""Stage 2: fine-tune a sentence-transformers model with a peft adapter (LoRA, DoRA, IA3, ...) or fully, one recipe.
 
 Reads like sentence-transformers' training_gooaq_lora.py, with the values from the config.
 """
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from datasets import load_from_disk
-from peft import LoraConfig, TaskType
 from sentence_transformers import (
     SentenceTransformer,
     SentenceTransformerModelCardData,
@@ -28,11 +27,13 @@ from transformers import set_seed
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from pipeline.adapter_configs import hyperparameters
 from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
 from pipeline.console import CompactProgress
 from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
 from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
+from pipeline.peft_methods import peft_config, save_adapter_fixes
 from pipeline.stages.model_card import card_values
 
 
@@ -48,7 +49,7 @@ def finetune(
     cache_dir: Path | None = None,
 ) -> dict:
     set_seed(train.seed)  # the adapter's initialisation and the data order
-    lora = ft.method == Method.lora
+    adapter = ft.method != Method.full
     device, precision = device_and_precision(train.precision.value)
     card = card_values(model_cfg, data_cfg, ft)  # language, license, title: the model_card stage can change them
 
@@ -64,17 +65,9 @@ def finetune(
         model.max_seq_length = model_cfg.max_seq_length
     total_params = sum(p.numel() for p in model.parameters())
 
-    # 3. Create a LoRA adapter for the model & add it (the full arm trains every weight instead)
-    if lora:
-        peft_config = LoraConfig(
-            task_type=TaskType.FEATURE_EXTRACTION,
-            inference_mode=False,
-            r=ft.r,
-            lora_alpha=ft.alpha,
-            lora_dropout=ft.dropout,
-            target_modules=list(ft.target_modules) if ft.target_modules else None,
-        )
-        model.add_adapter(peft_config)
+    # 3. Create an adapter (LoraConfig, IA3Config, ... from finetune.method) & add it (the full arm trains every weight)
+    if adapter:
+        model.add_adapter(peft_config(ft, model.transformers_model))
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # 4. Load the prepared (question, answer) pairs
@@ -132,9 +125,10 @@ def finetune(
     last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
 
-    # 9. Save the trained model: the adapter alone for LoRA, every weight for the full arm
+    # 9. Save the trained model: the adapter alone for an adapter method, every weight for the full arm
     model.save_pretrained(str(out / "model"))  # safetensors
-    if lora:
+    if adapter:
+        save_adapter_fixes(out / "model")  # DoRA's magnitudes under the key transformers' load_adapter reads
         portable_adapter_config(out / "model", model_cfg)
     reload_diff = _reload_difference(
         model, model_cfg, out / "model", train_dataset[: min(8, len(train_dataset))], precision
@@ -142,7 +136,7 @@ def finetune(
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     shutil.rmtree(args.output_dir, ignore_errors=True)  # checkpoints only serve a resume; the model is saved
 
-    weights = out / "model" / ("adapter_model.safetensors" if lora else "model.safetensors")
+    weights = out / "model" / ("adapter_model.safetensors" if adapter else "model.safetensors")
     summary = {
         "method": ft.method.value,
         "card": card,
@@ -163,7 +157,7 @@ def finetune(
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_loss": result.metrics.get("train_loss"),
     }
-    if lora:  # adapter facts from the adapter's own state dict (get_adapter_state_dict)
+    if adapter:  # adapter facts from the adapter's own state dict (get_adapter_state_dict)
         facts = adapter_facts(model)
         summary.update(
             trainable_params=facts["adapter_params"],
@@ -171,6 +165,8 @@ def finetune(
             adapter_params=facts["adapter_params"],
             weights_mb=facts["adapter_mb"],
             target_modules=facts["target_modules"],
+            peft_type=facts["peft_type"],
+            hyperparameters=hyperparameters(ft),
         )
     return summary
 

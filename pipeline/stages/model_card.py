@@ -5,17 +5,31 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pipeline.adapter_configs import hyperparameters
 from pipeline.config import DataConfig, FinetuneConfig, Method, ModelConfig
+from pipeline.peft_methods import MERGEABLE
+
+METHOD_NAMES = {
+    Method.lora: "LoRA adapter (peft LoraConfig)",
+    Method.dora: "DoRA adapter (peft LoraConfig, use_dora=True)",
+    Method.rslora: "rsLoRA adapter (peft LoraConfig, use_rslora=True)",
+    Method.ia3: "(IA)³ adapter (peft IA3Config)",
+    Method.loha: "LoHa adapter (peft LoHaConfig)",
+    Method.lokr: "LoKr adapter (peft LoKrConfig)",
+    Method.full: "full fine-tuning",
+}
 
 
 def card_values(model_cfg: ModelConfig, data_cfg: DataConfig, ft: FinetuneConfig) -> dict[str, str]:
     """The card's language, license and title: set on the model before training, and re-applied here, so that card
     text can change without retraining (the finetune stage's key leaves it out)."""
-    lora = ft.method == Method.lora
+    adapter = Method(ft.method) != Method.full
     data = Path(data_cfg.path)
     if data.parent.name == "snapshots":  # a Hub dataset read from its cached snapshot: named by its repo
         data = Path(data.parent.parent.name.split("--")[-1])
-    name = model_cfg.card_model_name or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {data.name} pairs"
+    name = model_cfg.card_model_name or (
+        f"{model_cfg.name} {Method(ft.method).value + ' adapter ' if adapter else ''}finetuned on {data.name} pairs"
+    )
     return {"language": model_cfg.card_language, "license": model_cfg.card_license, "model_name": name}
 
 
@@ -53,13 +67,15 @@ def model_card(
         "|---|---|",
         f"| Base model | `{model_cfg.name}` |",
         f"| Base model revision | `{trained.get('base_revision') or 'as loaded (local dir)'}` |",
-        f"| Method | {'LoRA adapter (peft)' if ft.method == Method.lora else 'full fine-tuning'} |",
+        f"| Method | {METHOD_NAMES[Method(ft.method)]} |",
     ]
-    if ft.method == Method.lora:
-        lines += [
-            f"| r / alpha / dropout | {ft.r} / {ft.alpha} / {ft.dropout} |",
-            f"| Target modules | {', '.join(trained['target_modules'])} |",
-        ]
+    if ft.method != Method.full:
+        lines += [f"| `finetune.{k}` | {_value(v)} |" for k, v in hyperparameters(ft).items() if k != "target_modules"]
+        lines.append(f"| Target modules | {', '.join(trained['target_modules'])} (`{_value(ft.target_modules)}`) |")
+        mergeable = trained.get("peft_type") in MERGEABLE
+        lines.append(
+            f"| Merge into the base | {'yes: `python -m pipeline.tools.export ADAPTER_DIR OUT_DIR`' if mergeable else 'no'} |"
+        )
     lines += [
         f"| Trainable parameters | {trained['trainable_params']:,} ({trained['trainable_percent']:.2f}% of "
         f"{trained['total_params']:,}) |",
@@ -89,3 +105,9 @@ def model_card(
     out.mkdir(parents=True, exist_ok=True)
     (out / "README.md").write_text(card.rstrip() + "\n" + "\n".join(lines) + "\n")
     return {"path": "README.md"}
+
+
+def _value(value) -> str:
+    if value is None:
+        return "peft's default for the architecture"
+    return ", ".join(value) if isinstance(value, list) else str(value)

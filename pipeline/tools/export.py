@@ -1,9 +1,10 @@
-"""Merge a LoRA adapter into its base: a standalone sentence-transformers dir, no PEFT needed to load it.
+"""Merge an adapter (LoRA, DoRA, rsLoRA, IA3, LoHa, LoKr) into its base: a standalone sentence-transformers dir.
 
     python -m pipeline.tools.export ADAPTER_DIR OUT_DIR [--base LOCAL_BASE_DIR]
 
-peft's `merge_and_unload()` adds each B·A·(alpha/r) to the weight it adapts, so the merged model computes what the
-adapter model computed, at the base model's cost.
+peft's `merge_and_unload()` folds the adapter into the weights it adapts (LoRA adds B·A·alpha/r), so the merged model
+computes what the adapter model computed, at the base model's cost, and loads without peft. An adapter type peft
+cannot merge is refused in one line (`pipeline.peft_methods.MERGEABLE`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 
 from pipeline.models import merge_adapter_into
+from pipeline.peft_methods import check_mergeable
 from pipeline.tools.adapters import load_with_local_base
 
 SENTENCES = [
@@ -37,6 +39,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_path: str |
     Returns where it wrote and the max embedding difference between the saved merged model and the adapter model.
     """
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
+    check_mergeable(adapter_dir)
     if (out_dir / "adapter_config.json").exists() or out_dir.resolve() == adapter_dir.resolve():
         raise FileExistsError(f"{out_dir} holds an adapter: merge into a new dir")
     # 1. Load the adapter model: its modules, tokenizer and sequence length come from the adapter dir
@@ -60,7 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("out_dir", help="where to write the merged sentence-transformers model")
     parser.add_argument("--base", default=None, help="a local copy of the base model, instead of the recorded one")
     args = parser.parse_args(argv)
-    result = merge_adapter(args.adapter_dir, args.out_dir, args.base)
+    try:
+        result = merge_adapter(args.adapter_dir, args.out_dir, args.base)
+    except ValueError as error:  # not mergeable: one line, no traceback
+        parser.exit(2, f"error: {error}\n")
     print(f"wrote merged model to {result['path']}")
     print(f"max |merged - adapter| embedding diff on {result['sentences']} sentences: {result['max_abs_diff']:.3g}")
     return result

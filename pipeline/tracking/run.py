@@ -26,6 +26,8 @@ from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.adapter_configs import hyperparameters
+from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.tracking.ui import describe_experiment
@@ -82,7 +84,7 @@ def run_name(cfg: DictConfig) -> str:
     """e.g. `lora-r16-a32-lr2e-4-s12`, `full-lr2e-5-s12`: the method, its hyper-parameters, learning rate and seed."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    method = f"lora-r{cfg.finetune.r}-a{cfg.finetune.alpha}" if cfg.finetune.method == Method.lora else "full"
+    method = method_run_name(cfg.finetune)  # lora-r16-a32, dora-r8-a8, ia3, lokr-r8-a8-all-linear, full
     return f"{method}-lr{short_float(cfg.train.lr)}-s{cfg.train.seed}"
 
 
@@ -90,6 +92,13 @@ def short_float(x: float) -> str:
     """1e-4 -> '1e-4', 2.5e-05 -> '2.5e-5', 0.5 -> '5e-1'."""
     mantissa, exponent = f"{x:e}".split("e")
     return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def method_tags(cfg: DictConfig) -> dict[str, str]:
+    """`method` and each of its hyper-parameters as `method.<key>` (e.g. method.r, method.target_modules)."""
+    tags = {"method": Method(cfg.finetune.method).value}
+    tags.update({f"method.{k}": str(v) for k, v in hyperparameters(cfg.finetune).items()})
+    return tags
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:
@@ -323,7 +332,7 @@ def pipeline_run(
             print(f"[pipeline] resuming the interrupted MLflow run {run_id} of this config", file=sys.stderr)
         else:
             run_tags = {
-                "method": Method(cfg.finetune.method).value,
+                **method_tags(cfg),
                 "base_model": cfg.model.name,
                 "pipeline.config_hash": key,
                 **{f"source.{group}": value for group, value in found.items()},  # content hash or Hub id@SHA

@@ -1,0 +1,112 @@
+"""The finetune config turned into the `PeftConfig` that `SentenceTransformer.add_adapter` takes, and what each saved
+adapter needs to load back exactly.
+
+One function per concern: `peft_config` (config -> PeftConfig), `save_adapter_fixes` (a saved dir made loadable by
+transformers' `load_adapter`), `MERGEABLE` (the peft types whose adapters merge into the base weights).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, TaskType
+from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
+from torch import nn
+
+from pipeline.adapter_configs import ALL_LINEAR, Method
+
+# peft types whose adapters `merge_and_unload()` folds into the base weights (checked by tests/test_adapter_methods.py
+# and by `python -m pipeline.tools.method_table`, which merges each method and compares embeddings)
+MERGEABLE = {"LORA", "IA3", "LOHA", "LOKR"}
+
+
+def peft_config(ft, model: nn.Module) -> PeftConfig:
+    """The PeftConfig of `ft` (a finetune config of an adapter method) for `model` (the transformers model)."""
+    method = Method(ft.method)
+    targets = _targets(ft.target_modules)
+    common = {"task_type": TaskType.FEATURE_EXTRACTION, "inference_mode": False, "target_modules": targets}
+    if method in (Method.lora, Method.dora, Method.rslora):
+        return LoraConfig(
+            r=ft.r,
+            lora_alpha=ft.alpha,
+            lora_dropout=ft.dropout,
+            use_dora=method == Method.dora,
+            use_rslora=method == Method.rslora,
+            **common,
+        )
+    if method == Method.ia3:
+        feedforward = list(ft.feedforward_modules) if ft.feedforward_modules else None
+        if targets == ALL_LINEAR:  # peft checks feedforward ⊆ targets on names: give both as full module names
+            targets = linear_modules(model)
+            suffixes = feedforward or TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(
+                model.config.model_type, []
+            )
+            feedforward = [name for name in targets if any(_matches(name, s) for s in suffixes)]
+            common["target_modules"] = targets
+        return IA3Config(feedforward_modules=feedforward, **common)
+    if method == Method.loha:
+        return LoHaConfig(
+            r=ft.r, alpha=ft.alpha, rank_dropout=ft.rank_dropout, module_dropout=ft.module_dropout, **common
+        )
+    if method == Method.lokr:
+        return LoKrConfig(
+            r=ft.r,
+            alpha=ft.alpha,
+            rank_dropout=ft.rank_dropout,
+            module_dropout=ft.module_dropout,
+            decompose_both=ft.decompose_both,
+            decompose_factor=ft.decompose_factor,
+            **common,
+        )
+    raise ValueError(f"finetune={method.value} is not an adapter method")
+
+
+def _targets(value):
+    if value is None or isinstance(value, str):
+        return value  # None: peft's default for the architecture; "all-linear"
+    return list(value)
+
+
+def _matches(name: str, suffix: str) -> bool:
+    return name == suffix or name.endswith("." + suffix)
+
+
+def linear_modules(model: nn.Module) -> list[str]:
+    """Every nn.Linear of the model but its output layer: what peft's `all-linear` selects."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear) and module is not output]
+
+
+def save_adapter_fixes(model_dir: Path) -> None:
+    """Make a saved DoRA adapter load back through transformers' `load_adapter` (SentenceTransformer(dir) uses it).
+
+    peft saves DoRA's magnitude vectors as `<layer>.lora_magnitude_vector`; transformers 5.23's key mapping renames
+    that to `...lora_magnitude_vector.default`, while the parameter is `...lora_magnitude_vector.default.weight`, so
+    the magnitudes silently stay at their initial values. Saved as `<layer>.lora_magnitude_vector.weight`, they load
+    right through transformers and through peft's own `PeftModel.from_pretrained` (tests/test_adapter_methods.py).
+    """
+    config = json.loads((model_dir / "adapter_config.json").read_text())
+    weights = model_dir / "adapter_model.safetensors"
+    if not config.get("use_dora") or not weights.is_file():
+        return
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(weights)
+    if any(key.endswith(".lora_magnitude_vector") for key in state):
+        state = {key + (".weight" if key.endswith(".lora_magnitude_vector") else ""): t for key, t in state.items()}
+        save_file(state, weights, metadata={"format": "pt"})
+
+
+def peft_type_of(adapter_dir: str | Path) -> str:
+    return str(json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("peft_type", "unknown"))
+
+
+def check_mergeable(adapter_dir: str | Path) -> None:
+    """Refuse, in one line, an adapter whose type peft cannot merge into the base weights."""
+    peft_type = peft_type_of(adapter_dir)
+    if peft_type not in MERGEABLE:
+        raise ValueError(
+            f"{adapter_dir} is a {peft_type} adapter, which peft cannot merge into the base weights "
+            f"(mergeable: {', '.join(sorted(MERGEABLE))}); load it with its base instead"
+        )
