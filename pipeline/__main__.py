@@ -17,7 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
-from pipeline.validate import ConfigError, check_group_options, precompose, validate
+from pipeline.overrides import check_group_options, precompose
+from pipeline.validate import ConfigError, validate
 
 register_configs()
 CONF = Path(__file__).resolve().parent.parent / "conf"
