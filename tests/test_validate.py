@@ -95,7 +95,8 @@ def _bad_data(tmp_path):
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     overrides, names, allowed = CASES[case]
-    overrides = [o.format(qa=tiny_qa, **_bad_data(tmp_path)) for o in overrides]
+    bad = _bad_data(tmp_path)
+    overrides = [o.format(qa=tiny_qa, **bad) for o in overrides]
     outputs = tmp_path / "outputs"
     base = [
         f"model.name={tiny_model}",
