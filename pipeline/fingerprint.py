@@ -81,6 +81,8 @@ def dir_fingerprint(path: str | os.PathLike, memo_file: str | os.PathLike | None
             before = {rel: memo.get(str(file)) for rel, file in files}
             digests = [(rel, _file_digest(file, memo)) for rel, file in files]
             if any(memo.get(str(file)) != before[rel] for rel, file in files):
+                for gone in [p for p in memo if not os.path.exists(p)]:  # files deleted since: forgotten
+                    del memo[gone]
                 tmp = memo_path.with_suffix(".tmp")
                 tmp.write_text(json.dumps(memo))
                 os.replace(tmp, memo_path)

@@ -174,7 +174,9 @@ def tiny_cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch):
+def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the per-file digest memo (pipeline.fingerprint.digest_memo) of the tests' temp dirs stays out of ~/.cache
+    monkeypatch.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PIPELINE_OUTPUTS", str(ROOT / "outputs"))

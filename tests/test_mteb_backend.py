@@ -127,7 +127,7 @@ class _Client:
 def test_tracking_tags_backend_and_version(tiny_both):
     st, mt, out = tiny_both
     client = _Client()
-    run = PipelineRun(client, "run", cfg=None, found_sources={})
+    run = PipelineRun(client, "run", cfg=None)
     run._log_evaluation(StageOutput("baseline", "k", out / "st", st, "ran", 0.0), "baseline_", "evaluation/baseline")
     run._log_evaluation(StageOutput("evaluate", "k", out / "mteb", mt, "ran", 0.0), "", "evaluation")
     assert client.tags["baseline_eval.backend"] == "sentence_transformers"

@@ -220,8 +220,8 @@ def _now_ms() -> int:
 class PipelineRun:
     """One MLflow run for one pipeline run: params and tags up front, then what each stage produces."""
 
-    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict[str, str]):
-        self.client, self.run_id, self.cfg, self.sources = client, run_id, cfg, found_sources
+    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict | None = None):
+        self.client, self.run_id, self.cfg, self.sources = client, run_id, cfg, found_sources or {}
         self.base: dict[str, dict] = {}  # the base model's results, for what fine-tuning learned and forgot
 
     def on_stage(self, output: StageOutput) -> None:
