@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
 from pipeline.fingerprint import sources
+from pipeline.launch.gpus import gpu_of_this_job
+from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.tracking.progress import MLflowTrainerCallback
 from pipeline.tracking.run import pipeline_run, tracking_uri
@@ -32,13 +35,22 @@ def quiet_libraries() -> None:
 
 
 def run(cfg: DictConfig) -> float | None:
+    # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
+    with (
+        gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
+        requeue_when_interrupted(),
+    ):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     uri = tracking_uri(cfg)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
-    tags = {"device": device, "precision": precision}
+    tags = {"device": device, "precision": precision, **slurm_tags()}
     sweep = sweep_of_this_job()
     if sweep is not None:  # a job of a multirun: a child of the sweep's parent run
         tags.update({"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]})

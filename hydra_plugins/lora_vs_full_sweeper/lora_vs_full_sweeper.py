@@ -12,6 +12,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 
 from pipeline.launch.grid import lora_vs_full_jobs
+from pipeline.launch.prefix import run_shared_prefix
 
 
 @dataclass
@@ -27,5 +28,6 @@ ConfigStore.instance().store(group="hydra/sweeper", name="lora_vs_full", node=Lo
 class LoraVsFullSweeper(BasicSweeper):
     def split_arguments(self, overrides, max_batch_size):  # type: ignore[override]
         jobs = lora_vs_full_jobs(BasicSweeper.split_arguments(overrides, None)[0])
+        run_shared_prefix(self.config, self.hydra_context.config_loader, jobs)  # before any job starts
         size = max_batch_size or len(jobs)
         return [jobs[i : i + size] for i in range(0, len(jobs), size)]

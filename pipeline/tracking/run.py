@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -71,7 +72,12 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
             return experiment.experiment_id
         # Artifacts beside the DB, not in the working directory
         location = (db.parent / "mlartifacts" / name).as_uri() if db else None
-        exp_id = client.create_experiment(name, artifact_location=location)
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:  # a tracking server: another job created it first (no file lock there)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
         describe_experiment(client, exp_id)  # the comparison (NDCG@10, method, r, alpha) as the UI's default view
         return exp_id
 
