@@ -17,12 +17,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 
 def job_configs(config: DictConfig, config_loader: Any, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:
-    """Each job's config as its launcher composes it (the sweep's config plus the job's overrides)."""
-    return [config_loader.load_sweep_config(config, list(job)) for job in jobs]
+    """Each job's config as its launcher composes it (the sweep's config plus the job's overrides), without the
+    `hydra` node, which only resolves inside a running job (as the task function's config)."""
+    configs = []
+    for job in jobs:
+        cfg = config_loader.load_sweep_config(config, list(job))
+        with open_dict(cfg):
+            del cfg["hydra"]
+        configs.append(cfg)
+    return configs
 
 
 def pending(configs: list[DictConfig]) -> list[DictConfig]:
@@ -43,8 +50,8 @@ def pending(configs: list[DictConfig]) -> list[DictConfig]:
 
 
 def shared_stages(configs: list[DictConfig]) -> list[str]:
-    """The stages whose key is the same in every config (so are their inputs'), in DAG order."""
-    from pipeline.dag import DAG, stage_key
+    """The stages every config runs (up to its `run.until`) with the same key (so are their inputs'), in DAG order."""
+    from pipeline.dag import DAG, stage_key, stages_until
     from pipeline.fingerprint import sources
 
     fingerprints: dict[str, dict[str, str]] = {}  # by the groups' values: a dir is hashed once, not once per job
@@ -57,12 +64,12 @@ def shared_stages(configs: list[DictConfig]) -> list[str]:
 
     keys: list[dict[str, str]] = [{} for _ in configs]
     for job_keys, cfg in zip(keys, configs, strict=True):
-        for stage in DAG:
+        for stage in stages_until(cfg.run.until):
             upstream = {name: job_keys[name] for name in stage.inputs}
             job_keys[stage.name] = stage_key(stage, cfg, upstream, found(cfg))
     shared: list[str] = []
     for stage in DAG:
-        same = len({job_keys[stage.name] for job_keys in keys}) == 1
+        same = len({job_keys.get(stage.name) for job_keys in keys}) == 1 and stage.name in keys[0]
         if same and all(name in shared for name in stage.inputs):
             shared.append(stage.name)
     return shared
