@@ -200,7 +200,7 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
 ):
     tiny = (tiny_model, tiny_qa, tiny_nanobeir)
-    training = ["train.max_steps=150", "train.save_steps=10", "train.eval_steps=null", "train.logging_steps=10"]
+    training = ["train.max_steps=50", "train.save_steps=10", "train.eval_steps=null", "train.logging_steps=10"]
     experiment = ["tracking.experiment=requeue"]
     proc = _slurm_sweep(
         tmp_path,
@@ -239,4 +239,4 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
     assert run.data.tags["slurm.job_id"] == job and run.data.tags["slurm.restart_count"] == "1"
     assert int(run.data.tags["resumed_from"].split("-")[1]) >= 10
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
-    assert steps[-1] == 150 and sorted(set(steps)) == list(range(10, 151, 10))
+    assert steps[-1] == 50 and sorted(set(steps)) == list(range(10, 51, 10))

@@ -297,8 +297,8 @@ def pipeline_run(
         with _sigterm_as_interrupt():
             try:
                 yield PipelineRun(client, run_id, cfg)
-            except KeyboardInterrupt:
-                client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
+            except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
+                client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
                 raise
             except BaseException as error:
