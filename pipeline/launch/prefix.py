@@ -50,7 +50,7 @@ def pending(configs: list[DictConfig]) -> list[DictConfig]:
 
 
 def shared_stages(configs: list[DictConfig]) -> list[str]:
-    """The stages every config runs (up to its `run.until`) with the same key (so are their inputs'), in DAG order."""
+    """The stages every config runs (up to its `run.until`) with the same key, in DAG order."""
     from pipeline.dag import DAG, stage_key, stages_until
     from pipeline.fingerprint import sources
 
@@ -67,12 +67,8 @@ def shared_stages(configs: list[DictConfig]) -> list[str]:
         for stage in stages_until(cfg.run.until):
             upstream = {name: job_keys[name] for name in stage.inputs}
             job_keys[stage.name] = stage_key(stage, cfg, upstream, found(cfg))
-    shared: list[str] = []
-    for stage in DAG:
-        same = len({job_keys.get(stage.name) for job_keys in keys}) == 1 and stage.name in keys[0]
-        if same and all(name in shared for name in stage.inputs):
-            shared.append(stage.name)
-    return shared
+    # a key covers its upstream keys: a stage downstream of one that differs differs too
+    return [s.name for s in DAG if s.name in keys[0] and len({job_keys.get(s.name) for job_keys in keys}) == 1]
 
 
 def run_shared_prefix(config: DictConfig, config_loader: Any, jobs: Sequence[Sequence[str]]) -> dict[str, str]:

@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     command = server_command(args.host, args.port, args.backend_store_uri, args.artifacts_destination, args.workers)
     url_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     print(f"[pipeline] MLflow tracking server: jobs log with tracking.uri=http://{url_host}:{args.port}", flush=True)
+    # MLflow's job runner (GenAI scorer jobs: seven task-queue consumers) serves nothing this pipeline logs
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(command[0], command)
 
 
