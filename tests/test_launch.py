@@ -150,3 +150,23 @@ def test_outside_slurm_an_interrupt_is_only_an_interrupt(monkeypatch):
     with pytest.raises(KeyboardInterrupt), slurm.requeue_when_interrupted():
         raise KeyboardInterrupt
     assert fake.calls == [] and slurm.slurm_tags() == {}
+
+
+def test_submitits_requeue_exit_ends_the_run_killed_so_the_requeued_job_resumes_it(tiny_cfg, monkeypatch):
+    """Near a SLURM time limit submitit requeues the job and calls sys.exit inside the training: the run must end
+    KILLED (resumable by the requeued job), not FAILED (which the next attempt would not resume)."""
+    from mlflow.tracking import MlflowClient
+
+    import pipeline.stages.finetune as finetune_module
+    from pipeline.app import run
+
+    def requeued_by_submitit(*args, **kwargs):
+        sys.exit(-1)
+
+    monkeypatch.setattr(finetune_module.SentenceTransformerTrainer, "train", requeued_by_submitit)
+    cfg = tiny_cfg()
+    with pytest.raises(SystemExit):
+        run(cfg)
+    client = MlflowClient(f"sqlite:///{cfg.paths.outputs}/../mlflow.db")
+    (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert r.info.status == "KILLED"
