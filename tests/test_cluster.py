@@ -145,7 +145,8 @@ def _slurm_sweep(tmp_path, tiny, slurm, server, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _finish(proc: subprocess.Popen, tmp_path: Path, slurm, timeout: float = 600) -> str:
+def _finish(proc: subprocess.Popen, tmp_path: Path, slurm, timeout: float = 1500) -> str:
+    """Wait for the sweep (minutes on quiet cores; much longer on 2 cores shared with other work)."""
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
