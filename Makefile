@@ -1,5 +1,6 @@
 # lora-vs-full: is a LoRA adapter as good as a full fine-tune for my embedding model, and at which rank?
-# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, BENCH_ARGS, HOST, PORT.
+# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, BENCH_ARGS, HOST, PORT,
+# SERVER_PORT, BACKEND_STORE_URI.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -12,10 +13,12 @@ COMPARE_ARGS ?=
 BENCH_ARGS  ?=
 HOST        ?= 127.0.0.1
 PORT        ?= 5000
+SERVER_PORT ?= 5001
+BACKEND_STORE_URI ?= sqlite:///$(abspath $(OUTPUTS))/server/mlflow.db
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo run sweep compare reproduce reproduce-mini bench test test-fast lint ui clean
+.PHONY: help install demo run sweep compare reproduce reproduce-mini bench test test-fast test-cluster lint ui server clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -58,12 +61,19 @@ test: ## the whole test suite (the CI command)
 test-fast: ## the tests that train nothing real (seconds to a few minutes)
 	$(BIN)/python -m pytest -q -m "not slow"
 
+test-cluster: ## tracking server, sweep through a live single-node SLURM cluster, requeue (needs slurm-wlm, munge)
+	$(BIN)/python -m pytest -q tests/test_cluster.py tests/test_launch.py
+
 lint: ## ruff lint and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 ui: ## MLflow UI on $(HOST):$(PORT) over $(OUTPUTS)/mlflow.db, with the URL of the LoRA-vs-full comparison
 	PIPELINE_OUTPUTS="$(OUTPUTS)" $(BIN)/python -m pipeline.tracking.ui --host $(HOST) --port $(PORT)
+
+server: ## MLflow tracking server on $(HOST):$(SERVER_PORT) for jobs on other machines: tracking.uri=http://HOST:PORT
+	PIPELINE_OUTPUTS="$(OUTPUTS)" $(BIN)/python -m pipeline.launch.server --host $(HOST) --port $(SERVER_PORT) \
+		--backend-store-uri "$(BACKEND_STORE_URI)"
 
 clean: ## remove run outputs, stage caches and the MLflow DB under $(OUTPUTS)
 	rm -rf $(OUTPUTS)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
 from pipeline.fingerprint import sources
+from pipeline.launch.gpus import gpu_of_this_job
+from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.tracking.progress import MLflowTrainerCallback
 from pipeline.tracking.run import pipeline_run, run_name, tracking_uri
@@ -51,13 +54,22 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
 
 
 def run(cfg: DictConfig) -> float | None:
+    # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
+    with (
+        gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
+        requeue_when_interrupted(),
+    ):
+        return _run(cfg)
+
+
+def _run(cfg: DictConfig) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     uri = tracking_uri(cfg)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
-    tags = {"device": device, "precision": precision, **sweep_tags()}
+    tags = {"device": device, "precision": precision, **sweep_tags(), **slurm_tags()}
     sweep = sweep_of_this_job()
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:

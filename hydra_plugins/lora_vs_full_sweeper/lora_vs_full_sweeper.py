@@ -33,6 +33,7 @@ from pipeline.launch.grid import (
     with_learning_rates,
     with_seed,
 )
+from pipeline.launch.prefix import run_shared_prefix
 from pipeline.launch.selection import Candidate, select
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class LoraVsFullSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         grid = self.grid(arguments)
+        run_shared_prefix(self.config, self.hydra_context.config_loader, grid)  # before any job starts
         returns = [self.launch(grid, initial_job_idx=0)]
         if len(self.seeds) > 1 and not self.seeded_by_user:
             chosen = self.selected(grid, returns[0])

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -75,7 +76,12 @@ def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
             return experiment.experiment_id
         # Artifacts beside the DB, not in the working directory
         location = (db.parent / "mlartifacts" / name).as_uri() if db else None
-        exp_id = client.create_experiment(name, artifact_location=location)
+        try:
+            exp_id = client.create_experiment(name, artifact_location=location)
+        except MlflowException as error:  # a tracking server: another job created it first (no file lock there)
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return client.get_experiment_by_name(name).experiment_id
         describe_experiment(client, exp_id)  # the comparison (NDCG@10, method, r, alpha) as the UI's default view
         return exp_id
 
@@ -350,8 +356,8 @@ def pipeline_run(
         with _sigterm_as_interrupt():
             try:
                 yield PipelineRun(client, run_id, cfg, found)
-            except KeyboardInterrupt:
-                client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
+            except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
+                client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
                 raise
             except BaseException as error:
