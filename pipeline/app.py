@@ -24,7 +24,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    for name in ("sentence_transformers", "datasets", "mlflow", "alembic", "filelock"):
+    # httpx / httpcore: the Hub client's `HTTP Request: HEAD ...` line per file it checks (70-150 per run)
+    for name in (
+        "sentence_transformers",
+        "datasets",
+        "mlflow",
+        "alembic",
+        "filelock",
+        "httpx",
+        "httpcore",
+        "huggingface_hub",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()

@@ -100,6 +100,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite DB under paths.outputs
     experiment: str = "lora-vs-full"
     run_name: str | None = None  # None: from the method and overrides, e.g. lora-r16-a32
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, GPU where found) on the run, every 10 s
 
 
 @dataclass

@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import Method
 from pipeline.fingerprint import config_hash, sources
+from pipeline.tracking.datasets import evaluation_input, log_data_inputs, training_input
+from pipeline.tracking.system_metrics import system_metrics
 from pipeline.tracking.ui import describe_experiment
 
 if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
@@ -35,7 +37,8 @@ if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must n
 
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)
 METRIC = "nanobeir_mean_ndcg_at_10"  # what a run is compared by
-RUN_ONLY = ("run.skip_finished",)  # how to run, not what: not part of a run's identity
+RUN_ONLY = ("run.skip_finished", "tracking.system_metrics")  # how to run, not what: not part of a run's identity
+RUN_ONLY_GROUPS = ("hub.",)  # publishing a result does not change it
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
 
@@ -101,13 +104,23 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     return flat
 
 
+def method_params(params: dict[str, str]) -> dict[str, str]:
+    """The params a run's method uses, for the UI: a full fine-tune has no adapter keys (r, alpha, dropout, targets,
+    or any other method's `finetune.*` key), only `finetune.method`. The run's identity (`run_key`) keeps them all."""
+    if params.get("finetune.method") == Method.full.value:
+        return {k: v for k, v in params.items() if not k.startswith("finetune.") or k == "finetune.method"}
+    return dict(params)
+
+
 def run_key(cfg: DictConfig, found_sources: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
     """What makes two runs the same run: the resolved config, and what the data, evaluation sets and model hold
     (`found_sources`: the run's content fingerprints, `pipeline.fingerprint.sources`).
 
     Tagged `pipeline.config_hash`: a killed run resumes into the run of its key, a sweep skips a key that finished.
     """
-    params = {k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY}
+    params = {
+        k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY and not k.startswith(RUN_ONLY_GROUPS)
+    }
     return config_hash({"params": params, "sources": found_sources if found_sources is not None else sources(cfg)})
 
 
@@ -189,8 +202,10 @@ def _now_ms() -> int:
 class PipelineRun:
     """One MLflow run for one pipeline run: params and tags up front, then what each stage produces."""
 
-    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig):
+    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict[str, str] | None = None):
         self.client, self.run_id, self.cfg = client, run_id, cfg
+        self.sources = found_sources if found_sources is not None else sources(cfg)
+        self._eval_input_logged = False
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
@@ -199,6 +214,8 @@ class PipelineRun:
     def _log_prepare_data(self, output: StageOutput) -> None:
         r = output.result
         self.client.set_tag(self.run_id, "data.source", r["source"])
+        training = training_input(self.cfg.data, self.sources["data"], rows=r["train_rows"])
+        log_data_inputs(self.client, self.run_id, [training])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
 
     def _log_baseline(self, output: StageOutput) -> None:
@@ -230,6 +247,10 @@ class PipelineRun:
 
     def _log_evaluation(self, output: StageOutput, prefix: str, artifact_path: str) -> None:
         r = output.result
+        if not self._eval_input_logged:  # the baseline and the fine-tuned model read the same evaluation sets
+            evaluation = evaluation_input(self.cfg.eval, self.sources["eval"], r)
+            log_data_inputs(self.client, self.run_id, [evaluation])
+            self._eval_input_logged = True
         metrics = {f"{prefix}nanobeir_mean_ndcg_at_10": r["ndcg_at_10"]}
         metrics.update({f"{prefix}nanobeir_{n}_ndcg_at_10": v for n, v in r["per_dataset_ndcg_at_10"].items()})
         all_metrics = json.loads((output.dir / "metrics.json").read_text())
@@ -281,16 +302,18 @@ def pipeline_run(
                 **(tags or {}),
             }
             run_id = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags).info.run_id
-            batch = [Param(k, v) for k, v in params.items()]
+            batch = [Param(k, v) for k, v in method_params(params).items()]
             for i in range(0, len(batch), 100):
                 client.log_batch(run_id, params=batch[i : i + 100])
             with tempfile.TemporaryDirectory() as tmp:
                 resolved = Path(tmp) / "config.yaml"
                 resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
                 client.log_artifact(run_id, str(resolved))
+        monitor = system_metrics(uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
         with _sigterm_as_interrupt():
             try:
-                yield PipelineRun(client, run_id, cfg)
+                with monitor:
+                    yield PipelineRun(client, run_id, cfg, found_sources)
             except KeyboardInterrupt:
                 client.set_tag(run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
