@@ -32,7 +32,7 @@ from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Me
 from pipeline.console import CompactProgress
 from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
-from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
+from pipeline.models import adapter_facts, device_and_precision, display_name, load_model, model_source
 
 
 def finetune(
@@ -60,7 +60,7 @@ def finetune(
             language=model_cfg.card_language,
             license=model_cfg.card_license,
             model_name=model_cfg.card_model_name
-            or f"{model_cfg.name} {'adapter ' if lora else ''}finetuned on {Path(data_cfg.path).name} pairs",
+            or f"{display_name(model_cfg.name)} {'adapter ' if lora else ''}finetuned on {Path(data_cfg.path).name} pairs",
         ),
     )
     if model_cfg.max_seq_length:
