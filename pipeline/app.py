@@ -61,6 +61,12 @@ def run(cfg: DictConfig) -> float | None:
                 callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),),
                 on_stage=tracked.on_stage,
             )
+            if cfg.hub.push:  # after the card; validate() checked the repo id, the token and the network
+                from pipeline.stages.push import push
+
+                pushed = push(cfg.hub, cfg.model, outputs["finetune"].dir, outputs["model_card"].dir)
+                tracked.on_pushed(pushed)
+                print(f"[pipeline] pushed to {pushed['commit_url']}", file=sys.stderr)
     except Exception as error:
         if sweep is None:
             raise

@@ -245,6 +245,10 @@ class PipelineRun:
         # The completed card replaces the one sentence-transformers wrote into the logged model dir
         self.client.log_artifact(self.run_id, str(output.dir / "README.md"), "model")
 
+    def on_pushed(self, pushed: dict) -> None:
+        self.client.set_tag(self.run_id, "hub.repo_id", pushed["repo_id"])
+        self.client.set_tag(self.run_id, "hub.commit_url", str(pushed["commit_url"]))
+
     def _log_evaluation(self, output: StageOutput, prefix: str, artifact_path: str) -> None:
         r = output.result
         if not self._eval_input_logged:  # the baseline and the fine-tuned model read the same evaluation sets
