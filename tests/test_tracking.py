@@ -128,6 +128,14 @@ def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_p
     newest = client.search_runs([exp], order_by=["attributes.start_time DESC"])[0]
     (fewer,) = [i for i in logged_inputs(newest) if i["context"] == "training"]
     assert fewer["digest"] not in (again["digest"], training["digest"]) and fewer["profile"] == {"num_rows": 16}
+    # the held-out part of the same source (the dev set) is another dataset than the training part
+    from omegaconf import OmegaConf
+
+    from pipeline.tracking.datasets import dev_input, training_input
+
+    data_cfg = OmegaConf.to_object(cfg.data)
+    assert dev_input(data_cfg, "local:x", 8).digest != training_input(data_cfg, "local:x", 8).digest
+    assert dev_input(data_cfg, "local:x", 8).context == "dev"
 
 
 def test_a_run_logs_system_metrics(tiny_cfg, monkeypatch):

@@ -115,15 +115,25 @@ def dataset_name(path: str) -> str:
 
 def training_input(data, fingerprint: str, rows: int) -> DataInput:
     """The training pairs prepare_data selected from `data.path` (a `DataConfig`): its split sizes and seed."""
+    return _split_input(data, fingerprint, rows, part="train", context="training")
+
+
+def dev_input(data, fingerprint: str, rows: int) -> DataInput:
+    """The pairs prepare_data held out of `data.path` (the in-domain dev set): same source, another part of it."""
+    return _split_input(data, fingerprint, rows, part="held-out", context="dev")
+
+
+def _split_input(data, fingerprint: str, rows: int, part: str, context: str) -> DataInput:
     return DataInput(
         name=dataset_name(data.path),
         path=data.path,
-        context="training",
+        context=context,
         fingerprint=fingerprint,
         revision=data.revision,
         config_name=data.name,
         split=data.split,
         selection={
+            "part": part,  # the training rows and the held-out rows of one source are two datasets
             "columns": [data.question_column, data.answer_column],
             "eval_size": data.eval_size,
             "train_size": data.train_size,
