@@ -204,8 +204,15 @@ class PipelineRun:
 
     def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict[str, str] | None = None):
         self.client, self.run_id, self.cfg = client, run_id, cfg
-        self.sources = found_sources if found_sources is not None else sources(cfg)
+        self._sources = found_sources
         self._eval_input_logged = False
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """The run's content fingerprints (what its dataset inputs' digests are made of)."""
+        if self._sources is None:
+            self._sources = sources(self.cfg)
+        return self._sources
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
