@@ -15,7 +15,8 @@ from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.tracking.progress import MLflowTrainerCallback
-from pipeline.tracking.run import pipeline_run, run_name, tracking_uri
+from pipeline.tracking.run import pipeline_run, run_name
+from pipeline.tracking.store import tracking_uri
 from pipeline.tracking.sweep import sweep_of_this_job
 
 
@@ -27,7 +28,17 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    for name in ("sentence_transformers", "datasets", "mlflow", "alembic", "filelock"):
+    # httpx / httpcore: the Hub client's `HTTP Request: HEAD ...` line per file it checks (70-150 per run)
+    for name in (
+        "sentence_transformers",
+        "datasets",
+        "mlflow",
+        "alembic",
+        "filelock",
+        "httpx",
+        "httpcore",
+        "huggingface_hub",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     transformers.logging.set_verbosity_warning()
     transformers.logging.disable_progress_bar()
@@ -80,6 +91,12 @@ def _run(cfg: DictConfig) -> float | None:
                 callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),),
                 on_stage=tracked.on_stage,
             )
+            if cfg.hub.push:  # after the card; validate() checked the repo id, the token and the network
+                from pipeline.stages.push import push
+
+                pushed = push(cfg.hub, cfg.model, outputs["finetune"].dir, outputs["model_card"].dir)
+                tracked.on_pushed(pushed)
+                print(f"[pipeline] pushed to {pushed['commit_url']}", file=sys.stderr)
     except Exception as error:
         if sweep is None:
             raise

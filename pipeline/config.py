@@ -95,6 +95,7 @@ class TrackingConfig:
     uri: str | None = None  # None: sqlite DB under paths.outputs
     experiment: str = "lora-vs-full"
     run_name: str | None = None  # None: from the method and overrides, e.g. lora-r16-a32
+    system_metrics: bool = True  # MLflow's system metrics (CPU, memory, GPU where found) on the run, every 10 s
 
 
 @dataclass
@@ -112,6 +113,13 @@ class RunConfig:
 
 
 @dataclass
+class HubConfig:
+    push: bool = False  # publish the trained adapter or model, with its completed card, after the model_card stage
+    repo_id: str | None = None  # "<user or org>/<name>" on the Hugging Face Hub
+    private: bool = False  # create the repo private (an existing repo keeps its visibility)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +129,7 @@ class Config:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 def register_configs() -> None:

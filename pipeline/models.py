@@ -36,6 +36,23 @@ def model_source(name: str) -> str:
     return name
 
 
+def hub_model_id(name: str) -> str | None:
+    """`name` when it is a Hub id (what a model card's `base_model` may hold), None for a local dir or path."""
+    if (
+        os.path.isdir(name)
+        or name.startswith(("/", "./", "../", "~"))
+        or name.count("/") > 1
+        or os.sep + os.sep in name
+    ):
+        return None
+    return name
+
+
+def display_name(name: str) -> str:
+    """A model for people to read: its Hub id, or a local dir's name (never this machine's path)."""
+    return hub_model_id(name) or Path(name).name
+
+
 def device_and_precision(precision: str = "auto") -> tuple[str, str]:
     """Pick the device and the training precision from the hardware: bf16 where CUDA supports it, fp32 on CPU."""
     import torch

@@ -61,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     _check_data(cfg)
     _check_eval(cfg)
     _check_model(cfg)
+    _check_hub_push(cfg)  # before the tracking check, which creates a sqlite store
     _check_tracking(cfg)
     _check_precision(cfg)
 
@@ -299,7 +300,7 @@ def _check_tracking(cfg: DictConfig) -> None:
             f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}"
         )
     if scheme == "sqlite":
-        from pipeline.tracking.run import client_for
+        from pipeline.tracking.store import client_for
 
         try:
             client_for(uri)  # creates the DB once, or opens it
@@ -314,6 +315,56 @@ def _check_tracking(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"tracking.uri={uri} cannot be opened: the MLflow server does not answer ({error})"
             ) from error
+
+
+def _check_hub_push(cfg: DictConfig) -> None:
+    """hub.push=true needs a valid repo id, the whole DAG, a token and the Hub: all checked before any training."""
+    hub = cfg.hub
+    if not hub.push:
+        return
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not hub.repo_id or "/" not in hub.repo_id:
+        raise ConfigError(f"hub.push=true needs hub.repo_id=<user or org>/<name>; got hub.repo_id={hub.repo_id}")
+    try:
+        validate_repo_id(hub.repo_id)
+    except HFValidationError as error:
+        raise ConfigError(
+            f"hub.repo_id={hub.repo_id} is not a valid Hub repo id: {str(error).splitlines()[0]}"
+        ) from None
+    if cfg.run.until is not None and cfg.run.until != "model_card":
+        raise ConfigError(f"hub.push=true pushes the model with its card: run.until={cfg.run.until} stops before it")
+    if _in_multirun():
+        raise ConfigError(
+            "hub.push=true in a sweep would push every arm to one repo: push the chosen arm with a single run"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise ConfigError("hub.push=true cannot push: HF_HUB_OFFLINE is set (unset it, or leave hub.push=false)")
+    from huggingface_hub import HfApi, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    token = get_token()
+    if token is None:
+        raise ConfigError("hub.push=true needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
+    try:
+        HfApi().whoami(token=token)
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status in (401, 403):
+            raise ConfigError(f"hub.push=true: the Hugging Face Hub rejects the token (HTTP {status})") from None
+        raise ConfigError(f"hub.push=true: the Hugging Face Hub is unreachable ({type(error).__name__})") from None
+    except Exception as error:  # noqa: BLE001 - network failures of every kind
+        raise ConfigError(
+            f"hub.push=true: the Hugging Face Hub is unreachable ({type(error).__name__}): retry with network"
+        ) from None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def _looks_local(name: str) -> bool:

@@ -77,7 +77,7 @@ def _writer(uri: str, index: int) -> str:
     params, a metric per step, an artifact, the end."""
     from mlflow.entities import Metric, Param
 
-    from pipeline.tracking.run import client_for, experiment_id
+    from pipeline.tracking.store import client_for, experiment_id
 
     client = client_for(uri)
     exp_id = experiment_id(client, uri, "parallel-writers")

@@ -123,11 +123,17 @@ class _Client:
     def log_artifact(self, *args, **kwargs):
         pass
 
+    def log_inputs(self, run_id, datasets=()):
+        self.inputs = list(datasets)
+
 
 def test_tracking_tags_backend_and_version(tiny_both):
+    from omegaconf import OmegaConf
+
     st, mt, out = tiny_both
     client = _Client()
-    run = PipelineRun(client, "run", cfg=None)
+    cfg = OmegaConf.create({"eval": {"dataset_id": "sentence-transformers/NanoBEIR-en"}})
+    run = PipelineRun(client, "run", cfg=cfg, found_sources={"eval": "hub:sentence-transformers/NanoBEIR-en@main"})
     run._log_evaluation(StageOutput("baseline", "k", out / "st", st, "ran", 0.0), "baseline_", "evaluation/baseline")
     run._log_evaluation(StageOutput("evaluate", "k", out / "mteb", mt, "ran", 0.0), "", "evaluation")
     assert client.tags["baseline_eval.backend"] == "sentence_transformers"
@@ -142,7 +148,7 @@ def test_pipeline_baseline_through_mteb_is_tagged_in_mlflow(tiny_cfg):
     from mlflow.tracking import MlflowClient
 
     from pipeline.app import run
-    from pipeline.tracking.run import tracking_uri
+    from pipeline.tracking.store import tracking_uri
     from tests.conftest import compose_config
 
     runs = {}

@@ -8,7 +8,8 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.app import run
-from pipeline.tracking.run import finished_run, flat_params, metric_name, run_key, tracking_uri
+from pipeline.tracking.run import finished_run, flat_params, run_key
+from pipeline.tracking.store import metric_name, tracking_uri
 from tests.conftest import write_qa_dir
 
 
@@ -92,3 +93,88 @@ def test_finished_run_creates_nothing_and_finds_only_finished_runs(tiny_cfg):
     found = finished_run(cfg)
     assert found is not None and found.info.status == "FINISHED"
     assert finished_run(tiny_cfg(["run.until=prepare_data", "finetune.r=8"])) is None
+
+
+def test_a_full_run_logs_only_its_methods_params_but_keeps_its_identity(tiny_cfg, monkeypatch):
+    from pipeline.tracking.run import method_params
+
+    cfg = tiny_cfg(["finetune=full", "run.until=prepare_data"])
+    run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert r.data.params["finetune.method"] == "full"
+    assert not [k for k in r.data.params if k.startswith("finetune.") and k != "finetune.method"]
+    assert r.data.params["train.lr"] == "0.001"  # what a full run does use stays
+    # any method's own keys (another adapter's, say) are dropped for a full run, kept for an adapter run
+    params = {"finetune.method": "full", "finetune.r": "4", "finetune.vera_d_initial": "0.1", "train.lr": "1"}
+    assert method_params(params) == {"finetune.method": "full", "train.lr": "1"}
+    assert method_params({**params, "finetune.method": "lora"}) == {**params, "finetune.method": "lora"}
+    # the identity still covers every key, as before: the same full config with another r is another run key
+    assert r.data.tags["pipeline.config_hash"] == run_key(cfg)
+    assert run_key(tiny_cfg(["finetune=full", "finetune.r=8"])) != run_key(tiny_cfg(["finetune=full"]))
+
+
+def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_path):
+    from pipeline.tracking.datasets import logged_inputs
+
+    data = write_qa_dir(tmp_path / "qa", rows=64, seed=0)
+    cfg = tiny_cfg([f"data.path={data}"])  # the whole DAG: the evaluation set is read twice, logged once
+    run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    exp = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    (r,) = client.search_runs([exp])
+    inputs = {i["context"]: i for i in logged_inputs(r)}
+    assert set(inputs) == {"training", "evaluation"}
+    training, evaluation = inputs["training"], inputs["evaluation"]
+    assert training["name"] == "qa" and training["source"]["path"] == str(data.resolve())
+    assert training["profile"] == {"num_rows": 32}
+    assert evaluation["name"] == Path(cfg.eval.dataset_id).name
+    assert evaluation["profile"]["queries"] == {"msmarco": 6, "scifact": 6}
+    # the digest follows the content: the same dir rebuilt with other pairs is another dataset
+    write_qa_dir(data, rows=64, seed=1)
+    run(tiny_cfg([f"data.path={data}", "run.until=prepare_data"]))
+    newest = client.search_runs([exp], order_by=["attributes.start_time DESC"])[0]
+    (again,) = [i for i in logged_inputs(newest) if i["context"] == "training"]
+    assert again["digest"] != training["digest"] and again["name"] == training["name"]
+    # and so does the selection: fewer training rows of the same dir, another digest
+    run(tiny_cfg([f"data.path={data}", "run.until=prepare_data", "data.train_size=16"]))
+    newest = client.search_runs([exp], order_by=["attributes.start_time DESC"])[0]
+    (fewer,) = [i for i in logged_inputs(newest) if i["context"] == "training"]
+    assert fewer["digest"] not in (again["digest"], training["digest"]) and fewer["profile"] == {"num_rows": 16}
+    # the held-out part of the same source (the dev set) is another dataset than the training part
+    from omegaconf import OmegaConf
+
+    from pipeline.tracking.datasets import dev_input, training_input
+
+    data_cfg = OmegaConf.to_object(cfg.data)
+    assert dev_input(data_cfg, "local:x", 8).digest != training_input(data_cfg, "local:x", 8).digest
+    assert dev_input(data_cfg, "local:x", 8).context == "dev"
+
+
+def test_a_run_logs_system_metrics(tiny_cfg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    cfg = tiny_cfg(["run.until=finetune"])
+    run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    system = {k for k in r.data.metrics if k.startswith("system/")}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= system
+    history = client.get_metric_history(r.info.run_id, "system/cpu_utilization_percentage")
+    assert len(history) >= 2  # sampled while the run went on, not once
+    off = tiny_cfg(["run.until=prepare_data", "tracking.system_metrics=false", "tracking.experiment=off"])
+    run(off)
+    (r,) = client.search_runs([client.get_experiment_by_name("off").experiment_id])
+    assert not [k for k in r.data.metrics if k.startswith("system/")]
+
+
+def test_the_hub_http_clients_info_lines_are_quiet_but_warnings_stay(caplog):
+    import logging
+
+    from pipeline.app import quiet_libraries
+
+    quiet_libraries()
+    with caplog.at_level(logging.NOTSET):
+        logging.getLogger("httpx").info("HTTP Request: HEAD https://huggingface.co/... 200 OK")
+        logging.getLogger("huggingface_hub.file_download").info("downloading")
+        logging.getLogger("httpx").warning("retrying")
+    assert [r.getMessage() for r in caplog.records] == ["retrying"]

@@ -194,6 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--cost", choices=COST, default="trainable_params", help="x axis of the cost frontier plot")
     parser.add_argument("--no-log", action="store_true", help="write the report files only, log nothing to MLflow")
+    parser.add_argument(
+        "--register",
+        nargs="?",
+        const="",
+        metavar="NAME",
+        help="register the winning arm in the MLflow Model Registry as a new version of NAME (default: the experiment)",
+    )
     args = parser.parse_args(argv)
     if not args.margin > 0:
         parser.error(f"--margin {args.margin} is not allowed: the equivalence margin must be > 0 NDCG@10 (e.g. 0.01)")
@@ -218,4 +225,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Report written to {out}/ ({', '.join(REPORT_FILES)})")
     if not args.no_log:
         print(f"Logged on the sweep's parent run {result['parent_run_id']} under report/")
+    if args.register is not None:
+        return _register(result, args.register)
+    return 0
+
+
+def winning_arm(result: dict) -> dict | None:
+    """The arm to register: of the best LoRA arm and the full fine-tune, the higher NanoBEIR mean NDCG@10."""
+    names = {result["best_lora_run"], result["full_run"]} - {None}
+    candidates = [row for row in result["rows"] if row["name"] in names and row["run_id"] and row["ndcg_at_10"]]
+    return max(candidates, key=lambda row: row["ndcg_at_10"]["mean"], default=None)
+
+
+def _register(result: dict, name: str) -> int:
+    from pipeline.tracking.registry import register_run_model
+
+    winner = winning_arm(result)
+    if winner is None:
+        print("error: --register: the sweep has no finished arm with scores to register", file=sys.stderr)
+        return 2
+    client = open_client(result["tracking_uri"])
+    name = name or client.get_experiment(result["experiment_id"]).name
+    model_version = register_run_model(client, winner["run_id"], name)
+    print(f"Registered {winner['name']} (run {winner['run_id']}) as model '{name}' version {model_version.version}")
     return 0

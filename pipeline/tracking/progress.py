@@ -5,7 +5,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 from transformers.trainer_callback import TrainerCallback
 
-from pipeline.tracking.run import log_step
+from pipeline.tracking.store import log_step
 
 
 class MLflowTrainerCallback(TrainerCallback):

@@ -13,17 +13,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filelock import FileLock
-from mlflow.entities import Experiment, Metric, Param, Run, RunStatus
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,7 +29,17 @@ from pipeline.adapter_configs import hyperparameters
 from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
-from pipeline.tracking.ui import describe_experiment
+from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
+from pipeline.tracking.store import (
+    _now_ms,
+    _sqlite_path,
+    client_for,
+    experiment_id,
+    log_step,
+    metric_name,
+    tracking_uri,
+)
+from pipeline.tracking.system_metrics import system_metrics
 
 if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
     from pipeline.dag import StageOutput
@@ -40,50 +48,9 @@ SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNO
 METRIC = "nanobeir_mean_ndcg_at_10"  # the test metric: what the verdict compares
 SELECTION_METRIC = "dev_ndcg_at_10"  # the in-domain dev metric: what sweeps select on and Optuna maximises
 IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training evaluator's metrics
-RUN_ONLY = ("run.skip_finished", "run.force")  # how to run, not what: not part of a run's identity
+RUN_ONLY = ("run.skip_finished", "run.force", "tracking.system_metrics")  # how to run, not what: not its identity
+RUN_ONLY_GROUPS = ("hub.",)  # publishing a result does not change it
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
-
-
-def tracking_uri(cfg: DictConfig) -> str:
-    """The configured URI, or a sqlite DB under paths.outputs (MLflow >= 3.13 refuses a ./mlruns file store)."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    return f"sqlite:///{(Path(cfg.paths.outputs) / 'mlflow.db').resolve()}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def client_for(uri: str) -> MlflowClient:
-    """A client whose store exists: a fresh sqlite DB is created once, under a lock (parallel creators race)."""
-    db = _sqlite_path(uri)
-    if db is None:
-        return MlflowClient(uri)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(db) + ".lock"):
-        client = MlflowClient(uri)
-        client.search_experiments(max_results=1)  # creates and migrates the schema
-    return client
-
-
-def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    db = _sqlite_path(uri)
-    lock = FileLock(str(db) + ".lock") if db else None
-    with lock if lock else nullcontext():
-        experiment = client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        # Artifacts beside the DB, not in the working directory
-        location = (db.parent / "mlartifacts" / name).as_uri() if db else None
-        try:
-            exp_id = client.create_experiment(name, artifact_location=location)
-        except MlflowException as error:  # a tracking server: another job created it first (no file lock there)
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return client.get_experiment_by_name(name).experiment_id
-        describe_experiment(client, exp_id)  # the comparison (NDCG@10, method, r, alpha) as the UI's default view
-        return exp_id
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -137,13 +104,23 @@ def without_secrets(cfg: DictConfig) -> dict:
     return clean(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
 
 
+def method_params(params: dict[str, str]) -> dict[str, str]:
+    """The params a run's method uses, for the UI: a full fine-tune has no adapter keys (r, alpha, dropout, targets,
+    or any other method's `finetune.*` key), only `finetune.method`. The run's identity (`run_key`) keeps them all."""
+    if params.get("finetune.method") == Method.full.value:
+        return {k: v for k, v in params.items() if not k.startswith("finetune.") or k == "finetune.method"}
+    return dict(params)
+
+
 def run_key(cfg: DictConfig, found_sources: dict[str, str] | None = None, params: dict[str, str] | None = None) -> str:
     """What makes two runs the same run: the resolved config, what the data, evaluation sets and model hold
     (`found_sources`: the run's content fingerprints and Hub SHAs, `pipeline.fingerprint.sources`) and the code.
 
     Tagged `pipeline.config_hash`: a killed run resumes into the run of its key, a sweep skips a key that finished.
     """
-    params = {k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY}
+    params = {
+        k: v for k, v in (params or flat_params(cfg)).items() if k not in RUN_ONLY and not k.startswith(RUN_ONLY_GROUPS)
+    }
     found = found_sources if found_sources is not None else sources(cfg)
     return config_hash({"params": params, "sources": found, "code": code_version(*STAGE_CODE)})
 
@@ -159,37 +136,6 @@ def finished_run(cfg: DictConfig) -> Run | None:
     if experiment is None:
         return None
     return _newest_run(client, experiment.experiment_id, run_key(cfg), ("FINISHED",))
-
-
-def all_experiments(client: MlflowClient) -> list[Experiment]:
-    experiments, token = [], None
-    while True:
-        page = client.search_experiments(page_token=token)
-        experiments.extend(page)
-        token = page.token
-        if not token:
-            return experiments
-
-
-def search_all_runs(
-    client: MlflowClient, filter_string: str, experiment_ids: list[str] | None = None, order_by=None
-) -> list[Run]:
-    """Every run matching `filter_string`, page after page, in the given experiments or in all of them."""
-    if experiment_ids is None:
-        experiment_ids = [e.experiment_id for e in all_experiments(client)]
-    runs, token = [], None
-    while experiment_ids:
-        page = client.search_runs(experiment_ids, filter_string, order_by=order_by, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
-    return runs
-
-
-def metric_name(name: str) -> str:
-    """MLflow metric names cannot contain '@'."""
-    return re.sub(r"[^0-9A-Za-z_\-./ ]", "_", name.replace("@", "_at_"))
 
 
 def provenance() -> dict[str, str]:
@@ -209,26 +155,21 @@ def provenance() -> dict[str, str]:
     return tags
 
 
-def log_step(client: MlflowClient, run_id: str, logs: dict, step: int) -> None:
-    metrics = [
-        Metric(metric_name(k), float(v), _now_ms(), step)
-        for k, v in logs.items()
-        if isinstance(v, (int, float)) and k not in ("step", "total_flos")
-    ]
-    if metrics:
-        client.log_batch(run_id, metrics=metrics)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class PipelineRun:
     """One MLflow run for one pipeline run: params and tags up front, then what each stage produces."""
 
-    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict | None = None):
-        self.client, self.run_id, self.cfg, self.sources = client, run_id, cfg, found_sources or {}
+    def __init__(self, client: MlflowClient, run_id: str, cfg: DictConfig, found_sources: dict[str, str] | None = None):
+        self.client, self.run_id, self.cfg = client, run_id, cfg
+        self._sources = found_sources
+        self._eval_input_logged = False
         self.base: dict[str, dict] = {}  # the base model's results, for what fine-tuning learned and forgot
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """The run's content fingerprints (what its dataset inputs' digests are made of)."""
+        if self._sources is None:
+            self._sources = sources(self.cfg)
+        return self._sources
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
@@ -237,6 +178,8 @@ class PipelineRun:
     def _log_prepare_data(self, output: StageOutput) -> None:
         r = output.result
         self.client.set_tag(self.run_id, "data.source", r["source"])
+        training = training_input(self.cfg.data, self.sources["data"], rows=r["train_rows"])
+        log_data_inputs(self.client, self.run_id, [training])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
 
     def _log_baseline(self, output: StageOutput) -> None:
@@ -246,6 +189,7 @@ class PipelineRun:
     def _log_prepare_dev(self, output: StageOutput) -> None:
         r = output.result
         self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
+        log_data_inputs(self.client, self.run_id, [dev_input(self.cfg.data, self.sources["data"], r["dev_queries"])])
 
     def _log_dev_baseline(self, output: StageOutput) -> None:
         self.base["dev"] = output.result
@@ -291,8 +235,16 @@ class PipelineRun:
         # The completed card replaces the one sentence-transformers wrote into the logged model dir
         self.client.log_artifact(self.run_id, str(output.dir / "README.md"), "model")
 
+    def on_pushed(self, pushed: dict) -> None:
+        self.client.set_tag(self.run_id, "hub.repo_id", pushed["repo_id"])
+        self.client.set_tag(self.run_id, "hub.commit_url", str(pushed["commit_url"]))
+
     def _log_evaluation(self, output: StageOutput, prefix: str, artifact_path: str) -> None:
         r = output.result
+        if not self._eval_input_logged:  # the baseline and the fine-tuned model read the same evaluation sets
+            evaluation = evaluation_input(self.cfg.eval, self.sources["eval"], r)
+            log_data_inputs(self.client, self.run_id, [evaluation])
+            self._eval_input_logged = True
         metrics = {f"{prefix}nanobeir_mean_ndcg_at_10": r["ndcg_at_10"]}
         metrics.update({f"{prefix}nanobeir_{n}_ndcg_at_10": v for n, v in r["per_dataset_ndcg_at_10"].items()})
         all_metrics = json.loads((output.dir / "metrics.json").read_text())
@@ -346,16 +298,18 @@ def pipeline_run(
                 **(tags or {}),
             }
             run_id = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags).info.run_id
-            batch = [Param(k, v) for k, v in params.items()]
+            batch = [Param(k, v) for k, v in method_params(params).items()]
             for i in range(0, len(batch), 100):
                 client.log_batch(run_id, params=batch[i : i + 100])
             with tempfile.TemporaryDirectory() as tmp:
                 resolved = Path(tmp) / "config.yaml"
                 resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
                 client.log_artifact(run_id, str(resolved))
+        monitor = system_metrics(uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
         with _sigterm_as_interrupt():
             try:
-                yield PipelineRun(client, run_id, cfg, found)
+                with monitor:
+                    yield PipelineRun(client, run_id, cfg, found)
             except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
                 client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
                 client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))

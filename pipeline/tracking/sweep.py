@@ -52,7 +52,8 @@ def finished_job(cfg: DictConfig) -> Run | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.run import finished_run, tracking_uri
+    from pipeline.tracking.run import finished_run
+    from pipeline.tracking.store import tracking_uri
 
     run = finished_run(cfg)
     if run is None:
@@ -68,7 +69,7 @@ def finished_job(cfg: DictConfig) -> Run | None:
 
 def sweep_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """A sweep's runs: its jobs (children of its parent run, in any experiment) and the finished runs it reused."""
-    from pipeline.tracking.run import search_all_runs
+    from pipeline.tracking.store import search_all_runs
 
     jobs = search_all_runs(client, f"tags.mlflow.parentRunId = '{parent_run_id}'")
     reused = search_all_runs(client, f"tags.`{REUSED_TAG.format(parent_run_id=parent_run_id)}` != ''")
@@ -97,7 +98,7 @@ def _first_job_experiment(config: DictConfig) -> str:
 
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pipeline.tracking.run import client_for, experiment_id, tracking_uri
+        from pipeline.tracking.store import client_for, experiment_id, tracking_uri
 
         uri = tracking_uri(config)
         client = client_for(uri)  # the DB is created here, once, before parallel jobs race to create it

@@ -1,0 +1,61 @@
+"""The Model Registry: a run's trained model registered through MLflow's sentence-transformers flavour, loading back
+with MLflow's API alone; `python -m pipeline.report --register` registers the sweep's winning arm."""
+
+from __future__ import annotations
+
+import mlflow.sentence_transformers
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from pipeline.app import run
+from pipeline.models import load_model
+from pipeline.report import main
+from pipeline.report.compare import winning_arm
+from pipeline.tracking.store import tracking_uri
+
+TEXTS = ["what is heart pain?", "blood pressure and stroke"]
+
+
+def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_cfg, tmp_path, capsys, monkeypatch):
+    cfg = tiny_cfg()  # a LoRA run: its adapter is merged into the base for the registry
+    run(cfg)
+    uri = tracking_uri(cfg)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
+    (child,) = client.search_runs([exp])
+    # make it the one arm of a sweep, as a multirun would
+    parent = client.create_run(exp, run_name="sweep-s1", tags={"sweep_id": "s1", "pipeline.role": "sweep"})
+    client.set_tag(child.info.run_id, "sweep_id", "s1")
+    client.set_tag(child.info.run_id, "mlflow.parentRunId", parent.info.run_id)
+
+    assert main(["--sweep-id", "s1", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--register", "tiny"]) == 0
+    assert f"run {child.info.run_id}) as model 'tiny' version 1" in capsys.readouterr().out
+    (version,) = client.search_model_versions("name='tiny'")
+    assert version.run_id == child.info.run_id and version.tags["merged_adapter"] == "true"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ URIs resolve
+    registered = mlflow.sentence_transformers.load_model("models:/tiny/1")  # MLflow's API, no peft, no base
+    trained = load_model(cfg.model, str(next((tmp_path / "outputs" / "cache" / "finetune").glob("*/model"))))
+    np.testing.assert_allclose(registered.encode(TEXTS), trained.encode(TEXTS), atol=1e-5)
+    assert not hasattr(registered.transformers_model, "peft_config")  # one standalone model, no adapter to attach
+    base = load_model(cfg.model).encode(TEXTS)
+    assert not np.allclose(registered.encode(TEXTS), base, atol=1e-4)  # the trained model, not its base
+
+    # registering again is the next version of the same model
+    assert main(["--sweep-id", "s1", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--register", "tiny"]) == 0
+    assert sorted(int(v.version) for v in client.search_model_versions("name='tiny'")) == [1, 2]
+
+
+def test_the_winner_is_the_higher_of_the_best_lora_arm_and_the_full_fine_tune():
+    def row(name, mean):
+        return {"name": name, "run_id": f"id-{name}", "ndcg_at_10": {"mean": mean}}
+
+    result = {
+        "best_lora_run": "lora-r8",
+        "full_run": "full",
+        "rows": [row("base model", 0.9), row("lora-r4", 0.8), row("lora-r8", 0.7), row("full", 0.6)],
+    }
+    assert winning_arm(result)["name"] == "lora-r8"  # the base model and a worse LoRA arm are no candidates
+    result["rows"][-1] = row("full", 0.75)
+    assert winning_arm(result)["name"] == "full"
+    assert winning_arm({"best_lora_run": None, "full_run": None, "rows": result["rows"]}) is None
