@@ -29,7 +29,7 @@ def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_cfg, t
     client.set_tag(child.info.run_id, "mlflow.parentRunId", parent.info.run_id)
 
     assert main(["--sweep-id", "s1", "--tracking-uri", uri, "--out", str(tmp_path / "r"), "--register", "tiny"]) == 0
-    assert f"run {child.info.run_id}) as model 'tiny' version 1" in capsys.readouterr().out
+    assert f"run {child.info.run_id}) as model 'tiny' version 1" in capsys.readouterr().out  # its only configuration
     (version,) = client.search_model_versions("name='tiny'")
     assert version.run_id == child.info.run_id and version.tags["merged_adapter"] == "true"
 
@@ -46,16 +46,22 @@ def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_cfg, t
     assert sorted(int(v.version) for v in client.search_model_versions("name='tiny'")) == [1, 2]
 
 
-def test_the_winner_is_the_higher_of_the_best_lora_arm_and_the_full_fine_tune():
-    def row(name, mean):
-        return {"name": name, "run_id": f"id-{name}", "ndcg_at_10": {"mean": mean}}
+def test_the_winner_is_the_verdicts():
+    def config(name, method, selected=True):
+        return {"name": name, "method": method, "selected": selected, "runs": [f"{name}-s12", f"{name}-s13"]}
 
-    result = {
-        "best_lora_run": "lora-r8",
-        "full_run": "full",
-        "rows": [row("base model", 0.9), row("lora-r4", 0.8), row("lora-r8", 0.7), row("full", 0.6)],
-    }
-    assert winning_arm(result)["name"] == "lora-r8"  # the base model and a worse LoRA arm are no candidates
-    result["rows"][-1] = row("full", 0.75)
-    assert winning_arm(result)["name"] == "full"
-    assert winning_arm({"best_lora_run": None, "full_run": None, "rows": result["rows"]}) is None
+    configs = [config("lora-r8", "lora"), config("lora-r4", "lora", False), config("full", "full")]
+    verdict = {"adapter": "lora-r8", "full": "full", "reason": ""}
+    for label, winner in [
+        ("equivalent", "lora-r8"),
+        ("non-inferior", "lora-r8"),
+        ("superior", "lora-r8"),
+        ("inferior", "full"),
+    ]:
+        chosen, why = winning_arm({"configurations": configs, "verdict": {**verdict, "label": label}})
+        assert chosen["name"] == winner and label in why
+    chosen, why = winning_arm({"configurations": configs, "verdict": {**verdict, "label": "inconclusive"}})
+    assert chosen is None and "inconclusive" in why
+    # one method, no verdict: its configuration selected on dev; two methods without a verdict: none
+    assert winning_arm({"configurations": configs[:2], "verdict": None})[0]["name"] == "lora-r8"
+    assert winning_arm({"configurations": configs, "verdict": None})[0] is None

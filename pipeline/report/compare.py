@@ -230,22 +230,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def winning_arm(result: dict) -> dict | None:
-    """The arm to register: of the best LoRA arm and the full fine-tune, the higher NanoBEIR mean NDCG@10."""
-    names = {result["best_lora_run"], result["full_run"]} - {None}
-    candidates = [row for row in result["rows"] if row["name"] in names and row["run_id"] and row["ndcg_at_10"]]
-    return max(candidates, key=lambda row: row["ndcg_at_10"]["mean"], default=None)
+def winning_arm(result: dict) -> tuple[dict | None, str]:
+    """The configuration to register, and why: the verdict's winner (the adapter when it is equivalent, non-inferior or
+    superior: as good for a fraction of the parameters; the full fine-tune when the adapter is inferior); none when the
+    verdict is inconclusive. A sweep of one method has no verdict: its configuration selected on dev. The run
+    registered is the configuration's first seed's, never one picked by its test score."""
+    configs = {c["name"]: c for c in result["configurations"] if c["runs"]}
+    verdict = result.get("verdict")
+    if verdict is not None:
+        if verdict["label"] == "inconclusive":
+            return None, f"the verdict is inconclusive ({verdict['reason'] or 'see the report'}): no winner to register"
+        name = verdict["full"] if verdict["label"] == "inferior" else verdict["adapter"]
+        return configs.get(name), f"the verdict: {verdict['label']}"
+    selected = [c for c in configs.values() if c["selected"]]
+    if len({c["method"] for c in configs.values()}) == 1 and len(selected) == 1:
+        return selected[0], "the only method's configuration selected on dev"
+    return None, "no verdict (it needs a finished adapter and a finished full fine-tune): no winner to register"
 
 
 def _register(result: dict, name: str) -> int:
     from pipeline.tracking.registry import register_run_model
 
-    winner = winning_arm(result)
+    winner, why = winning_arm(result)
     if winner is None:
-        print("error: --register: the sweep has no finished arm with scores to register", file=sys.stderr)
+        print(f"error: --register: {why}", file=sys.stderr)
         return 2
     client = open_client(result["tracking_uri"])
     name = name or client.get_experiment(result["experiment_id"]).name
-    model_version = register_run_model(client, winner["run_id"], name)
-    print(f"Registered {winner['name']} (run {winner['run_id']}) as model '{name}' version {model_version.version}")
+    run_id = winner["runs"][0]
+    model_version = register_run_model(client, run_id, name)
+    print(f"Registered {winner['name']} ({why}; run {run_id}) as model '{name}' version {model_version.version}")
     return 0
