@@ -26,13 +26,14 @@ def job_cfgs(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
 
 def test_prefix_is_what_no_swept_key_reaches(job_cfgs):
     grid = job_cfgs(["finetune=lora", "finetune.r=2"], ["finetune=lora", "finetune.r=4"], ["finetune=full"])
-    assert shared_stages(grid) == ["prepare_data", "baseline"]
+    shared = ["prepare_data", "prepare_dev", "baseline", "dev_baseline"]
+    assert shared_stages(grid) == shared
     # a swept data key: the data differ, so do the stages downstream of them; the baseline is still shared
     assert shared_stages(job_cfgs(["data.train_size=16"], ["data.train_size=32"])) == ["baseline"]
     # a swept learning rate changes only training: everything before it is shared
-    assert shared_stages(job_cfgs(["train.lr=1e-3"], ["train.lr=1e-4"])) == ["prepare_data", "baseline"]
+    assert shared_stages(job_cfgs(["train.lr=1e-3"], ["train.lr=1e-4"])) == shared
     # two identical jobs share every stage
-    assert shared_stages(job_cfgs([], [])) == ["prepare_data", "baseline", "finetune", "evaluate", "model_card"]
+    assert shared_stages(job_cfgs([], [])) == [*shared, "finetune", "evaluate", "dev_evaluate", "model_card"]
     # only what every job runs: run.until=baseline needs no data
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=baseline", "train.lr=1"])) == ["baseline"]
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=prepare_data"])) == []

@@ -109,9 +109,9 @@ def test_a_full_run_logs_only_its_methods_params_but_keeps_its_identity(tiny_cfg
     params = {"finetune.method": "full", "finetune.r": "4", "finetune.vera_d_initial": "0.1", "train.lr": "1"}
     assert method_params(params) == {"finetune.method": "full", "train.lr": "1"}
     assert method_params({**params, "finetune.method": "lora"}) == {**params, "finetune.method": "lora"}
-    # the identity still covers every key, as before: the same full config with another r is another run key
+    # the identity still covers every key, as before: the same full config with another seed is another run key
     assert r.data.tags["pipeline.config_hash"] == run_key(cfg)
-    assert run_key(tiny_cfg(["finetune=full", "finetune.r=8"])) != run_key(tiny_cfg(["finetune=full"]))
+    assert run_key(tiny_cfg(["finetune=full", "train.seed=3"])) != run_key(tiny_cfg(["finetune=full"]))
 
 
 def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_path):
@@ -124,8 +124,10 @@ def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_p
     exp = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     (r,) = client.search_runs([exp])
     inputs = {i["context"]: i for i in logged_inputs(r)}
-    assert set(inputs) == {"training", "evaluation"}
+    assert set(inputs) == {"training", "dev", "evaluation"}
     training, evaluation = inputs["training"], inputs["evaluation"]
+    assert inputs["dev"]["profile"] == {"num_rows": r.data.metrics["data_dev_queries"]}  # held out of the same source
+    assert inputs["dev"]["digest"] != training["digest"]
     assert training["name"] == "qa" and training["source"]["path"] == str(data.resolve())
     assert training["profile"] == {"num_rows": 32}
     assert evaluation["name"] == Path(cfg.eval.dataset_id).name
