@@ -89,7 +89,7 @@ def measure(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
             peak_mem[name].append(torch.cuda.max_memory_allocated() / 2**30)
         times[name].append(time.perf_counter() - start)
-        losses[name].append(float(value))
+        losses[name].append(float(value.detach()))
         tokens[name].append(int(sum(f["attention_mask"].sum() for f in features)))
         print(
             f"[speed] step {len(times[name])} {name}: {times[name][-1]:.2f}s loss {losses[name][-1]:.4f}",
