@@ -142,3 +142,22 @@ def test_mini_batch_size_default_is_auto_and_integers_stay_integers():
     assert compose_config().train.mini_batch_size == "auto"
     assert mini_batch_size("auto") is None
     assert mini_batch_size(compose_config(["train.mini_batch_size=16"]).train.mini_batch_size) == 16
+
+
+def test_speed_bench_arms_train_alike(tiny_no_dropout, tmp_path):
+    """bench/speed.py: both arms see the same batches from the same weights, so without dropout their losses agree
+    step by step; the auto arm ran uncached (the batch fits) and both report a rate."""
+    from bench.speed import measure, parser, rows_from
+    from tests.conftest import write_qa_dir
+
+    data = write_qa_dir(tmp_path / "qa", rows=64)
+    args = parser().parse_args(
+        ["--model", str(tiny_no_dropout), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
+        + ["--max-seq-length", "32", "--steps", "3", "--work", str(tmp_path / "work")]
+    )
+    report = measure(args)
+    ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
+    assert len(ref["losses"]) == 3 and ref["losses"][0] != ref["losses"][-1]
+    assert ours["losses"] == pytest.approx(ref["losses"], abs=1e-5)
+    assert report["plan"]["uncached_steps"] == 3 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
+    assert [row.bench for row in rows_from(report)] == ["speed", "speed"]
