@@ -65,7 +65,10 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     loss: LossName = LossName.cached_mnrl
-    mini_batch_size: int = 32  # CachedMNRL's gradient-cache chunk: memory, not results
+    # CachedMNRL's gradient-cache chunk (memory, not results): "auto" picks it per batch from free memory, with no
+    # cache at all where the whole batch fits (pipeline.losses); an integer (as a string: Hydra cannot type a union)
+    # keeps sentence-transformers' CachedMultipleNegativesRankingLoss at that size, as the recipe does
+    mini_batch_size: str = "auto"
     epochs: float = 1.0
     max_steps: int | None = None  # None: run `epochs`
     batch_size: int = 64
@@ -78,6 +81,14 @@ class TrainConfig:
     save_total_limit: int = 2
     logging_steps: int = 25
     seed: int = 12
+
+
+def mini_batch_size(value: str | int) -> int | None:
+    """`train.mini_batch_size` as the loss takes it: None for auto, the integer, or 0 where it is neither."""
+    text = str(value).strip()
+    if text == "auto":
+        return None
+    return int(text) if text.isdigit() and int(text) >= 1 else 0
 
 
 @dataclass

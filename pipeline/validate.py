@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.adapter_configs import ALL_LINEAR, SCHEMAS, Method, keys_of
-from pipeline.config import LossName, Precision
+from pipeline.config import LossName, Precision, mini_batch_size
 from pipeline.evaluation.nanobeir import dataset_table
 from pipeline.inputs import (
     DATA_FILE_BUILDERS,
@@ -160,8 +160,10 @@ def _check_train(cfg: DictConfig) -> None:
             f"train.batch_size={train.batch_size} is not allowed with train.loss={LossName(train.loss).value}: "
             "in-batch negatives need a batch size >= 2"
         )
-    if train.loss == LossName.cached_mnrl and train.mini_batch_size < 1:
-        raise ConfigError(f"train.mini_batch_size={train.mini_batch_size} is not allowed: must be >= 1")
+    if train.loss == LossName.cached_mnrl and mini_batch_size(train.mini_batch_size) == 0:
+        raise ConfigError(
+            f"train.mini_batch_size={train.mini_batch_size} is not allowed: use auto (from free memory) or an integer >= 1"
+        )
     if not 0 <= train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio={train.warmup_ratio} is not allowed: must be in [0, 1)")
     if train.lr <= 0:

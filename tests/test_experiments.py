@@ -20,7 +20,7 @@ PAPER = {
     "data.seed": 12,
     "data.train_size": 1_000_000,
     "train.loss": "cached_mnrl",
-    "train.mini_batch_size": 32,
+    "train.mini_batch_size": "auto",  # the recipe's 32 is a memory setting: auto gives the same gradients
     "train.epochs": 1.0,
     "train.max_steps": None,
     "train.batch_size": 1024,

@@ -28,10 +28,20 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from pipeline.adapter_configs import hyperparameters
-from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, LossName, Method, ModelConfig, TrainConfig
+from pipeline.config import (
+    DataConfig,
+    EvalConfig,
+    FinetuneConfig,
+    LossName,
+    Method,
+    ModelConfig,
+    TrainConfig,
+    mini_batch_size,
+)
 from pipeline.console import CompactProgress
 from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
+from pipeline.losses import AutoCachedMNRL
 from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
 from pipeline.peft_methods import peft_config, save_adapter_fixes
 from pipeline.stages.model_card import card_values
@@ -75,8 +85,11 @@ def finetune(
     train_dataset, eval_dataset = dataset["train"], dataset["eval"]
 
     # 5. Define a loss function: in-batch negatives
-    if train.loss == LossName.cached_mnrl:
-        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=train.mini_batch_size)
+    mini_batch = mini_batch_size(train.mini_batch_size)
+    if train.loss == LossName.cached_mnrl and mini_batch is None:  # auto: cache only where memory needs it
+        loss = AutoCachedMNRL(model, dtype_bytes=4 if precision == "fp32" else 2)
+    elif train.loss == LossName.cached_mnrl:
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch)
     else:
         loss = MultipleNegativesRankingLoss(model)
 
@@ -157,6 +170,12 @@ def finetune(
         "train_samples_per_second": result.metrics.get("train_samples_per_second"),
         "train_loss": result.metrics.get("train_loss"),
     }
+    if isinstance(loss, AutoCachedMNRL):  # what auto chose: steps without the gradient cache, and with it
+        summary.update(
+            uncached_steps=loss.plan.uncached_steps,
+            cached_steps=loss.plan.cached_steps,
+            activation_budget_mb=loss.plan.budget_bytes / 1e6,
+        )
     if adapter:  # adapter facts from the adapter's own state dict (get_adapter_state_dict)
         facts = adapter_facts(model)
         summary.update(

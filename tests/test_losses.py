@@ -1,0 +1,163 @@
+"""train.mini_batch_size=auto (pipeline.losses.AutoCachedMNRL): the same losses and gradients as a fixed mini-batch.
+
+Gradient caching is a memory knob: auto (no cache where the batch fits, else token-packed mini-batches, rows sorted
+by length either way) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs no dropout
+(the two ways draw dropout masks differently), so the tiny BERT here has none.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, Method, ModelConfig, TrainConfig
+from tests.conftest import WORDS, build_tiny_model, compose_config
+
+
+@pytest.fixture(scope="module")
+def tiny_no_dropout(tmp_path_factory):
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny_no_dropout"))
+    config_file = path / "config.json"  # the Transformer module sits at the root of the dir
+    config = json.loads(config_file.read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config_file.write_text(json.dumps(config))
+    return path
+
+
+def _texts(rng: random.Random, n: int, low: int, high: int) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) + f" {i}" for i in range(n)]
+
+
+def _features(model, n: int = 24):
+    rng = random.Random(0)
+    return [model.tokenize(_texts(rng, n, 2, 6)), model.tokenize(_texts(rng, n, 3, 28))]
+
+
+def _loss_and_grad(model, loss):
+    model.zero_grad()
+    value = loss(_features(model), None)
+    value.backward()
+    return float(value), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+def test_auto_gives_mnrl_gradients_cached_or_not(tiny_no_dropout):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from pipeline.losses import AutoCachedMNRL
+
+    model = SentenceTransformer(str(tiny_no_dropout), device="cpu")
+    model.train()
+    ref_loss, ref_grad = _loss_and_grad(model, MultipleNegativesRankingLoss(model))
+    uncached = AutoCachedMNRL(model, budget_bytes=1e12)
+    uncached.chunk_tokens = 64  # several length-sorted mini-batches per column
+    cached = AutoCachedMNRL(model, budget_bytes=3e5)  # a budget of a few rows: the gradient cache
+    fixed = AutoCachedMNRL(model, mini_batch_size=5)
+    for loss in (uncached, cached, fixed):
+        value, grad = _loss_and_grad(model, loss)
+        assert value == pytest.approx(ref_loss, abs=1e-5)
+        assert torch.allclose(grad, ref_grad, atol=1e-5), float((grad - ref_grad).abs().max())
+    assert (uncached.plan.uncached_steps, uncached.plan.cached_steps) == (1, 0)
+    assert (cached.plan.uncached_steps, cached.plan.cached_steps) == (0, 1)
+    assert max(cached.plan.mini_batch_tokens) < 64  # packed by tokens within the budget, not the whole column
+    assert fixed.plan.mini_batch_tokens == {5}
+
+
+def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout):
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.losses import AutoCachedMNRL, _sorted_by_length
+
+    model = SentenceTransformer(str(tiny_no_dropout), device="cpu")
+    loss = AutoCachedMNRL(model, budget_bytes=1e12)
+    loss.chunk_tokens = 64
+    feature, inverse = _sorted_by_length(_features(model)[1])
+    lengths = feature["attention_mask"].sum(dim=1)
+    assert lengths.tolist() == sorted(lengths.tolist(), reverse=True)
+    assert torch.equal(feature["input_ids"][inverse], _features(model)[1]["input_ids"])
+    chunks = loss._chunks(feature)
+    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths) and len(chunks) > 1
+    for begin, end in chunks:
+        assert end - begin == 1 or (end - begin) * int(lengths[begin]) <= 64
+
+
+def _finetune(model_dir, data_dir, out, mini_batch_size: str) -> list[float]:
+    from pipeline.stages.finetune import finetune
+    from pipeline.stages.prepare_data import prepare_data
+
+    model_cfg = OmegaConf.structured(ModelConfig(name=str(model_dir), max_seq_length=32))
+    data_cfg = OmegaConf.structured(DataConfig(path=str(data_dir), eval_size=8, train_size=128))
+    train_cfg = OmegaConf.structured(
+        TrainConfig(
+            max_steps=3,
+            batch_size=64,
+            mini_batch_size=mini_batch_size,
+            lr=1e-3,
+            precision="fp32",
+            save_steps=None,
+            logging_steps=1,
+        )
+    )
+    ft_cfg = OmegaConf.structured(FinetuneConfig(method=Method.full))
+    eval_cfg = OmegaConf.structured(EvalConfig(during_training=False))
+    if not (out.parent / "data").exists():
+        prepare_data(data_cfg, out.parent / "data")
+    summary = finetune(model_cfg, data_cfg, ft_cfg, train_cfg, eval_cfg, out.parent / "data", out)
+    history = json.loads((out / "log_history.json").read_text())
+    return summary, [entry["loss"] for entry in history if "loss" in entry]
+
+
+def test_auto_mini_batch_trains_as_mini_batch_32(tiny_no_dropout, tmp_path, monkeypatch):
+    """The finetune stage's loss curve in fp32: auto (no cache here), auto forced to cache, and mini-batch 32."""
+    from tests.conftest import write_qa_dir
+
+    data = write_qa_dir(tmp_path / "qa", rows=160)
+    _, fixed = _finetune(tiny_no_dropout, data, tmp_path / "fixed", "32")
+    auto_summary, auto = _finetune(tiny_no_dropout, data, tmp_path / "auto", "auto")
+    monkeypatch.setattr("pipeline.losses.memory_budget", lambda model: 2e6)  # a few rows' activations
+    cached_summary, cached = _finetune(tiny_no_dropout, data, tmp_path / "cached", "auto")
+
+    assert len(fixed) == 3 and fixed[0] != fixed[-1]
+    assert auto == pytest.approx(fixed, abs=1e-5)
+    assert cached == pytest.approx(fixed, abs=1e-5)
+    assert (auto_summary["uncached_steps"], auto_summary["cached_steps"]) == (3, 0)
+    assert (cached_summary["uncached_steps"], cached_summary["cached_steps"]) == (0, 3)
+
+
+@pytest.mark.parametrize("value", ["0", "-4", "abc", "3.5"])
+def test_bad_mini_batch_size_is_one_line(value, tiny_cfg):
+    from pipeline.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=rf"^train.mini_batch_size={value} is not allowed: use auto .*integer >= 1$"):
+        validate(tiny_cfg([f"train.mini_batch_size={value}"]))
+
+
+def test_mini_batch_size_default_is_auto_and_integers_stay_integers():
+    from pipeline.config import mini_batch_size
+
+    assert compose_config().train.mini_batch_size == "auto"
+    assert mini_batch_size("auto") is None
+    assert mini_batch_size(compose_config(["train.mini_batch_size=16"]).train.mini_batch_size) == 16
+
+
+def test_speed_bench_arms_train_alike(tiny_no_dropout, tmp_path):
+    """bench/speed.py: both arms see the same batches from the same weights, so without dropout their losses agree
+    step by step; the auto arm ran uncached (the batch fits) and both report a rate."""
+    from bench.speed import measure, parser, rows_from
+    from tests.conftest import write_qa_dir
+
+    data = write_qa_dir(tmp_path / "qa", rows=64)
+    args = parser().parse_args(
+        ["--model", str(tiny_no_dropout), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
+        + ["--max-seq-length", "32", "--steps", "3", "--work", str(tmp_path / "work")]
+    )
+    report = measure(args)
+    ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
+    assert len(ref["losses"]) == 3 and ref["losses"][0] != ref["losses"][-1]
+    assert ours["losses"] == pytest.approx(ref["losses"], abs=1e-5)
+    assert report["plan"]["uncached_steps"] == 3 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
+    assert [row.bench for row in rows_from(report)] == ["speed", "speed"]
