@@ -148,3 +148,7 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     register_adapter_configs(store)
+
+
+class ConfigError(ValueError):
+    """A bad config value: the message is the one line the user sees (raised by `pipeline.validate`)."""

@@ -12,8 +12,9 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.adapter_configs import ALL_LINEAR, SCHEMAS, Method, keys_of
-from pipeline.config import LossName, Precision, mini_batch_size
+from pipeline.config import ConfigError, LossName, Precision, mini_batch_size
 from pipeline.evaluation.nanobeir import dataset_table
+from pipeline.hub_checks import check_hub, check_hub_push
 from pipeline.inputs import (
     DATA_FILE_BUILDERS,
     duplicate_count,
@@ -26,10 +27,6 @@ from pipeline.models import model_source
 
 NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
-
-
-class ConfigError(ValueError):
-    """A bad config value: the message is the one line the user sees."""
 
 
 STAGE_NAMES = (  # pipeline.dag's (a test checks)
@@ -61,7 +58,7 @@ def validate(cfg: DictConfig) -> None:
     _check_data(cfg)
     _check_eval(cfg)
     _check_model(cfg)
-    _check_hub_push(cfg)  # before the tracking check, which creates a sqlite store
+    check_hub_push(cfg)  # before the tracking check, which creates a sqlite store
     _check_tracking(cfg)
     _check_precision(cfg)
 
@@ -187,7 +184,7 @@ def _check_data(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"data.path={data.path} does not exist: give a local dataset dir or data file, or a Hub dataset id"
             )
-        _check_hub("dataset", data.path, "data.path", revision=data.revision)
+        check_hub("dataset", data.path, "data.path", revision=data.revision)
         return
     # A local dir or file is cheap to read: check its columns, values and size now rather than after loading a model
     import datasets
@@ -255,7 +252,7 @@ def _check_eval(cfg: DictConfig) -> None:
     if names == []:
         raise ConfigError("eval.datasets=[] is not allowed: name at least one dataset, or null for all 13")
     if not local:
-        _check_hub("dataset", ev.dataset_id, "eval.dataset_id", revision=ev.get("revision"))
+        check_hub("dataset", ev.dataset_id, "eval.dataset_id", revision=ev.get("revision"))
         return
     root = Path(ev.dataset_id)
     absent = [
@@ -281,7 +278,7 @@ def _check_model(cfg: DictConfig) -> None:
     else:
         if _looks_local(name) or os.path.isfile(name):
             raise ConfigError(f"model.name={name} is not a local dir (it does not exist) and not a Hub model id")
-        _check_hub("model", name, "model.name", revision=cfg.model.revision)
+        check_hub("model", name, "model.name", revision=cfg.model.revision)
         from pipeline.fingerprint import cached_snapshot
 
         model_dir = cached_snapshot(name, "model", cfg.model.revision)
@@ -319,83 +316,6 @@ def _check_tracking(cfg: DictConfig) -> None:
             ) from error
 
 
-def _check_hub_push(cfg: DictConfig) -> None:
-    """hub.push=true needs a valid repo id, the whole DAG, a token and the Hub: all checked before any training."""
-    hub = cfg.hub
-    if not hub.push:
-        return
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if not hub.repo_id or "/" not in hub.repo_id:
-        raise ConfigError(f"hub.push=true needs hub.repo_id=<user or org>/<name>; got hub.repo_id={hub.repo_id}")
-    try:
-        validate_repo_id(hub.repo_id)
-    except HFValidationError as error:
-        raise ConfigError(
-            f"hub.repo_id={hub.repo_id} is not a valid Hub repo id: {str(error).splitlines()[0]}"
-        ) from None
-    if cfg.run.until is not None and cfg.run.until != "model_card":
-        raise ConfigError(f"hub.push=true pushes the model with its card: run.until={cfg.run.until} stops before it")
-    if _in_multirun():
-        raise ConfigError(
-            "hub.push=true in a sweep would push every arm to one repo: push the chosen arm with a single run"
-        )
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise ConfigError("hub.push=true cannot push: HF_HUB_OFFLINE is set (unset it, or leave hub.push=false)")
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    token = get_token()
-    if token is None:
-        raise ConfigError("hub.push=true needs a Hugging Face token: run `hf auth login` or set HF_TOKEN")
-    try:
-        HfApi().whoami(token=token)
-    except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status in (401, 403):
-            raise ConfigError(f"hub.push=true: the Hugging Face Hub rejects the token (HTTP {status})") from None
-        raise ConfigError(f"hub.push=true: the Hugging Face Hub is unreachable ({type(error).__name__})") from None
-    except Exception as error:  # noqa: BLE001 - network failures of every kind
-        raise ConfigError(
-            f"hub.push=true: the Hugging Face Hub is unreachable ({type(error).__name__}): retry with network"
-        ) from None
-
-
-def _in_multirun() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _looks_local(name: str) -> bool:
     """A path-like name (absolute, ./, ../, ~ or more than one '/') cannot be a Hub id."""
     return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name
-
-
-def _check_hub(kind: str, repo_id: str, key: str, revision: str | None = None) -> None:
-    """A Hub id must be in the local HF cache or answer on the Hub; say which when neither works."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
-
-    try:
-        snapshot_download(repo_id, repo_type=kind, revision=revision, local_files_only=True)
-        return  # cached: works offline
-    except Exception:  # noqa: BLE001 - not cached; ask the Hub
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise ConfigError(
-            f"{key}={repo_id} is not a local dir and not in the Hugging Face cache, and HF_HUB_OFFLINE is set: "
-            "pass a local dir"
-        )
-    api = HfApi()
-    try:
-        (api.model_info if kind == "model" else api.dataset_info)(repo_id, revision=revision, timeout=10)
-    except RepositoryNotFoundError:
-        raise ConfigError(f"{key}={repo_id} is not a local dir and not a {kind} on the Hugging Face Hub") from None
-    except Exception as error:  # noqa: BLE001 - network failures of every kind
-        raise ConfigError(
-            f"{key}={repo_id} is not a local dir, and the Hugging Face Hub is unreachable "
-            f"({type(error).__name__}): pass a local dir or retry with network"
-        ) from error
