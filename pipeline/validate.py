@@ -282,8 +282,8 @@ def _check_model(cfg: DictConfig) -> None:
         from pipeline.fingerprint import cached_snapshot
 
         model_dir = cached_snapshot(name, "model", cfg.model.revision)
-    targets = cfg.finetune.target_modules
-    if cfg.finetune.method == "lora" and targets and model_dir is not None:
+    targets = cfg.finetune.get("target_modules")  # a full fine-tune has none; all-linear matches any model
+    if isinstance(targets, ListConfig) and targets and model_dir is not None:
         problem = target_module_problem(model_dir, list(targets), "finetune.target_modules")
         if problem:
             raise ConfigError(problem)

@@ -181,3 +181,12 @@ def test_a_data_file_is_a_dataset(suffix, tiny_cfg, tmp_path, capsys):
     assert "repeats 2 question(s)" in capsys.readouterr().err  # a one-line warning: legitimate, but said
     out = run_dag(cfg)["prepare_data"]
     assert out.result["train_rows"] == 20 and out.result["source"].startswith("local:")
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "ia3", "lokr"])
+def test_every_method_with_valid_values_passes_validation(method, tiny_cfg):
+    """A valid config of each method validates (a full fine-tune has no target modules to check)."""
+    from pipeline.validate import validate
+
+    validate(tiny_cfg([f"finetune={method}"]))
+    validate(tiny_cfg([f"finetune={method}", "finetune.target_modules=[query,value]"] if method != "full" else []))
