@@ -130,6 +130,7 @@ def _slurm_sweep(tmp_path, tiny, slurm, server, *args: str) -> subprocess.Popen:
     overrides = [o for o in tiny_overrides(tmp_path, *tiny) if not o.startswith(("finetune.", "tracking.uri"))]
     cmd = [
         sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides,
+        "hydra.sweeper.seeds=[]",  # the grid only: the tiny config's own learning rate and seed, no replicates
         f"tracking.uri={server}",
         "hydra/launcher=slurm",  # ours: submitit_slurm with one GPU per job, shrunk to this test cluster below
         "hydra.launcher.gpus_per_node=null",
@@ -171,7 +172,11 @@ def test_sweep_through_slurm_to_the_tracking_server_then_compare(
     (parent,) = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
     children = sweep_runs(client, parent.info.run_id)
     assert parent.info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children) == ["full", "lora-r2-a8", "lora-r4-a8"]
+    assert sorted(r.info.run_name for r in children) == [
+        "full-lr1e-3-s12",
+        "lora-r2-a8-lr1e-3-s12",
+        "lora-r4-a8-lr1e-3-s12",
+    ]
     assert all(r.info.status == "FINISHED" for r in children)
     # each ran as a SLURM job of its own
     assert len({r.data.tags["slurm.job_id"] for r in children}) == 3
@@ -191,7 +196,7 @@ def test_sweep_through_slurm_to_the_tracking_server_then_compare(
     )  # fmt: skip
     assert report.returncode == 0, report.stderr[-3000:]
     table = (tmp_path / "report" / "report.md").read_text()
-    assert all(name in table for name in ("full", "lora-r2-a8", "lora-r4-a8"))
+    assert all(name in table for name in ("full-lr1e-3-s12", "lora-r2-a8-lr1e-3-s12", "lora-r4-a8-lr1e-3-s12"))
     assert any(a.path == "report" for a in client.list_artifacts(parent.info.run_id))
 
     # the same sweep again: every job reuses its finished run, and no shared stage is computed for them
