@@ -126,18 +126,8 @@ This is a [sentence-transformers](https://www.SBERT.net) model finetuned from or
 def _trained(tmp_path):
     (tmp_path / "ft" / "model").mkdir(parents=True)
     (tmp_path / "ft" / "model" / "README.md").write_text(REUSED_CARD)
-    return {
-        "card": {"language": "en", "license": "apache-2.0", "model_name": "org/tiny adapter finetuned on qa pairs"},
-        "base_revision": "c" * 40,
-        "target_modules": ["query", "value"],
-        "trainable_params": 10,
-        "trainable_percent": 1.0,
-        "total_params": 1000,
-        "weights_file": "adapter_model.safetensors",
-        "weights_mb": 0.1,
-        "device": "cpu",
-        "precision": "fp32",
-    }
+    card = {"language": "en", "license": "apache-2.0", "model_name": "org/tiny adapter finetuned on qa pairs"}
+    return {**TRAINED, "card": card, "base_revision": "c" * 40}
 
 
 def test_a_reused_fine_tunes_card_gets_this_runs_card_text(tmp_path, tiny_cfg):
