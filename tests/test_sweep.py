@@ -156,14 +156,14 @@ def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model
     assert proc.returncode != 0
     assert "1 of 3 jobs failed" in proc.stderr
     by_status = sorted((r.info.status, r.info.run_name) for r in children)
-    assert by_status == [
-        ("FAILED", "lora-r2-a8-lr1e-3-s12"),
+    assert by_status == [  # run names carry the target modules that were set
+        ("FAILED", "lora-r2-a8-no_such_module-lr1e-3-s12"),
         ("FINISHED", "full-lr1e-3-s12"),
-        ("FINISHED", "lora-r2-a8-lr1e-3-s12"),
+        ("FINISHED", "lora-r2-a8-query-lr1e-3-s12"),
     ]
     failed = next(r for r in children if r.info.status == "FAILED")
     assert "no_such_module" in failed.data.tags["error"]
-    assert parent.info.status == "FAILED" and "lora-r2-a8-lr1e-3-s12" in parent.data.tags["sweep.failed_jobs"]
+    assert parent.info.status == "FAILED" and "lora-r2-a8-no_such_module" in parent.data.tags["sweep.failed_jobs"]
 
 
 @pytest.mark.slow
