@@ -45,9 +45,9 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
-def sweep_tags() -> dict[str, str]:
-    """In a job of a multirun: the tags that make its run a child of the sweep's parent run."""
-    sweep = sweep_of_this_job()
+def sweep_tags(sweep: dict | None) -> dict[str, str]:
+    """In a job of a multirun (`sweep`: `sweep_of_this_job()`): the tags that make its run a child of the sweep's
+    parent run."""
     return {} if sweep is None else {"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]}
 
 
@@ -57,7 +57,7 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
     message = " ".join(str(error).split())
     print(f"error: job {run_name(cfg)}: {message}", file=sys.stderr)
     try:
-        with pipeline_run(cfg, {}, tags=sweep_tags()):
+        with pipeline_run(cfg, {}, tags=sweep_tags(sweep_of_this_job())):
             raise error
     except type(error):
         pass
@@ -80,8 +80,8 @@ def _run(cfg: DictConfig) -> float | None:
     print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
-    tags = {"device": device, "precision": precision, **sweep_tags(), **slurm_tags()}
     sweep = sweep_of_this_job()
+    tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags()}
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
         with pipeline_run(cfg, found, tags=tags) as tracked:

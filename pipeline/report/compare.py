@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ from pipeline.report.load import (
     find_sweep,
     load_arms,
     no_nan,
+    none_if_nan,
     open_client,
     ordered,
     sweep_id_of,
@@ -147,7 +147,7 @@ def _configuration_json(c) -> dict:
         "name": c.name,
         "method": c.method,
         "selected": c.selected,
-        "dev_ndcg_at_10": None if math.isnan(c.dev) else c.dev,
+        "dev_ndcg_at_10": none_if_nan(c.dev),
         "runs": [a.run_id for a in c.runs],
         "seeds": [a.seed for a in c.runs],
         "nanobeir": None if e is None else no_nan({**e._asdict(), "seed_means": list(e.seed_means)}),

@@ -84,9 +84,9 @@ class Arm:
             "lr": self.lr,
             "seed": self.seed,
             "configuration": self.configuration,
-            "dev_ndcg_at_10": _none_if_nan(self.dev),
-            "dev_delta_vs_base": _none_if_nan(self.dev_delta),
-            "nanobeir_delta_vs_base": _none_if_nan(self.nanobeir_delta),
+            "dev_ndcg_at_10": none_if_nan(self.dev),
+            "dev_delta_vs_base": none_if_nan(self.dev_delta),
+            "nanobeir_delta_vs_base": none_if_nan(self.nanobeir_delta),
             "cost": self.cost,
             "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
             "per_dataset_ndcg_at_10": self.per_dataset,
@@ -95,12 +95,12 @@ class Arm:
         }
 
 
-def _none_if_nan(value: float) -> float | None:
+def none_if_nan(value: float | None) -> float | None:
     return None if value is None or math.isnan(value) else value
 
 
 def no_nan(values: dict) -> dict:
-    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+    return {k: none_if_nan(v) if isinstance(v, float) else v for k, v in values.items()}
 
 
 def default_outputs() -> Path:
