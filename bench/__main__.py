@@ -1,11 +1,11 @@
 """`make bench` / `python -m bench`: every benchmark, one after the other, then docs/benchmarks.md.
 
-    python -m bench [--only training,evaluation,overhead,sweep_reuse,speed] [--out docs/benchmarks.md] [--merge]
+    python -m bench [--only training,evaluation,overhead,sweep_reuse,speed,profile] [--out docs/benchmarks.md] [--merge]
     python -m bench --quick [--model DIR]     (every code path at the smallest sizes; table in outputs/bench/quick.md)
 
-Sized to finish in about 10 minutes on 2 quiet CPU cores (each benchmark's size is a flag of its own module:
-`python -m bench.overhead --help`). Run it on a quiet machine: the ratios are robust to steady load, not to load
-that comes and goes between arms.
+Sized to finish in about 22 minutes on 2 quiet CPU cores, 8 of them the speed comparison at batch 256 (each
+benchmark's size is a flag of its own module: `python -m bench.overhead --help`). Run it on a quiet machine: the
+ratios are robust to steady load, not to load that comes and goes between arms.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import evaluation, overhead, speed, sweep_reuse, training
+from bench import evaluation, overhead, profiling, speed, sweep_reuse, training
 from bench.common import DOC, MINILM, RESULTS, ROOT, BenchResult, machine_info, markdown_table, quiet, write_doc
 
 BENCHES = {
@@ -24,6 +24,7 @@ BENCHES = {
     "overhead": overhead.run,
     "sweep_reuse": sweep_reuse.run,
     "speed": speed.run,
+    "profile": profiling.run,
 }
 # --quick: every code path at the smallest sizes (a couple of minutes; the numbers mean little)
 QUICK = {
@@ -32,6 +33,7 @@ QUICK = {
     "overhead": {"reps": 1, "steps": 2, "batch": 8, "docs": 40, "queries": 4},
     "sweep_reuse": {"jobs": 2, "steps": 1, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},
     "speed": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "steps": 2},
+    "profile": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "doc": RESULTS / "quick" / "profile_cpu.md"},
 }
 
 

@@ -4,8 +4,9 @@ no MLflow, no Hydra. The reference arm of bench/overhead.py.
     python bench/bare_lora.py CONFIG_JSON OUT_DIR
 
 CONFIG_JSON: the pipeline's resolved config (as bench/overhead.py writes it, plus `model_path`). Does what a run of
-`python -m pipeline` computes: the base model's NanoBEIR, the data split, the LoRA fine-tune, the saved adapter and
-the fine-tuned model's NanoBEIR; prints one JSON line with its phase times and scores.
+`python -m pipeline` computes: the data split, the base model's NanoBEIR and in-domain dev NDCG@10 (the held-out
+pairs as a retrieval task), the LoRA fine-tune, the saved adapter and the fine-tuned model's NanoBEIR and dev NDCG@10;
+prints one JSON line with its phase times and scores.
 """
 
 from __future__ import annotations
@@ -26,7 +27,10 @@ from sentence_transformers import (  # noqa: E402
     SentenceTransformerTrainingArguments,
 )
 from sentence_transformers.base.sampler import BatchSamplers  # noqa: E402
-from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator  # noqa: E402
+from sentence_transformers.sentence_transformer.evaluation import (  # noqa: E402
+    InformationRetrievalEvaluator,
+    NanoBEIREvaluator,
+)
 from sentence_transformers.sentence_transformer.losses import (  # noqa: E402
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
@@ -45,6 +49,20 @@ def main(config_path: str, out_dir: str) -> dict:
     dataset = dataset.select_columns([data["question_column"], data["answer_column"]])
     splits = dataset.train_test_split(test_size=data["eval_size"], seed=data["seed"])
     train_dataset = splits["train"].select(range(data["train_size"]))
+    # The dev set: the first held-out questions, each with its own answer, among the held-out answers (one id per text)
+    heldout = splits["test"]
+    questions, answers = heldout[data["question_column"]], heldout[data["answer_column"]]
+    n_queries = min(data["dev_queries"], len(questions))
+    doc_ids = {}
+    for text in answers[: max(n_queries, min(data["dev_corpus"], len(answers)))]:
+        doc_ids.setdefault(text, f"d{len(doc_ids)}")
+    dev_evaluator = InformationRetrievalEvaluator(
+        queries={f"q{i}": questions[i] for i in range(n_queries)},
+        corpus={doc: text for text, doc in doc_ids.items()},
+        relevant_docs={f"q{i}": {doc_ids[answers[i]]} for i in range(n_queries)},
+        batch_size=ev["batch_size"],
+        name="dev",
+    )
     phases["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -56,6 +74,7 @@ def main(config_path: str, out_dir: str) -> dict:
         dataset_names=ev["datasets"], dataset_id=ev["dataset_id"], batch_size=ev["batch_size"]
     )
     baseline = evaluator(model)
+    dev_baseline = dev_evaluator(model)
     phases["baseline_eval"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -69,9 +88,9 @@ def main(config_path: str, out_dir: str) -> dict:
             target_modules=ft["target_modules"],
         )
     )
-    if train["loss"] == "cached_mnrl":
-        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=train["mini_batch_size"])
-    else:
+    if train["loss"] == "cached_mnrl" and train["mini_batch_size"] != "auto":
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=int(train["mini_batch_size"]))
+    else:  # auto: the pipeline's loss embeds once where the batch fits in memory, as MNRL does (at the bench's sizes)
         loss = MultipleNegativesRankingLoss(model)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"),
@@ -99,11 +118,15 @@ def main(config_path: str, out_dir: str) -> dict:
 
     tick = time.perf_counter()
     finetuned = evaluator(model)
+    dev_finetuned = dev_evaluator(model)
     phases["finetuned_eval"] = time.perf_counter() - tick
     return {
         "phases": phases,
         "baseline_ndcg_at_10": baseline[evaluator.primary_metric],
         "ndcg_at_10": finetuned[evaluator.primary_metric],
+        "dev_baseline_ndcg_at_10": dev_baseline[dev_evaluator.primary_metric],
+        "dev_ndcg_at_10": dev_finetuned[dev_evaluator.primary_metric],
+        "dev_queries": n_queries,
         "global_step": trainer.state.global_step,
     }
 

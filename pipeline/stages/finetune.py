@@ -144,7 +144,7 @@ def finetune(
         save_adapter_fixes(out / "model")  # DoRA's magnitudes under the key transformers' load_adapter reads
         portable_adapter_config(out / "model", model_cfg)
     reload_diff = _reload_difference(
-        model, model_cfg, out / "model", train_dataset[: min(8, len(train_dataset))], precision
+        model, model_cfg, out / "model", train_dataset[: min(2, len(train_dataset))], precision
     )
     (out / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=2))
     shutil.rmtree(args.output_dir, ignore_errors=True)  # checkpoints only serve a resume; the model is saved
@@ -174,6 +174,7 @@ def finetune(
         summary.update(
             uncached_steps=loss.plan.uncached_steps,
             cached_steps=loss.plan.cached_steps,
+            recomputed_token_fraction=loss.plan.recomputed_fraction,
             activation_budget_mb=loss.plan.budget_bytes / 1e6,
         )
     if adapter:  # adapter facts from the adapter's own state dict (get_adapter_state_dict)
