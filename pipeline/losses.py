@@ -133,14 +133,14 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     def _forward_partly_cached(self, features: list[dict], labels: Tensor) -> Tensor:
         """GradCache (the parent's `forward_cached`) in which the first pass embeds the mini-batches that fit in the
         budget with gradients and keeps their graphs: the backward hook re-embeds only the others."""
-        ranges = [self._chunks(feature) for feature in features]
+        lengths = [feature["attention_mask"].sum(dim=1).tolist() for feature in features]
+        ranges = [self._chunks(column_lengths) for column_lengths in lengths]
         budget = self.plan.budget_bytes
         graphs, reps, random_states = [], [], []
-        for feature, column_ranges in zip(features, ranges, strict=True):
-            lengths = feature["attention_mask"].sum(dim=1).tolist()
+        for feature, column_lengths, column_ranges in zip(features, lengths, ranges, strict=True):
             column_graphs, column_reps, column_states = [], [], []
             for begin, end in column_ranges:
-                width = int(lengths[begin])  # sorted longest first: the mini-batch's padded width
+                width = int(column_lengths[begin])  # sorted longest first: the mini-batch's padded width
                 need = (end - begin) * width * activation_bytes_per_token(self.model, width, self.dtype_bytes)
                 keep = need <= budget
                 budget -= need if keep else 0
@@ -150,7 +150,7 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
                 column_graphs.append(rep if keep else None)
                 column_reps.append(rep.detach().requires_grad_())
                 column_states.append(random_state)
-                tokens = int(sum(lengths[begin:end]))
+                tokens = int(sum(column_lengths[begin:end]))
                 self.plan.tokens += tokens
                 self.plan.recomputed_tokens += 0 if keep else tokens
             graphs.append(column_graphs)
@@ -176,8 +176,9 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         or through a second embedding with the first pass's dropout draws (the parent's `_backward_hook`, without
         its DDP handling: the pipeline trains one process per GPU)."""
         with torch.enable_grad():
-            for feature, column in zip(features, zip(ranges, graphs, cache, states, strict=True), strict=True):
-                column_ranges, column_graphs, column_cache, column_states = column
+            for feature, column_ranges, column_graphs, column_cache, column_states in zip(
+                features, ranges, graphs, cache, states, strict=True
+            ):
                 for index, (begin, end) in enumerate(column_ranges):
                     graph, column_graphs[index] = column_graphs[index], None  # freed once back-propagated
                     if graph is None:  # not kept: embed again, with the first pass's dropout draws
@@ -194,10 +195,9 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
                         dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
                         (torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype)) * grad_output).backward()
 
-    def _chunks(self, feature: dict) -> list[tuple[int, int]]:
-        """(begin, end) of the mini-batches of a column sorted longest first: each holds at most `chunk_tokens`
-        tokens counted with its padding (its rows times its first, longest row)."""
-        lengths = feature["attention_mask"].sum(dim=1).tolist()
+    def _chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
+        """(begin, end) of the mini-batches of a column sorted longest first (`lengths`: its rows' token counts):
+        each holds at most `chunk_tokens` tokens counted with its padding (its rows times its first, longest row)."""
         ranges, begin = [], 0
         while begin < len(lengths):
             rows = max(1, self.chunk_tokens // max(1, int(lengths[begin])))

@@ -125,7 +125,7 @@ def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout_model):
     lengths = feature["attention_mask"].sum(dim=1)
     assert lengths.tolist() == sorted(lengths.tolist(), reverse=True)
     assert torch.equal(feature["input_ids"][inverse], _features(model)[1]["input_ids"])
-    chunks = loss._chunks(feature)
+    chunks = loss._chunks(lengths.tolist())
     assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths) and len(chunks) > 1
     for begin, end in chunks:
         assert end - begin == 1 or (end - begin) * int(lengths[begin]) <= 64
