@@ -224,8 +224,7 @@ def run(
     )
     changed = (
         "gc.freeze() at exit (was ~4 s of cycle collections); the finetune stage's reload check encodes 2 pairs (was "
-        "8); stage code versions parse each module once; MLflow's usage telemetry off (its config-fetch thread cost "
-        "0.2-0.4 s). "
+        "8); stage code versions parse each module once; MLflow's usage telemetry off (no config-fetch thread). "
         + (
             "Within goal. "
             if fixed_s <= GOAL_S

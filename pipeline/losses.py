@@ -12,8 +12,9 @@ and its machinery and changes two things:
   counts) are embedded with gradients and keep their graph: only the others are embedded twice. Where the whole
   batch fits, that is plain MNRL's single pass; where nothing fits, it is CachedMNRL's two.
 
-Small mini-batches are also the fast ones on CPU (sorted MiniLM rows at max_seq_length 256: 1,616 tokens/s forward
-and backward in mini-batches of 8, 1,354 in 32, 818 in 128), while a GPU wants large ones.
+Small mini-batches are also the fast ones on CPU (measured once by hand, 2 cores, sorted MiniLM rows at
+max_seq_length 256: 1,616 tokens/s forward and backward in mini-batches of 8, 1,354 in 32, 818 in 128), while a GPU
+wants large ones.
 
 Dropout draws differ between the two ways (as between two mini-batch sizes), so losses are equal to rounding only
 without dropout (tests/test_losses.py); with dropout they are equal in distribution.
