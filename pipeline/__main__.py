@@ -32,18 +32,29 @@ def main(cfg: DictConfig) -> float | None:
         from pipeline.tracking.run import SELECTION_METRIC
 
         return finished.data.metrics.get(SELECTION_METRIC)
+    from pipeline.tracking.tracker import Tracker, TrackingError
+    from pipeline.tracking.uri import tracking_uri
+
+    tracker = None
     try:
         validate(cfg)
-    except ConfigError as error:
+        tracker = Tracker()  # MLflow in a process of its own: it opens the store while this process imports torch
+        tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+        from pipeline.app import run
+
+        tracker.check_store()
+    except (ConfigError, TrackingError) as error:
+        if tracker is not None:
+            tracker.close()
         if sweep_of_this_job() is not None:  # one bad job of a sweep: a FAILED run, and the other jobs go on
             from pipeline.app import bad_job
 
             return bad_job(cfg, error)
+        if isinstance(error, TrackingError):  # the tracker could not start: not the config's fault
+            raise
         _remove_empty_run_dir()
         fail(error)
-    from pipeline.app import run
-
-    return run(cfg)
+    return run(cfg, tracker)
 
 
 def fail(error: Exception) -> None:

@@ -1,4 +1,7 @@
-"""The task function behind `python -m pipeline`: validate, track, run the DAG, report."""
+"""The task function behind `python -m pipeline`: run the DAG inside one MLflow run (logged by a `Tracker`), report.
+
+Nothing here imports MLflow: the tracker process does (`pipeline.tracking.tracker`).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +17,10 @@ from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
-from pipeline.tracking.progress import MLflowTrainerCallback
-from pipeline.tracking.run import pipeline_run, run_name
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.progress import TrainerLogsCallback
 from pipeline.tracking.sweep import sweep_of_this_job
+from pipeline.tracking.tracker import Tracker
+from pipeline.tracking.uri import tracking_uri
 
 
 def quiet_libraries() -> None:
@@ -54,6 +57,8 @@ def sweep_tags(sweep: dict | None) -> dict[str, str]:
 def bad_job(cfg: DictConfig, error: Exception) -> float:
     """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
     its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
+    from pipeline.tracking.run import pipeline_run, run_name
+
     message = " ".join(str(error).split())
     print(f"error: job {run_name(cfg)}: {message}", file=sys.stderr)
     try:
@@ -64,16 +69,24 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
     return float("nan")
 
 
-def run(cfg: DictConfig) -> float | None:
+def run(cfg: DictConfig, tracker: Tracker | None = None) -> float | None:
+    """Run the DAG; `tracker`: one started (and its store opened) while this process imported torch, else one now."""
+    if tracker is None:
+        tracker = Tracker()
+        tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+        tracker.check_store()
     # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
-    with (
-        gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
-        requeue_when_interrupted(),
-    ):
-        return _run(cfg)
+    try:
+        with (
+            gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
+            requeue_when_interrupted(),
+        ):
+            return _run(cfg, tracker)
+    finally:
+        tracker.close()  # a no-op once its run ended; stops it where this run failed before opening one
 
 
-def _run(cfg: DictConfig) -> float | None:
+def _run(cfg: DictConfig, tracker: Tracker) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     uri = tracking_uri(cfg)
@@ -84,13 +97,8 @@ def _run(cfg: DictConfig) -> float | None:
     tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags()}
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
-        with pipeline_run(cfg, found, tags=tags) as tracked:
-            outputs = run_dag(
-                cfg,
-                found,
-                callbacks=(MLflowTrainerCallback(tracked.client, tracked.run_id),),
-                on_stage=tracked.on_stage,
-            )
+        with tracker.run(cfg, found, tags) as tracked:
+            outputs = run_dag(cfg, found, callbacks=(TrainerLogsCallback(tracked.log),), on_stage=tracked.on_stage)
             if cfg.hub.push:  # after the card; validate() checked the repo id, the token and the network
                 from pipeline.stages.push import push
 

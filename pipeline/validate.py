@@ -298,13 +298,12 @@ def _check_tracking(cfg: DictConfig) -> None:
         raise ConfigError(
             f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}"
         )
-    if scheme == "sqlite":
-        from pipeline.tracking.store import client_for
+    if scheme == "sqlite":  # without MLflow (the tracker opens the store, and names whatever else stops it)
+        from pipeline.tracking.uri import sqlite_problem
 
-        try:
-            client_for(uri)  # creates the DB once, or opens it
-        except Exception as error:  # noqa: BLE001 - whatever stops MLflow from opening it
-            raise ConfigError(f"tracking.uri={uri} cannot be opened ({type(error).__name__}: {error})") from error
+        problem = sqlite_problem(uri)
+        if problem:
+            raise ConfigError(f"tracking.uri={uri} cannot be opened: {problem}")
     elif scheme in ("http", "https"):
         import urllib.request
 

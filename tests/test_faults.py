@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -40,8 +41,11 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    children = psutil.Process(proc.pid).children(recursive=True)  # its MLflow tracker among them
+    assert children
+    os.kill(proc.pid, signal.SIGKILL)  # the run's process alone: its tracker sees the pipe close and exits
     proc.wait()
+    assert _all_gone(children, timeout=30), [c.pid for c in children if _alive(c)]
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (killed,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
@@ -59,6 +63,25 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     assert steps[0] == 1 and steps[-1] == 120
     (final,) = [p for p in finetune_cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
     assert not (final / "checkpoints").exists()
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _all_gone(processes: list[psutil.Process], timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while any(_alive(p) for p in processes):
+        if time.time() > deadline:
+            for p in processes:  # leave no orphan behind
+                if _alive(p):
+                    p.kill()
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_damaged_cache_entry_is_rebuilt(tiny_cfg):

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.app import run
 from pipeline.dag import run_dag
 from pipeline.tracking.run import run_key
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.uri import tracking_uri
 from tests.conftest import ROOT, tiny_overrides
 
 

@@ -148,7 +148,7 @@ def test_pipeline_baseline_through_mteb_is_tagged_in_mlflow(tiny_cfg):
     from mlflow.tracking import MlflowClient
 
     from pipeline.app import run
-    from pipeline.tracking.store import tracking_uri
+    from pipeline.tracking.uri import tracking_uri
     from tests.conftest import compose_config
 
     runs = {}

@@ -12,7 +12,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.app import run
 from pipeline.dag import run_dag
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.uri import tracking_uri
 
 
 def _only_run(cfg):

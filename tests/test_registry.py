@@ -11,7 +11,7 @@ from pipeline.app import run
 from pipeline.models import load_model
 from pipeline.report import main
 from pipeline.report.compare import winning_arm
-from pipeline.tracking.store import tracking_uri
+from pipeline.tracking.uri import tracking_uri
 
 TEXTS = ["what is heart pain?", "blood pressure and stroke"]
 

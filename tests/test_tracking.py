@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.app import run
 from pipeline.tracking.run import finished_run, flat_params, run_key
-from pipeline.tracking.store import metric_name, tracking_uri
+from pipeline.tracking.store import metric_name
+from pipeline.tracking.uri import tracking_uri
 from tests.conftest import write_qa_dir
 
 
@@ -55,8 +57,6 @@ def test_a_token_in_the_config_is_logged_nowhere(tiny_cfg, monkeypatch, tmp_path
 
 
 def test_an_interrupted_run_resumes_with_the_new_tags(tiny_cfg):
-    import pytest
-
     from pipeline.tracking.run import pipeline_run
 
     cfg = tiny_cfg()
@@ -180,3 +180,72 @@ def test_the_hub_http_clients_info_lines_are_quiet_but_warnings_stay(caplog):
         logging.getLogger("huggingface_hub.file_download").info("downloading")
         logging.getLogger("httpx").warning("retrying")
     assert [r.getMessage() for r in caplog.records] == ["retrying"]
+
+
+def test_the_runs_process_never_imports_mlflow_its_tracker_logs_the_run(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """MLflow (and the SQLAlchemy store) live in the tracker process: the run's process pays for neither, and the
+    MLflow run still gets its params, each stage's metrics, the trainer's logs and its end."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, compose_config, tiny_method, tiny_overrides
+
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + tiny_method([])
+    cfg = compose_config(overrides)
+    code = (
+        "import json, sys; from tests.conftest import compose_config; from pipeline.app import run; "
+        "run(compose_config(sys.argv[1:])); "
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic'))))"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert r.info.status == "FINISHED"
+    assert {"dev_ndcg_at_10", "nanobeir_mean_ndcg_at_10", "nanobeir_delta_vs_base", "trainable_params"} <= set(
+        r.data.metrics
+    )
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")]  # the trainer's logs, by step
+    assert r.data.tags["stage.model_card"] == "ran" and r.data.params["train.max_steps"] == str(cfg.train.max_steps)
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
+def test_a_tracker_that_cannot_log_fails_the_run(in_process, tiny_cfg, tmp_path):
+    """What the tracker fails to log (here: a stage's files are gone) fails the run on both sides: the MLflow run is
+    FAILED with the tracker's error and the run's process raises `TrackingError`, never a silent gap."""
+    from pipeline.fingerprint import sources
+    from pipeline.tracking.tracker import StageRecord, Tracker, TrackingError
+
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    tracker = Tracker(in_process)
+    tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+    tracker.check_store()
+    gone = StageRecord("dev_baseline", "ran", tmp_path / "gone", {"ndcg_at_10": 0.5})
+    with pytest.raises(TrackingError, match="FileNotFoundError|No such file"), tracker.run(cfg, sources(cfg), {}):
+        tracker.on_stage(gone)
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert r.info.status == "FAILED" and "gone" in r.data.tags["error"]
+    assert r.data.metrics["baseline_dev_ndcg_at_10"] == 0.5  # what it logged before the failure stays
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
+def test_a_store_mlflow_cannot_open_is_a_config_error(in_process, tmp_path):
+    """A sqlite file that is no MLflow DB: the tracker names the URI in one line, and exits."""
+    from pipeline.config import ConfigError
+    from pipeline.tracking.tracker import Tracker
+
+    db = tmp_path / "not_a.db"
+    db.write_text("not sqlite at all\n" * 100)
+    tracker = Tracker(in_process)
+    tracker.open_store(f"sqlite:///{db}", "e")
+    with pytest.raises(ConfigError, match=f"tracking.uri=sqlite:///{db} cannot be opened"):
+        tracker.check_store()
+    tracker.close()
+    assert tracker._exit_code() == 0  # it ended, cleanly

@@ -1,4 +1,5 @@
-"""Tracking: the MLflow run of a pipeline run, the sweep callbacks, the UI's saved view, the trainer's logging callback."""
+"""Tracking: the tracker process that logs a pipeline run to MLflow (`tracker`; the run's own process never imports
+MLflow), the MLflow run, the sweep callbacks, the UI's saved view, the trainer's logging callback."""
 
 import os
 

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,14 +30,13 @@ from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_ide
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
 from pipeline.tracking.store import (
     _now_ms,
-    _sqlite_path,
     client_for,
     experiment_id,
     log_step,
     metric_name,
-    tracking_uri,
 )
 from pipeline.tracking.system_metrics import system_metrics
+from pipeline.tracking.uri import sqlite_path, tracking_uri
 
 if TYPE_CHECKING:  # the DAG pulls in torch; a sweep's finished-job check must not
     from pipeline.dag import StageOutput
@@ -128,7 +125,7 @@ def run_key(cfg: DictConfig, found_sources: dict[str, str] | None = None, params
 def finished_run(cfg: DictConfig) -> Run | None:
     """The newest FINISHED run of this config (same `run_key`) in its experiment, if any; creates nothing."""
     uri = tracking_uri(cfg)
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is not None and not db.is_file():
         return None
     client = MlflowClient(uri)
@@ -265,7 +262,8 @@ class PipelineRun:
 def pipeline_run(
     cfg: DictConfig, found_sources: dict[str, str] | None = None, tags: dict[str, str] | None = None
 ) -> Iterator[PipelineRun]:
-    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C, SIGTERM).
+    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C, SIGTERM: see
+    `pipeline.tracking.tracker`, which runs this in a process of its own).
 
     The same config started again after a kill (SIGKILL leaves its run RUNNING; Ctrl-C leaves it KILLED) logs into
     that same run, while training resumes from its last checkpoint. A lock per config, held for the whole run, tells
@@ -306,24 +304,25 @@ def pipeline_run(
                 resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
                 client.log_artifact(run_id, str(resolved))
         monitor = system_metrics(uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
-        with _sigterm_as_interrupt():
-            try:
-                with monitor:
-                    yield PipelineRun(client, run_id, cfg, found)
-            except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
-                client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
-                raise
-            except BaseException as error:
-                client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
-                with tempfile.TemporaryDirectory() as tmp:
-                    trace = Path(tmp) / "error.txt"
-                    trace.write_text(traceback.format_exc())
-                    client.log_artifact(run_id, str(trace))
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
-                raise
-            else:
-                client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+        try:
+            with monitor:
+                yield PipelineRun(client, run_id, cfg, found)
+        except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
+            client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            raise
+        except BaseException as error:
+            # an error of the run's process, replayed in the tracker (`RunError`), carries its own line and traceback
+            line = getattr(error, "line", None) or f"{type(error).__name__}: {error}"
+            client.set_tag(run_id, "error", line[:5000])
+            with tempfile.TemporaryDirectory() as tmp:
+                trace = Path(tmp) / "error.txt"
+                trace.write_text(getattr(error, "trace", None) or traceback.format_exc())
+                client.log_artifact(run_id, str(trace))
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
+            raise
+        else:
+            client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
 
 
 def _newest_run(client: MlflowClient, exp_id: str, key: str, statuses: tuple[str, ...]) -> Run | None:
@@ -332,20 +331,3 @@ def _newest_run(client: MlflowClient, exp_id: str, key: str, statuses: tuple[str
         [exp_id], filter_string=f"tags.`pipeline.config_hash` = '{key}'", order_by=["attributes.start_time DESC"]
     )
     return next((run for run in runs if run.info.status in statuses), None)
-
-
-@contextmanager
-def _sigterm_as_interrupt():
-    """A scheduler's SIGTERM (preemption, scancel) ends the run KILLED, like Ctrl-C, instead of leaving it RUNNING."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

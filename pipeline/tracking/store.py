@@ -1,4 +1,4 @@
-"""The MLflow store: where runs go (a sqlite DB under the outputs, or a tracking server), its experiments, searches
+"""The MLflow store (a sqlite DB under the outputs, or a tracking server; where: `pipeline.tracking.uri`): its experiments, searches
 across them, and metric logging with MLflow-safe names."""
 
 from __future__ import annotations
@@ -6,31 +6,19 @@ from __future__ import annotations
 import re
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 from filelock import FileLock
 from mlflow.entities import Experiment, Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import DictConfig
 
 from pipeline.tracking.ui import describe_experiment
-
-
-def tracking_uri(cfg: DictConfig) -> str:
-    """The configured URI, or a sqlite DB under paths.outputs (MLflow >= 3.13 refuses a ./mlruns file store)."""
-    if cfg.tracking.uri:
-        return cfg.tracking.uri
-    return f"sqlite:///{(Path(cfg.paths.outputs) / 'mlflow.db').resolve()}"
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+from pipeline.tracking.uri import sqlite_path
 
 
 def client_for(uri: str) -> MlflowClient:
     """A client whose store exists: a fresh sqlite DB is created once, under a lock (parallel creators race)."""
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     if db is None:
         return MlflowClient(uri)
     db.parent.mkdir(parents=True, exist_ok=True)
@@ -41,7 +29,7 @@ def client_for(uri: str) -> MlflowClient:
 
 
 def experiment_id(client: MlflowClient, uri: str, name: str) -> str:
-    db = _sqlite_path(uri)
+    db = sqlite_path(uri)
     lock = FileLock(str(db) + ".lock") if db else None
     with lock if lock else nullcontext():
         experiment = client.get_experiment_by_name(name)

@@ -53,7 +53,7 @@ def finished_job(cfg: DictConfig) -> Run | None:
     from mlflow.tracking import MlflowClient
 
     from pipeline.tracking.run import finished_run
-    from pipeline.tracking.store import tracking_uri
+    from pipeline.tracking.uri import tracking_uri
 
     run = finished_run(cfg)
     if run is None:
@@ -98,7 +98,8 @@ def _first_job_experiment(config: DictConfig) -> str:
 
 class MLflowSweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pipeline.tracking.store import client_for, experiment_id, tracking_uri
+        from pipeline.tracking.store import client_for, experiment_id
+        from pipeline.tracking.uri import tracking_uri
 
         uri = tracking_uri(config)
         client = client_for(uri)  # the DB is created here, once, before parallel jobs race to create it
