@@ -55,8 +55,9 @@ def sweep_tags(sweep: dict | None) -> dict[str, str]:
 
 
 def bad_job(cfg: DictConfig, error: Exception) -> float:
-    """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
-    its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
+    """A sweep's job whose config failed validation (or whose tracker could not start): a FAILED run with the
+    one-line error (no content fingerprints: its inputs may not exist), logged in this process, so that the other jobs
+    go on and the sweep's end names this one."""
     from pipeline.tracking.run import pipeline_run, run_name
 
     message = " ".join(str(error).split())
