@@ -52,7 +52,7 @@ reproduce-mini: ## the protocol on the paper recipe scaled to 2 CPU cores (needs
 	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=64 finetune.alpha=128 $(MINI_PROTOCOL) $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
 
-bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~22 min, quiet 2 cores)
+bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~17 min, quiet 2 cores)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 test: ## the whole test suite (the CI command)

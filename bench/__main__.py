@@ -3,7 +3,7 @@
     python -m bench [--only training,evaluation,overhead,sweep_reuse,speed,profile] [--out docs/benchmarks.md] [--merge]
     python -m bench --quick [--model DIR]     (every code path at the smallest sizes; table in outputs/bench/quick.md)
 
-Sized to finish in about 22 minutes on 2 quiet CPU cores, 8 of them the speed comparison at batch 256 (each
+Sized to finish in about 17 minutes on 2 quiet CPU cores, 8 of them the speed comparison at batch 256 (each
 benchmark's size is a flag of its own module: `python -m bench.overhead --help`). Run it on a quiet machine: the
 ratios are robust to steady load, not to load that comes and goes between arms.
 """

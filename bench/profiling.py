@@ -144,17 +144,8 @@ def run(
 ) -> BenchResult:
     started = time.perf_counter()
     args = parser().parse_args(
-        [
-            "--model",
-            model,
-            "--batch",
-            str(batch),
-            "--mini-batch",
-            str(mini_batch),
-            "--max-seq-length",
-            str(max_seq_length),
-        ]
-        + ["--doc", str(doc)]
+        ["--model", model, "--batch", str(batch), "--mini-batch", str(mini_batch)]
+        + ["--max-seq-length", str(max_seq_length), "--doc", str(doc)]
     )
     report = measure(args)
     write(report, args.doc)

@@ -6,10 +6,11 @@ of local question/answer pairs, rows in order), alternated step by step (ref, au
 comes and goes hits both; a step is the loss's forward and backward plus AdamW (lr 2e-5), timed, the first of each arm
 excluded (warm-up). Reports samples/s, model FLOPs utilisation (`model_flops`: 6 × the encoder's linear weights per
 real token plus 12 × layers × width × length² per sequence for attention, the embedding tables excluded, over this
-machine's fp32 GEMM peak on CPU, the best of a 2048² matmul timed before and after, or `--peak-tflops` on a GPU), peak GPU memory per arm, the loss of every step of both
-arms (dropout draws differ: equal in distribution, not to rounding; tests/test_losses.py checks equality without
-dropout) and, with `--eval`, NanoBEIR NDCG@10 of both trained models. The rest of the finetune stage (the Trainer,
-the data loader) is the same code for both arms; the pipeline's fixed cost over a bare script is the overhead bench.
+machine's fp32 GEMM peak on CPU, the best of a 2048² matmul timed before and after, or `--peak-tflops` on a GPU),
+peak GPU memory per arm, the loss of every step of both arms (dropout draws differ: equal in distribution, not to
+rounding; tests/test_losses.py checks equality without dropout) and, with `--eval`, NanoBEIR NDCG@10 of both
+trained models. The rest of the finetune stage (the Trainer, the data loader) is the same code for both arms; the
+pipeline's fixed cost over a bare script is the overhead bench.
 
     python -m bench.speed [--batch 256] [--mini-batch 32] [--max-seq-length 256] [--steps 4]     (CPU, as make bench)
     python -m bench.speed --model DIR --batch 1024 --steps 12 --precision bf16 --eval NANOBEIR_DIR --out OUT.json

@@ -38,8 +38,8 @@ def main(cfg: DictConfig) -> float | None:
     tracker = None
     try:
         validate(cfg)
-        tracker = Tracker()  # MLflow in a process of its own: it opens the store while this process imports torch
-        tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+        # MLflow in a process of its own: it opens the store while this process imports torch
+        tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment)
         from pipeline.app import run
 
         tracker.check_store()

@@ -73,8 +73,7 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
 def run(cfg: DictConfig, tracker: Tracker | None = None) -> float | None:
     """Run the DAG; `tracker`: one started (and its store opened) while this process imported torch, else one now."""
     if tracker is None:
-        tracker = Tracker()
-        tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+        tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment)
         tracker.check_store()
     # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
     try:

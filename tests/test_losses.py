@@ -1,8 +1,8 @@
 """train.mini_batch_size=auto (pipeline.losses.AutoCachedMNRL): the same losses and gradients as a fixed mini-batch.
 
 Gradient caching is a memory knob: auto (rows sorted by length, token-budgeted mini-batches, embedded twice only
-where their activations do not fit) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs no dropout
-(the two ways draw dropout masks differently), so the tiny BERT here has none.
+where their activations do not fit) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs
+no dropout (the two ways draw dropout masks differently), so the tiny BERT here has none.
 """
 
 from __future__ import annotations

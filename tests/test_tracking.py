@@ -223,8 +223,7 @@ def test_a_tracker_that_cannot_log_fails_the_run(in_process, tiny_cfg, tmp_path)
     from pipeline.tracking.tracker import StageRecord, Tracker, TrackingError
 
     cfg = tiny_cfg(["run.until=prepare_data"])
-    tracker = Tracker(in_process)
-    tracker.open_store(tracking_uri(cfg), cfg.tracking.experiment)
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, in_process)
     tracker.check_store()
     gone = StageRecord("dev_baseline", "ran", tmp_path / "gone", {"ndcg_at_10": 0.5})
     with pytest.raises(TrackingError, match="FileNotFoundError|No such file"), tracker.run(cfg, sources(cfg), {}):
@@ -243,9 +242,31 @@ def test_a_store_mlflow_cannot_open_is_a_config_error(in_process, tmp_path):
 
     db = tmp_path / "not_a.db"
     db.write_text("not sqlite at all\n" * 100)
-    tracker = Tracker(in_process)
-    tracker.open_store(f"sqlite:///{db}", "e")
+    tracker = Tracker(f"sqlite:///{db}", "e", in_process)
     with pytest.raises(ConfigError, match=f"tracking.uri=sqlite:///{db} cannot be opened"):
         tracker.check_store()
     tracker.close()
     assert tracker._exit_code() == 0  # it ended, cleanly
+
+
+@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
+def test_an_error_of_the_runs_process_ends_its_run_failed_with_it(in_process, tiny_cfg, tmp_path):
+    """The run's process's exception reaches the tracker's MLflow run as it was: its line as the `error` tag and its
+    own traceback as `error.txt` (not the tracker's)."""
+    from pipeline.fingerprint import sources
+    from pipeline.tracking.tracker import Tracker
+
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, in_process)
+    tracker.check_store()
+
+    def failing_stage():
+        raise ValueError("boom in the run's process")
+
+    with pytest.raises(ValueError, match="boom"), tracker.run(cfg, sources(cfg), {}):
+        failing_stage()
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert r.info.status == "FAILED" and r.data.tags["error"] == "ValueError: boom in the run's process"
+    trace = Path(client.download_artifacts(r.info.run_id, "error.txt", str(tmp_path))).read_text()
+    assert "failing_stage" in trace and "Traceback" in trace

@@ -135,6 +135,15 @@ def finished_run(cfg: DictConfig) -> Run | None:
     return _newest_run(client, experiment.experiment_id, run_key(cfg), ("FINISHED",))
 
 
+class RunError(Exception):
+    """An exception of the run's process, raised again in its tracker (`pipeline.tracking.tracker`) with the original
+    line and traceback, so that `pipeline_run` ends the run FAILED with them."""
+
+    def __init__(self, line: str, trace: str):
+        super().__init__(line)
+        self.line, self.trace = line, trace
+
+
 def provenance() -> dict[str, str]:
     tags = {}
     for package in PACKAGES:
@@ -312,12 +321,12 @@ def pipeline_run(
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
             raise
         except BaseException as error:
-            # an error of the run's process, replayed in the tracker (`RunError`), carries its own line and traceback
-            line = getattr(error, "line", None) or f"{type(error).__name__}: {error}"
+            replayed = isinstance(error, RunError)  # the run's process's error: its own line and traceback
+            line = error.line if replayed else f"{type(error).__name__}: {error}"
             client.set_tag(run_id, "error", line[:5000])
             with tempfile.TemporaryDirectory() as tmp:
                 trace = Path(tmp) / "error.txt"
-                trace.write_text(getattr(error, "trace", None) or traceback.format_exc())
+                trace.write_text(error.trace if replayed else traceback.format_exc())
                 client.log_artifact(run_id, str(trace))
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise

@@ -1,5 +1,5 @@
-"""The MLflow store (a sqlite DB under the outputs, or a tracking server; where: `pipeline.tracking.uri`): its experiments, searches
-across them, and metric logging with MLflow-safe names."""
+"""The MLflow store (a sqlite DB under the outputs, or a tracking server; which one: `pipeline.tracking.uri`): its
+experiments, searches across them, and metric logging with MLflow-safe names."""
 
 from __future__ import annotations
 

@@ -55,19 +55,13 @@ class StageRecord:
     result: dict[str, Any]
 
 
-class RunError(Exception):
-    """An exception of the run's process, raised again in the tracker, so that its run ends FAILED with it."""
-
-    def __init__(self, line: str, trace: str):
-        super().__init__(line)
-        self.line, self.trace = line, trace
-
-
 class Tracker:
-    """The run's process's handle on its tracker: `open_store`, `check_store`, then `run(...)` around the DAG."""
+    """The run's process's handle on its tracker: started (it opens the store), `check_store`, then `run(...)` around
+    the DAG."""
 
-    def __init__(self, in_process: bool | None = None) -> None:
-        """`in_process`: a thread of this process instead; by default where this process imported MLflow already
+    def __init__(self, uri: str, experiment: str, in_process: bool | None = None) -> None:
+        """Start the tracker and have it open the store at `uri` (creating a sqlite DB once) and `experiment`, without
+        waiting. `in_process`: a thread of this process instead; by default where this process imported MLflow already
         (the jobs of a sweep that Hydra runs in its own process: its callback did), as there is no import to hide."""
         self.run_id: str | None = None
         self._opened = False
@@ -78,7 +72,11 @@ class Tracker:
             self._conn, theirs = Pipe()
             self._thread = threading.Thread(target=serve, args=(theirs,), name="pipeline-tracker", daemon=True)
             self._thread.start()
-            return
+        else:
+            self._conn = self._start_process()
+        self._conn.send(("store", uri, experiment))
+
+    def _start_process(self) -> Connection:
         # A fresh interpreter (no torch threads or locks inherited, whatever launched this process: Hydra's joblib
         # workers set a start method of their own) in a session of its own (Ctrl-C is this process's to handle), joined
         # by a socket pair that only it and this process hold: when this process dies, the tracker reads EOF.
@@ -93,11 +91,7 @@ class Tracker:
             start_new_session=True,
         )
         theirs.close()
-        self._conn = Connection(ours.detach())  # multiprocessing's framing of pickled messages, over the socket
-
-    def open_store(self, uri: str, experiment: str) -> None:
-        """Open the store (creating a sqlite DB once) and the experiment in the tracker, without waiting."""
-        self._conn.send(("store", uri, experiment))
+        return Connection(ours.detach())  # multiprocessing's framing of pickled messages, over the socket
 
     def check_store(self) -> None:
         """Wait until the store is open: a `ConfigError` naming the URI where MLflow cannot open it."""
@@ -135,7 +129,7 @@ class Tracker:
 
     def log(self, logs: dict, step: int) -> None:
         """The trainer's logs at a logging step (loss, learning rate, in-training evaluation)."""
-        self._send("log", {k: v for k, v in logs.items() if isinstance(v, (int, float))}, step)
+        self._send("log", dict(logs), step)  # log_step, in the tracker, keeps the numbers
 
     def close(self) -> None:
         """Stop a tracker that opened no run (the config failed validation); a no-op once its run ended."""
@@ -165,10 +159,10 @@ class Tracker:
     def _end(self, ending) -> None:
         """Tell the tracker how the run ended; wait for it to log everything sent before and end the MLflow run."""
         error = None
-        if not self._opened:
-            self._opened = True
-            kind, value = self._receive()
-            error, self.run_id = (value, None) if kind != "ok" else (None, value)
+        try:
+            self._wait_opened()
+        except TrackingError as failed:  # the tracker still waits for the end, to answer it
+            error = str(failed)
         self._conn.send(("end", ending))
         while True:
             kind, value = self._receive()
@@ -270,7 +264,7 @@ def serve(conn: Connection) -> None:
 
 def _track(conn: Connection, cfg: DictConfig, found_sources: dict[str, str], tags: dict[str, str]) -> None:
     """Log one run: `pipeline_run` around the messages of the run's process, until it says how the run ended."""
-    from pipeline.tracking.run import pipeline_run
+    from pipeline.tracking.run import RunError, pipeline_run
     from pipeline.tracking.store import log_step
 
     try:
@@ -312,4 +306,6 @@ def _next(conn: Connection) -> tuple:
 
 
 if __name__ == "__main__":  # Tracker() starts `python -m pipeline.tracking.tracker FD`
-    serve(Connection(int(sys.argv[1])))
+    from pipeline.tracking import tracker  # this module by its name, not `__main__`: one StageRecord class, not two
+
+    tracker.serve(Connection(int(sys.argv[1])))
