@@ -26,7 +26,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from pipeline.tracking.sweep import finished_job, sweep_of_this_job
+    from pipeline.sweep.callbacks import finished_job, sweep_of_this_job
 
     if (finished := finished_job(cfg)) is not None:  # a sweep's job that already finished: reused, torch not imported
         from pipeline.tracking.run import SELECTION_METRIC

@@ -18,7 +18,7 @@ from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.tracking.progress import TrainerLogsCallback
-from pipeline.tracking.sweep import sweep_of_this_job
+from pipeline.sweep.callbacks import sweep_of_this_job
 from pipeline.tracking.tracker import Tracker
 from pipeline.tracking.uri import tracking_uri
 

@@ -39,7 +39,7 @@ def precompose(conf_dir: Path, argv: list[str]) -> None:
 
     if any(a in ("--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc") for a in argv):
         return
-    from pipeline.launch.grid import for_method, is_relative_alpha
+    from pipeline.sweep.grid import for_method, is_relative_alpha
 
     with_value = {
         "--cfg",

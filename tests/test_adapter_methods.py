@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.adapter_configs import REFUSED, SCHEMAS, Method, run_name
 from pipeline.dag import run_dag
-from pipeline.launch.grid import lora_vs_full_jobs
+from pipeline.sweep.grid import lora_vs_full_jobs
 from pipeline.models import load_model
 from pipeline.peft_methods import MERGEABLE, linear_modules, peft_config, save_adapter_fixes
 from pipeline.tools.export import SENTENCES, main, merge_adapter

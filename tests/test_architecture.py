@@ -115,3 +115,23 @@ def test_every_folder_says_what_it_is_for():
         init = folder / "__init__.py"
         assert init.is_file(), f"{folder.name}/ has no __init__.py"
         assert ast.get_docstring(ast.parse(init.read_text())), f"{folder.name}/__init__.py has no docstring"
+
+
+@pytest.mark.parametrize(
+    "room, forbidden",
+    [
+        ("pipeline.launch", ("pipeline.sweep", "pipeline.tracking", "pipeline.report")),
+        ("pipeline.tracking", ("pipeline.sweep", "pipeline.report", "pipeline.launch")),
+        ("pipeline.evaluation", ("pipeline.sweep", "pipeline.tracking", "pipeline.report", "pipeline.launch")),
+    ],
+)
+def test_arrows_run_one_way(room, forbidden):
+    """The sweep room builds on tracking and launching; where jobs run (launch) and what MLflow holds (tracking) never
+    reach back up into the sweep or the report."""
+    graph = import_graph()
+    offenders = {
+        name: sorted(t for t in targets if any(t == f or t.startswith(f + ".") for f in forbidden))
+        for name, targets in graph.items()
+        if name == room or name.startswith(room + ".")
+    }
+    assert {k: v for k, v in offenders.items() if v} == {}

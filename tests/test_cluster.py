@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.launch.server import server_command
-from pipeline.tracking.sweep import sweep_runs
+from pipeline.sweep.callbacks import sweep_runs
 from tests import slurm_cluster
 from tests.conftest import ROOT, tiny_overrides
 

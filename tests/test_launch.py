@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pipeline.launch import gpus, slurm
-from pipeline.launch.prefix import shared_stages
+from pipeline.sweep.prefix import shared_stages
 from tests.conftest import ROOT, compose_config, tiny_overrides
 
 # --------------------------------------------------------------------------------------------------- shared prefix

@@ -9,11 +9,11 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.launch.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
-from pipeline.launch.selection import Candidate, select
+from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.sweep.selection import Candidate, select
 from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
-from pipeline.tracking.sweep import sweep_runs
+from pipeline.sweep.callbacks import sweep_runs
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -105,7 +105,7 @@ def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, ti
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["sweep_id"] for r in children} == {parent.data.tags["sweep_id"]}
     assert {r.data.tags["method"] for r in children} == {"lora", "full"}
-    # shared stages computed once, by the sweep before its jobs started (pipeline.launch.prefix); every job reused them
+    # shared stages computed once, by the sweep before its jobs started (pipeline.sweep.prefix); every job reused them
     for stage in ("prepare_data", "baseline"):
         assert parent.data.tags[f"sweep.prefix.{stage}"] == "ran"
         assert sorted(r.data.tags[f"stage.{stage}"] for r in children) == ["cached", "cached", "cached"], stage

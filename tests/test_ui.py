@@ -42,7 +42,7 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
 WAIT_S = 60
 
-# name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.tracking.sweep leaves in MLflow
+# name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.sweep.callbacks leaves in MLflow
 JOBS = [
     ("lora-r4-a8", "lora", 4, 8, 0.4123),
     ("lora-r64-a128", "lora", 64, 128, None),

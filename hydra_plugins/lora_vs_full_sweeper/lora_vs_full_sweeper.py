@@ -1,10 +1,10 @@
 """`hydra/sweeper=lora_vs_full`: the comparison protocol as a Hydra sweeper (`make sweep`, `sweep=lora_grid`).
 
 1. The grid: Hydra's cartesian product turned into adapter jobs plus ONE full fine-tune job per learning rate
-   (`pipeline.launch.grid`), each method with its own learning-rate axis (`lr`: {method: [rates]}), at the first
+   (`pipeline.sweep.grid`), each method with its own learning-rate axis (`lr`: {method: [rates]}), at the first
    of `seeds`.
 2. Selection: each job returns its dev NDCG@10 (never NanoBEIR); the best configuration of each method is chosen
-   on it (`pipeline.launch.selection`).
+   on it (`pipeline.sweep.selection`).
 3. Replicates: each method's selected configuration is trained again with the other `seeds`, so the verdict
    (`python -m pipeline.report`) sees seed-to-seed variation.
 
@@ -24,7 +24,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from pipeline.launch.grid import (
+from pipeline.sweep.grid import (
     configuration,
     job_values,
     lora_vs_full_jobs,
@@ -33,8 +33,8 @@ from pipeline.launch.grid import (
     with_learning_rates,
     with_seed,
 )
-from pipeline.launch.prefix import run_shared_prefix
-from pipeline.launch.selection import Candidate, select
+from pipeline.sweep.prefix import run_shared_prefix
+from pipeline.sweep.selection import Candidate, select
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Launching: how a sweep becomes jobs (the grid), and where those jobs run."""
+"""Launching: where a sweep's jobs run (one GPU per local job, SLURM requeue, the tracking server)."""

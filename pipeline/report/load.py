@@ -21,7 +21,7 @@ from pipeline.fingerprint import config_hash
 from pipeline.report.stats import Estimate, PairedTest
 from pipeline.tracking.run import METRIC
 from pipeline.tracking.store import all_experiments, search_all_runs
-from pipeline.tracking.sweep import sweep_runs
+from pipeline.sweep.callbacks import sweep_runs
 
 DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
 DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")

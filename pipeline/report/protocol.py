@@ -1,7 +1,7 @@
 """The comparison protocol applied to a sweep's runs: configurations, selection on dev, seed estimates, the verdict.
 
 1. Runs that differ only by seed are one configuration (`Arm.configuration`).
-2. Each method's configuration is selected on dev NDCG@10 (`pipeline.launch.selection`, as the sweeper did); the
+2. Each method's configuration is selected on dev NDCG@10 (`pipeline.sweep.selection`, as the sweeper did); the
    adapter that faces the full fine-tune is the selected adapter configuration with the best dev score. NanoBEIR is
    never read to select.
 3. Each configuration's NanoBEIR mean over its seeds, with a CI from seed and query variation
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from statsmodels.stats.multitest import multipletests
 
-from pipeline.launch.selection import Candidate, dev_scores, select
+from pipeline.sweep.selection import Candidate, dev_scores, select
 from pipeline.report.load import Arm
 from pipeline.report.seeds import Difference, SeedQueryEstimate, arm_estimate, difference
 from pipeline.report.stats import paired_test

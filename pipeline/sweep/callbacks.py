@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.launch.grid import is_relative_alpha
+from pipeline.sweep.grid import is_relative_alpha
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check stays fast
     from mlflow.entities import Run

@@ -111,7 +111,7 @@ def _tag_parent_run(config: DictConfig, statuses: dict[str, str]) -> None:
     """`sweep.prefix.<stage>` on the sweep's parent run: what was computed before the jobs (they find it cached)."""
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.sweep import sweep_info
+    from pipeline.sweep.callbacks import sweep_info
 
     info = sweep_info(config.hydra.sweep.dir)
     if info is None:
