@@ -1,19 +1,13 @@
 """`python -m pipeline.tracking.ui` end to end: the MLflow UI over a DB holding a small sweep, opened in headless Chromium.
 
 Needs Debian's `chromium` and `chromium-driver` (apt) and `selenium` (the dev extra); skipped, saying which is
-missing, elsewhere. The browser only talks to the server on 127.0.0.1. The screenshot lands in
-outputs/ui/mlflow_runs.png.
+missing, elsewhere. The browser only talks to the server on 127.0.0.1 (server and browser: tests/mlflow_view.py, which
+also takes the README's screenshot). The screenshot lands in outputs/ui/mlflow_runs.png.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,12 +29,9 @@ from pipeline.tracking.ui import (
     describe_experiment,
     is_loopback,
 )
+from tests.mlflow_view import CHROMEDRIVER, CHROMIUM, ROOT, WAIT_S, chromium, free_port, serve_ui
 
-ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOT = ROOT / "outputs" / "ui" / "mlflow_runs.png"
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver") or "/usr/bin/chromedriver"
-WAIT_S = 60
 
 # name, method, r, alpha, NDCG@10 (None: the job failed): a small sweep, in the shape pipeline.sweep.callbacks leaves in MLflow
 JOBS = [
@@ -162,81 +153,20 @@ def test_describe_experiment_keeps_what_the_user_set(sweep_db):
 # ---------------------------------------------------------------- in the browser
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ui_server(sweep_db):
     """`python -m pipeline.tracking.ui --port <free>` over the sweep's DB, found as the default DB via PIPELINE_OUTPUTS."""
     tmp, _, exp_id = sweep_db
     port = free_port()
-    log = tmp / "ui.log"
-    env = {**os.environ, "PIPELINE_OUTPUTS": str(tmp), "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.tracking.ui", "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + WAIT_S
-        url = None
-        while url is None and time.monotonic() < deadline and proc.poll() is None:
-            url = next((line.rsplit(" ", 1)[-1] for line in log.read_text().splitlines() if VIEW_KEY in line), None)
-            time.sleep(0.5)
-        assert url is not None, f"pipeline.tracking.ui printed no comparison URL within {WAIT_S} s:\n{log.read_text()}"
+    with serve_ui(tmp, exp_id, port) as url:
         assert url == comparison_url(f"http://127.0.0.1:{port}", exp_id)
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)  # pipeline.tracking.ui stops the server's process group
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    profile = tmp_path_factory.mktemp("chromium-profile")
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-quic",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        "--metrics-recording-only",
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # nothing but the local server resolves
-        f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
-    ):
-        options.add_argument(flag)
-    # the driver path is given: Selenium Manager (which downloads drivers) is never run
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(WAIT_S)
-    try:
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 ROWS_JS = """
