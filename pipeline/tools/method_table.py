@@ -1,4 +1,4 @@
-"""The README's table of adapter methods, computed: trainable parameters, adapter MB and whether peft merges it.
+"""The table of adapter methods (docs/adapter_methods.md), computed: trainable parameters, adapter MB, whether it merges.
 
     python -m pipeline.tools.method_table [--out docs/adapter_methods]
 
