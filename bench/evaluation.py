@@ -1,17 +1,16 @@
-"""Evaluation: encode throughput of a LoRA adapter model, the same adapter merged into its base, and the base model;
-and N adapters on one base vs N separate loads.
+"""Evaluation: encode throughput of a LoRA adapter model, the same adapter merged into its base (what the evaluate
+stage encodes with: `load_model(..., merge=True)`), and the base model; and N adapters on one base vs N separate loads.
+Goals: merged ≥ 0.97× the base model's speed; merged embeddings equal the adapter model's within 1e-5.
 
-Goal: what the evaluate stage encodes with runs at ≥ 0.97× the base model's speed. The evaluate stage loads a LoRA
-adapter merged (`load_model(..., merge=True)`): merging adds B·A·(alpha/r) to the adapted weights once, so encoding
-costs what the base costs; the unmerged adapter pays its extra low-rank matmuls on every token. The merged model's
-embeddings must equal the adapter model's within 1e-5.
-
-    python -m bench.evaluation [--docs 96] [--reps 4] [--adapters 3] [--docs-per-adapter 32]
+In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, query/value, lora_B
+randomised so it changes the embeddings), and that adapter merged by `load_model(merge=True)`; each warmed up on one
+batch, then `encode` of the same passages alternated base/adapter/merged, passages/s medians. N adapters: one base + N
+`load_adapter` + `set_adapter` and encode, vs N `load_model(merge=True)` and encode, alternated; weights held =
+parameter bytes if all were in memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 from pathlib import Path
@@ -24,9 +23,8 @@ from bench.common import (
     BenchResult,
     Row,
     alternate,
-    markdown_table,
+    how,
     median,
-    quiet,
     scratch_dir,
     timed,
     verdict,
@@ -252,14 +250,7 @@ def run(
         ),
     ]
     details = {
-        "how": (
-            "In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, "
-            "query/value, lora_B randomised so it changes the embeddings), and that adapter merged by "
-            "`load_model(merge=True)`; each warmed up on one batch, then `encode` of the same passages alternated "
-            "base/adapter/merged, passages/s medians. N adapters: one base + N `load_adapter` + `set_adapter` and "
-            "encode, vs N `load_model(merge=True)` and encode, alternated; weights held = parameter bytes if all "
-            "were in memory."
-        ),
+        "how": how(__doc__),
         "throughput": tp,
         "many_adapters": many,
         "break_even_encode_s": break_even,
@@ -274,23 +265,3 @@ def run(
         },
     }
     return BenchResult("evaluation", rows, details, time.perf_counter() - started)
-
-
-def main(argv: list[str] | None = None) -> BenchResult:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=96)
-    parser.add_argument("--reps", type=int, default=4)
-    parser.add_argument("--adapters", type=int, default=3)
-    parser.add_argument("--docs-per-adapter", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", default=MINILM)
-    args = parser.parse_args(argv)
-    quiet()
-    result = run(args.docs, args.reps, args.adapters, args.docs_per_adapter, args.batch_size, args.model)
-    result.save()
-    print(markdown_table(result.rows))
-    return result
-
-
-if __name__ == "__main__":
-    main()

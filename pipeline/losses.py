@@ -5,9 +5,9 @@ the price of a second forward pass (GradCache: embed every mini-batch without gr
 the embeddings, then embed each mini-batch again with gradients). `AutoCachedMNRL` keeps sentence-transformers' loss
 and its machinery and changes two things:
 
-- each column of a batch is sorted by length before it is cut into mini-batches of about `CHUNK_TOKENS` tokens (the
-  embeddings are put back in the batch's order before the loss), so that the trailing padding sentence-transformers
-  trims per mini-batch is mostly gone: the loss is the same, as it sees the same pairs;
+- each column of a batch is sorted by length before the library packs it into mini-batches of `CHUNK_TOKENS` tokens
+  (its `mini_batch_num_tokens`; the embeddings are put back in the batch's order before the loss), so that the
+  trailing padding it trims per mini-batch is mostly gone: the loss is the same, as it sees the same pairs;
 - in the first pass, the mini-batches whose activations fit in `memory_budget` (estimated from their real token
   counts) are embedded with gradients and keep their graph: only the others are embedded twice. Where the whole
   batch fits, that is plain MNRL's single pass; where nothing fits, it is CachedMNRL's two.
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from sentence_transformers.base.losses.gradcache import _minibatch_ranges  # the library's token packing
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 from torch import Tensor
 
-# Tokens (padding included) per mini-batch: on CPU few (throughput per token falls as mini-batches grow, see above),
+# Tokens per mini-batch (`mini_batch_num_tokens`): on CPU few (throughput per token falls as mini-batches grow, see above),
 # on a GPU enough for its matmuls; few enough either way that sorted rows share a length
 CHUNK_TOKENS = {"cpu": 2_048, "cuda": 65_536}
 CPU_FRACTION = 0.5  # of the memory free when training starts (a CPU host is shared with the data, the OS, others)
@@ -103,10 +104,11 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     def __init__(
         self, model, mini_batch_size: int | None = None, budget_bytes: float | None = None, dtype_bytes: int = 4
     ) -> None:
-        super().__init__(model, mini_batch_size=mini_batch_size or 32)
-        self.auto = mini_batch_size is None
+        auto = mini_batch_size is None
+        tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"]) if auto else None
+        super().__init__(model, mini_batch_size=mini_batch_size or 32, mini_batch_num_tokens=tokens)
+        self.auto = auto
         self.dtype_bytes = dtype_bytes
-        self.chunk_tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"])
         self.plan = Plan(memory_budget(model) if budget_bytes is None else budget_bytes)
         self._inverse: list[Tensor] | None = None
 
@@ -135,7 +137,7 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         """GradCache (the parent's `forward_cached`) in which the first pass embeds the mini-batches that fit in the
         budget with gradients and keeps their graphs: the backward hook re-embeds only the others."""
         lengths = [feature["attention_mask"].sum(dim=1).tolist() for feature in features]
-        ranges = [self._chunks(column_lengths) for column_lengths in lengths]
+        ranges = [_minibatch_ranges(feature, self.mini_batch_size, self.mini_batch_num_tokens) for feature in features]
         budget = self.plan.budget_bytes
         graphs, reps, random_states = [], [], []
         for feature, column_lengths, column_ranges in zip(features, lengths, ranges, strict=True):
@@ -195,16 +197,6 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
                         grad = column_cache[index]
                         dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
                         (torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype)) * grad_output).backward()
-
-    def _chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
-        """(begin, end) of the mini-batches of a column sorted longest first (`lengths`: its rows' token counts):
-        each holds at most `chunk_tokens` tokens counted with its padding (its rows times its first, longest row)."""
-        ranges, begin = [], 0
-        while begin < len(lengths):
-            rows = max(1, self.chunk_tokens // max(1, int(lengths[begin])))
-            ranges.append((begin, min(len(lengths), begin + rows)))
-            begin += rows
-        return ranges
 
 
 def _sorted_by_length(feature: dict) -> tuple[dict, Tensor]:

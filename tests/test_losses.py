@@ -50,7 +50,7 @@ def test_auto_gives_mnrl_gradients_cached_partly_or_not(tiny_no_dropout_model):
         "fixed": AutoCachedMNRL(model, mini_batch_size=5),
     }
     for name, loss in losses.items():
-        loss.chunk_tokens = 64  # several length-sorted mini-batches per column
+        loss.mini_batch_num_tokens = 64  # several length-sorted mini-batches per column
         value, grad = _loss_and_grad(model, loss)
         assert value == pytest.approx(ref_loss, abs=1e-5), name
         assert torch.allclose(grad, ref_grad, atol=1e-5), (name, float((grad - ref_grad).abs().max()))
@@ -72,7 +72,7 @@ def test_backward_scales_by_the_outer_gradient(tiny_no_dropout_model):
     model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
     model.train()
     loss = AutoCachedMNRL(model, budget_bytes=6e5)
-    loss.chunk_tokens = 64
+    loss.mini_batch_num_tokens = 64
     _, grad = _loss_and_grad(model, loss)
     model.zero_grad()
     (loss(_features(model), None) * 0.25).backward()
@@ -113,22 +113,25 @@ def test_activation_estimate_covers_what_autograd_keeps(tmp_path, width):
     assert kept <= estimate <= 2 * kept, (kept, estimate)
 
 
-def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout_model):
+def test_mini_batches_are_sorted_and_packed_by_the_library(tiny_no_dropout_model):
+    """Auto sorts each column longest first and lets the library pack it (`mini_batch_num_tokens`): every
+    mini-batch within the token budget (or a single row), so its padding is what its rows' lengths differ by."""
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.losses.gradcache import _minibatch_ranges
 
-    from pipeline.losses import AutoCachedMNRL, _sorted_by_length
+    from pipeline.losses import CHUNK_TOKENS, AutoCachedMNRL, _sorted_by_length
 
     model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
-    loss = AutoCachedMNRL(model, budget_bytes=1e12)
-    loss.chunk_tokens = 64
+    assert AutoCachedMNRL(model, budget_bytes=1e12).mini_batch_num_tokens == CHUNK_TOKENS["cpu"]
+    assert AutoCachedMNRL(model, mini_batch_size=8).mini_batch_num_tokens is None  # an integer: the parent's way
     feature, inverse = _sorted_by_length(_features(model)[1])
     lengths = feature["attention_mask"].sum(dim=1)
     assert lengths.tolist() == sorted(lengths.tolist(), reverse=True)
     assert torch.equal(feature["input_ids"][inverse], _features(model)[1]["input_ids"])
-    chunks = loss._chunks(lengths.tolist())
-    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths) and len(chunks) > 1
-    for begin, end in chunks:
-        assert end - begin == 1 or (end - begin) * int(lengths[begin]) <= 64
+    ranges = _minibatch_ranges(feature, 32, 64)
+    assert ranges[0][0] == 0 and ranges[-1][1] == len(lengths) and len(ranges) > 1
+    for begin, end in ranges:
+        assert end - begin == 1 or int(lengths[begin:end].sum()) <= 64
 
 
 def _finetune(model_dir, data_dir, out, mini_batch_size: str) -> list[float]:
@@ -191,8 +194,9 @@ def test_mini_batch_size_default_is_auto_and_integers_stay_integers():
 
 
 def test_speed_bench_arms_train_alike(tiny_no_dropout_model, tmp_path):
-    """bench/speed.py: both arms see the same batches from the same weights, so without dropout their losses agree
-    step by step; the auto arm ran uncached (the batch fits) and both report a rate."""
+    """bench/speed.py: every arm (auto, its always-cached sorted twin, the library's token packing, the reference,
+    plain MNRL) sees the same batches from the same weights, so without dropout their losses agree step by step;
+    auto ran uncached (the batch fits), sorted recomputed every token, and each arm has a row."""
     from bench.speed import measure, parser, rows_from
     from tests.conftest import write_qa_dir
 
@@ -200,10 +204,18 @@ def test_speed_bench_arms_train_alike(tiny_no_dropout_model, tmp_path):
     args = parser().parse_args(
         ["--model", str(tiny_no_dropout_model), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
         + ["--max-seq-length", "32", "--steps", "3", "--work", str(tmp_path / "work")]
+        + ["--arms", "auto,sorted,tokens64,reference,mnrl"]
     )
     report = measure(args)
-    ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
+    arms = report["arms"]
+    ref = arms["reference"]
+    assert list(arms) == ["auto", "sorted", "tokens64", "reference", "mnrl"]
     assert len(ref["losses"]) == 3 and ref["losses"][0] != ref["losses"][-1]
-    assert ours["losses"] == pytest.approx(ref["losses"], abs=1e-5)
-    assert report["plan"]["recomputed_token_fraction"] == 0 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
-    assert [row.bench for row in rows_from(report)] == ["speed", "speed"]
+    for name, arm in arms.items():
+        assert arm["losses"] == pytest.approx(ref["losses"], abs=1e-5), name
+        assert arm["samples_per_s"] > 0 and len(arm["step_s"]) == 3
+    assert arms["auto"]["recomputed_token_fraction"] == 0 and arms["sorted"]["recomputed_token_fraction"] == 1
+    rows = rows_from(report)
+    assert [row.bench for row in rows] == ["speed"] * 5  # one per arm but the reference, and the loss curves
+    assert rows[0].ratio == pytest.approx(arms["auto"]["samples_per_s"] / ref["samples_per_s"])
+    assert "tokens64" in rows[0].changed and "keeping graphs" in rows[0].changed
