@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU speed rows, LoRA and full: the paper recipe's shapes (bert-base-uncased's architecture, batch 1024, bf16,
 # max_seq_length 256) through bench/speed.py's arms: the pipeline's loss (mini_batch_size=auto), the library's token
-# packing (CachedMNRL mini_batch_num_tokens), auto's sorted mini-batches always cached, the reference (CachedMNRL
+# packing (CachedMNRL mini_batch_num_tokens), auto's mini-batches always embedded twice, the reference (CachedMNRL
 # mini-batch 32) and plain MNRL (where the batch fits), alternated step by step on the same card and batches, then
 # NanoBEIR-mini NDCG@10 of each. Without the Hub the weights are random (same shapes: same compute and memory, not
 # the paper's scores). Writes docs/speed_gpu_{lora,full}.json and prints the rows for docs/benchmarks.md.
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 STEPS=${1:-6}
-ARMS=${2:-auto,sorted,tokens16384,tokens65536,reference,mnrl}
+ARMS=${2:-auto,cached,tokens16384,tokens65536,reference,mnrl}
 DATA=${SHARED_DATA:-../shared/data}
 OUT=outputs/bench/gpu_speed
 mkdir -p "$OUT"

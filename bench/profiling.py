@@ -116,8 +116,8 @@ def rows_from(report: dict) -> list[Row]:
             ours["step_s"] / ref["step_s"],
             REPORT,
             REPORT,
-            "where the speed row's gain comes from: fewer tokens computed (sorted rows leave little padding; the kept "
-            "mini-batches skip the second pass). Operator tables: docs/profile_cpu.md.",
+            "where the speed row's gain comes from: fewer tokens computed (the kept mini-batches skip the second "
+            "pass). Operator tables: docs/profile_cpu.md.",
         )
     ]
 

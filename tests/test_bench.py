@@ -251,7 +251,7 @@ def test_model_flops_match_counted_flops_of_a_training_step(tiny_model):
 
 def test_profile_bench_on_tiny_bert(tiny_no_dropout_model, tiny_qa, tmp_path):
     """bench/profiling.py: the reference embeds every token twice (without, then with gradients), auto once where the
-    batch fits, on length-sorted rows (less padding); the summary holds each arm's operator table."""
+    batch fits; the summary holds each arm's operator table."""
     from bench import profiling as profile
 
     doc = tmp_path / "profile.md"
