@@ -5,7 +5,7 @@ no activation budget: every mini-batch embedded twice, so `auto` over `cached` i
 (CachedMultipleNegativesRankingLoss(mini_batch_num_tokens=N): the library's token packing),
 `reference` (CachedMNRL, mini-batch 32: training_gooaq_lora.py) and `mnrl` (MultipleNegativesRankingLoss, one pass;
 left out where the batch's activations do not fit in memory). One process, one copy of the model per arm from the
-same weights (`--lora R`: a LoRA adapter r R, alpha 2R, as finetune=lora), the same batches (the pipeline's
+same weights (`--lora R`: a LoRA adapter r R, alpha 2R, dropout 0.1, as finetune=lora), the same batches (the pipeline's
 prepare_data split of local question/answer pairs), alternated step by step (A B C, C B A, ...), so load that comes
 and goes hits every arm; a step is tokenizing, the loss's forward and backward and AdamW (lr 2e-5), timed, the first
 of each arm excluded (warm-up). Reports samples/s, model FLOPs utilisation (`model_flops` over this machine's fp32
@@ -102,7 +102,9 @@ def build_arms(args: argparse.Namespace, device: str, dtype_bytes: int, texts=No
         model = SentenceTransformer(model_source(args.model), device=device)
         model.max_seq_length = args.max_seq_length
         if args.lora:
-            config = LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=args.lora, lora_alpha=2 * args.lora)
+            config = LoraConfig(
+                task_type=TaskType.FEATURE_EXTRACTION, r=args.lora, lora_alpha=2 * args.lora, lora_dropout=0.1
+            )
             model.add_adapter(config)
         model.train()
         if arm == "mnrl" and texts is not None and not mnrl_fits(model, texts, dtype_bytes):
