@@ -9,9 +9,9 @@ gradients and keep their graph, so only the others are embedded twice. Where the
 MNRL's single pass; where nothing fits, it is the library's CachedMNRL.
 
 What that adds, measured (docs/benchmarks.md, `python -m bench --only speed`, MiniLM, batch 64, max_seq_length 256,
-2 CPU cores): 1.64× the samples/s of the same mini-batches all embedded twice; the library's token packing alone
-ran at 0.77× the reference mini-batch 32, and sorting rows by length before packing (this loss did, until then)
-added nothing measurable (0.95×), so it went.
+2 CPU cores): 1.64× the samples/s of the same mini-batches all embedded twice (1.87× in a second run); the
+library's token packing alone ran at 0.77× the reference mini-batch 32, and sorting rows by length before packing
+(this loss did, until then) added nothing measurable (0.95×), so it went.
 
 Dropout draws differ between the two ways (as between two mini-batch sizes), so losses are equal to rounding only
 without dropout (tests/test_losses.py); with dropout they are equal in distribution.
