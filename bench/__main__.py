@@ -3,9 +3,10 @@
     python -m bench [--only training,evaluation,overhead,sweep_reuse,speed,profile] [--set KEY=VALUE ...] [--merge]
     python -m bench --quick [--model DIR]     (every code path at the smallest sizes; table in outputs/bench/quick.md)
 
-Sized to finish in about 17 minutes on 2 quiet CPU cores, most of them the speed comparison at batch 256. `--set`
-changes a size of the benchmarks run (the keyword arguments of their `run`: `--only speed --set batch=64`). Run it on
-a quiet machine: the ratios are robust to steady load, not to load that comes and goes between arms.
+About 17 minutes on 2 quiet CPU cores before the speed comparison grew to four arms at batch 256 (plain MNRL does not
+fit there on CPU): expect about 20 (an estimate, not measured). `--set` changes a size of the benchmarks run (the
+keyword arguments of their `run`: `--only speed --set batch=64`). Run it on a quiet machine: the ratios are robust to
+steady load, not to load that comes and goes between arms.
 """
 
 from __future__ import annotations
