@@ -1,11 +1,12 @@
 """`make bench` / `python -m bench`: every benchmark, one after the other, then docs/benchmarks.md.
 
-    python -m bench [--only training,evaluation,overhead,sweep_reuse,speed,profile] [--out docs/benchmarks.md] [--merge]
+    python -m bench [--only training,evaluation,overhead,sweep_reuse,speed,profile] [--set KEY=VALUE ...] [--merge]
     python -m bench --quick [--model DIR]     (every code path at the smallest sizes; table in outputs/bench/quick.md)
 
-Sized to finish in about 17 minutes on 2 quiet CPU cores, 8 of them the speed comparison at batch 256 (each
-benchmark's size is a flag of its own module: `python -m bench.overhead --help`). Run it on a quiet machine: the
-ratios are robust to steady load, not to load that comes and goes between arms.
+About 17 minutes on 2 quiet CPU cores before the speed comparison grew to four arms at batch 256 (plain MNRL does not
+fit there on CPU): expect about 20 (an estimate, not measured). `--set` changes a size of the benchmarks run (the
+keyword arguments of their `run`: `--only speed --set batch=64`). Run it on a quiet machine: the ratios are robust to
+steady load, not to load that comes and goes between arms.
 """
 
 from __future__ import annotations
@@ -32,31 +33,32 @@ QUICK = {
     "evaluation": {"docs": 16, "reps": 1, "adapters": 2, "docs_per_adapter": 8},
     "overhead": {"reps": 1, "steps": 2, "batch": 8, "docs": 40, "queries": 4},
     "sweep_reuse": {"jobs": 2, "steps": 1, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},
-    "speed": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "steps": 2},
+    "speed": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "steps": 2, "arms": "auto,tokens256,reference"},
     "profile": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "doc": RESULTS / "quick" / "profile_cpu.md"},
 }
 
 
-def with_earlier(results: list[BenchResult], merge: bool) -> list[BenchResult]:
-    """`results`, plus (with `merge`) the last saved results of the benchmarks not run now, in BENCHES order."""
-    if not merge:
-        return results
-    fresh = {r.name: r for r in results}
-    merged = [fresh.get(name) or BenchResult.load(name) for name in BENCHES]
-    return [r for r in merged if r is not None]
+def size(text: str) -> tuple[str, object]:
+    """KEY=VALUE of --set, the value an int or float where it reads as one."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"--set {text}: use KEY=VALUE, e.g. batch=64")
+    for kind in (int, float):
+        try:
+            return key.replace("-", "_"), kind(value)
+        except ValueError:
+            pass
+    return key.replace("-", "_"), value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(BENCHES), help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument("--set", type=size, action="append", default=[], help="KEY=VALUE: a size of the benchmarks")
     parser.add_argument("--out", type=Path, default=None, help=f"the results table (default {DOC.relative_to(ROOT)})")
     parser.add_argument("--model", default=MINILM, help="the base model of every benchmark")
     parser.add_argument("--quick", action="store_true", help="smallest sizes, table to outputs/bench/quick.md")
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="with --only: keep the other benchmarks' last results (outputs/bench/*.json) in the table",
-    )
+    parser.add_argument("--merge", action="store_true", help="keep the other benchmarks' last results in the table")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHES]
@@ -70,11 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     results, started = [], time.perf_counter()
     for name in names:
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        result = BENCHES[name](model=args.model, **(QUICK[name] if args.quick else {}))
+        sizes = {**(QUICK[name] if args.quick else {}), **dict(args.set)}
+        result = BENCHES[name](model=args.model, **sizes)
         result.save(RESULTS / "quick" if args.quick else RESULTS)
         results.append(result)
         print(f"[bench] {name} took {result.seconds:.0f}s\n{markdown_table(result.rows)}", file=sys.stderr, flush=True)
-        write_doc(with_earlier(results, args.merge), machine, out)  # a crash later keeps what was measured
+        if args.merge:  # the last saved results of the benchmarks not run now, in BENCHES order
+            fresh = {r.name: r for r in results}
+            merged = [fresh.get(n) or BenchResult.load(n) for n in BENCHES]
+            write_doc([r for r in merged if r is not None], machine, out)
+        else:
+            write_doc(results, machine, out)  # a crash later keeps what was measured
     print(f"[bench] all took {(time.perf_counter() - started) / 60:.1f} min; wrote {out}", file=sys.stderr)
     print(markdown_table([row for result in results for row in result.rows]))
     return 0

@@ -1,5 +1,6 @@
-"""What the benchmarks share: the data, the arms' runner (wall time and peak RSS per subprocess), alternation and
-medians, the machine's description and fp32 GEMM peak, and the writer of the results table (docs/benchmarks.md).
+"""The benchmarks' one harness: the data, paired alternation and medians, a subprocess's wall time and peak RSS, the
+pipeline run every process-level arm does, the machine's description and fp32 GEMM peak, and the results table
+(docs/benchmarks.md).
 
 Every benchmark reports ratios of arms measured side by side in the same run: absolute times on a shared machine are
 noise, their ratios much less so.
@@ -7,18 +8,15 @@ noise, their ratios much less so.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,7 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
+if not SHARED_DATA.is_dir() and (ROOT.parents[1] / "shared" / "data").is_dir():  # a git worktree one level down
+    SHARED_DATA = ROOT.parents[1] / "shared" / "data"
 MEDQUAD = SHARED_DATA / "medquad-qa"
 NANOBEIR_MINI = SHARED_DATA / "nanobeir-mini"
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -34,7 +34,7 @@ PYTHON = sys.executable
 RESULTS = ROOT / "outputs" / "bench"  # raw numbers of each benchmark, as JSON (git-ignored)
 DOC = ROOT / "docs" / "benchmarks.md"
 COLUMNS = ("benchmark", "measurement", "value", "ratio", "goal", "result", "what changed / why")
-
+EXPERIMENT = "bench"
 PASS, MISS, REPORT = "PASS", "MISS", "report"
 
 
@@ -56,15 +56,18 @@ class Row:
 
 
 def verdict(ratio: float, at_most: float | None = None, at_least: float | None = None) -> str:
-    if at_most is not None and ratio > at_most:
-        return MISS
-    if at_least is not None and ratio < at_least:
+    if (at_most is not None and ratio > at_most) or (at_least is not None and ratio < at_least):
         return MISS
     return PASS
 
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
+
+
+def how(doc: str) -> str:
+    """A module docstring's second paragraph, on one line: how its benchmark measures (the table's last section)."""
+    return " ".join(doc.split("\n\n")[1].split())
 
 
 def alternate(arms: dict[str, Callable[[], float]], reps: int, warmup: int = 0) -> dict[str, list[float]]:
@@ -75,8 +78,7 @@ def alternate(arms: dict[str, Callable[[], float]], reps: int, warmup: int = 0) 
     names = list(arms)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_ in range(warmup + reps):
-        order = names if round_ % 2 == 0 else names[::-1]
-        for name in order:
+        for name in names if round_ % 2 == 0 else names[::-1]:
             value = arms[name]()
             if round_ >= warmup:
                 samples[name].append(value)
@@ -99,13 +101,10 @@ class Measured:
     max_rss_mb: float
     stdout: str
     stderr: str
-    stamps: list[tuple[float, str]] = field(default_factory=list)  # (seconds since start, stderr line)
 
     def check(self) -> Measured:
         if self.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(self.cmd)} exited {self.returncode}:\n{self.stderr[-3000:]}\n{self.stdout[-2000:]}"
-            )
+            raise RuntimeError(f"{' '.join(self.cmd)} exited {self.returncode}:\n{self.stderr[-3000:]}")
         return self
 
     def last_json(self) -> dict:
@@ -125,55 +124,28 @@ pid = os.fork()
 if pid == 0:
     os.execvp(sys.argv[2], sys.argv[2:])
 _, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as f:
-    f.write(str(usage.ru_maxrss))
+print(usage.ru_maxrss, file=open(sys.argv[1], "w"))
 sys.exit(os.waitstatus_to_exitcode(status) % 256)
 """
 
 
-def run_measured(
-    cmd: list[str], env: dict[str, str] | None = None, cwd: Path = ROOT, timeout: float = 1800
-) -> Measured:
-    """Run `cmd`; wall time around the whole process, peak RSS of that process alone (`os.wait4`'s rusage, taken by
-    a small launcher process: see LAUNCHER), and each stderr line with the second it arrived at (`stamps`).
-
-    (`getrusage(RUSAGE_CHILDREN)` would give the largest child so far, not this one.)
-    """
-    stamps: list[tuple[float, str]] = []
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> Measured:
+    """Run `cmd`: wall time around the whole process, peak RSS of that process alone (`os.wait4`'s rusage, taken by
+    LAUNCHER; `getrusage(RUSAGE_CHILDREN)` would give the largest child so far, not this one)."""
     with tempfile.TemporaryDirectory() as tmp:
-        rss_file = Path(tmp) / "maxrss"
-        with open(Path(tmp) / "out", "w+") as out:
-            start = time.perf_counter()
-            proc = subprocess.Popen(
-                [sys.executable, "-S", "-c", LAUNCHER, str(rss_file), *cmd],
-                cwd=str(cwd),
-                env=env,
-                stdout=out,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-
-            def read_stderr() -> None:
-                for line in proc.stderr:
-                    stamps.append((time.perf_counter() - start, line))
-
-            reader = threading.Thread(target=read_stderr, daemon=True)
-            reader.start()
-            try:
-                returncode = proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the process it runs: a group of their own
-                returncode = proc.wait()
-            wall = time.perf_counter() - start
-            reader.join(timeout=10)
-            out.seek(0)
-            stdout = out.read()
-        max_rss_kb = int(rss_file.read_text()) if rss_file.is_file() else 0
-    stderr = "".join(line for _, line in stamps)
-    return Measured(
-        cmd, returncode, wall, max_rss_kb / 1024, stdout, stderr, [(t, line.rstrip("\n")) for t, line in stamps]
-    )
+        rss = Path(tmp) / "maxrss"
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-S", "-c", LAUNCHER, str(rss), *cmd],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        wall = time.perf_counter() - start
+        max_rss_kb = int(rss.read_text()) if rss.is_file() else 0
+    return Measured(cmd, proc.returncode, wall, max_rss_kb / 1024, proc.stdout, proc.stderr)
 
 
 def proc_status_mb(field_name: str) -> float:
@@ -184,14 +156,13 @@ def proc_status_mb(field_name: str) -> float:
     raise KeyError(field_name)
 
 
-def bench_env(scratch: Path | None = None, **extra: str) -> dict[str, str]:
+def bench_env(scratch: Path | None = None) -> dict[str, str]:
     """The environment every arm runs in: offline, quiet, and (given `scratch`) a datasets cache of its own."""
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", HYDRA_FULL_ERROR="1")
-    env.update(HF_HUB_DISABLE_TELEMETRY="1", PYTHONPATH=str(ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.update(HYDRA_FULL_ERROR="1", HF_HUB_DISABLE_TELEMETRY="1")
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     if scratch is not None:
         env["HF_DATASETS_CACHE"] = str(scratch / "hf_datasets")
-    env.update(extra)
     return env
 
 
@@ -216,22 +187,14 @@ def scratch_dir(prefix: str) -> Path:
     return path
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     import torch
 
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
     return {
         "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "cpu": cpu_model(),
+        "cpu": names[0] if names else platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -247,29 +210,16 @@ def gemm_peak(n: int = 2048, reps: int = 5) -> dict:
 
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.matmul(a, b)  # warm-up: allocation, thread pool
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        torch.matmul(a, b)
-        times.append(time.perf_counter() - start)
-    best = min(times)
-    return {"n": n, "flops_per_s": 2 * n**3 / best, "median_flops_per_s": 2 * n**3 / median(times), "reps": reps}
+    times = [timed(lambda: torch.matmul(a, b)) for _ in range(reps)]
+    return {"n": n, "flops_per_s": 2 * n**3 / min(times), "median_flops_per_s": 2 * n**3 / median(times)}
 
 
-def msmarco_subset(
-    dst: Path, docs: int | None, queries: int | None = 12, source: Path = NANOBEIR_MINI, split: str = "NanoMSMARCO"
-) -> Path:
+def msmarco_subset(dst: Path, docs: int | None, queries: int | None = 12, split: str = "NanoMSMARCO") -> Path:
     """A NanoBEIR-layout dir holding `split` alone: its first `queries` queries with their judgements, and a corpus
-    of `docs` passages: every passage judged for those queries, then the others in corpus order (the rest of
-    NanoBEIR's hard negatives and random fill). None keeps everything. MSMARCO has the shortest passages.
-
-    (NanoMSMARCO judges 697 passages for its 36 queries: a smaller corpus needs fewer queries.)
-    """
+    of `docs` passages: every passage judged for those queries, then the others in corpus order. None keeps all."""
     import pandas as pd
 
-    corpus = pd.read_parquet(source / "corpus" / f"{split}.parquet")
-    query_rows = pd.read_parquet(source / "queries" / f"{split}.parquet")
-    qrels = pd.read_parquet(source / "qrels" / f"{split}.parquet")
+    corpus, query_rows, qrels = (pd.read_parquet(NANOBEIR_MINI / c / f"{split}.parquet") for c in CONFIGS)
     if queries is not None and queries < len(query_rows):
         query_rows = query_rows.head(queries)
         qrels = qrels[qrels["query-id"].astype(str).isin(set(query_rows["_id"].astype(str)))]
@@ -277,15 +227,41 @@ def msmarco_subset(
         is_judged = corpus["_id"].astype(str).isin(set(qrels["corpus-id"].astype(str)))
         keep = pd.concat([corpus[is_judged], corpus[~is_judged]]).head(max(docs, int(is_judged.sum())))
         corpus = corpus[corpus["_id"].isin(keep["_id"])]
-    for name, frame in (("corpus", corpus), ("queries", query_rows), ("qrels", qrels)):
+    for name, frame in zip(CONFIGS, (corpus, query_rows, qrels), strict=True):
         (dst / name).mkdir(parents=True, exist_ok=True)
         frame.reset_index(drop=True).to_parquet(dst / name / f"{split}.parquet", index=False)
-    configs = "\n".join(
-        f"- config_name: {c}\n  data_files:\n  - split: {split}\n    path: {c}/{split}.parquet"
-        for c in ("corpus", "queries", "qrels")
+    configs = "".join(
+        f"- config_name: {c}\n  data_files:\n  - split: {split}\n    path: {c}/{split}.parquet\n" for c in CONFIGS
     )
-    (dst / "README.md").write_text(f"---\nconfigs:\n{configs}\n---\n")
+    (dst / "README.md").write_text(f"---\nconfigs:\n{configs}---\n")
     return dst
+
+
+CONFIGS = ("corpus", "queries", "qrels")
+
+
+def pipeline_overrides(eval_dir: Path, outputs: Path, uri: str, steps: int, batch: int, model: str = MINILM) -> list:
+    """The run the process-level benchmarks do: MiniLM + LoRA on `steps × batch` MedQuAD pairs, NanoMSMARCO."""
+    return [
+        "finetune=lora",
+        f"model.name={model}",
+        f"data.path={MEDQUAD}",
+        f"data.train_size={steps * batch}",
+        "data.eval_size=64",
+        f"eval.dataset_id={eval_dir}",
+        "eval.datasets=[msmarco]",
+        f"train.max_steps={steps}",
+        f"train.batch_size={batch}",
+        f"tracking.experiment={EXPERIMENT}",
+        f"tracking.uri={uri}",
+        f"paths.outputs={outputs}",
+    ]
+
+
+def warm_up(env: dict, uri: str) -> float:
+    """Excluded from the timings: imports (page cache, .pyc files) and the one-off creation of the MLflow DB."""
+    code = "import sys, mlflow, pipeline.app; mlflow.set_tracking_uri(sys.argv[1]); mlflow.set_experiment(sys.argv[2])"
+    return run_measured([PYTHON, "-c", code, uri, EXPERIMENT], env=env).check().wall_s
 
 
 def stage_statuses(stderr: str) -> list[tuple[str, str, float]]:
@@ -331,7 +307,6 @@ def markdown_table(rows: list[Row]) -> str:
 
 def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, command: str = "make bench") -> str:
     """docs/benchmarks.md: the machine, the date, one table of every measurement, and how each bench measured."""
-    rows = [row for result in results for row in result.rows]
     total = sum(r.seconds for r in results)
     text = [
         "# Benchmarks",
@@ -345,29 +320,15 @@ def write_doc(results: list[BenchResult], machine: dict, path: Path = DOC, comma
         f"Python {machine['python']}. **Measured** (finished at, took): "
         f"{'; '.join(f'{r.name} {r.date_utc}, {r.seconds:.0f}s' for r in results)}; {total / 60:.1f} min in all.",
         "",
-        markdown_table(rows),
+        markdown_table([row for result in results for row in result.rows]),
         "",
         "**Result**: PASS / MISS against the goal; `report` where the issue asks for the number without a goal.",
         "",
         "## How each number is measured",
         "",
     ]
-    for result in results:
-        how = result.details.get("how")
-        if how:
-            text += [f"- **{result.name}** — {how}", ""]
+    text += [f"- **{r.name}** — {r.details['how']}\n" for r in results if r.details.get("how")]
     content = "\n".join(text).rstrip() + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content)
     return content
-
-
-def pipeline_run_parser(doc: str, steps: int) -> argparse.ArgumentParser:
-    """The size flags of the benchmarks that run the pipeline: training steps, batch, the NanoMSMARCO subset, model."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=steps)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--docs", type=int, default=160, help="NanoMSMARCO passages kept (0: all 2000)")
-    parser.add_argument("--queries", type=int, default=8, help="NanoMSMARCO queries kept (0: all 36)")
-    parser.add_argument("--model", default=MINILM)
-    return parser

@@ -1,17 +1,16 @@
-"""Evaluation: encode throughput of a LoRA adapter model, the same adapter merged into its base, and the base model;
-and N adapters on one base vs N separate loads.
+"""Evaluation: encode throughput of a LoRA adapter model, the same adapter merged into its base (what the evaluate
+stage encodes with: `load_model(..., merge=True)`), and the base model; and N adapters on one base vs N separate loads.
+Goals: merged ≥ 0.97× the base model's speed; merged embeddings equal the adapter model's within 1e-5.
 
-Goal: what the evaluate stage encodes with runs at ≥ 0.97× the base model's speed. The evaluate stage loads a LoRA
-adapter merged (`load_model(..., merge=True)`): merging adds B·A·(alpha/r) to the adapted weights once, so encoding
-costs what the base costs; the unmerged adapter pays its extra low-rank matmuls on every token. The merged model's
-embeddings must equal the adapter model's within 1e-5.
-
-    python -m bench.evaluation [--docs 96] [--reps 4] [--adapters 3] [--docs-per-adapter 32]
+In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, query/value, lora_B
+randomised so it changes the embeddings), and that adapter merged by `load_model(merge=True)`; each warmed up on one
+batch, then `encode` of the same passages alternated base/adapter/merged, passages/s medians. N adapters: one base + N
+`load_adapter` + `set_adapter` and encode, vs N `load_model(merge=True)` and encode, alternated; weights held =
+parameter bytes if all were in memory.
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import time
 from pathlib import Path
@@ -24,9 +23,8 @@ from bench.common import (
     BenchResult,
     Row,
     alternate,
-    markdown_table,
+    how,
     median,
-    quiet,
     scratch_dir,
     timed,
     verdict,
@@ -157,16 +155,7 @@ def many_adapters(model_cfg, adapter_dirs: list[Path], texts: list[str], batch_s
     }
 
 
-def run(
-    docs: int = 96,
-    reps: int = 4,
-    adapters: int = 3,
-    docs_per_adapter: int = 32,
-    batch_size: int = 64,
-    model: str = MINILM,
-    max_seq_length: int | None = 128,
-    texts: list[str] | None = None,
-) -> BenchResult:
+def run(docs=96, reps=4, adapters=3, docs_per_adapter=32, batch_size=64, model=MINILM, max_seq_length=128, texts=None):
     import warnings
 
     from omegaconf import OmegaConf
@@ -251,46 +240,5 @@ def run(
             "(a NanoBEIR set of 2000 passages does), separate merged loads finish sooner.",
         ),
     ]
-    details = {
-        "how": (
-            "In one process: the base MiniLM, the same base with a LoRA adapter attached (r 64, alpha 128, "
-            "query/value, lora_B randomised so it changes the embeddings), and that adapter merged by "
-            "`load_model(merge=True)`; each warmed up on one batch, then `encode` of the same passages alternated "
-            "base/adapter/merged, passages/s medians. N adapters: one base + N `load_adapter` + `set_adapter` and "
-            "encode, vs N `load_model(merge=True)` and encode, alternated; weights held = parameter bytes if all "
-            "were in memory."
-        ),
-        "throughput": tp,
-        "many_adapters": many,
-        "break_even_encode_s": break_even,
-        "config": {
-            "docs": docs,
-            "reps": reps,
-            "adapters": len(dirs),
-            "docs_per_adapter": docs_per_adapter,
-            "batch_size": batch_size,
-            "model": model,
-            "max_seq_length": max_seq_length,
-        },
-    }
+    details = {"how": how(__doc__), "throughput": tp, "many_adapters": many, "break_even_encode_s": break_even}
     return BenchResult("evaluation", rows, details, time.perf_counter() - started)
-
-
-def main(argv: list[str] | None = None) -> BenchResult:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=96)
-    parser.add_argument("--reps", type=int, default=4)
-    parser.add_argument("--adapters", type=int, default=3)
-    parser.add_argument("--docs-per-adapter", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--model", default=MINILM)
-    args = parser.parse_args(argv)
-    quiet()
-    result = run(args.docs, args.reps, args.adapters, args.docs_per_adapter, args.batch_size, args.model)
-    result.save()
-    print(markdown_table(result.rows))
-    return result
-
-
-if __name__ == "__main__":
-    main()

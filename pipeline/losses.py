@@ -2,19 +2,16 @@
 
 CachedMultipleNegativesRankingLoss computes the same gradients as MultipleNegativesRankingLoss in bounded memory, at
 the price of a second forward pass (GradCache: embed every mini-batch without gradients, back-propagate the loss to
-the embeddings, then embed each mini-batch again with gradients). `AutoCachedMNRL` keeps sentence-transformers' loss
-and its machinery and changes two things:
+the embeddings, then embed each mini-batch again with gradients). `AutoCachedMNRL` is sentence-transformers' loss,
+its token packing (`mini_batch_num_tokens=CHUNK_TOKENS`) and its machinery, with one change: in the first pass, the
+mini-batches whose activations fit in `memory_budget` (estimated from their token counts) are embedded with
+gradients and keep their graph, so only the others are embedded twice. Where the whole batch fits, that is plain
+MNRL's single pass; where nothing fits, it is the library's CachedMNRL.
 
-- each column of a batch is sorted by length before it is cut into mini-batches of about `CHUNK_TOKENS` tokens (the
-  embeddings are put back in the batch's order before the loss), so that the trailing padding sentence-transformers
-  trims per mini-batch is mostly gone: the loss is the same, as it sees the same pairs;
-- in the first pass, the mini-batches whose activations fit in `memory_budget` (estimated from their real token
-  counts) are embedded with gradients and keep their graph: only the others are embedded twice. Where the whole
-  batch fits, that is plain MNRL's single pass; where nothing fits, it is CachedMNRL's two.
-
-Small mini-batches are also the fast ones on CPU (measured once by hand, 2 cores, sorted MiniLM rows at
-max_seq_length 256: 1,616 tokens/s forward and backward in mini-batches of 8, 1,354 in 32, 818 in 128), while a GPU
-wants large ones.
+What that adds, measured (docs/benchmarks.md, `python -m bench --only speed`, MiniLM, batch 64, max_seq_length 256,
+2 CPU cores): 1.64× the samples/s of the same mini-batches all embedded twice (1.87× in a second run); the
+library's token packing alone ran at 0.77× the reference mini-batch 32, and sorting rows by length before packing
+(this loss did, until then) added nothing measurable (0.95×), so it went.
 
 Dropout draws differ between the two ways (as between two mini-batch sizes), so losses are equal to rounding only
 without dropout (tests/test_losses.py); with dropout they are equal in distribution.
@@ -27,11 +24,13 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+from sentence_transformers.base.losses.gradcache import _minibatch_ranges  # the library's token packing
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 from torch import Tensor
 
-# Tokens (padding included) per mini-batch: on CPU few (throughput per token falls as mini-batches grow, see above),
-# on a GPU enough for its matmuls; few enough either way that sorted rows share a length
+# Real tokens per mini-batch (the library's `mini_batch_num_tokens`): few on CPU, where small mini-batches ran fastest
+# per token (measured once by hand, 2 cores, MiniLM at max_seq_length 256: 1,616 tokens/s forward and backward in
+# mini-batches of 8 rows, 1,354 in 32, 818 in 128); on a GPU, enough for its matmuls
 CHUNK_TOKENS = {"cpu": 2_048, "cuda": 65_536}
 CPU_FRACTION = 0.5  # of the memory free when training starts (a CPU host is shared with the data, the OS, others)
 GPU_FRACTION = 0.8
@@ -95,7 +94,7 @@ def activation_bytes_per_token(model, seq_len: int, dtype_bytes: int) -> float:
 class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     """CachedMultipleNegativesRankingLoss that embeds twice only what does not fit in memory (see the module).
 
-    `mini_batch_size` given (an int): always cache, with that size, as the parent does (after sorting by length).
+    `mini_batch_size` given (an int): always cache, with that size, as the parent does.
     `mini_batch_size=None`: auto, within `budget_bytes` (default: a fraction of the memory free now, less the
     optimizer's states of the trainable weights).
     """
@@ -103,45 +102,31 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     def __init__(
         self, model, mini_batch_size: int | None = None, budget_bytes: float | None = None, dtype_bytes: int = 4
     ) -> None:
-        super().__init__(model, mini_batch_size=mini_batch_size or 32)
-        self.auto = mini_batch_size is None
+        auto = mini_batch_size is None
+        tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"]) if auto else None
+        super().__init__(model, mini_batch_size=mini_batch_size or 32, mini_batch_num_tokens=tokens)
+        self.auto = auto
         self.dtype_bytes = dtype_bytes
-        self.chunk_tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"])
         self.plan = Plan(memory_budget(model) if budget_bytes is None else budget_bytes)
-        self._inverse: list[Tensor] | None = None
 
     def forward(self, sentence_features, labels: Tensor) -> Tensor:
-        sorted_columns = [_sorted_by_length(feature) for feature in sentence_features]
-        features = [feature for feature, _ in sorted_columns]
-        self._inverse = [inverse for _, inverse in sorted_columns]
+        features = list(sentence_features)
         if self.auto and torch.is_grad_enabled():
             return self._forward_partly_cached(features, labels)
         self.plan.cached_steps += torch.is_grad_enabled()
         return self.forward_cached(features, labels)
 
-    def calculate_loss(self, reps, labels=None, *, with_backward: bool = False) -> Tensor:
-        """The parent's loss, on the embeddings put back in the batch's order (the mini-batches' tensors stay the
-        leaves the gradient cache reads)."""
-        unsorted = [torch.cat(column)[inverse] for column, inverse in zip(reps, self._inverse, strict=True)]
-        if not with_backward:
-            return super().calculate_loss([[u] for u in unsorted], labels)
-        # The parent back-propagates chunk by chunk: give it leaves, then carry their gradients to the mini-batches'
-        leaves = [u.detach().requires_grad_() for u in unsorted]
-        loss = super().calculate_loss([[leaf] for leaf in leaves], labels, with_backward=True)
-        torch.autograd.backward(unsorted, [leaf.grad for leaf in leaves])
-        return loss
-
     def _forward_partly_cached(self, features: list[dict], labels: Tensor) -> Tensor:
         """GradCache (the parent's `forward_cached`) in which the first pass embeds the mini-batches that fit in the
         budget with gradients and keeps their graphs: the backward hook re-embeds only the others."""
         lengths = [feature["attention_mask"].sum(dim=1).tolist() for feature in features]
-        ranges = [self._chunks(column_lengths) for column_lengths in lengths]
+        ranges = [_minibatch_ranges(feature, self.mini_batch_size, self.mini_batch_num_tokens) for feature in features]
         budget = self.plan.budget_bytes
         graphs, reps, random_states = [], [], []
         for feature, column_lengths, column_ranges in zip(features, lengths, ranges, strict=True):
             column_graphs, column_reps, column_states = [], [], []
             for begin, end in column_ranges:
-                width = int(column_lengths[begin])  # sorted longest first: the mini-batch's padded width
+                width = int(max(column_lengths[begin:end]))  # the mini-batch's width once its padding is trimmed
                 need = (end - begin) * width * activation_bytes_per_token(self.model, width, self.dtype_bytes)
                 keep = need <= budget
                 budget -= need if keep else 0
@@ -195,28 +180,6 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
                         grad = column_cache[index]
                         dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
                         (torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype)) * grad_output).backward()
-
-    def _chunks(self, lengths: list[int]) -> list[tuple[int, int]]:
-        """(begin, end) of the mini-batches of a column sorted longest first (`lengths`: its rows' token counts):
-        each holds at most `chunk_tokens` tokens counted with its padding (its rows times its first, longest row)."""
-        ranges, begin = [], 0
-        while begin < len(lengths):
-            rows = max(1, self.chunk_tokens // max(1, int(lengths[begin])))
-            ranges.append((begin, min(len(lengths), begin + rows)))
-            begin += rows
-        return ranges
-
-
-def _sorted_by_length(feature: dict) -> tuple[dict, Tensor]:
-    """The column's rows sorted by token count (longest first), and the permutation that puts them back."""
-    lengths = feature["attention_mask"].sum(dim=1)
-    order = torch.argsort(lengths, descending=True, stable=True)
-    batch = len(lengths)
-    sorted_feature = {
-        key: value[order] if isinstance(value, Tensor) and value.ndim >= 1 and len(value) == batch else value
-        for key, value in feature.items()
-    }
-    return sorted_feature, torch.argsort(order)
 
 
 def memory_budget(model) -> float:

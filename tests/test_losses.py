@@ -1,7 +1,7 @@
 """train.mini_batch_size=auto (pipeline.losses.AutoCachedMNRL): the same losses and gradients as a fixed mini-batch.
 
-Gradient caching is a memory knob: auto (rows sorted by length, token-budgeted mini-batches, embedded twice only
-where their activations do not fit) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs
+Gradient caching is a memory knob: auto (the library's token-packed mini-batches, embedded twice only where their
+activations do not fit) must train exactly as CachedMNRL with mini-batch 32 does. Equal to rounding needs
 no dropout (the two ways draw dropout masks differently), so the tiny BERT here has none.
 """
 
@@ -50,7 +50,7 @@ def test_auto_gives_mnrl_gradients_cached_partly_or_not(tiny_no_dropout_model):
         "fixed": AutoCachedMNRL(model, mini_batch_size=5),
     }
     for name, loss in losses.items():
-        loss.chunk_tokens = 64  # several length-sorted mini-batches per column
+        loss.mini_batch_num_tokens = 64  # several mini-batches per column
         value, grad = _loss_and_grad(model, loss)
         assert value == pytest.approx(ref_loss, abs=1e-5), name
         assert torch.allclose(grad, ref_grad, atol=1e-5), (name, float((grad - ref_grad).abs().max()))
@@ -72,7 +72,7 @@ def test_backward_scales_by_the_outer_gradient(tiny_no_dropout_model):
     model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
     model.train()
     loss = AutoCachedMNRL(model, budget_bytes=6e5)
-    loss.chunk_tokens = 64
+    loss.mini_batch_num_tokens = 64
     _, grad = _loss_and_grad(model, loss)
     model.zero_grad()
     (loss(_features(model), None) * 0.25).backward()
@@ -113,22 +113,29 @@ def test_activation_estimate_covers_what_autograd_keeps(tmp_path, width):
     assert kept <= estimate <= 2 * kept, (kept, estimate)
 
 
-def test_chunks_are_sorted_and_within_the_token_budget(tiny_no_dropout_model):
+def test_auto_embeds_the_library_token_packing(tiny_no_dropout_model):
+    """Auto's mini-batches are the library's (`mini_batch_num_tokens`), in both passes: each column's first pass embeds
+    exactly the ranges CachedMNRL's token packing gives it; an integer mini_batch_size is the parent's own way."""
     from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.losses.gradcache import _minibatch_ranges
 
-    from pipeline.losses import AutoCachedMNRL, _sorted_by_length
+    from pipeline.losses import CHUNK_TOKENS, AutoCachedMNRL
 
     model = SentenceTransformer(str(tiny_no_dropout_model), device="cpu")
-    loss = AutoCachedMNRL(model, budget_bytes=1e12)
-    loss.chunk_tokens = 64
-    feature, inverse = _sorted_by_length(_features(model)[1])
-    lengths = feature["attention_mask"].sum(dim=1)
-    assert lengths.tolist() == sorted(lengths.tolist(), reverse=True)
-    assert torch.equal(feature["input_ids"][inverse], _features(model)[1]["input_ids"])
-    chunks = loss._chunks(lengths.tolist())
-    assert chunks[0][0] == 0 and chunks[-1][1] == len(lengths) and len(chunks) > 1
-    for begin, end in chunks:
-        assert end - begin == 1 or (end - begin) * int(lengths[begin]) <= 64
+    model.train()
+    assert AutoCachedMNRL(model, mini_batch_size=8).mini_batch_num_tokens is None
+    loss = AutoCachedMNRL(model, budget_bytes=6e5)  # some mini-batches kept, the others embedded twice
+    assert loss.mini_batch_num_tokens == CHUNK_TOKENS["cpu"]
+    loss.mini_batch_num_tokens = 64
+    embedded, embed = [], loss.embed_minibatch
+    loss.embed_minibatch = lambda feature, begin, end, *a, **k: (
+        embedded.append((begin, end)) or embed(feature, begin, end, *a, **k)
+    )
+    features = _features(model)
+    loss(features, None).backward()
+    first_pass = [r for f in features for r in _minibatch_ranges(f, 32, 64)]
+    assert len(first_pass) > 2 and embedded[: len(first_pass)] == first_pass
+    assert 0 < loss.plan.recomputed_fraction < 1 and set(embedded[len(first_pass) :]) < set(first_pass)
 
 
 def _finetune(model_dir, data_dir, out, mini_batch_size: str) -> list[float]:
@@ -191,8 +198,9 @@ def test_mini_batch_size_default_is_auto_and_integers_stay_integers():
 
 
 def test_speed_bench_arms_train_alike(tiny_no_dropout_model, tmp_path):
-    """bench/speed.py: both arms see the same batches from the same weights, so without dropout their losses agree
-    step by step; the auto arm ran uncached (the batch fits) and both report a rate."""
+    """bench/speed.py: every arm (auto, its always-cached twin, the library's token packing, the reference, plain
+    MNRL) sees the same batches from the same weights, so without dropout their losses agree step by step; auto ran
+    uncached (the batch fits), cached recomputed every token, and each arm has a row."""
     from bench.speed import measure, parser, rows_from
     from tests.conftest import write_qa_dir
 
@@ -200,10 +208,18 @@ def test_speed_bench_arms_train_alike(tiny_no_dropout_model, tmp_path):
     args = parser().parse_args(
         ["--model", str(tiny_no_dropout_model), "--data", str(data), "--batch", "16", "--mini-batch", "4"]
         + ["--max-seq-length", "32", "--steps", "3", "--work", str(tmp_path / "work")]
+        + ["--arms", "auto,cached,tokens64,reference,mnrl"]
     )
     report = measure(args)
-    ref, ours = report["arms"]["reference"], report["arms"]["pipeline"]
+    arms = report["arms"]
+    ref = arms["reference"]
+    assert list(arms) == ["auto", "cached", "tokens64", "reference", "mnrl"]
     assert len(ref["losses"]) == 3 and ref["losses"][0] != ref["losses"][-1]
-    assert ours["losses"] == pytest.approx(ref["losses"], abs=1e-5)
-    assert report["plan"]["recomputed_token_fraction"] == 0 and ours["samples_per_s"] > 0 and ref["samples_per_s"] > 0
-    assert [row.bench for row in rows_from(report)] == ["speed", "speed"]
+    for name, arm in arms.items():
+        assert arm["losses"] == pytest.approx(ref["losses"], abs=1e-5), name
+        assert arm["samples_per_s"] > 0 and len(arm["step_s"]) == 3
+    assert arms["auto"]["recomputed_token_fraction"] == 0 and arms["cached"]["recomputed_token_fraction"] == 1
+    rows = rows_from(report)
+    assert [row.bench for row in rows] == ["speed"] * 5  # one per arm but the reference, and the loss curves
+    assert rows[0].ratio == pytest.approx(arms["auto"]["samples_per_s"] / ref["samples_per_s"])
+    assert "tokens64" in rows[0].changed and "keeping graphs" in rows[0].changed
