@@ -173,3 +173,17 @@ def test_ctrl_c_ends_the_run_killed(tiny_cfg, monkeypatch):
     (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert r.info.status == "KILLED"
     assert "baseline_nanobeir_mean_ndcg_at_10" in r.data.metrics
+
+
+def test_a_truncated_cache_file_is_rebuilt_not_reused(tiny_cfg):
+    """A file cut short (a disk that filled, a copy that stopped) has its name but not its size: never reused."""
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    first = run_dag(cfg)["prepare_data"]
+    victim = next(p for p in first.dir.rglob("*.arrow"))
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.truncate(size // 2)
+    assert not is_complete(first.dir)
+    again = run_dag(cfg)["prepare_data"]
+    assert again.status == "ran" and is_complete(again.dir)
+    assert victim.stat().st_size == size  # rebuilt whole
