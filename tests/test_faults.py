@@ -63,6 +63,16 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     assert steps[0] == 1 and steps[-1] == 120
     (final,) = [p for p in finetune_cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
     assert not (final / "checkpoints").exists()
+    _assert_no_step_before_the_checkpoint_ran_twice(client, run)
+
+
+def _assert_no_step_before_the_checkpoint_ran_twice(client: MlflowClient, run) -> None:
+    """A resumed run goes on from its checkpoint: the steps up to it were logged once, by the killed process. A run
+    that silently trained from step 0 again (its `resumed_from` tag and step range intact) logs them twice."""
+    resumed_at = int(run.data.tags["resumed_from"].split("-")[1])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    before = [s for s in steps if s <= resumed_at]
+    assert before and len(before) == len(set(before)), f"steps up to {resumed_at} logged more than once: {steps}"
 
 
 def _alive(process: psutil.Process) -> bool:
