@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.disk import check_disk, disk_full_fails_the_stage
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
 from pipeline.models import device_and_precision
 from pipeline.stages.evaluate import (
@@ -345,8 +346,9 @@ def run_stage(
             shutil.rmtree(work)
         work.mkdir(exist_ok=True)
         _status_line(stage.name, "running", key=key)
-        result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
-        _write_manifest(work, result)
+        with disk_full_fails_the_stage(stage.name, work):  # one line; the half-written dir (checkpoints too) goes
+            result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
+            _write_manifest(work, result)
         os.replace(work, final)
     return StageOutput(stage.name, key, final, result, "ran", time.perf_counter() - start)
 
@@ -365,6 +367,8 @@ def run_dag(
     ctx = Context(cache, found, tuple(callbacks))
     run_cfg = pinned_config(cfg, found)  # every Hub id at the SHA the keys were computed with
     forced = forced_stages(cfg.run.get("force"))
+    if "finetune" in _to_compute(cfg, found, forced):
+        check_disk(cfg)  # before any model loads: the checkpoints and the model must fit under paths.outputs
     outputs: dict[str, StageOutput] = {}
     for stage in stages_until(cfg.run.until):
         upstream = {name: outputs[name] for name in stage.inputs}
@@ -374,6 +378,14 @@ def run_dag(
         if on_stage is not None:
             on_stage(output)
     return outputs
+
+
+def _to_compute(cfg: DictConfig, found: dict[str, str], forced: set[str]) -> set[str]:
+    """The stages up to `run.until` that have no complete output (or are forced)."""
+    cache, keys = Path(cfg.paths.outputs).resolve() / "cache", {}
+    for stage in stages_until(cfg.run.until):
+        keys[stage.name] = stage_key(stage, cfg, {name: keys[name] for name in stage.inputs}, found)
+    return {name for name, key in keys.items() if name in forced or not is_complete(cache / name / key)}
 
 
 def _status_line(name: str, status: str, key: str | None = None, seconds: float | None = None) -> None:
