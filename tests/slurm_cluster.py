@@ -59,8 +59,8 @@ class Cluster:
             raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def stop(self, timeout: float = 60) -> list[str]:
-        """Cancel every job, wait for its steps to end (SIGKILL what is left after `timeout`), stop the daemons.
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Cancel every job, wait for its steps to end (SIGKILL what is left after `timeout`: slurmd kills a step KillWait=10 s after its SIGTERM), stop the daemons.
 
         Returns the processes of this cluster still alive after that (none, unless one resists SIGKILL): the job steps
         (slurmstepd), srun and the job's script ignore SIGTERM, and outlive daemons stopped before slurmd kills them."""
