@@ -10,6 +10,7 @@ from the model's safetensors headers (no torch); the evaluation outputs (JSON of
 from __future__ import annotations
 
 import errno
+import json
 import math
 import shutil
 from contextlib import contextmanager
@@ -66,26 +67,43 @@ def weight_shapes(model_dir: Path) -> dict[str, list[int]]:
     return shapes
 
 
-def trainable_count(shapes: dict[str, list[int]], finetune: DictConfig) -> int:
+def default_targets(method: str, model_dir: Path) -> list[str]:
+    """peft's default target modules of `method` for the model's architecture (config.json's model_type)."""
+    import peft.utils.constants as peft_defaults
+
+    configs = [json.loads(p.read_text()) for p in sorted(model_dir.rglob("config.json"))]
+    model_type = next((c["model_type"] for c in configs if "model_type" in c), None)
+    kind = "IA3_FEEDFORWARD_MODULES" if method == "ia3_feedforward" else f"{method.upper()}_TARGET_MODULES"
+    table = getattr(peft_defaults, f"TRANSFORMERS_MODELS_TO_{kind}_MAPPING", None)
+    if table is None:
+        table = peft_defaults.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # DoRA and rsLoRA are LoRA's
+    return list(table.get(model_type, []))
+
+
+def trainable_count(shapes: dict[str, list[int]], finetune: DictConfig, model_dir: Path) -> int:
     """Every parameter for a full fine-tune; for an adapter, its parameters on the targeted 2-D weights: r * (in + out)
     per weight for LoRA and rsLoRA, plus a magnitude per output for DoRA, twice that for LoHa, one scale per output
-    for (IA)^3; LoKr is counted as LoRA (an upper bound). Targets null or all-linear count every Linear layer."""
+    for (IA)^3; LoKr is counted as LoRA (an upper bound). Targets null: peft's default for the architecture;
+    all-linear: every Linear layer."""
     if finetune.method == "full":
         return sum(math.prod(shape) for shape in shapes.values())
-    targets = finetune.get("target_modules")
+    targets = finetune.get("target_modules") or default_targets(finetune.method, model_dir)
     linear = {n[: -len(".weight")]: s for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2}
     linear = {n: s for n, s in linear.items() if "embeddings" not in n}
-    if isinstance(targets, str) or not targets:
-        chosen = list(linear.values())
-    else:
-        chosen = [s for n, s in linear.items() if any(n == t or n.endswith("." + t) for t in targets)]
-    if finetune.method == "ia3":
-        return sum(out for out, _ in chosen)
+    chosen = {n: s for n, s in linear.items() if isinstance(targets, str) or _matches(n, targets)}  # str: all-linear
+    if finetune.method == "ia3":  # a scale per output, or per input of a feedforward module
+        feedforward = finetune.get("feedforward_modules") or default_targets("ia3_feedforward", model_dir)
+        return sum(inp if _matches(n, feedforward) else out for n, (out, inp) in chosen.items())
     rank = finetune.get("r", 8)
-    per_weight = [rank * (out + inp) for out, inp in chosen]
+    per_weight = [rank * (out + inp) for out, inp in chosen.values()]
     if finetune.method == "dora":
-        return sum(per_weight) + sum(out for out, _ in chosen)
+        return sum(per_weight) + sum(out for out, _ in chosen.values())
     return sum(per_weight) * (2 if finetune.method == "loha" else 1)
+
+
+def _matches(module: str, targets) -> bool:
+    """peft matches a target name against the end of a module's dotted name."""
+    return any(module == t or module.endswith("." + t) for t in targets)
 
 
 def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
@@ -93,7 +111,7 @@ def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
     shapes = weight_shapes(model_dir)
     if not shapes:
         return None
-    trainable = trainable_count(shapes, cfg.finetune)
+    trainable = trainable_count(shapes, cfg.finetune, model_dir)
     other = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file() and p.suffix != ".safetensors")
     weights = trainable * FP32 + other  # full: every weight; an adapter: its own
     train = cfg.train
