@@ -121,9 +121,9 @@ def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
         steps = math.ceil(train.epochs * math.ceil(cfg.data.train_size / train.batch_size))
     else:
         steps = None  # the data's size is not known yet: as many checkpoints as can be kept
-    saves = (steps // train.save_steps if steps is not None else math.inf) if train.save_steps else 0
-    kept = min(saves, train.save_total_limit + 1 if train.save_total_limit else saves)
-    checkpoints = int(kept) if kept != math.inf else 1
+    saves = 0 if not train.save_steps else math.inf if steps is None else steps // train.save_steps
+    at_once = min(saves, train.save_total_limit + 1) if train.save_total_limit else saves
+    checkpoints = 1 if at_once == math.inf else int(at_once)  # no limit and no known length: at least one
     return Estimate(weights, weights + ADAMW_STATES * FP32 * trainable, checkpoints)
 
 
