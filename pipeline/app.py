@@ -13,12 +13,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from pipeline.dag import run_dag, status_table
+from pipeline.disk import DiskSpaceError
 from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
-from pipeline.tracking.progress import TrainerLogsCallback
 from pipeline.sweep.callbacks import sweep_of_this_job
+from pipeline.tracking.progress import TrainerLogsCallback
 from pipeline.tracking.tracker import Tracker
 from pipeline.tracking.uri import tracking_uri
 
@@ -106,6 +107,9 @@ def _run(cfg: DictConfig, tracker: Tracker) -> float | None:
                 tracked.on_pushed(pushed)
                 print(f"[pipeline] pushed to {pushed['commit_url']}", file=sys.stderr)
     except Exception as error:
+        if sweep is None and isinstance(error, DiskSpaceError):  # the disk: one line, no library traceback
+            print(f"\nerror: {error}", file=sys.stderr)  # on a line of its own, below a progress bar
+            sys.exit(1)
         if sweep is None:
             raise
         # The run is FAILED in MLflow with its error; the other jobs go on, and the sweep's end reports this one

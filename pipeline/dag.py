@@ -1,7 +1,7 @@
 """The stage graph, declared once, and the runner that hashes, caches, locks and reports `ran` / `cached`.
 
 Each stage's output lives in `<outputs>/cache/<stage>/<key>/`, where the key hashes the config values that can change
-the stage's output (`_config_slice`: exactly those, with the resolved device and precision), a fingerprint of what it
+the stage's output (`Stage.keys`: exactly those, with the resolved device and precision), a fingerprint of what it
 reads (a local dir's content, a Hub id's commit SHA), the version of its code and its upstream keys. A stage is
 computed in `<key>.partial/` under a file lock and renamed to `<key>/` when complete, with a manifest of its files:
 a partial or damaged output is never used, and of two processes that need the same output one computes it while the
@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.disk import check_disk, disk_full_fails_the_stage
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
 from pipeline.models import device_and_precision
 from pipeline.stages.evaluate import (
@@ -52,15 +53,74 @@ class Context:
         return self.cache / "hf_datasets" / config_hash(self.sources[group])
 
 
+# What a config key can change, stage by stage: each `Stage` names, per config group it reads, a function from the
+# group's values to the slice that goes into its key. Keys the sources cover (a local dir's content, a Hub id at its
+# SHA) are left out: `data.path`, `eval.dataset_id`, the revisions. What a stage does not read is left out too.
+Values = dict[str, Any]
+_NOT_WEIGHTS = (  # train keys that do not change the trained weights
+    "logging_steps",  # how often the loss is logged
+    "save_steps",  # checkpoints, to resume a killed run
+    "save_total_limit",
+    "eval_batch_size",  # only the in-training evaluation loss
+    "mini_batch_size",  # CachedMNRL's gradient cache: the same gradients in less memory
+    "precision",  # replaced by the resolved precision (auto -> bf16 / fp16 / fp32)
+)
+
+
+def _without(values: Values, *names: str, prefix: str | None = None) -> Values:
+    return {k: v for k, v in values.items() if k not in names and not (prefix and k.startswith(prefix))}
+
+
+def _only(values: Values, prefix: str) -> Values:
+    return {k: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def model_loaded(values: Values) -> Values:
+    """What loads the model, its name aside (the sources say what it holds): not the card text, not the revision."""
+    return _without(values, "name", "revision", prefix="card_")
+
+
+def method(values: Values) -> Values:
+    """The adapter's keys; a full fine-tune has none (r / alpha / dropout / targets do not touch it)."""
+    return {"method": "full"} if values["method"] == "full" else values
+
+
+def trained_weights(values: Values) -> Values:
+    """The training keys that change the weights, with the resolved device and precision."""
+    device, precision = device_and_precision(values["precision"])
+    values = _without(values, *_NOT_WEIGHTS)
+    if values["max_steps"] is not None:
+        values.pop("epochs")  # max_steps decides the length
+    return {**values, "device": device, "resolved_precision": precision}
+
+
+def nanobeir(values: Values) -> Values:
+    """The NanoBEIR evaluation on the resolved device (GPU and CPU embeddings differ in rounding); during_training is
+    only the finetune stage's log."""
+    return {**_without(values, "during_training", "dataset_id", "revision"), "device": device_and_precision()[0]}
+
+
+def dev_encoding(values: Values) -> Values:
+    """The dev set is upstream (prepare_dev's key): only how it is encoded."""
+    return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config: tuple[str, ...]  # the config groups whose values can change this stage's output (`_config_slice`)
+    keys: dict[str, Callable[[Values], Values]]  # config group -> the slice of its values that can change the output
     inputs: tuple[str, ...]  # upstream stages
     run: Callable[..., dict]  # (cfg, upstream outputs by name, out dir, context) -> summary
     code: tuple[str, ...]  # the modules it runs: their source (and what they import) is part of its key
-    reads: tuple[str, ...] | None = None  # the groups whose content (sources) it reads; None: all of `config`
+    reads: tuple[str, ...] | None = None  # the groups whose content (sources) it reads; None: all of `keys`' groups
     resumable: bool = False  # keep a killed run's partial dir (checkpoints) for the next attempt
+
+    def key_material(self, cfg: DictConfig) -> dict[str, Values]:
+        """The config values in this stage's key, group by group."""
+        return {
+            group: slice_of(OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True))
+            for group, slice_of in self.keys.items()
+        }
 
 
 @dataclass
@@ -96,28 +156,29 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
 DAG: tuple[Stage, ...] = (
     Stage(
         "prepare_data",
-        config=("data",),
+        keys={"data": lambda v: _without(v, "path", "revision", prefix="dev_")},  # dev_*: only the dev set
         inputs=(),
         run=lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
         code=("pipeline.stages.prepare_data",),
     ),
     Stage(
         "prepare_dev",
-        config=("data",),  # its dev_* keys (`_config_slice`)
+        # which held-out pairs: upstream; the dev_* sizes, and the seed that samples distractors
+        keys={"data": lambda v: {**_only(v, prefix="dev_"), "seed": v["seed"]}},
         inputs=("prepare_data",),
         run=lambda cfg, up, out, ctx: prepare_dev(cfg.data, up["prepare_data"].dir, out),
         code=("pipeline.stages.prepare_data",),
     ),
     Stage(
         "baseline",
-        config=("model", "eval"),
+        keys={"model": model_loaded, "eval": nanobeir},
         inputs=(),
         run=lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache("eval")),
         code=("pipeline.stages.evaluate",),
     ),
     Stage(
         "dev_baseline",
-        config=("model", "eval"),  # the dev set is prepare_dev's output: its key is upstream
+        keys={"model": model_loaded, "eval": dev_encoding},  # the dev set is prepare_dev's output: its key is upstream
         inputs=("prepare_dev",),
         run=lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_dev"].dir, out),
         code=("pipeline.stages.evaluate",),
@@ -125,7 +186,8 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "finetune",
-        config=("model", "finetune", "train"),
+        # the model's name too: its adapter_config.json records it
+        keys={"model": lambda v: _without(v, "revision", prefix="card_"), "finetune": method, "train": trained_weights},
         inputs=("prepare_data",),
         run=_finetune,
         code=("pipeline.stages.finetune",),
@@ -133,7 +195,7 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "evaluate",
-        config=("model", "eval"),
+        keys={"model": model_loaded, "eval": nanobeir},
         inputs=("finetune",),
         run=lambda cfg, up, out, ctx: evaluate_finetuned(
             cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache("eval")
@@ -142,7 +204,7 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "dev_evaluate",
-        config=("model", "eval"),
+        keys={"model": model_loaded, "eval": dev_encoding},
         inputs=("prepare_dev", "finetune"),
         run=lambda cfg, up, out, ctx: evaluate_dev_finetuned(
             cfg.model, cfg.eval, up["prepare_dev"].dir, up["finetune"].dir, out
@@ -152,7 +214,11 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "model_card",
-        config=("model", "finetune", "data"),
+        keys={  # the card names the base as configured, and the data in its default title
+            "model": lambda v: {"name": v["name"], **_only(v, prefix="card_")},
+            "finetune": method,
+            "data": lambda v: {"path_name": Path(v["path"]).name},
+        },
         inputs=("finetune", "baseline", "evaluate", "dev_baseline", "dev_evaluate"),
         run=lambda cfg, up, out, ctx: model_card(
             cfg.model,
@@ -167,6 +233,7 @@ DAG: tuple[Stage, ...] = (
             card_values(cfg.model, cfg.data, cfg.finetune),
         ),
         code=("pipeline.stages.model_card",),
+        reads=(),  # no content itself: its upstream keys cover the data and model
     ),
 )
 STAGES = {stage.name: stage for stage in DAG}
@@ -204,70 +271,22 @@ def forced_stages(force: Any) -> set[str]:
     return forced
 
 
-# What a config key can change, group by group. Keys the sources cover (a local dir's content, a Hub id at its SHA)
-# are left out: `data.path`, `eval.dataset_id`, the revisions. What a stage does not read is left out too.
-_NOT_WEIGHTS = (  # train keys that do not change the trained weights
-    "logging_steps",  # how often the loss is logged
-    "save_steps",  # checkpoints, to resume a killed run
-    "save_total_limit",
-    "eval_batch_size",  # only the in-training evaluation loss
-    "mini_batch_size",  # CachedMNRL's gradient cache: the same gradients in less memory
-    "precision",  # replaced by the resolved precision (auto -> bf16 / fp16 / fp32)
-)
-
-
-def _config_slice(cfg: DictConfig, group: str, stage: str) -> Any:
-    """The values of `group` that can change `stage`'s output."""
-    values = OmegaConf.to_container(cfg[group], resolve=True, enum_to_str=True)
-    if group == "model":
-        card = {k: v for k, v in values.items() if k.startswith("card_")}
-        if stage == "model_card":
-            return {"name": values["name"], **card}  # the card names the base as configured
-        values = {k: v for k, v in values.items() if k not in card and k != "revision"}  # revision: in the sources
-        if stage == "finetune":
-            return values  # its adapter_config.json records model.name
-        return {k: v for k, v in values.items() if k != "name"}  # the sources say what it holds
-    if group == "data":
-        if stage == "model_card":
-            return {"path_name": Path(values["path"]).name}  # the card's default title names the data
-        dev = {k: v for k, v in values.items() if k.startswith("dev_")}
-        if stage == "prepare_dev":
-            return {**dev, "seed": values["seed"]}  # which held-out pairs: upstream; the seed samples distractors
-        return {k: v for k, v in values.items() if k not in ("path", "revision", *dev)}
-    if group == "finetune":
-        if values["method"] == "full":
-            return {"method": "full"}  # r / alpha / dropout / targets do not touch a full fine-tune
-        return values
-    if group == "train":
-        device, precision = device_and_precision(values["precision"])
-        values = {k: v for k, v in values.items() if k not in _NOT_WEIGHTS}
-        if values["max_steps"] is not None:
-            values.pop("epochs")  # max_steps decides the length
-        return {**values, "device": device, "resolved_precision": precision}
-    if group == "eval" and stage.startswith("dev_"):
-        return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}  # the dev set is upstream
-    if group == "eval":
-        # during_training: only the finetune stage's log; dataset_id / revision: in the sources
-        values = {k: v for k, v in values.items() if k not in ("during_training", "dataset_id", "revision")}
-        return {**values, "device": device_and_precision()[0]}  # GPU and CPU embeddings differ in rounding
-    return values
-
-
 def stage_key(
     stage: Stage, cfg: DictConfig, upstream_keys: dict[str, str], found_sources: dict[str, str] | None = None
 ) -> str:
     """The cache key: the stage's config slices, the content of what it reads (`found_sources`: the fingerprints a
     run computed once for all its stages), the version of its code, and its upstream keys."""
+    reads = tuple(stage.keys) if stage.reads is None else stage.reads
     if found_sources is None:
-        found_sources = sources(cfg, stage.config)
+        found_sources = sources(cfg, reads)
     material = {
         "stage": stage.name,
-        "config": {group: _config_slice(cfg, group, stage.name) for group in stage.config},
-        "sources": {g: found_sources[g] for g in (stage.reads or stage.config) if g in found_sources},
+        "config": stage.key_material(cfg),
+        "sources": {g: found_sources[g] for g in reads if g in found_sources},
         "code": code_version(*stage.code),
         "upstream": upstream_keys,
     }
-    if stage.name == "model_card":  # it reads no content itself: its upstream keys cover the data and model
+    if not reads:  # a stage that reads no content itself (the card: its upstream keys cover the data and model)
         material.pop("sources")
     return config_hash(material)
 
@@ -327,8 +346,9 @@ def run_stage(
             shutil.rmtree(work)
         work.mkdir(exist_ok=True)
         _status_line(stage.name, "running", key=key)
-        result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
-        _write_manifest(work, result)
+        with disk_full_fails_the_stage(stage.name, work):  # one line; the half-written dir (checkpoints too) goes
+            result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
+            _write_manifest(work, result)
         os.replace(work, final)
     return StageOutput(stage.name, key, final, result, "ran", time.perf_counter() - start)
 
@@ -347,6 +367,8 @@ def run_dag(
     ctx = Context(cache, found, tuple(callbacks))
     run_cfg = pinned_config(cfg, found)  # every Hub id at the SHA the keys were computed with
     forced = forced_stages(cfg.run.get("force"))
+    if "finetune" in _to_compute(cfg, found, forced):
+        check_disk(cfg)  # before any model loads: the checkpoints and the model must fit under paths.outputs
     outputs: dict[str, StageOutput] = {}
     for stage in stages_until(cfg.run.until):
         upstream = {name: outputs[name] for name in stage.inputs}
@@ -356,6 +378,14 @@ def run_dag(
         if on_stage is not None:
             on_stage(output)
     return outputs
+
+
+def _to_compute(cfg: DictConfig, found: dict[str, str], forced: set[str]) -> set[str]:
+    """The stages up to `run.until` that have no complete output (or are forced)."""
+    cache, keys = Path(cfg.paths.outputs).resolve() / "cache", {}
+    for stage in stages_until(cfg.run.until):
+        keys[stage.name] = stage_key(stage, cfg, {name: keys[name] for name in stage.inputs}, found)
+    return {name for name, key in keys.items() if name in forced or not is_complete(cache / name / key)}
 
 
 def _status_line(name: str, status: str, key: str | None = None, seconds: float | None = None) -> None:

@@ -221,12 +221,34 @@ def _check_data(cfg: DictConfig) -> None:
     )
     if problem:
         raise ConfigError(problem)
+    _check_distinct_questions(cfg, dataset, data.train_size or available)
     repeated = duplicate_count(dataset, data.question_column)
     if repeated:
         print(
             f"warning: data.path={data.path} repeats {repeated} question(s); the NO_DUPLICATES sampler keeps each "
             "out of batches that already hold it",
             file=sys.stderr,
+        )
+
+
+def _check_distinct_questions(cfg: DictConfig, dataset, train_rows: int) -> None:
+    """In-batch negatives are the other questions' answers: a batch needs `train.batch_size` distinct questions."""
+    import pyarrow.compute as pc
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    data, batch_size = cfg.data, cfg.train.batch_size
+    # the question column in memory (no index files written into the datasets cache)
+    questions = Dataset(InMemoryTable(dataset.select_columns([data.question_column]).with_format("arrow")[:]))
+    # the training rows as prepare_data cuts them (the held-out split, then the first train_rows)
+    train = questions.train_test_split(test_size=data.eval_size, seed=data.seed, keep_in_memory=True)["train"]
+    column = train.select(range(train_rows)).with_format("arrow")[:][data.question_column]
+    distinct = pc.count_distinct(column).as_py()
+    if distinct < batch_size:
+        raise ConfigError(
+            f"data.path={data.path} has {distinct} distinct question(s) in its {train_rows} training rows, fewer than "
+            f"train.batch_size={batch_size}: in-batch negatives cannot be formed; use more varied data or a batch "
+            f"size <= {distinct}"
         )
 
 

@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 DAEMONS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue")
 
 
@@ -27,6 +29,15 @@ def missing_tools() -> list[str]:
 
 def _tool(name: str) -> str:
     return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def _kill(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
 
 
 def _free_port() -> int:
@@ -48,7 +59,18 @@ class Cluster:
             raise RuntimeError(f"{' '.join(cmd)}: {proc.stderr.strip()}")
         return proc.stdout
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 30) -> list[str]:
+        """Cancel every job, wait for its steps to end (SIGKILL what is left after `timeout`: slurmd kills a step KillWait=10 s after its SIGTERM), stop the daemons.
+
+        Returns the processes of this cluster still alive after that (none, unless one resists SIGKILL): the job steps
+        (slurmstepd), srun and the job's script ignore SIGTERM, and outlive daemons stopped before slurmd kills them."""
+        jobs = self.run("squeue", "-h", "-o", "%A", check=False).split() if self._daemons_up() else []
+        if jobs:
+            self.run("scancel", *jobs, check=False)
+        deadline = time.monotonic() + timeout
+        while self.job_processes() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        _kill(self.job_processes())
         for proc in reversed(self.processes):  # only the daemons started here, by their pid
             proc.terminate()
         for proc in reversed(self.processes):
@@ -56,7 +78,30 @@ class Cluster:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        # job steps slurmd started (submitit's python) belong to its process tree and end with it
+        _kill(self.job_processes())  # a step that started while the daemons stopped
+        return [f"{p.pid} {' '.join(p.cmdline())}" for p in self.job_processes()]
+
+    def _daemons_up(self) -> bool:
+        return all(proc.poll() is None for proc in self.processes)
+
+    def job_processes(self) -> list[psutil.Process]:
+        """The processes of this cluster's jobs, the daemons and this process left out: a job's (srun, its script,
+        what it runs) by this cluster's SLURM_CONF in their environment (sbatch hands the submitter's to the job), a
+        slurmstepd (its environment cleared) by the file of this cluster it holds open (slurmd's log)."""
+        conf, root = self.env["SLURM_CONF"], str(self.root) + os.sep
+        mine = {os.getpid(), *(proc.pid for proc in self.processes)}
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.pid in mine or process.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                if process.environ().get("SLURM_CONF") == conf or any(
+                    f.path.startswith(root) for f in process.open_files()
+                ):
+                    found.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
 
     def logs(self) -> str:
         return "\n".join(
@@ -162,4 +207,6 @@ if __name__ == "__main__":
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        cluster.stop()
+        left = cluster.stop()
+        if left:
+            sys.exit(f"still running: {left}")

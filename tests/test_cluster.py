@@ -122,7 +122,8 @@ def slurm(tmp_path_factory):
         pytest.skip(f"needs Debian's slurm-wlm and munge (missing {', '.join(missing)}; .ci/run installs them)")
     cluster = slurm_cluster.start(tmp_path_factory.mktemp("slurm"))
     yield cluster
-    cluster.stop()
+    left = cluster.stop()
+    assert not left, f"processes of the test cluster outlived it: {left}"
 
 
 def _slurm_sweep(tmp_path, tiny, slurm, server, *args: str) -> subprocess.Popen:
@@ -250,3 +251,24 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
     assert int(run.data.tags["resumed_from"].split("-")[1]) >= 10
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     assert sorted(set(steps)) == [1, *range(10, 51, 10)]  # every logged step, over both attempts
+
+
+def test_the_cluster_leaves_no_job_process_behind(tmp_path):
+    """A job whose script and step ignore SIGTERM (as the SIGTERM-requeue test's do) still running when the cluster
+    stops: cancelled, its steps awaited then SIGKILLed, before the daemons go; nothing of it outlives the cluster."""
+    missing = slurm_cluster.missing_tools()
+    if missing:
+        pytest.skip(f"needs Debian's slurm-wlm and munge (missing {', '.join(missing)}; .ci/run installs them)")
+    cluster = slurm_cluster.start(tmp_path / "slurm")
+    try:
+        script = "trap '' TERM; srun --ntasks=1 bash -c \"trap '' TERM; sleep 600\""
+        job = cluster.run("sbatch", "--parsable", f"--output={tmp_path}/job.out", "--wrap", script).strip()
+        deadline = time.monotonic() + 60
+        while not any(p.name() == "sleep" for p in cluster.job_processes()):
+            assert time.monotonic() < deadline, f"job {job} never started its step: {cluster.run('squeue')}"
+            time.sleep(0.2)
+        names = {p.name() for p in cluster.job_processes()}
+        assert {"slurmstepd", "srun", "sleep"} <= names, names  # what it must find to end
+    finally:
+        left = cluster.stop()
+    assert left == []

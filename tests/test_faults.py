@@ -63,6 +63,16 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     assert steps[0] == 1 and steps[-1] == 120
     (final,) = [p for p in finetune_cache.iterdir() if p.is_dir() and not p.name.endswith(".partial")]
     assert not (final / "checkpoints").exists()
+    _assert_no_step_before_the_checkpoint_ran_twice(client, run)
+
+
+def _assert_no_step_before_the_checkpoint_ran_twice(client: MlflowClient, run) -> None:
+    """A resumed run goes on from its checkpoint: the steps up to it were logged once, by the killed process. A run
+    that silently trained from step 0 again (its `resumed_from` tag and step range intact) logs them twice."""
+    resumed_at = int(run.data.tags["resumed_from"].split("-")[1])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    before = [s for s in steps if s <= resumed_at]
+    assert before and len(before) == len(set(before)), f"steps up to {resumed_at} logged more than once: {steps}"
 
 
 def _alive(process: psutil.Process) -> bool:
@@ -173,3 +183,17 @@ def test_ctrl_c_ends_the_run_killed(tiny_cfg, monkeypatch):
     (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert r.info.status == "KILLED"
     assert "baseline_nanobeir_mean_ndcg_at_10" in r.data.metrics
+
+
+def test_a_truncated_cache_file_is_rebuilt_not_reused(tiny_cfg):
+    """A file cut short (a disk that filled, a copy that stopped) has its name but not its size: never reused."""
+    cfg = tiny_cfg(["run.until=prepare_data"])
+    first = run_dag(cfg)["prepare_data"]
+    victim = next(p for p in first.dir.rglob("*.arrow"))
+    size = victim.stat().st_size
+    with open(victim, "r+b") as f:
+        f.truncate(size // 2)
+    assert not is_complete(first.dir)
+    again = run_dag(cfg)["prepare_data"]
+    assert again.status == "ran" and is_complete(again.dir)
+    assert victim.stat().st_size == size  # rebuilt whole

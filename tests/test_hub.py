@@ -3,9 +3,12 @@ or model with its completed card through sentence-transformers' push_to_hub."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -99,3 +102,54 @@ def test_push_uploads_the_saved_adapter_with_its_completed_card(tiny_cfg, monkey
     assert r.data.tags["hub.repo_id"] == "me/my-adapter"
     assert r.data.params["hub.repo_id"] == "me/my-adapter"  # shown in the UI, yet no part of the run's identity
     assert r.data.tags["pipeline.config_hash"] == run_key(tiny_cfg())
+
+
+class _NoSuchRepo(http.server.BaseHTTPRequestHandler):
+    """A Hub stand-in: every repo is missing; the paths it was asked for are in `asked`."""
+
+    asked: list[str] = []
+
+    def _missing(self):
+        self.asked.append(self.path)
+        self.send_response(404)
+        self.send_header("X-Error-Code", "RepositoryNotFound")
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(b'{"error": "Repository not found"}')
+
+    do_GET = do_HEAD = _missing
+
+    def log_message(self, *args):  # the server's own access log stays out of the test's output
+        pass
+
+
+@pytest.mark.parametrize("logger_name", ["httpx2", f"client{uuid.uuid4().hex[:8]}"], ids=["httpx2", "random name"])
+def test_no_http_request_lines_in_a_runs_output(logger_name, tmp_path, tiny_qa, tiny_nanobeir, tiny_model):
+    """The Hub client's per-request INFO line is dropped by what it says, whatever its logger is called: the client's
+    logger is renamed to a fresh random name in the run's process, and the run asks the Hub stand-in for its model."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoSuchRepo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + ["model.name=nobody/no-such-model"]
+    rename = (
+        "import logging, runpy, sys, httpx2._client as c; "
+        f"c.logger = logging.getLogger({logger_name!r}); "
+        "sys.argv = ['pipeline', *sys.argv[1:]]; runpy.run_module('pipeline', run_name='__main__')"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "HF_HUB_OFFLINE": "0",
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_port}",
+    }
+    env.pop("HYDRA_FULL_ERROR", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", rename, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        server.shutdown()
+    output = proc.stdout + proc.stderr
+    assert any("no-such-model" in path for path in _NoSuchRepo.asked), _NoSuchRepo.asked  # the stand-in was asked
+    assert "HTTP Request" not in output and "127.0.0.1" not in output, output
+    assert [line for line in output.splitlines() if line.strip()] == [proc.stderr.strip()]  # the error alone

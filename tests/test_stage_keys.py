@@ -84,6 +84,16 @@ def test_a_key_changes_exactly_when_the_output_can(override, tiny_cfg):
     assert {name for name in base if base[name] != changed[name]} == PERTURBATIONS[override]
 
 
+def test_a_stage_declares_its_own_key_slice(tiny_cfg):
+    """A stage added to the DAG needs no edit elsewhere: its declared `keys` alone decide which values move its key."""
+    from pipeline.dag import Stage
+
+    extra = Stage("extra", keys={"train": lambda v: {"lr": v["lr"]}}, inputs=(), run=dict, code=(), reads=())
+    base, lr, batch = (stage_key(extra, tiny_cfg(o), {}, {}) for o in ([], ["train.lr=2e-3"], ["train.batch_size=4"]))
+    assert base != lr
+    assert base == batch
+
+
 def test_the_content_of_each_input_is_in_the_keys(tiny_cfg):
     cfg = tiny_cfg()
     found = sources(cfg)

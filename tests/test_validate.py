@@ -57,6 +57,8 @@ CASES = {
     "data null answers": (["data.path={nulls}"], "column 'answer' has 2 null", "non-empty text"),
     "data empty questions": (["data.path={empty}"], "column 'question' has 0 null and 1 empty", "non-empty text"),
     "data not text": (["data.path={ints}"], "column 'answer' holds int64", "must be strings"),
+    "data one question": (["data.path={same}"], "1 distinct question(s) in its 16 training rows", "train.batch_size=8"),
+    "data few questions": (["data.path={few}"], "5 distinct question(s)", "in-batch negatives cannot be formed"),
     "data file type": (["data.path={txt}"], "data.path=", "allowed .jsonl, .json, .csv, .tsv, .parquet"),
     "data file missing": (["data.path=/no/such/pairs.jsonl"], "data.path=/no/such/pairs.jsonl", "does not exist"),
     "batch over rows": (["train.batch_size=32"], "train.batch_size=32", "16 training rows"),
@@ -88,6 +90,8 @@ def _bad_data(tmp_path):
         "nulls": qa("nulls", questions, answers[:5] + [None] + answers[6:20] + [None] + answers[21:]),
         "empty": qa("empty", questions[:3] + [""] + questions[4:], answers),
         "ints": qa("ints", questions, list(range(n))),
+        "same": qa("same", ["what is it?"] * n, answers),
+        "few": qa("few", [f"question {i % 5}?" for i in range(n)], answers),
         "txt": tmp_path / "pairs.txt",
     }
 
