@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -86,8 +88,17 @@ def log_data_inputs(client: MlflowClient, run_id: str, inputs: list[DataInput]) 
         entries.append(
             DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=item.context)])
         )
-    if entries:
-        client.log_inputs(run_id, datasets=entries)
+    for attempt in range(3):
+        try:
+            if entries:
+                client.log_inputs(run_id, datasets=entries)
+            return
+        except MlflowException as error:
+            # Two jobs logging the same new dataset at once: MLflow's get-or-create of the dataset row races, and the
+            # loser gets a UNIQUE constraint error (seen through a tracking server); the row exists now, so retry
+            if "UNIQUE constraint" not in str(error) or attempt == 2:
+                raise
+            time.sleep(0.5 * (attempt + 1))
 
 
 def logged_inputs(run) -> list[dict[str, Any]]:
