@@ -9,11 +9,11 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
-from pipeline.sweep.selection import Candidate, select
 from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
+from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.sweep.selection import Candidate, select, tie_key
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -56,14 +56,17 @@ def test_each_method_gets_its_own_learning_rates_and_the_grid_seed():
 
 def test_selection_is_per_method_on_dev_on_the_shared_seed():
     c = [
-        Candidate("lora", "a", 12, 0.70, 100),
-        Candidate("lora", "b", 12, 0.72, 200),
-        Candidate("lora", "a", 13, 0.99, 100),  # a replicate's seed: not shared by b, not read
-        Candidate("full", "f1", 12, 0.60),
-        Candidate("full", "f2", 12, float("nan")),  # failed
-        Candidate("lora", "c", 12, 0.72, 50),  # ties with b: fewer trainable parameters wins
+        Candidate("lora", "a", 12, 0.70, tie_key("lora", 8, "lora-r8-a8-lr1e-4")),
+        Candidate("lora", "b", 12, 0.72, tie_key("lora", 16, "lora-r16-a16-lr1e-4")),
+        Candidate("lora", "a", 13, 0.99, tie_key("lora", 8, "lora-r8-a8-lr1e-4")),  # a fresh seed: not shared by b
+        Candidate("full", "f1", 12, 0.60, tie_key("full", None, "full-lr1e-5")),
+        Candidate("full", "f2", 12, float("nan"), tie_key("full", None, "full-lr2e-5")),  # failed
+        Candidate("lora", "c", 12, 0.72, tie_key("lora", 4, "lora-r4-a8-lr1e-4")),  # ties with b: the smaller rank
+        Candidate("lora", "d", 12, 0.72, tie_key("lora", 4, "lora-r4-a4-lr1e-4")),  # ties with c: the name's order
     ]
-    assert select(c) == {"lora": "c", "full": "f1"}
+    assert select(c) == {"lora": "d", "full": "f1"}
+    assert select(list(reversed(c))) == {"lora": "d", "full": "f1"}  # the order given decides nothing here
+    assert tie_key("lora", 64, "lora-r64") < tie_key("full", None, "full")  # any adapter before the full fine-tune
     assert select([Candidate("lora", "a", 1, 0.5), Candidate("lora", "b", 2, 0.6)]) == {"lora": "b"}  # no shared seed
 
 

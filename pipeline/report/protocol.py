@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 from statsmodels.stats.multitest import multipletests
 
-from pipeline.sweep.selection import Candidate, dev_scores, select
 from pipeline.report.load import Arm
 from pipeline.report.seeds import Difference, SeedQueryEstimate, arm_estimate, difference
 from pipeline.report.stats import paired_test
 from pipeline.report.verdict import Verdict, decide
+from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key
 
 
 @dataclass
@@ -78,7 +78,9 @@ def apply(
     configs = configurations(arms)
     protocol = Protocol(configs)
     candidates = [
-        Candidate(a.method, c.key, a.seed, a.dev if a.status == "FINISHED" else math.nan, c.trainable_params)
+        Candidate(
+            a.method, c.key, a.seed, a.dev if a.status == "FINISHED" else math.nan, tie_key(a.method, a.r, c.name)
+        )
         for c in configs
         for a in c.runs
     ]
@@ -92,8 +94,8 @@ def apply(
     by_key = {c.key: c for c in configs}
     protocol.full = by_key.get(chosen.get("full"))
     adapters = [by_key[key] for method, key in chosen.items() if method != "full"]
-    if adapters:  # the best selected adapter by dev score; ties: fewer trainable parameters
-        protocol.adapter = max(adapters, key=lambda c: (c.dev, -c.trainable_params))
+    if adapters:  # the best selected adapter by dev score; ties: as the sweeper breaks them (tie_key)
+        protocol.adapter = min(adapters, key=lambda c: (-c.dev, tie_key(c.method, c.runs[0].r, c.name)))
     if any(math.isnan(a.dev) for a in arms if a.status == "FINISHED"):
         protocol.notes.append("runs without dev_ndcg_at_10 (logged before the dev set existed) cannot be selected")
     _verdict(protocol, margin, level)

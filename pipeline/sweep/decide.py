@@ -1,0 +1,344 @@
+"""`make decide`: after the grid and selection on dev, fresh seeds of both selected configurations until decided.
+
+1. Grid edges: a method whose selected learning rate (or rank) is the largest or smallest its grid tried has that
+   axis extended one geometric step on that side (the ratio of the two outermost values; x2 / x0.5 for a single
+   learning rate), the selected configuration run there at the grid seed, and selection repeated, while the edge
+   keeps winning, at most `extend` times per axis and side (`edge_jobs`).
+2. Fresh seeds: the selected adapter and the selected full fine-tune are trained at seeds the grid never used
+   (`fresh_seeds`), so the run that won selection on dev never enters the verdict's difference (winner's curse).
+3. Rounds (`rounds`): the planned looks of a group-sequential design (`pipeline.statistics.sequential.Design`): at
+   each look both arms have the same number of fresh seeds; after each round the look's interval on the per-seed
+   NanoBEIR means decides whether to stop (decided, or the budget spent). Each look is logged on the sweep's parent
+   run (`verdict.look.*` at step = its index, `decide/looks.json`), and at the end its `verdict*` tags.
+4. Ranks (`ranks=true`): each rank's best configuration on dev gets the same fresh seeds, so the fixed-sequence rank
+   procedure of `pipeline.statistics` has fresh seeds for every rank.
+
+Re-running after an interruption reruns nothing that finished (the jobs reuse their FINISHED runs) and takes the same
+looks again. The sweeper (hydra_plugins/lora_vs_full_sweeper) launches each round as one batch of the launcher (local,
+joblib or SLURM); this module plans and reads, and knows no launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+
+from pipeline.statistics.sequential import Design, Look, benchmark_difference, look
+from pipeline.sweep.grid import configuration, job_values
+from pipeline.sweep.selection import Candidate, select, tie_key
+
+Job = list[str]
+AXES = ("train.lr", "finetune.r")
+TARGETS = ("benchmark",)  # the per-seed NanoBEIR means: this benchmark's fixed queries, over training randomness
+ADAPTER, FULL = "adapter", "full"
+
+
+@dataclass
+class Arm:
+    """A configuration trained at the fresh seeds, with its NanoBEIR mean per seed."""
+
+    name: str  # "adapter", "full" or "r=<rank>"
+    config: tuple[str, ...]  # its overrides without the seed
+    scores: dict[int, float] = field(default_factory=dict)
+
+    def job(self, seed: int) -> Job:
+        return [*self.config, f"train.seed={seed}"]
+
+
+@dataclass
+class Outcome:
+    looks: list[Look]
+    arms: list[Arm]
+    reason: str  # why the rounds stopped
+    target: str = ""  # what the difference estimates (`Estimate.target`): "benchmark" or "queries"
+
+
+# ----------------------------------------------------------------------------------------------------- seeds, rounds
+
+
+def fresh_seeds(grid_seeds: Iterable[int], listed: Sequence[int], n: int) -> list[int]:
+    """`n` seeds the grid never used: the listed ones first (`hydra.sweeper.seeds` after the grid's), then counting
+    up from the largest seed seen."""
+    used = set(grid_seeds)
+    seeds = list(dict.fromkeys(s for s in listed if s not in used))[:n]
+    following = max([*used, *listed], default=0) + 1
+    while len(seeds) < n:
+        if following not in used and following not in seeds:
+            seeds.append(following)
+        following += 1
+    return seeds
+
+
+def rounds(design: Design, seeds: Sequence[int]) -> list[list[int]]:
+    """The fresh seeds each round adds per arm: round k brings every arm to `design.looks()[k]` seeds (equal numbers
+    per arm at every look, as a fixed-looks design requires)."""
+    planned = design.looks()
+    if len(seeds) < planned[-1]:
+        raise ValueError(f"{len(seeds)} fresh seeds for a budget of {planned[-1]} per arm")
+    return [list(seeds[start:end]) for start, end in zip([0, *planned], planned, strict=False)]
+
+
+def sequential(
+    design: Design, arms: list[Arm], seeds: Sequence[int], train: Callable[[list[Job]], list[float]], on_look=None
+) -> Outcome:
+    """Round after round, train each arm at the round's seeds (`train`: jobs -> NanoBEIR mean per job, nan for a
+    failed one), then take the look on adapter vs full; stop when the look says so or the budget is spent."""
+    by_name = {arm.name: arm for arm in arms}
+    looks: list[Look] = []
+    target = ""
+    for index, new in enumerate(rounds(design, seeds)):
+        jobs = list({tuple(arm.job(seed)): arm.job(seed) for arm in arms for seed in new}.values())  # an arm twice
+        scores = {tuple(job): score for job, score in zip(jobs, train(jobs), strict=True)}
+        for arm in arms:
+            arm.scores.update({seed: scores[tuple(arm.job(seed))] for seed in new})
+        adapter, full = by_name[ADAPTER], by_name[FULL]
+        failed = [f"{arm.name} seed {s}" for arm in (adapter, full) for s, v in arm.scores.items() if math.isnan(v)]
+        if failed:
+            reason = f"no verdict: no NanoBEIR score from {', '.join(failed)} (a failed run)"
+            return Outcome(looks, arms, reason, target)
+        estimate = benchmark_difference(list(adapter.scores.values()), list(full.scores.values()))
+        looks.append(look(design, estimate, index + 1))  # looks count from 1
+        target = estimate.target
+        if on_look is not None:
+            on_look(looks[-1])
+        if looks[-1].stop:
+            return Outcome(looks, arms, looks[-1].reason, target)
+    return Outcome(looks, arms, "budget spent", target)
+
+
+# -------------------------------------------------------------------------------------------------------- grid edges
+
+
+def axis_values(jobs: Iterable[Job], method_jobs: Callable[[Job], bool], key: str) -> list[float]:
+    """The values of `key` among the jobs that `method_jobs` picks, sorted."""
+    return sorted({float(job_values(job)[key]) for job in jobs if method_jobs(job) and key in job_values(job)})
+
+
+def beyond_edge(values: Sequence[float], chosen: float, key: str) -> list[float]:
+    """The next value(s) past the edge of `values` that `chosen` sits on: one geometric step (the ratio of the two
+    outermost values on that side); a single learning rate is at both edges (x2 and x0.5); a single rank is the user's
+    choice, not a grid axis. [] when `chosen` is inside the grid."""
+    if len(values) == 1:
+        return [chosen * 2, chosen / 2] if key == "train.lr" else []
+    steps = []
+    if chosen == values[-1]:
+        steps.append(values[-1] * values[-1] / values[-2])
+    if chosen == values[0]:
+        steps.append(values[0] * values[0] / values[1])
+    if key == "finetune.r":
+        steps = [round(s) for s in steps if round(s) >= 1]
+    return steps
+
+
+def with_value(job: Job, key: str, value: float) -> Job:
+    """The job with `key` set to `value`; a new rank keeps alpha's ratio to r."""
+    values = job_values(configuration(job))
+    text = f"{int(value)}" if key == "finetune.r" else f"{value:g}"
+    new = {**values, key: text}
+    if key == "finetune.r" and "finetune.alpha" in values and "finetune.r" in values:
+        new["finetune.alpha"] = f"{round(float(values['finetune.alpha']) * value / float(values['finetune.r']))}"
+    return [f"{k}={v}" for k, v in new.items()]
+
+
+def edge_jobs(
+    grid: list[Job], chosen: dict[str, tuple[str, ...]], method_of: Callable[[Job], str], extended: dict, limit: int
+) -> list[Job]:
+    """The configurations one step past each grid edge that a selected configuration sits on, for the axes not yet
+    extended `limit` times on that side (`extended`: {(method, key, side): times}, updated here)."""
+    jobs = []
+    for method, config in chosen.items():
+        values = job_values(list(config))
+        for key in AXES:
+            if key not in values:
+                continue
+            axis = axis_values(grid, lambda job, m=method: method_of(job) == m, key)
+            for value in beyond_edge(axis, float(values[key]), key):
+                side = (method, key, "up" if value > float(values[key]) else "down")
+                if extended.get(side, 0) < limit:
+                    extended[side] = extended.get(side, 0) + 1
+                    jobs.append(with_value(list(config), key, value))
+    return jobs
+
+
+def extended_axes(extended: dict) -> str:
+    """The `sweep.extended` tag: e.g. `lora train.lr up x2, full train.lr down x1`, or `none`."""
+    return ", ".join(f"{m} {k} {side} x{n}" for (m, k, side), n in sorted(extended.items())) or "none"
+
+
+# ------------------------------------------------------------------------------------------------------------- arms
+
+
+def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int | None], with_ranks: bool) -> list[Arm]:
+    """The arms trained at the fresh seeds: the selected adapter (the best on dev of the adapter methods' selected
+    configurations, ties as `select`), the selected full fine-tune, and with `with_ranks` each rank's best on dev of
+    the adapter's method (`ranks`: {config: its r})."""
+    chosen = select(candidates)
+    if FULL not in chosen or len(chosen) < 2:
+        raise ValueError(f"make decide needs an adapter and the full fine-tune in its grid; it has {sorted(chosen)}")
+    adapters = [Candidate(ADAPTER, config, None, _dev(candidates, config), _tie(candidates, config))
+                for method, config in chosen.items() if method != FULL]  # fmt: skip
+    adapter = select(adapters)[ADAPTER]
+    arms = [Arm(ADAPTER, adapter), Arm(FULL, chosen[FULL])]
+    if with_ranks:
+        method = next(c.method for c in candidates if c.config == adapter)
+        by_rank = [
+            c._replace(method=f"r={ranks[c.config]}") for c in candidates if c.method == method and ranks[c.config]
+        ]
+        if len({c.method for c in by_rank}) > 1:
+            arms += [Arm(name, config) for name, config in sorted(select(by_rank).items(), key=_rank_order)]
+    return arms
+
+
+def _rank_order(item: tuple[str, tuple]) -> int:
+    return int(item[0].removeprefix("r="))
+
+
+def _dev(candidates: list[Candidate], config) -> float:
+    return next(c.dev for c in candidates if c.config == config)
+
+
+def _tie(candidates: list[Candidate], config) -> tuple:
+    return next(c.tie for c in candidates if c.config == config)
+
+
+def seeds_tag(arm: Arm) -> str:
+    return ",".join(str(s) for s in arm.scores)
+
+
+def looks_json(outcome: Outcome) -> str:
+    """The `decide/looks.json` artifact: every look, each arm's configuration and per-seed NanoBEIR means."""
+    return json.dumps(
+        {
+            "looks": [asdict(look) for look in outcome.looks],
+            "arms": [{"name": a.name, "config": list(a.config), "scores": a.scores} for a in outcome.arms],
+            "reason": outcome.reason,
+        },
+        indent=2,
+        default=str,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the sweeper's side
+
+
+class Decider:
+    """What the sweeper runs after the grid: compose jobs as the launcher will, launch them (`launch`: jobs -> Hydra
+    JobReturns, one launcher batch per call), read their scores from MLflow, log the looks on the parent run."""
+
+    def __init__(self, settings, compose, launch, sweep_dir: str, listed_seeds: Sequence[int]):
+        self.design = design_of(settings)
+        self.ranks, self.extend = bool(settings.ranks), int(settings.extend)
+        self.compose, self.launch, self.listed = compose, launch, list(listed_seeds)
+        self.parent = _parent(sweep_dir)
+        self.rank_of: dict[tuple[str, ...], int | None] = {}
+
+    def run(self, grid: list[Job], results: list) -> Outcome:
+        configs = self.compose(grid)
+        grid_seeds = sorted({int(cfg.train.seed) for cfg in configs})
+        self._tag("sweep.grid_seeds", ",".join(map(str, grid_seeds)))
+        candidates = self._candidates(grid, configs, results)
+        candidates, extended = self._extend_edges(grid, candidates, grid_seeds)
+        self._tag("sweep.extended", extended_axes(extended))
+        arms = decided_arms(candidates, self.rank_of, self.ranks)
+        seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
+        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look)
+        self._finish(outcome)
+        return outcome
+
+    def _candidates(self, jobs: list[Job], configs, results) -> list[Candidate]:
+        from pipeline.tracking.run import run_name
+
+        candidates = []
+        for job, cfg, result in zip(jobs, configs, results, strict=True):
+            method, seed = str(cfg.finetune.method), int(cfg.train.seed)
+            r = cfg.finetune.get("r") if method != FULL else None
+            tie = tie_key(method, r, run_name(cfg).removesuffix(f"-s{seed}"))
+            candidates.append(Candidate(method, configuration(job), seed, _returned(result), tie))
+            self.rank_of[configuration(job)] = r
+        return candidates
+
+    def _extend_edges(self, grid: list[Job], candidates: list[Candidate], grid_seeds: list[int]):
+        extended: dict = {}
+        tried = list(grid)
+        methods = {c.config: c.method for c in candidates}
+        while True:
+            chosen = select(candidates)
+            new = edge_jobs(tried, chosen, lambda job: methods.get(configuration(job)), extended, self.extend)
+            if not new:
+                return candidates, extended
+            jobs = [[*job, f"train.seed={seed}"] for job in new for seed in grid_seeds]
+            candidates = candidates + self._candidates(jobs, self.compose(jobs), self.launch(jobs))
+            methods.update({c.config: c.method for c in candidates})
+            tried += jobs
+
+    def _scores(self, jobs: list[Job]) -> list[float]:
+        """Launch the jobs (one batch), then each job's NanoBEIR mean from its FINISHED MLflow run (nan: failed)."""
+        from pipeline.tracking.run import METRIC, finished_run
+
+        self.launch(jobs)
+        runs = [finished_run(cfg) for cfg in self.compose(jobs)]
+        return [math.nan if run is None else run.data.metrics.get(METRIC, math.nan) for run in runs]
+
+    def _log_look(self, result: Look) -> None:
+        if self.parent is None:
+            return
+        client, run_id = self.parent
+        for name in ("delta", "low", "high"):
+            client.log_metric(run_id, f"verdict.look.{name}", getattr(result, name), step=result.index)
+        client.set_tag(run_id, "verdict.looks", str(result.index))
+
+    def _finish(self, outcome: Outcome) -> None:
+        by_name = {arm.name: arm for arm in outcome.arms}
+        tags = {
+            "verdict.reason": outcome.reason,
+            "verdict.looks": str(len(outcome.looks)),
+            "verdict.target": outcome.target,
+            "verdict.seeds_adapter": seeds_tag(by_name[ADAPTER]),
+            "verdict.seeds_full": seeds_tag(by_name[FULL]),
+        }
+        if outcome.looks and not outcome.reason.startswith("no verdict"):
+            tags["verdict"] = outcome.looks[-1].label
+        for key, value in tags.items():
+            self._tag(key, value)
+        if self.parent is not None:
+            client, run_id = self.parent
+            client.log_text(run_id, looks_json(outcome), "decide/looks.json")
+
+    def _tag(self, key: str, value: str) -> None:
+        if self.parent is not None:
+            self.parent[0].set_tag(self.parent[1], key, value[:5000])
+
+
+def design_of(settings) -> Design:
+    """The design `hydra.sweeper.decide` asks for: its budget, first, step, margin and alpha where given (null: the
+    design's default); a bad value is an error here, before any job runs."""
+    if settings.target not in TARGETS:
+        raise ValueError(
+            f"hydra.sweeper.decide.target={settings.target}: make decide decides on {' or '.join(TARGETS)}"
+        )
+    given = {k: settings[k] for k in ("margin", "alpha", "first", "step", "budget") if settings.get(k) is not None}
+    try:
+        return Design(**given)
+    except ValueError as error:
+        raise ValueError(f"hydra.sweeper.decide: {error}") from None
+
+
+def _returned(result) -> float:
+    """The dev NDCG@10 a job returned; nan for a job that raised or returned nothing."""
+    try:
+        value = result.return_value
+    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
+        return math.nan
+    return math.nan if value is None else float(value)
+
+
+def _parent(sweep_dir: str):
+    """(client, run id) of the sweep's parent run (`pipeline.sweep.callbacks`), or None without the callback."""
+    from mlflow.tracking import MlflowClient
+
+    from pipeline.sweep.callbacks import sweep_info
+
+    info = sweep_info(sweep_dir)
+    return None if info is None else (MlflowClient(info["tracking_uri"]), info["parent_run_id"])
