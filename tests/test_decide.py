@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -212,3 +213,66 @@ def test_the_ranks_arms_are_each_ranks_best_on_dev():
     ]
     with pytest.raises(ValueError, match=r"needs an adapter and the full fine-tune in its grid; it has \['lora'\]"):
         decided_arms(c[:4], ranks, with_ranks=False)
+
+
+# ------------------------------------------------------------------------------------------------ a real tiny sweep
+
+
+def _decide(tmp_path, tiny, *args: str):
+    """`make decide`, shrunk: LoRA r=2 and the full fine-tune, each at one learning rate high enough (4 steps) that
+    seeds differ on the tiny NanoBEIR, grid seed 1, then fresh seeds 2, 3, ... in rounds of a small design (looks at
+    2 and 3 seeds per arm)."""
+    shrunk = ("finetune.", "train.lr=", "train.max_steps=", "train.eval_steps=")
+    overrides = [o for o in tiny_overrides(tmp_path, *tiny) if not o.startswith(shrunk)]
+    cmd = [
+        sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides,
+        "train.max_steps=4", "train.eval_steps=null", "finetune.r=2", "finetune.alpha=4",
+        "hydra.sweeper.lr.lora=[5e-2]", "hydra.sweeper.lr.full=[5e-2]",
+        "hydra.sweeper.seeds=[1]", "hydra.sweeper.decide.enabled=true", "hydra.sweeper.decide.first=2",
+        "hydra.sweeper.decide.step=1", "hydra.sweeper.decide.budget=3", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("lora-vs-full")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get("pipeline.role") == "sweep")
+    return proc, client, parent, [r for r in runs if r.data.tags.get("pipeline.role") != "sweep"]
+
+
+@pytest.mark.slow
+def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    tiny = (tiny_model, tiny_qa, tiny_nanobeir)
+    proc, client, parent, runs = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")
+    tags = parent.data.tags
+    looks = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "decide/looks.json", str(tmp_path))).read_text()
+    )
+    n = int(tags["verdict.looks"])
+    assert n == len(looks["looks"]) == 2 and "budget spent" in tags["verdict.reason"]  # seeds this noisy: undecided
+    assert [look["stop"] for look in looks["looks"]] == [False, True]
+    assert tags["verdict.reason"] == looks["reason"] == looks["looks"][-1]["reason"]
+    assert tags["verdict"] == looks["looks"][-1]["label"] and tags["verdict.target"] == "benchmark"
+    assert tags["sweep.grid_seeds"] == "1" and tags["sweep.extended"] == "none"
+    assert tags["verdict.seeds_adapter"] == tags["verdict.seeds_full"] == "2,3,4"  # 2 seeds at look 1, 3 at look 2
+    assert [(look["seeds_adapter"], look["seeds_full"]) for look in looks["looks"]] == [(2, 2), (3, 3)]
+    names = sorted(r.info.run_name for r in runs)
+    seeds = [2, 3, 4]
+    arms = ("lora-r2-a4-lr5e-2", "full-lr5e-2")
+    assert names == sorted(f"{arm}-s{s}" for arm in arms for s in [1, *seeds])  # the grid at 1, the verdict fresh
+    # each look on the parent run, at its index; the scores it read are the runs' NanoBEIR means
+    history = client.get_metric_history(parent.info.run_id, "verdict.look.delta")
+    assert [m.step for m in history] == list(range(1, n + 1))
+    assert [m.value for m in history] == pytest.approx([look["delta"] for look in looks["looks"]], nan_ok=True)
+    by_name = {r.info.run_name: r.data.metrics["nanobeir_mean_ndcg_at_10"] for r in runs}
+    adapter = next(a for a in looks["arms"] if a["name"] == ADAPTER)
+    assert {int(s): v for s, v in adapter["scores"].items()} == {s: by_name[f"lora-r2-a4-lr5e-2-s{s}"] for s in seeds}
+    assert len(set(adapter["scores"].values())) > 1  # the seeds differ: a look with a measured spread
+
+    # interrupted or not, running it again reuses every finished run and takes the same looks
+    again, client, parent2, runs2 = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")
+    assert parent2.info.run_id != parent.info.run_id and len(runs2) == len(runs)
+    assert {k: v for k, v in parent2.data.tags.items() if k.startswith("verdict")} == {
+        k: v for k, v in tags.items() if k.startswith("verdict")
+    }

@@ -25,6 +25,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
+from pipeline.adapter_configs import Method
 from pipeline.statistics.sequential import Design, Look, benchmark_difference, look
 from pipeline.sweep.grid import configuration, job_values
 from pipeline.sweep.selection import Candidate, select, tie_key
@@ -252,7 +253,7 @@ class Decider:
 
         candidates = []
         for job, cfg, result in zip(jobs, configs, results, strict=True):
-            method, seed = str(cfg.finetune.method), int(cfg.train.seed)
+            method, seed = Method(cfg.finetune.method).value, int(cfg.train.seed)  # an enum in the config
             r = cfg.finetune.get("r") if method != FULL else None
             tie = tie_key(method, r, run_name(cfg).removesuffix(f"-s{seed}"))
             candidates.append(Candidate(method, configuration(job), seed, _returned(result), tie))
