@@ -14,7 +14,7 @@ from statsmodels.stats.multitest import multipletests
 from pipeline.report import REPORT_FILES, compare, main
 from pipeline.report.load import load_arms
 from pipeline.report.protocol import apply
-from pipeline.report.seeds import difference
+from pipeline.statistics.seeds import difference
 from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
 from pipeline.report.verdict import VERDICTS, decide
 

@@ -1,6 +1,6 @@
 """Seed-and-query intervals and the verdict, checked by simulation: coverage near nominal, error rates at the margin.
 
-Scores are drawn from the model pipeline.report.seeds states: y = mu + v[q] + u[s] + e[s, q], three datasets of
+Scores are drawn from the model pipeline.statistics.seeds states: y = mu + v[q] + u[s] + e[s, q], three datasets of
 different sizes, a fresh sample of queries and seeds in every replicate, so the target (mu, or a difference of two
 mus) is what an interval must cover.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.report.seeds import arm_estimate, difference, stack
+from pipeline.statistics.seeds import arm_estimate, difference, stack
 from pipeline.report.verdict import VERDICTS, decide, needed, sentence
 
 SIZES = {"a": 30, "b": 40, "c": 50}

@@ -97,7 +97,7 @@ def compare(
             "margin": margin,
             "selection": "each method's configuration with the best in-domain dev NDCG@10 (never NanoBEIR)",
             "ci": "per run: stratified percentile bootstrap over queries within each dataset; per configuration: "
-            "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.report.seeds)",
+            "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.statistics.seeds)",
             "p_value": "per run: two-sided paired sign-flip permutation test vs the selected full fine-tune's run "
             "at the same seed, stratified by dataset; Holm-adjusted over the adapter configurations at the grid seed",
             "verdict": "TOST-style reading of the (1 - 2 alpha) and (1 - alpha) CIs of adapter - full within +-margin",

@@ -5,7 +5,7 @@
    adapter that faces the full fine-tune is the selected adapter configuration with the best dev score. NanoBEIR is
    never read to select.
 3. Each configuration's NanoBEIR mean over its seeds, with a CI from seed and query variation
-   (`pipeline.report.seeds`).
+   (`pipeline.statistics.seeds`).
 4. The verdict: selected adapter vs selected full fine-tune, within a margin (`pipeline.report.verdict`).
 5. Many arms: every adapter configuration vs the selected full fine-tune on a seed they share (the grid's seed),
    paired by query (sign-flip permutation test), raw and Holm-adjusted p-values (statsmodels).
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from statsmodels.stats.multitest import multipletests
 
 from pipeline.report.load import Arm
-from pipeline.report.seeds import Difference, SeedQueryEstimate, arm_estimate, difference
+from pipeline.statistics.seeds import Difference, SeedQueryEstimate, arm_estimate, difference
 from pipeline.report.stats import paired_test
 from pipeline.report.verdict import Verdict, decide
 from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key

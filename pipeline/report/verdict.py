@@ -1,7 +1,7 @@
 """The verdict: is the selected adapter as good as the selected full fine-tune, within a stated margin?
 
 "p > 0.05" is no evidence of "as good as". With Δ = adapter - full (NanoBEIR mean NDCG@10, over seeds and queries,
-`pipeline.report.seeds.difference`) and a margin m (default 0.01 NDCG@10), the verdict reads the intervals the way
+`pipeline.statistics.seeds.difference`) and a margin m (default 0.01 NDCG@10), the verdict reads the intervals the way
 two one-sided tests (TOST) at level alpha do:
 
 - equivalent:   the (1 - 2 alpha) CI lies inside (-m, +m)   (TOST: both one-sided tests reject);
@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from scipy import stats
 
-from pipeline.report.seeds import Difference
+from pipeline.statistics.seeds import Difference
 
 VERDICTS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive")
 MIN_SEEDS = 2
