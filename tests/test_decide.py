@@ -22,15 +22,14 @@ from pipeline.sweep.decide import (
     FULL,
     Arm,
     Decider,
-    beyond_edge,
     decided_arms,
     design_of,
-    edge_jobs,
     fresh_seeds,
+    rank_that_suffices,
     rounds,
     sequential,
-    with_value,
 )
+from pipeline.sweep.edges import beyond_edge, edge_jobs, with_value
 from pipeline.sweep.grid import job_values
 from pipeline.sweep.selection import Candidate, tie_key
 from tests.conftest import ROOT, tiny_overrides
@@ -113,9 +112,21 @@ def test_design_settings_are_checked_before_any_job():
     settings = OmegaConf.create({"target": "benchmark", "budget": 1, "first": None, "step": None})
     with pytest.raises(ValueError, match=r"hydra.sweeper.decide: first=3, step=2, budget=1 are not allowed"):
         design_of(settings)
-    with pytest.raises(ValueError, match="target=seeds: make decide decides on benchmark"):
+    with pytest.raises(ValueError, match="target=seeds: make decide decides on benchmark or queries"):
         design_of(OmegaConf.create({"target": "seeds"}))
     assert design_of(OmegaConf.create({"target": "benchmark", "budget": 6})).looks() == [3, 5, 6]
+
+
+def test_the_rank_that_suffices_is_read_from_each_ranks_fresh_seeds():
+    rng = random.Random(4)
+    means = {ADAPTER: 0.5, FULL: 0.5, "r16": 0.5, "r8": 0.5, "r4": 0.40}  # r=4 far below full; r=8 and 16 equal
+    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=r8",)), Arm("r=16", ("arm=r16",))]
+    outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, 0.0001, rng, []))
+    rank, labels = rank_that_suffices(SMALL, outcome)
+    assert labels == {4: "inferior", 8: "equivalent", 16: "equivalent"} and rank == 8
+    means["r16"] = 0.45  # the largest rank fails: fixed-sequence testing claims no smaller rank after it
+    outcome = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16], _train(means, 0.0001, rng, []))
+    assert rank_that_suffices(SMALL, outcome) == (None, {4: "inferior", 8: "equivalent", 16: "inferior"})
 
 
 # ------------------------------------------------------------------------------------------------------ grid edges

@@ -1,9 +1,8 @@
 """`make decide`: after the grid and selection on dev, fresh seeds of both selected configurations until decided.
 
 1. Grid edges: a method whose selected learning rate (or rank) is the largest or smallest its grid tried has that
-   axis extended one geometric step on that side (the ratio of the two outermost values; x2 / x0.5 for a single
-   learning rate), the selected configuration run there at the grid seed, and selection repeated, while the edge
-   keeps winning, at most `extend` times per axis and side (`edge_jobs`).
+   axis extended one step past that edge and selection repeated, while the edge keeps winning, at most `extend` times
+   per axis and side (`pipeline.sweep.edges`).
 2. Fresh seeds: the selected adapter and the selected full fine-tune are trained at seeds the grid never used
    (`fresh_seeds`), so the run that won selection on dev never enters the verdict's difference (winner's curse).
 3. Rounds (`rounds`): the planned looks of a group-sequential design (`pipeline.statistics.sequential.Design`): at
@@ -24,15 +23,18 @@ import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from pipeline.adapter_configs import Method
-from pipeline.statistics.sequential import Design, Look, benchmark_difference, look
-from pipeline.sweep.grid import configuration, job_values
+from pipeline.statistics.rank import smallest_rank
+from pipeline.statistics.sequential import Design, Estimate, Look, benchmark_difference, look
+from pipeline.sweep.edges import edge_jobs, extended_axes
+from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, select, tie_key
 
 Job = list[str]
-AXES = ("train.lr", "finetune.r")
-TARGETS = ("benchmark",)  # the per-seed NanoBEIR means: this benchmark's fixed queries, over training randomness
+TARGETS = ("benchmark", "queries")  # this benchmark's fixed queries over training randomness; queries like these
+PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
 ADAPTER, FULL = "adapter", "full"
 
 
@@ -81,11 +83,22 @@ def rounds(design: Design, seeds: Sequence[int]) -> list[list[int]]:
     return [list(seeds[start:end]) for start, end in zip([0, *planned], planned, strict=False)]
 
 
+def by_means(adapter: Arm, full: Arm) -> Estimate:
+    """The default target, this benchmark: the difference of the arms' per-seed NanoBEIR means."""
+    return benchmark_difference(list(adapter.scores.values()), list(full.scores.values()))
+
+
 def sequential(
-    design: Design, arms: list[Arm], seeds: Sequence[int], train: Callable[[list[Job]], list[float]], on_look=None
+    design: Design,
+    arms: list[Arm],
+    seeds: Sequence[int],
+    train: Callable[[list[Job]], list[float]],
+    on_look: Callable[[Look], None] | None = None,
+    estimate: Callable[[Arm, Arm], Estimate] = by_means,
 ) -> Outcome:
     """Round after round, train each arm at the round's seeds (`train`: jobs -> NanoBEIR mean per job, nan for a
-    failed one), then take the look on adapter vs full; stop when the look says so or the budget is spent."""
+    failed one), then take the look on `estimate`(adapter, full); stop when the look says so or the budget is
+    spent."""
     by_name = {arm.name: arm for arm in arms}
     looks: list[Look] = []
     target = ""
@@ -99,73 +112,14 @@ def sequential(
         if failed:
             reason = f"no verdict: no NanoBEIR score from {', '.join(failed)} (a failed run)"
             return Outcome(looks, arms, reason, target)
-        estimate = benchmark_difference(list(adapter.scores.values()), list(full.scores.values()))
-        looks.append(look(design, estimate, index + 1))  # looks count from 1
-        target = estimate.target
+        difference = estimate(adapter, full)
+        looks.append(look(design, difference, index + 1))  # looks count from 1
+        target = difference.target
         if on_look is not None:
             on_look(looks[-1])
         if looks[-1].stop:
             return Outcome(looks, arms, looks[-1].reason, target)
     return Outcome(looks, arms, "budget spent", target)
-
-
-# -------------------------------------------------------------------------------------------------------- grid edges
-
-
-def axis_values(jobs: Iterable[Job], method_jobs: Callable[[Job], bool], key: str) -> list[float]:
-    """The values of `key` among the jobs that `method_jobs` picks, sorted."""
-    return sorted({float(job_values(job)[key]) for job in jobs if method_jobs(job) and key in job_values(job)})
-
-
-def beyond_edge(values: Sequence[float], chosen: float, key: str) -> list[float]:
-    """The next value(s) past the edge of `values` that `chosen` sits on: one geometric step (the ratio of the two
-    outermost values on that side); a single learning rate is at both edges (x2 and x0.5); a single rank is the user's
-    choice, not a grid axis. [] when `chosen` is inside the grid."""
-    if len(values) == 1:
-        return [chosen * 2, chosen / 2] if key == "train.lr" else []
-    steps = []
-    if chosen == values[-1]:
-        steps.append(values[-1] * values[-1] / values[-2])
-    if chosen == values[0]:
-        steps.append(values[0] * values[0] / values[1])
-    if key == "finetune.r":
-        steps = [round(s) for s in steps if round(s) >= 1]
-    return steps
-
-
-def with_value(job: Job, key: str, value: float) -> Job:
-    """The job with `key` set to `value`; a new rank keeps alpha's ratio to r."""
-    values = job_values(configuration(job))
-    text = f"{int(value)}" if key == "finetune.r" else f"{value:g}"
-    new = {**values, key: text}
-    if key == "finetune.r" and "finetune.alpha" in values and "finetune.r" in values:
-        new["finetune.alpha"] = f"{round(float(values['finetune.alpha']) * value / float(values['finetune.r']))}"
-    return [f"{k}={v}" for k, v in new.items()]
-
-
-def edge_jobs(
-    grid: list[Job], chosen: dict[str, tuple[str, ...]], method_of: Callable[[Job], str], extended: dict, limit: int
-) -> list[Job]:
-    """The configurations one step past each grid edge that a selected configuration sits on, for the axes not yet
-    extended `limit` times on that side (`extended`: {(method, key, side): times}, updated here)."""
-    jobs = []
-    for method, config in chosen.items():
-        values = job_values(list(config))
-        for key in AXES:
-            if key not in values:
-                continue
-            axis = axis_values(grid, lambda job, m=method: method_of(job) == m, key)
-            for value in beyond_edge(axis, float(values[key]), key):
-                side = (method, key, "up" if value > float(values[key]) else "down")
-                if extended.get(side, 0) < limit:
-                    extended[side] = extended.get(side, 0) + 1
-                    jobs.append(with_value(list(config), key, value))
-    return jobs
-
-
-def extended_axes(extended: dict) -> str:
-    """The `sweep.extended` tag: e.g. `lora train.lr up x2, full train.lr down x1`, or `none`."""
-    return ", ".join(f"{m} {k} {side} x{n}" for (m, k, side), n in sorted(extended.items())) or "none"
 
 
 # ------------------------------------------------------------------------------------------------------------- arms
@@ -190,6 +144,21 @@ def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int |
         if len({c.method for c in by_rank}) > 1:
             arms += [Arm(name, config) for name, config in sorted(select(by_rank).items(), key=_rank_order)]
     return arms
+
+
+def rank_that_suffices(
+    design: Design, outcome: Outcome, estimate: Callable[[Arm, Arm], Estimate] = by_means
+) -> tuple[int | None, dict[int, str]]:
+    """The smallest rank equivalent to the full fine-tune under fixed-sequence testing from the largest rank down
+    (`pipeline.statistics.rank`), each rank's arm read at the last look taken; and each rank's label."""
+    full = next(arm for arm in outcome.arms if arm.name == FULL)
+    index = len(outcome.looks)
+    labels = {
+        int(arm.name.removeprefix("r=")): look(design, estimate(arm, full), index).label
+        for arm in outcome.arms
+        if arm.name.startswith("r=")
+    }
+    return smallest_rank(labels, "equivalent")[0], labels
 
 
 def _rank_order(item: tuple[str, tuple]) -> int:
@@ -234,6 +203,7 @@ class Decider:
         self.compose, self.launch, self.listed = compose, launch, list(listed_seeds)
         self.parent = _parent(sweep_dir)
         self.rank_of: dict[tuple[str, ...], int | None] = {}
+        self.estimate = by_means if settings.target == "benchmark" else self._by_queries
 
     def run(self, grid: list[Job], results: list) -> Outcome:
         configs = self.compose(grid)
@@ -244,8 +214,12 @@ class Decider:
         self._tag("sweep.extended", extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
-        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look)
+        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate)
         self._finish(outcome)
+        if self.ranks and len([a for a in arms if a.name.startswith("r=")]) > 1 and outcome.looks:
+            rank, labels = rank_that_suffices(self.design, outcome, self.estimate)
+            self._tag("verdict.rank", "none" if rank is None else str(rank))
+            self._tag("verdict.rank.labels", ", ".join(f"r={r}: {label}" for r, label in sorted(labels.items())))
         return outcome
 
     def _candidates(self, jobs: list[Job], configs, results) -> list[Candidate]:
@@ -281,6 +255,26 @@ class Decider:
         self.launch(jobs)
         runs = [finished_run(cfg) for cfg in self.compose(jobs)]
         return [math.nan if run is None else run.data.metrics.get(METRIC, math.nan) for run in runs]
+
+    def _by_queries(self, adapter: Arm, full: Arm) -> Estimate:
+        """The target `queries`: queries like these (seed and query variation), from each seed's run's per-query
+        NDCG@10 (its `evaluation/per_query.json`)."""
+        from pipeline.statistics.seeds import queries_difference
+
+        return queries_difference(self._per_query(adapter), self._per_query(full))
+
+    def _per_query(self, arm: Arm) -> list[dict]:
+        from mlflow.artifacts import download_artifacts
+
+        from pipeline.tracking.run import finished_run
+        from pipeline.tracking.uri import tracking_uri
+
+        found = []
+        for cfg in self.compose([arm.job(seed) for seed in arm.scores]):
+            run = finished_run(cfg)
+            path = download_artifacts(run_id=run.info.run_id, artifact_path=PER_QUERY, tracking_uri=tracking_uri(cfg))
+            found.append(json.loads(Path(path).read_text()))
+        return found
 
     def _log_look(self, result: Look) -> None:
         if self.parent is None:
