@@ -34,6 +34,7 @@ from pipeline.sweep.selection import Candidate, select, tie_key
 
 Job = list[str]
 TARGETS = ("benchmark", "queries")  # this benchmark's fixed queries over training randomness; queries like these
+TARGET_TEXT = {"benchmark": "this benchmark's fixed queries, over training seeds", "queries": "queries like these"}
 PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
 ADAPTER, FULL = "adapter", "full"
 
@@ -203,6 +204,7 @@ class Decider:
         self.compose, self.launch, self.listed = compose, launch, list(listed_seeds)
         self.parent = _parent(sweep_dir)
         self.rank_of: dict[tuple[str, ...], int | None] = {}
+        self.name_of: dict[tuple[str, ...], str] = {}  # a configuration's run name without the seed
         self.estimate = by_means if settings.target == "benchmark" else self._by_queries
 
     def run(self, grid: list[Job], results: list) -> Outcome:
@@ -229,7 +231,8 @@ class Decider:
         for job, cfg, result in zip(jobs, configs, results, strict=True):
             method, seed = Method(cfg.finetune.method).value, int(cfg.train.seed)  # an enum in the config
             r = cfg.finetune.get("r") if method != FULL else None
-            tie = tie_key(method, r, run_name(cfg).removesuffix(f"-s{seed}"))
+            self.name_of[configuration(job)] = run_name(cfg).removesuffix(f"-s{seed}")
+            tie = tie_key(method, r, self.name_of[configuration(job)])
             candidates.append(Candidate(method, configuration(job), seed, _returned(result), tie))
             self.rank_of[configuration(job)] = r
         return candidates
@@ -288,6 +291,7 @@ class Decider:
         by_name = {arm.name: arm for arm in outcome.arms}
         tags = {
             "verdict.reason": outcome.reason,
+            "verdict.sentence": sentence(outcome, self.design, self.name_of),
             "verdict.looks": str(len(outcome.looks)),
             "verdict.target": outcome.target,
             "verdict.seeds_adapter": seeds_tag(by_name[ADAPTER]),
@@ -298,12 +302,28 @@ class Decider:
         for key, value in tags.items():
             self._tag(key, value)
         if self.parent is not None:
+            from pipeline.tracking.ui import describe_experiment
+
             client, run_id = self.parent
             client.log_text(run_id, looks_json(outcome), "decide/looks.json")
+            describe_experiment(client, client.get_run(run_id).info.experiment_id)  # the verdict pinned in the view
 
     def _tag(self, key: str, value: str) -> None:
         if self.parent is not None:
             self.parent[0].set_tag(self.parent[1], key, value[:5000])
+
+
+def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]) -> str:
+    """The verdict in one sentence (the `verdict.sentence` tag, a column of the MLflow comparison view)."""
+    if not outcome.looks or outcome.reason.startswith("no verdict"):
+        return f"No verdict: {outcome.reason.removeprefix('no verdict: ')}."
+    final = outcome.looks[-1]
+    adapter, full = (names.get(arm.config, arm.name) for arm in outcome.arms[:2])
+    return (
+        f"{final.label.capitalize()}: {adapter} vs {full}, Δ = {final.delta:+.4f} NDCG@10, "
+        f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
+        f"{final.seeds_adapter} fresh seeds per arm, {final.reason} (target: {TARGET_TEXT[outcome.target]})."
+    )
 
 
 def design_of(settings) -> Design:
