@@ -75,6 +75,10 @@ class LoraVsFullSweeper(BasicSweeper):
         self.seeds = list(seeds or [])
         self.decide = decide if decide is not None else OmegaConf.structured(DecideConf)
         self.launched = 0
+        if self.decide.enabled:  # a bad setting stops here, before the sweep's parent run or any job
+            from pipeline.sweep.decide import design_of
+
+            design_of(self.decide)
 
     def grid(self, arguments: List[str]) -> List[List[str]]:  # noqa: UP006
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -89,7 +93,7 @@ class LoraVsFullSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         grid = self.grid(arguments)
-        decider = self.decider() if self.decide.enabled else None  # a bad setting stops here, before any job
+        decider = self.decider() if self.decide.enabled else None
         run_shared_prefix(self.config, self.hydra_context.config_loader, grid)  # before any job starts
         returns = [self.launch(grid, initial_job_idx=0)]
         if decider is not None:
