@@ -213,8 +213,10 @@ def test_the_ranks_arms_are_each_ranks_best_on_dev():
         Candidate("lora", ("r=16", "lr=1"), 12, 0.74, tie_key("lora", 16, "c")),
         Candidate("lora", ("r=16", "lr=2"), 12, 0.71, tie_key("lora", 16, "d")),
         Candidate("full", ("full",), 12, 0.75, tie_key("full", None, "f")),
+        Candidate("dora", ("dora", "r=8"), 12, 0.73, tie_key("dora", 8, "g")),  # another method: not lora's ranks
     ]
     ranks = {("r=8", "lr=1"): 8, ("r=8", "lr=2"): 8, ("r=16", "lr=1"): 16, ("r=16", "lr=2"): 16, ("full",): None}
+    ranks[("dora", "r=8")] = 8
     arms = decided_arms(c, ranks, with_ranks=True)
     assert [(a.name, a.config) for a in arms] == [
         (ADAPTER, ("r=16", "lr=1")),
