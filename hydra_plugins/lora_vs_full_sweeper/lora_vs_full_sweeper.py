@@ -17,7 +17,6 @@ loads plugin modules outside sys.modules, where string annotations of a dataclas
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035
@@ -37,7 +36,7 @@ from pipeline.sweep.grid import (
     with_seed,
 )
 from pipeline.sweep.prefix import job_configs, run_shared_prefix
-from pipeline.sweep.selection import Candidate, select
+from pipeline.sweep.selection import Candidate, returned_dev, select
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +107,7 @@ class LoraVsFullSweeper(BasicSweeper):
         """Each method's best configuration by the dev NDCG@10 its job returned (nan for a failed job)."""
         default = self.config.finetune.method
         candidates = [
-            Candidate(method_of(job, default), configuration(job), None, _dev(result))
+            Candidate(method_of(job, default), configuration(job), None, returned_dev(result))
             for job, result in zip(jobs, results, strict=True)
         ]
         return [list(config) for config in select(candidates).values()]
@@ -134,11 +133,3 @@ class LoraVsFullSweeper(BasicSweeper):
             self.validate_batch_is_legal(batch)
             results.extend(self.launcher.launch(batch, initial_job_idx=initial_job_idx + start))
         return results
-
-
-def _dev(result) -> float:
-    try:
-        value = result.return_value
-    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
-        return math.nan
-    return math.nan if value is None else float(value)

@@ -30,7 +30,7 @@ from pipeline.statistics.rank import smallest_rank
 from pipeline.statistics.sequential import Design, Estimate, Look, benchmark_difference, look
 from pipeline.sweep.edges import edge_jobs, extended_axes
 from pipeline.sweep.grid import configuration
-from pipeline.sweep.selection import Candidate, select, tie_key
+from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
 
 Job = list[str]
 TARGETS = ("benchmark", "queries")  # this benchmark's fixed queries over training randomness; queries like these
@@ -233,7 +233,7 @@ class Decider:
             r = cfg.finetune.get("r") if method != FULL else None
             self.name_of[configuration(job)] = run_name(cfg).removesuffix(f"-s{seed}")
             tie = tie_key(method, r, self.name_of[configuration(job)])
-            candidates.append(Candidate(method, configuration(job), seed, _returned(result), tie))
+            candidates.append(Candidate(method, configuration(job), seed, returned_dev(result), tie))
             self.rank_of[configuration(job)] = r
         return candidates
 
@@ -338,15 +338,6 @@ def design_of(settings) -> Design:
         return Design(**given)
     except ValueError as error:
         raise ValueError(f"hydra.sweeper.decide: {error}") from None
-
-
-def _returned(result) -> float:
-    """The dev NDCG@10 a job returned; nan for a job that raised or returned nothing."""
-    try:
-        value = result.return_value
-    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
-        return math.nan
-    return math.nan if value is None else float(value)
 
 
 def _parent(sweep_dir: str):

@@ -58,3 +58,12 @@ def select(candidates: list[Candidate]) -> dict[str, Hashable]:
         if method not in best or rank < best[method][0]:
             best[method] = (rank, config)
     return {method: config for method, (_, config) in best.items()}
+
+
+def returned_dev(result) -> float:
+    """The dev NDCG@10 a sweep job returned (its Hydra JobReturn); nan for a job that raised or returned nothing."""
+    try:
+        value = result.return_value
+    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
+        return math.nan
+    return math.nan if value is None else float(value)
