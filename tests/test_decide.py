@@ -289,3 +289,19 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
     assert {k: v for k, v in parent2.data.tags.items() if k.startswith("verdict")} == {
         k: v for k, v in tags.items() if k.startswith("verdict")
     }
+
+    # the rank that suffices, on the queries target: r=4 joins the grid; each rank's best gets the fresh seeds
+    ranks, client, parent3, runs3 = _decide(
+        tmp_path, tiny, "hydra.sweeper.decide.extend=0", "finetune.r=2,4", "hydra.sweeper.decide.ranks=true",
+        "hydra.sweeper.decide.target=queries",
+    )  # fmt: skip
+    tags = parent3.data.tags
+    assert tags["verdict.target"] == "queries" and "benchmark" not in tags["verdict.sentence"]
+    fresh = tags["verdict.seeds_adapter"].split(",")
+    r4 = sorted(r.data.params["train.seed"] for r in runs3 if r.info.run_name.startswith("lora-r4-"))
+    assert r4 == sorted(["1", *fresh])  # the grid's seed, then every fresh seed the looks took
+    labels = dict(item.split(": ") for item in tags["verdict.rank.labels"].split(", "))
+    assert sorted(labels) == ["r=2", "r=4"]
+    held = [r for r in (4, 2) if labels[f"r={r}"] == "equivalent"]  # fixed sequence: from the largest rank down
+    expected = "none" if labels["r=4"] != "equivalent" else str(2 if labels["r=2"] == "equivalent" else 4)
+    assert tags["verdict.rank"] == expected, (held, labels)
