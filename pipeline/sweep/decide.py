@@ -322,7 +322,7 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
     return (
         f"{final.label.capitalize()}: {adapter} vs {full}, Δ = {final.delta:+.4f} NDCG@10, "
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
-        f"{final.seeds_adapter} fresh seeds per arm, {final.reason} (target: {TARGET_TEXT[outcome.target]})."
+        f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]} (target: {TARGET_TEXT[outcome.target]})."
     )
 
 
