@@ -129,6 +129,22 @@ def test_the_rank_that_suffices_is_read_from_each_ranks_fresh_seeds():
     assert rank_that_suffices(SMALL, outcome) == (None, {4: "inferior", 8: "equivalent", 16: "inferior"})
 
 
+def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):
+    cmd = [
+        sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", "hydra.sweeper.decide.enabled=true",
+        "hydra.sweeper.decide.budget=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"paths.outputs={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    message = "hydra.sweeper.decide: first=3, step=2, budget=1 are not allowed"
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [(r.data.tags.get("pipeline.role"), r.info.status) for r in runs] == [("sweep", "FAILED")]  # no job
+    assert message in runs[0].data.tags["error"]
+
+
 # ------------------------------------------------------------------------------------------------------ grid edges
 
 

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from pipeline.sweep.grid import (
@@ -74,10 +75,17 @@ class LoraVsFullSweeper(BasicSweeper):
         self.seeds = list(seeds or [])
         self.decide = decide if decide is not None else OmegaConf.structured(DecideConf)
         self.launched = 0
-        if self.decide.enabled:  # a bad setting stops here, before the sweep's parent run or any job
-            from pipeline.sweep.decide import design_of
 
-            design_of(self.decide)
+    def setup(self, *, hydra_context, task_function, config):
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if self.decide.enabled:  # a bad setting stops here, before any job; the sweep's parent run ends FAILED with it
+            from pipeline.sweep.decide import design_of, fail_parent
+
+            try:
+                design_of(self.decide)
+            except ValueError as error:
+                fail_parent(config.hydra.sweep.dir, str(error))
+                raise ConfigCompositionException(str(error)) from None  # Hydra prints its message alone
 
     def grid(self, arguments: List[str]) -> List[List[str]]:  # noqa: UP006
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)

@@ -348,3 +348,12 @@ def _parent(sweep_dir: str):
 
     info = sweep_info(sweep_dir)
     return None if info is None else (MlflowClient(info["tracking_uri"]), info["parent_run_id"])
+
+
+def fail_parent(sweep_dir: str, error: str) -> None:
+    """End the sweep's parent run FAILED with `error` (a bad setting found before any job ran)."""
+    parent = _parent(sweep_dir)
+    if parent is not None:
+        client, run_id = parent
+        client.set_tag(run_id, "error", error[:5000])
+        client.set_terminated(run_id, "FAILED")
