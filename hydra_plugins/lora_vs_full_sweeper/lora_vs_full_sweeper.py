@@ -7,7 +7,7 @@
    on it (`pipeline.sweep.selection`).
 3. Replicates: each method's selected configuration is trained again with the other `seeds`, so the verdict
    (`python -m pipeline.report`) sees seed-to-seed variation.
-3'. Or, with `decide.enabled=true` (`make decide`), the grid's edges extended where a selection sits on one, then
+   Or, with `decide.enabled=true` (`make decide`): the grid's edges extended where a selection sits on one, then
    fresh seeds (never the grid's) of both selected configurations in rounds until the verdict is decided or the
    budget spent (`pipeline.sweep.decide`); each round is one batch of the launcher (local, joblib, SLURM).
 
