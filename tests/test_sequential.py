@@ -28,7 +28,7 @@ from pipeline.statistics.sequential import (
 )
 
 DESIGN = Design()  # margin 0.01, alpha 0.05, looks at 3, 5, 7, 9, 10 seeds per arm
-REPS = 600
+REPS = 500
 SCENARIOS = {
     "3 datasets, equal spreads": Scenario(),
     "3 datasets, 5x unequal spreads": Scenario(seed_sd=(0.25, 0.03)),
