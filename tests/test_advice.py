@@ -39,6 +39,20 @@ def test_following_the_advice_decides_at_least_80_percent_of_the_time(delta):
     assert decided / followed >= 0.8 - 2.33 * math.sqrt(0.8 * 0.2 / followed)
 
 
+def test_the_advice_has_a_power_term():
+    """With the spread known (df huge) and Δ = 0, following the advice gives P(equivalent) >= 0.8, by the normal
+    distribution: P(|Δ^| + z_0.95 se_n < m) = 2 Phi(m / se_n - z_0.95) - 1."""
+    from scipy import stats
+
+    from pipeline.statistics.sequential import Estimate
+
+    for sd in (0.004, 0.006, 0.01):
+        known = Estimate(0.0, sd * math.sqrt(2 / 3), 1e9, 3, 3, "benchmark")
+        n = seeds_needed(known, 0.01)
+        se_n = sd * math.sqrt(2 / n)
+        assert 2 * stats.norm.cdf(0.01 / se_n - stats.norm.isf(0.05)) - 1 >= 0.8
+
+
 def test_advice_grows_with_the_spread_and_says_why_it_cannot():
     narrow = benchmark_difference([0.5, 0.504, 0.497], [0.5, 0.49, 0.51])
     wide = benchmark_difference([0.5, 0.524, 0.477], [0.5, 0.47, 0.53])

@@ -80,9 +80,10 @@ def test_one_dataset_that_drives_the_result_is_flagged():
     rng = np.random.default_rng(3)
     names = [f"d{i}" for i in range(6)]
     full = {n: list(0.5 + rng.normal(0, 0.004, 5)) for n in names}
-    adapter = {n: list(0.5 + rng.normal(0, 0.004, 5) + (0.05 if n == "d2" else 0)) for n in names}
+    adapter = {n: list(0.5 + rng.normal(0, 0.004, 5) + (0.09 if n == "d2" else 0)) for n in names}
     found = heterogeneity(adapter, full, judge=lambda e: look(fixed(), e, 1).label)
-    assert any(d.startswith("d2") for d in found.drivers)
+    assert any(d.startswith("d2") and "without it" in d for d in found.drivers)  # leaving d2 out flips the label
+    assert any(d.startswith("d2") and "% of the summed" in d for d in found.drivers)  # and it carries most of Δ
     assert found.i2 > 0.75 and found.tau2 > 0 and found.q > 5
     even = {n: list(0.5 + rng.normal(0, 0.004, 5)) for n in names}
     calm = heterogeneity(even, full, judge=lambda e: look(fixed(), e, 1).label)
