@@ -338,3 +338,29 @@ def test_cli_no_sweep(tmp_path, capsys):
     assert "no sweep" in capsys.readouterr().err
     assert main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--experiment", "nope"]) != 0
     assert "no experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_a_decided_sweep_reports_its_looks_fresh_seeds_and_target(tmp_path):
+    """make decide's shape: a grid at seed 12 (recorded as sweep.grid_seeds), then fresh seeds of the selected
+    configurations in rounds under a recorded design; the report replays the looks on the fresh seeds only."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("decide", artifact_location=(tmp_path / "artifacts").as_uri())
+    jobs = [job("full", 12, dev=0.70, gain=0.10), job("lora", 12, dev=0.71, gain=0.10, r=16, alpha=32)]
+    jobs += [job("lora", 12, dev=0.60, gain=0.10, r=8, alpha=16)]
+    jobs += [job(m, s, dev=0.7, gain=0.10, **({"r": 16, "alpha": 32} if m == "lora" else {}))
+             for s in range(20, 27) for m in ("full", "lora")]  # fmt: skip
+    parent = make_sweep(client, exp, "s-decide", 3_000_000, jobs, tmp_path, seed=5)
+    for key, value in {"sweep.grid_seeds": "12", "decide.first": "3", "decide.step": "2", "decide.budget": "7"}.items():
+        client.set_tag(parent, key, value)
+    result = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "r", n_resamples=200)
+    verdict = result["verdict"]
+    seeds = [x["seeds_adapter"] for x in verdict["looks"]]
+    assert seeds == [3, 5, 7][: len(seeds)] and verdict["looks"][-1]["stop"]
+    assert 12 not in verdict["fresh_seeds"]["adapter"] and verdict["grid_seeds"] == [12]
+    tags = client.get_run(parent).data.tags
+    assert tags["verdict.looks"] == str(len(seeds)) and tags["verdict.seeds_adapter"].startswith("20,21,22")
+    assert tags["verdict.rank"] in ("none", "16", "8")
+    queries = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "q", n_resamples=200, target="queries")
+    assert "for queries like these" in queries["verdict"]["sentence"] and queries["verdict"]["target"] == "queries"
+    with pytest.raises(ValueError, match="target='nope'"):
+        compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "x", n_resamples=200, target="nope")

@@ -71,8 +71,11 @@ def compare(
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
 
     `out_dir` defaults to <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/. Raises SweepNotFound when there is no
-    sweep to report on.
+    sweep to report on. `target`: what the verdict claims, "benchmark" (this benchmark's fixed queries, over training
+    seeds) or "queries" (queries like these).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not allowed: one of {', '.join(TARGETS)}")
     uri = tracking_uri or default_tracking_uri()
     client = open_client(uri)
     parent = find_sweep(client, sweep_id, experiment)
