@@ -148,8 +148,7 @@ def _verdict_json(protocol: Protocol) -> dict | None:
     if protocol.verdict is None:
         return None
     v = protocol.verdict
-    fresh = {arm: [a.seed for a in c.fresh(protocol.grid_seeds)] for arm, c in (("adapter", protocol.adapter),
-             ("full", protocol.full))}  # fmt: skip
+    fresh = {arm: [a.seed for a in runs] for arm, runs in protocol.in_delta.items()}
     h = protocol.heterogeneity
     return {
         "label": v.label,
@@ -203,7 +202,7 @@ def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Proto
         client.set_tag(run_id, "verdict_adapter", protocol.adapter.name)
         client.set_tag(run_id, "verdict_adapter_run_ids", ",".join(a.run_id for a in protocol.adapter.finished))
         client.set_tag(run_id, "verdict_full_run_ids", ",".join(a.run_id for a in protocol.full.finished))
-        fresh = [[str(a.seed) for a in c.fresh(protocol.grid_seeds)] for c in (protocol.adapter, protocol.full)]
+        fresh = [[str(a.seed) for a in protocol.in_delta[arm]] for arm in ("adapter", "full")]
         client.set_tag(run_id, "verdict.target", protocol.verdict.target)
         client.set_tag(run_id, "verdict.seeds_adapter", ",".join(fresh[0]))
         client.set_tag(run_id, "verdict.seeds_full", ",".join(fresh[1]))

@@ -103,6 +103,10 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
     full_fresh = protocol.full.fresh(protocol.grid_seeds)
     rows = []
     for r, config in sorted(best.items(), reverse=True):
+        v = protocol.verdict
+        if config is protocol.adapter and v is not None and v.label != "no verdict":  # the verdict itself
+            rows.append(RankDelta(r, config.name, v.delta, *v.ci90, v.label, v.seeds_adapter, ""))
+            continue
         fresh = config.fresh(protocol.grid_seeds)
         if len(fresh) > 1 and len(full_fresh) > 1:
             verdict = decide(estimate_of(fresh, full_fresh, protocol.target), margin, alpha)

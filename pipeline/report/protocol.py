@@ -77,6 +77,7 @@ class Protocol:
     looks: list[Look] = field(default_factory=list)
     heterogeneity: Heterogeneity | None = None
     worst: dict[str, tuple[str, float]] = field(default_factory=dict)  # arm: (run name, its NanoBEIR mean)
+    in_delta: dict[str, list[Arm]] = field(default_factory=dict)  # "adapter", "full": the fresh runs in Δ
     ranks: list = field(default_factory=list)  # pipeline.report.grid.RankDelta, largest rank first
     rank: int | None = None  # the smallest rank that suffices (fixed-sequence), None if none
     notes: list[str] = field(default_factory=list)
@@ -161,9 +162,11 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
         means = [[nanobeir_means([a.per_query])[0] for a in runs] for runs in (fresh_a, fresh_f)]
         protocol.looks = replay(design, *means, done=True)
         protocol.verdict = from_looks(protocol.looks, design, estimate)
+        fresh_a, fresh_f = fresh_a[: protocol.verdict.seeds_adapter], fresh_f[: protocol.verdict.seeds_full]
     else:
         protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
         protocol.verdict = decide(estimate, margin, alpha)
+    protocol.in_delta = {"adapter": fresh_a, "full": fresh_f}  # the runs the verdict's Δ is made of
     _edges(protocol, fresh_a, fresh_f, margin)
 
 

@@ -174,8 +174,7 @@ def _verdict_detail(protocol: Protocol) -> list[str]:
         return []
     lines = ["", "## The verdict's evidence", ""]
     for arm, config in (("adapter", protocol.adapter), ("full", protocol.full)):
-        fresh = config.fresh(protocol.grid_seeds)
-        seeds = ", ".join(str(a.seed) for a in fresh)
+        seeds = ", ".join(str(a.seed) for a in protocol.in_delta[arm])
         lines.append(f"- {config.name}: Δ from fresh seeds {seeds}.")
         for run in config.selection_runs(protocol.grid_seeds):
             lines.append(f"  - selection run (won on dev, not in Δ): {run.name}, NanoBEIR {_mean(run)}")
