@@ -136,11 +136,14 @@ def compare(
 
 def design_of(parent, margin: float, alpha: float) -> Design | None:
     """The sequential design `make decide` recorded on the parent run (`decide.first`, `decide.step`,
-    `decide.budget`), None for a sweep without looks."""
+    `decide.budget`; `decide.margin` and `decide.alpha` where recorded, as the looks were taken with them), None
+    for a sweep without looks."""
     values = [recorded(parent, f"decide.{k}") for k in ("first", "step", "budget")]
     if any(v is None for v in values):
         return None
     first, step, budget = (int(float(v)) for v in values)
+    margin = float(recorded(parent, "decide.margin") or margin)
+    alpha = float(recorded(parent, "decide.alpha") or alpha)
     return Design(margin=margin, alpha=alpha, first=first, step=step, budget=budget)
 
 
