@@ -215,7 +215,7 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
 @pytest.mark.slow
 def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """make sweep -> make compare, shrunk: 2 LoRA learning rates + 1 full at seed 1, then the selected configuration
-    of each method at seed 2; the report's verdict on the parent run, every child with its dev score."""
+    of each method at seeds 2 and 3; the report's verdict on the parent run, every child with its dev score."""
     proc, client, parent, children = _sweep(
         tmp_path,
         tiny_model,
@@ -225,17 +225,20 @@ def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, 
         "finetune.alpha=4",
         "hydra.sweeper.lr.lora=[1e-3,5e-3]",
         "hydra.sweeper.lr.full=[1e-4]",
-        "hydra.sweeper.seeds=[1,2]",
+        "hydra.sweeper.seeds=[1,2,3]",
         grid=False,
     )
     names = sorted(r.info.run_name for r in children)
     grid = ["full-lr1e-4-s1", "lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"]
-    assert set(grid) <= set(names) and len(names) == 5
+    assert set(grid) <= set(names) and len(names) == 7
     dev = {r.info.run_name: r.data.metrics["dev_ndcg_at_10"] for r in children}
     best_lora = max(("lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"), key=lambda n: (dev[n], n.endswith("1e-3-s1")))
-    assert sorted(set(names) - set(grid)) == ["full-lr1e-4-s2", best_lora.replace("-s1", "-s2")]  # replicated on dev
+    replicated = ["full-lr1e-4-s2", "full-lr1e-4-s3", best_lora.replace("-s1", "-s2"), best_lora.replace("-s1", "-s3")]
+    assert sorted(set(names) - set(grid)) == sorted(replicated)  # replicated on dev
     report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
+    # seed 1 is the grid's (selection) seed: the verdict's Δ is on the fresh seeds 2 and 3 only
     assert report["verdict"]["label"] in VERDICTS and report["verdict"]["seeds"] == {"adapter": 2, "full": 2}
+    assert report["verdict"]["fresh_seeds"] == {"adapter": [2, 3], "full": [2, 3]}
     assert report["verdict"]["adapter"] == best_lora.removesuffix("-s1")
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["verdict"] == report["verdict"]["label"]

@@ -8,7 +8,8 @@ n is the smallest count with
     distance >= (t_{1 - level, df(n)} + t_{power, df(n)}) se_plan(n)
 
 for one of the verdicts, i.e. power >= `power` (default 80%) if Δ and the seed spread are as estimated (the usual
-t-based sample size of a one-sided test, e.g. Julious 2004, Stat. Med. 23:1921). The seed spread estimated from a
+t-based sample size, e.g. Julious 2004, Stat. Med. 23:1921; for equivalence the power quantile is two-sided,
+t_{(1 + power) / 2}, since both bounds must clear the margin). The seed spread estimated from a
 few seeds is often too small; se_plan uses its upper `confidence` (default 80%) limit from the chi-square
 distribution of the variance estimate (Browne 1995, Stat. Med. 14:1933), so following the advice decides at least
 `power` of the time across the spread's uncertainty (tests/test_advice.py simulates it). Never below what was run:
@@ -36,12 +37,17 @@ def seeds_needed(
     now = 2 / (1 / estimate.seeds_adapter + 1 / estimate.seeds_full)
     spread = estimate.df / stats.chi2.ppf(1 - confidence, estimate.df)  # upper confidence limit of the variance
     d = abs(estimate.delta)
-    goals = [(margin - d, alpha), (d, alpha / 2)]  # (distance, one-sided level): equivalence, superior/inferior
+    # (distance, one-sided level, power quantile): equivalence needs both bounds in, so near Δ = 0 its power term is
+    # two-sided (Chow, Shao & Wang 2008, section 3.2); superiority or inferiority one-sided
+    goals = [(margin - d, alpha, (1 + power) / 2), (d, alpha / 2, power)]
     for n in range(math.floor(now) + 1, MOST + 1):
         df = estimate.df * (n - 1) / max(now - 1, 1)
         se = estimate.se * math.sqrt(spread * now / n)
-        power_t = stats.t.ppf(power, df)
-        if any(distance >= (stats.t.isf(level, df) + power_t) * se for distance, level in goals if distance > 0):
+        if any(
+            distance >= (stats.t.isf(level, df) + stats.t.ppf(quantile, df)) * se
+            for distance, level, quantile in goals
+            if distance > 0
+        ):
             return n
     return None
 

@@ -52,12 +52,14 @@ class Benchmark:
         self.hard = centres[self.dataset] + rng.normal(0, scenario.spread, (reps, self.dataset.size))
         self.w = rng.normal(0, scenario.interaction, (2, reps, self.dataset.size))  # adapter, full
         self.weights = 1 / (scenario.datasets * self.sizes[self.dataset])  # each dataset 1/D, queries within it
+        self.collapsed: dict[int, np.ndarray] = {}  # arm: (reps, seeds) of the last scores drawn
 
     def scores(self, arm: int, shift: np.ndarray, seeds: int, rng: np.random.Generator) -> np.ndarray:
         """Per-query NDCG@10 of `seeds` runs of `arm` (0 adapter, 1 full), shape (reps, seeds, queries)."""
         s = self.scenario
         u = rng.normal(0, s.seed_sd[arm], (self.reps, seeds, 1))
-        u = u + s.collapse_shift * (rng.random((self.reps, seeds, 1)) < s.collapse)
+        self.collapsed[arm] = rng.random((self.reps, seeds)) < s.collapse  # which seeds diverged, for the checks
+        u = u + s.collapse_shift * self.collapsed[arm][..., None]
         latent = (self.hard + self.w[arm] + shift[:, None])[:, None, :] + u
         latent = latent + rng.normal(0, s.noise, latent.shape)
         rank = np.floor(np.exp(np.minimum(latent, 10.0))).astype(np.int64)  # 0 is rank 1

@@ -65,6 +65,7 @@ def heterogeneity(
     q = i2 = tau2 = math.nan
     variances = np.array([p[1] ** 2 for p in parts])
     if len(names) > 1 and np.all(variances > 0) and np.all(np.isfinite(variances)):
-        combined = combine_effects(deltas, variances, method_re="dl")
-        q, i2, tau2 = float(combined.q), float(combined.i2), float(combined.tau2)
+        with np.errstate(invalid="ignore"):  # statsmodels' Knapp-Hartung sd, unused here, may take sqrt(< 0)
+            combined = combine_effects(deltas, variances, method_re="dl")
+        q, i2, tau2 = float(combined.q), max(0.0, float(combined.i2)), max(0.0, float(combined.tau2))
     return Heterogeneity(rows, q, i2, tau2, drivers)

@@ -180,12 +180,19 @@ def dataset_means(seeds: Sequence[PerQuery]) -> dict[str, np.ndarray]:
 
 def queries_difference(adapter: Sequence[PerQuery], full: Sequence[PerQuery]) -> Estimate:
     """Δ for queries like these (seed and query variation, `difference`) as an Estimate the verdict reads."""
-    diff = difference(adapter, full)
+    return as_estimate(difference(adapter, full))
+
+
+def as_estimate(diff: Difference) -> Estimate:
+    """A `difference` as the Estimate the verdict reads, target "queries"; its note says when it cannot be read."""
     note = ""
     if not np.isfinite(diff.delta):
         note = "a score is not finite (NaN or inf): no verdict until that run is fixed or rerun"
     elif not diff.seeds_measured:
-        note = "queries only: one seed in an arm, seed variation not measured"
+        note = (
+            f"{diff.seeds_a} seed(s) for the adapter and {diff.seeds_b} for the full fine-tune: seed-to-seed "
+            "variation is not measured, the interval holds queries only"
+        )
     elif diff.seed_var_a == 0 or diff.seed_var_b == 0:
         note = "an arm's seeds scored identically: seed variation not measured (is the seed applied?)"
     return Estimate(diff.delta, diff.se, diff.df, diff.seeds_a, diff.seeds_b, "queries", note)

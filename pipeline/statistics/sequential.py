@@ -204,14 +204,18 @@ def label_of(low: float, high: float, low_two_sided: float, high_two_sided: floa
     return "inconclusive"
 
 
-def look(design: Design, estimate: Estimate, index: int, seeds: Sequence[int] | None = None) -> Look:
+def look(
+    design: Design, estimate: Estimate, index: int, seeds: Sequence[int] | None = None, final: bool = False
+) -> Look:
     """The verdict at look `index` (1-based) of `design`. `seeds`: seeds per arm at the earlier looks as taken
-    (default: the planned ones); this look's own count comes from `estimate`."""
+    (default: the planned ones); this look's own count comes from `estimate`. The look is the final one when its
+    seeds reach the budget, it is the last planned look, or `final` says so (no more seeds will come, e.g. the
+    budget's last round failed): it spends all the alpha that is left."""
     n = 2 / (1 / estimate.seeds_adapter + 1 / estimate.seeds_full)  # per arm, harmonic mean
     earlier = list(seeds if seeds is not None else design.looks()[: index - 1])
     if len(earlier) != index - 1:
         raise ValueError(f"look {index} needs the seeds of the {index - 1} earlier look(s), got {earlier}")
-    final = n >= design.budget or index >= len(design.looks())
+    final = final or n >= design.budget or index >= len(design.looks())
     taken = [*earlier, design.budget if final else n]
     common = (index, estimate.seeds_adapter, estimate.seeds_full, estimate.delta)
     if estimate.note or not (math.isfinite(estimate.delta) and estimate.se > 0):
@@ -226,8 +230,10 @@ def look(design: Design, estimate: Estimate, index: int, seeds: Sequence[int] | 
     stop = label in DECIDED or final
     if label in DECIDED:
         reason = f"decided at look {index}: {label}"
-    elif final:
+    elif final and n >= design.budget:
         reason = f"budget spent ({design.budget} seeds per arm): {label}"
+    elif final:
+        reason = f"no more seeds ({n:g} per arm of a budget of {design.budget}): {label}"
     else:
         reason = f"{label} at look {index}: the next round adds {design.step} seeds per arm"
     return Look(*common, bounds[0], bounds[1], estimate.df, c1, bounds[2], bounds[3], label, stop, reason,
@@ -237,3 +243,21 @@ def look(design: Design, estimate: Estimate, index: int, seeds: Sequence[int] | 
 def fixed(margin: float = 0.01, alpha: float = 0.05) -> Design:
     """The one-look design of a fixed number of seeds: its critical values are the plain t quantiles."""
     return Design(margin=margin, alpha=alpha, first=2, step=1, budget=2)
+
+
+def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done: bool = False) -> list[Look]:
+    """The looks the design takes on fresh seeds' scores given in the order they were trained (per-seed NanoBEIR
+    means), up to the first that stops or the last the seeds allow; a count short of the next planned look (a failed
+    seed) is taken as an unplanned look, the final one when `done` (no more seeds will come)."""
+    looks: list[Look] = []
+    have = min(len(adapter), len(full))
+    for n in design.looks():
+        n = min(n, have)
+        if looks and n <= looks[-1].seeds_adapter:
+            break
+        taken = [x.seeds_adapter for x in looks]
+        last = done and n == have
+        looks.append(look(design, benchmark_difference(adapter[:n], full[:n]), len(looks) + 1, taken, last))
+        if looks[-1].stop:
+            break
+    return looks
