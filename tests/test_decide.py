@@ -284,6 +284,8 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
     assert tags["verdict.reason"] == looks["reason"] == looks["looks"][-1]["reason"]
     assert tags["verdict"] == looks["looks"][-1]["label"] and tags["verdict.target"] == "benchmark"
     assert tags["sweep.grid_seeds"] == "1" and tags["sweep.extended"] == "none"
+    design = {k: tags[f"decide.{k}"] for k in ("first", "step", "budget", "margin", "alpha")}
+    assert design == {"first": "2", "step": "1", "budget": "3", "margin": "0.01", "alpha": "0.05"}  # the report replays
     assert tags["verdict.seeds_adapter"] == tags["verdict.seeds_full"] == "2,3,4"  # 2 seeds at look 1, 3 at look 2
     assert [(look["seeds_adapter"], look["seeds_full"]) for look in looks["looks"]] == [(2, 2), (3, 3)]
     names = sorted(r.info.run_name for r in runs)

@@ -211,6 +211,8 @@ class Decider:
         configs = self.compose(grid)
         grid_seeds = sorted({int(cfg.train.seed) for cfg in configs})
         self._tag("sweep.grid_seeds", ",".join(map(str, grid_seeds)))
+        for key in ("first", "step", "budget", "margin", "alpha"):  # the design, for the report to replay the looks
+            self._tag(f"decide.{key}", f"{getattr(self.design, key):g}")
         candidates = self._candidates(grid, configs, results)
         candidates, extended = self._extend_edges(grid, candidates, grid_seeds)
         self._tag("sweep.extended", extended_axes(extended))
