@@ -314,7 +314,7 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
         "hydra.sweeper.decide.target=queries",
     )  # fmt: skip
     tags = parent3.data.tags
-    assert tags["verdict.target"] == "queries" and "benchmark" not in tags["verdict.sentence"]
+    assert tags["verdict.target"] == tags["decide.target"] == "queries" and "benchmark" not in tags["verdict.sentence"]
     fresh = tags["verdict.seeds_adapter"].split(",")
     r4 = sorted(r.data.params["train.seed"] for r in runs3 if r.info.run_name.startswith("lora-r4-"))
     assert r4 == sorted(["1", *fresh])  # the grid's seed, then every fresh seed the looks took

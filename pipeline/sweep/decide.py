@@ -205,7 +205,8 @@ class Decider:
         self.parent = _parent(sweep_dir)
         self.rank_of: dict[tuple[str, ...], int | None] = {}
         self.name_of: dict[tuple[str, ...], str] = {}  # a configuration's run name without the seed
-        self.estimate = by_means if settings.target == "benchmark" else self._by_queries
+        self.target = str(settings.target)
+        self.estimate = by_means if self.target == "benchmark" else self._by_queries
 
     def run(self, grid: list[Job], results: list) -> Outcome:
         configs = self.compose(grid)
@@ -213,6 +214,7 @@ class Decider:
         self._tag("sweep.grid_seeds", ",".join(map(str, grid_seeds)))
         for key in ("first", "step", "budget", "margin", "alpha"):  # the design, for the report to replay the looks
             self._tag(f"decide.{key}", f"{getattr(self.design, key):g}")
+        self._tag("decide.target", self.target)  # what the looks estimate
         candidates = self._candidates(grid, configs, results)
         candidates, extended = self._extend_edges(grid, candidates, grid_seeds)
         self._tag("sweep.extended", extended_axes(extended))
