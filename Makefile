@@ -1,5 +1,6 @@
 # lora-vs-full: is a LoRA adapter as good as a full fine-tune for my embedding model, and at which rank?
-# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, COMPARE_ARGS, BENCH_ARGS, HOST, PORT,
+# `make help` lists the targets. Overridable: TORCH_SPEC, PYTHON, ARGS, SWEEP_ARGS, DECIDE_ARGS, COMPARE_ARGS, BENCH_ARGS,
+# MINI_DEV, HOST, PORT,
 # SERVER_PORT, BACKEND_STORE_URI.
 
 PYTHON      ?= python3
@@ -9,6 +10,7 @@ TORCH_SPEC  ?= torch==2.13.0
 OUTPUTS     ?= $(or $(PIPELINE_OUTPUTS),outputs)
 ARGS        ?=
 SWEEP_ARGS  ?=
+DECIDE_ARGS ?=
 COMPARE_ARGS ?=
 BENCH_ARGS  ?=
 HOST        ?= 127.0.0.1
@@ -18,7 +20,7 @@ BACKEND_STORE_URI ?= sqlite:///$(abspath $(OUTPUTS))/server/mlflow.db
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo run sweep compare reproduce reproduce-mini bench test test-fast test-cluster lint ui server clean
+.PHONY: help install demo run sweep decide compare reproduce reproduce-mini bench test test-fast test-cluster lint ui server clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,16 +42,26 @@ run: ## one pipeline run: make run ARGS="finetune=full data.path=... train.max_s
 sweep: ## LoRA r x alpha grid plus the full arm: make sweep SWEEP_ARGS="finetune.r=4,8 finetune.alpha=8 ..."
 	$(BIN)/python -m pipeline -m sweep=lora_grid $(SWEEP_ARGS)
 
+decide: ## make sweep, then fresh seeds of both selected configurations in rounds until decided: make decide DECIDE_ARGS="... hydra.sweeper.decide.budget=10"
+	$(BIN)/python -m pipeline -m sweep=lora_grid hydra.sweeper.decide.enabled=true $(DECIDE_ARGS)
+
 compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
 	$(BIN)/python -m pipeline.report $(COMPARE_ARGS)
 
-reproduce: ## the paper recipe through the protocol (LoRA r=64 and full, each at 3 learning rates, 3 seeds), then the verdict (GPU + Hub)
-	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 $(ARGS)
+reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, plain MNRL), then make decide on it (GPU + Hub)
+	$(BIN)/python -m pipeline -m experiment=paper_lora_mnrl,paper_full_mnrl $(ARGS)
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 \
+		hydra.sweeper.decide.enabled=true $(DECIDE_ARGS) $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment paper
 
+# the mini recipe's dev set unsaturated (base model's dev NDCG@10 <= 0.85; 0.908 without distractors): every training
+# answer joins the dev corpus. Measure a value with: python -m pipeline experiment=mini_paper_lora run.until=dev_baseline
+# data.dev_distractors=N (MLflow metric baseline_dev_ndcg_at_10)
+MINI_DEV ?= data.dev_distractors=819
 MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
-reproduce-mini: ## the protocol on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
-	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=64 finetune.alpha=128 $(MINI_PROTOCOL) $(ARGS)
+reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=64 finetune.alpha=128 $(MINI_DEV) \
+		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true $(DECIDE_ARGS) $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
 
 bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~17 min, quiet 2 cores)

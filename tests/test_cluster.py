@@ -272,3 +272,34 @@ def test_the_cluster_leaves_no_job_process_behind(tmp_path):
     finally:
         left = cluster.stop()
     assert left == []
+
+
+@pytest.mark.slow
+def test_make_decide_through_slurm_one_batch_per_round(
+    tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
+):
+    """`make decide` through the SLURM launcher: the grid, then each round of fresh seeds as SLURM jobs of their own,
+    the looks read from the runs on the tracking server."""
+    tiny = (tiny_model, tiny_qa, tiny_nanobeir)
+    decide = [
+        "train.max_steps=4", "train.eval_steps=null", "finetune.r=2", "finetune.alpha=4", "hydra.sweeper.seeds=[1]",
+        "train.lr=5e-2", "hydra.sweeper.decide.enabled=true",
+        "hydra.sweeper.decide.first=2", "hydra.sweeper.decide.step=1", "hydra.sweeper.decide.budget=3",
+        "hydra.sweeper.decide.extend=0", "tracking.experiment=decide",
+    ]  # fmt: skip
+    proc = _slurm_sweep(tmp_path, tiny, slurm, tracking_server, *decide)
+    _finish(proc, tmp_path, slurm, timeout=2400)
+    client = MlflowClient(tracking_server)
+    experiment = client.get_experiment_by_name("decide")
+    (parent,) = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("pipeline.role")]
+    tags = parent.data.tags
+    n = int(tags["verdict.looks"])
+    seeds = {1: "2,3", 2: "2,3,4"}[n]
+    assert tags["verdict.seeds_adapter"] == tags["verdict.seeds_full"] == seeds and tags["sweep.grid_seeds"] == "1"
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "verdict.look.delta")] == list(
+        range(1, n + 1)
+    )
+    runs = sweep_runs(client, parent.info.run_id)
+    fresh = [r for r in runs if r.data.params["train.seed"] != "1"]
+    assert sorted(r.data.params["train.seed"] for r in fresh) == sorted(seeds.split(",") * 2)
+    assert len({r.data.tags["slurm.job_id"] for r in runs}) == len(runs)  # each a SLURM job of its own

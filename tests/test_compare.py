@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
+from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
 from pipeline.report import REPORT_FILES, compare, main
 from pipeline.report.load import load_arms
 from pipeline.report.protocol import apply
-from pipeline.report.seeds import difference
 from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
-from pipeline.report.verdict import VERDICTS, decide
+from pipeline.report.verdict import VERDICTS
 
 N = 2000  # resamples: enough for the checks, fast
 DATASETS = {"scifact": 12, "msmarco": 10}
@@ -190,9 +190,9 @@ def test_table_rows_order_and_failed_job(sweeps):
     assert table["lora-r64-a128-lr0.0002-s12"].rstrip(" |").endswith("FAILED")
     assert "**lora-r64-a128-lr0.0002-s12**" in report and "CUDA out of memory" in report
     header = [c.strip() for c in table["run"].strip("|").split("|")]
-    assert {"scifact", "msmarco", "p", "p (Holm)", "dev NDCG@10", "lr", "seed", "status"} <= set(header)
+    assert {"scifact", "msmarco", "p (run vs run)", "dev NDCG@10", "lr", "seed", "status"} <= set(header)
     full_cells = [c.strip() for c in table["full-lr2e-05-s12"].strip("|").split("|")]
-    assert full_cells[header.index("p")] == "" and full_cells[header.index("Δ vs full [95% CI]")] == ""
+    assert full_cells[header.index("p (run vs run)")] == "" and full_cells[header.index("Δ vs full run [95% CI]")] == ""
 
 
 def test_numbers_match_the_statistics_called_directly(sweeps):
@@ -207,11 +207,16 @@ def test_numbers_match_the_statistics_called_directly(sweeps):
         )
     assert rows["full-lr2e-05-s12"]["delta_vs_full"] is None
     assert rows["lora-r16-a32-lr0.0002-s12"]["trainable_params"] == 2 * 6 * 384 * 16 * 2
-    # Holm over the adapter configurations at the grid seed (12), on their raw p-values
-    grid = ["lora-r8-a16-lr0.0002-s12", "lora-r16-a32-lr0.0002-s12"]
-    raw = [rows[name]["delta_vs_full"]["p_value"] for name in grid]
-    assert [rows[name]["p_holm"] for name in grid] == pytest.approx(list(multipletests(raw, method="holm")[1]))
-    assert rows["lora-r16-a32-lr0.0002-s13"]["p_holm"] is None  # replicates are not part of the family
+    # Holm over the adapter configurations the grid trained, on configuration-level p-values (seed variance in)
+    configs = {c["name"]: c for c in sweeps["result"]["configurations"]}
+    grid = ["lora-r8-a16-lr0.0002", SELECTED_LORA]
+    raw = [configs[name]["vs_full"]["p_value"] for name in grid]
+    assert [configs[name]["p_holm"] for name in grid] == pytest.approx(list(multipletests(raw, method="holm")[1]))
+    full = [nanobeir_mean(jobs[f"{SELECTED_FULL}-s{s}"]["per_query"]) for s in (12, 13, 14)]
+    selected = [nanobeir_mean(jobs[f"{SELECTED_LORA}-s{s}"]["per_query"]) for s in (12, 13, 14)]
+    one_seed = configs["lora-r8-a16-lr0.0002"]["vs_full"]  # borrows the selected LoRA's seed variance
+    se = np.sqrt(np.var(selected, ddof=1) + np.var(full, ddof=1) / 3)
+    assert one_seed["borrowed"] and one_seed["se"] == pytest.approx(se)
 
 
 def test_selection_reads_dev_and_the_verdict_compares_the_selected_configurations(sweeps):
@@ -223,12 +228,20 @@ def test_selection_reads_dev_and_the_verdict_compares_the_selected_configuration
     assert configs[SELECTED_LORA]["dev_ndcg_at_10"] == pytest.approx(0.71)
     verdict = result["verdict"]
     assert (verdict["adapter"], verdict["full"]) == (SELECTED_LORA, SELECTED_FULL)
-    adapter = [sweeps["jobs"][f"{SELECTED_LORA}-s{s}"]["per_query"] for s in (12, 13, 14)]
-    full = [sweeps["jobs"][f"{SELECTED_FULL}-s{s}"]["per_query"] for s in (12, 13, 14)]
-    expected = decide(difference(adapter, full), 0.01)
-    assert verdict["label"] == expected.label and verdict["delta"] == pytest.approx(expected.delta)
-    assert verdict["ci90"] == pytest.approx(list(expected.ci90))
-    assert verdict["label"] in VERDICTS and verdict["seeds"] == {"adapter": 3, "full": 3}
+    # fresh seeds only: the grid's seed 12 (the selection run) is not in Δ; the default target is the benchmark
+    adapter = [nanobeir_mean(sweeps["jobs"][f"{SELECTED_LORA}-s{s}"]["per_query"]) for s in (13, 14)]
+    full = [nanobeir_mean(sweeps["jobs"][f"{SELECTED_FULL}-s{s}"]["per_query"]) for s in (13, 14)]
+    delta = np.mean(adapter) - np.mean(full)
+    se = np.sqrt(np.var(adapter, ddof=1) / 2 + np.var(full, ddof=1) / 2)
+    df = se**4 / ((np.var(adapter, ddof=1) / 2) ** 2 + (np.var(full, ddof=1) / 2) ** 2)
+    t90 = stats.t.ppf(0.95, df)  # the interval the equivalence test reads, computed apart from the code
+    assert verdict["delta"] == pytest.approx(delta)
+    assert verdict["ci90"] == pytest.approx([delta - t90 * se, delta + t90 * se])
+    assert verdict["label"] in VERDICTS and verdict["seeds"] == {"adapter": 2, "full": 2}
+    assert verdict["fresh_seeds"] == {"adapter": [13, 14], "full": [13, 14]} and verdict["grid_seeds"] == [12]
+    assert verdict["target"] == "benchmark" and "on this benchmark" in verdict["sentence"]
+    report = (sweeps["tmp"] / "report" / "report.md").read_text()
+    assert f"selection run (won on dev, not in Δ): {SELECTED_LORA}-s12" in report
 
 
 def test_scrambled_test_scores_leave_the_selection_unchanged(sweeps):
@@ -260,6 +273,9 @@ def test_verdict_and_summary_logged_on_the_parent(sweeps):
     logged = {Path(f.path).name for f in client.list_artifacts(parent.info.run_id, "report")}
     assert logged == set(REPORT_FILES)
     assert parent.data.tags["verdict"] == result["verdict"]["label"]
+    assert parent.data.tags["verdict.target"] == "benchmark" and parent.data.tags["verdict.looks"] == "1"
+    assert parent.data.tags["verdict.seeds_adapter"] == "13,14" and parent.data.tags["verdict.seeds_full"] == "13,14"
+    assert parent.data.tags["verdict.rank"] in ("none", "16", "8")
     assert parent.data.tags["mlflow.note.content"] == result["verdict"]["sentence"]
     report = (sweeps["tmp"] / "report" / "report.md").read_text().splitlines()
     assert report[2] == result["verdict"]["sentence"]  # the report opens with the verdict
@@ -322,3 +338,29 @@ def test_cli_no_sweep(tmp_path, capsys):
     assert "no sweep" in capsys.readouterr().err
     assert main(["--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--experiment", "nope"]) != 0
     assert "no experiment named 'nope'" in capsys.readouterr().err
+
+
+def test_a_decided_sweep_reports_its_looks_fresh_seeds_and_target(tmp_path):
+    """make decide's shape: a grid at seed 12 (recorded as sweep.grid_seeds), then fresh seeds of the selected
+    configurations in rounds under a recorded design; the report replays the looks on the fresh seeds only."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("decide", artifact_location=(tmp_path / "artifacts").as_uri())
+    jobs = [job("full", 12, dev=0.70, gain=0.10), job("lora", 12, dev=0.71, gain=0.10, r=16, alpha=32)]
+    jobs += [job("lora", 12, dev=0.60, gain=0.10, r=8, alpha=16)]
+    jobs += [job(m, s, dev=0.7, gain=0.10, **({"r": 16, "alpha": 32} if m == "lora" else {}))
+             for s in range(20, 27) for m in ("full", "lora")]  # fmt: skip
+    parent = make_sweep(client, exp, "s-decide", 3_000_000, jobs, tmp_path, seed=5)
+    for key, value in {"sweep.grid_seeds": "12", "decide.first": "3", "decide.step": "2", "decide.budget": "7"}.items():
+        client.set_tag(parent, key, value)
+    result = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "r", n_resamples=200)
+    verdict = result["verdict"]
+    seeds = [x["seeds_adapter"] for x in verdict["looks"]]
+    assert seeds == [3, 5, 7][: len(seeds)] and verdict["looks"][-1]["stop"]
+    assert 12 not in verdict["fresh_seeds"]["adapter"] and verdict["grid_seeds"] == [12]
+    tags = client.get_run(parent).data.tags
+    assert tags["verdict.looks"] == str(len(seeds)) and tags["verdict.seeds_adapter"].startswith("20,21,22")
+    assert tags["verdict.rank"] in ("none", "16", "8")
+    queries = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "q", n_resamples=200, target="queries")
+    assert "for queries like these" in queries["verdict"]["sentence"] and queries["verdict"]["target"] == "queries"
+    with pytest.raises(ValueError, match="target='nope'"):
+        compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "x", n_resamples=200, target="nope")

@@ -9,11 +9,11 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
-from pipeline.sweep.selection import Candidate, select
 from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
+from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.sweep.selection import Candidate, select, tie_key
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -56,14 +56,17 @@ def test_each_method_gets_its_own_learning_rates_and_the_grid_seed():
 
 def test_selection_is_per_method_on_dev_on_the_shared_seed():
     c = [
-        Candidate("lora", "a", 12, 0.70, 100),
-        Candidate("lora", "b", 12, 0.72, 200),
-        Candidate("lora", "a", 13, 0.99, 100),  # a replicate's seed: not shared by b, not read
-        Candidate("full", "f1", 12, 0.60),
-        Candidate("full", "f2", 12, float("nan")),  # failed
-        Candidate("lora", "c", 12, 0.72, 50),  # ties with b: fewer trainable parameters wins
+        Candidate("lora", "a", 12, 0.70, tie_key("lora", 8, "lora-r8-a8-lr1e-4")),
+        Candidate("lora", "b", 12, 0.72, tie_key("lora", 16, "lora-r16-a16-lr1e-4")),
+        Candidate("lora", "a", 13, 0.99, tie_key("lora", 8, "lora-r8-a8-lr1e-4")),  # a fresh seed: not shared by b
+        Candidate("full", "f1", 12, 0.60, tie_key("full", None, "full-lr1e-5")),
+        Candidate("full", "f2", 12, float("nan"), tie_key("full", None, "full-lr2e-5")),  # failed
+        Candidate("lora", "c", 12, 0.72, tie_key("lora", 4, "lora-r4-a8-lr1e-4")),  # ties with b: the smaller rank
+        Candidate("lora", "d", 12, 0.72, tie_key("lora", 4, "lora-r4-a4-lr1e-4")),  # ties with c: the name's order
     ]
-    assert select(c) == {"lora": "c", "full": "f1"}
+    assert select(c) == {"lora": "d", "full": "f1"}
+    assert select(list(reversed(c))) == {"lora": "d", "full": "f1"}  # the order given decides nothing here
+    assert tie_key("lora", 64, "lora-r64") < tie_key("full", None, "full")  # any adapter before the full fine-tune
     assert select([Candidate("lora", "a", 1, 0.5), Candidate("lora", "b", 2, 0.6)]) == {"lora": "b"}  # no shared seed
 
 
@@ -212,7 +215,7 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
 @pytest.mark.slow
 def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """make sweep -> make compare, shrunk: 2 LoRA learning rates + 1 full at seed 1, then the selected configuration
-    of each method at seed 2; the report's verdict on the parent run, every child with its dev score."""
+    of each method at seeds 2 and 3; the report's verdict on the parent run, every child with its dev score."""
     proc, client, parent, children = _sweep(
         tmp_path,
         tiny_model,
@@ -222,17 +225,20 @@ def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, 
         "finetune.alpha=4",
         "hydra.sweeper.lr.lora=[1e-3,5e-3]",
         "hydra.sweeper.lr.full=[1e-4]",
-        "hydra.sweeper.seeds=[1,2]",
+        "hydra.sweeper.seeds=[1,2,3]",
         grid=False,
     )
     names = sorted(r.info.run_name for r in children)
     grid = ["full-lr1e-4-s1", "lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"]
-    assert set(grid) <= set(names) and len(names) == 5
+    assert set(grid) <= set(names) and len(names) == 7
     dev = {r.info.run_name: r.data.metrics["dev_ndcg_at_10"] for r in children}
     best_lora = max(("lora-r2-a4-lr1e-3-s1", "lora-r2-a4-lr5e-3-s1"), key=lambda n: (dev[n], n.endswith("1e-3-s1")))
-    assert sorted(set(names) - set(grid)) == ["full-lr1e-4-s2", best_lora.replace("-s1", "-s2")]  # replicated on dev
+    replicated = ["full-lr1e-4-s2", "full-lr1e-4-s3", best_lora.replace("-s1", "-s2"), best_lora.replace("-s1", "-s3")]
+    assert sorted(set(names) - set(grid)) == sorted(replicated)  # replicated on dev
     report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")
+    # seed 1 is the grid's (selection) seed: the verdict's Δ is on the fresh seeds 2 and 3 only
     assert report["verdict"]["label"] in VERDICTS and report["verdict"]["seeds"] == {"adapter": 2, "full": 2}
+    assert report["verdict"]["fresh_seeds"] == {"adapter": [2, 3], "full": [2, 3]}
     assert report["verdict"]["adapter"] == best_lora.removesuffix("-s1")
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["verdict"] == report["verdict"]["label"]

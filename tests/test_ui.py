@@ -42,6 +42,14 @@ JOBS = [
 ]
 BEST_FIRST = ["full", "lora-r8-a16", "lora-r4-a8", "lora-r64-a128"]  # by NDCG@10; the failed job, without one, last
 BASELINE = 0.3456
+VERDICT = {  # the tags make decide sets on the sweep's parent run
+    "verdict": "equivalent",
+    "verdict.sentence": "Equivalent: lora-r8-a16 vs full, Δ = -0.0012 NDCG@10, 90% repeated CI [-0.0061, +0.0037]",
+    "verdict.target": "benchmark",
+    "verdict.seeds_adapter": "13,14,15",
+    "verdict.seeds_full": "13,14,15",
+    "verdict.looks": "1",
+}
 
 
 def _missing_browser() -> str | None:
@@ -88,7 +96,10 @@ def make_sweep_db(tmp: Path) -> tuple[str, str]:
         }
         client.log_batch(run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()])
         client.set_terminated(run_id, "FINISHED")
+    for key, value in VERDICT.items():
+        client.set_tag(parent, key, value)
     client.set_terminated(parent, "FINISHED")
+    describe_experiment(client, exp_id)  # as make decide does once the verdict is set: the parent run pinned
     return uri, exp_id
 
 
@@ -127,11 +138,16 @@ def test_describe_experiment_tags_and_idempotence(sweep_db):
     assert view["name"] == VIEW_NAME and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
     assert state == comparison_state()
+    assert {f"tags.`{key}`" for key in VERDICT} <= set(state["selectedColumns"])
+    # the verdict heads the description: its sentence, target and the seeds it spent
+    head = tags[NOTE_TAG].split("###")[0]
+    assert VERDICT["verdict.sentence"] in head and "target: benchmark" in head
+    assert "adapter 13,14,15; full 13,14,15" in head
     assert state["orderByKey"] == f"metrics.`{NDCG}`" and state["orderByAsc"] is False
     assert {f"metrics.`{NDCG}`", "params.`finetune.r`", "params.`finetune.alpha`"} <= set(state["selectedColumns"])
-    # the view's filter is valid MLflow search syntax and picks the jobs, not the sweep's parent run
+    # the view's filter is valid MLflow search syntax and picks the jobs, best first, then the sweep's parent run
     runs = client.search_runs([exp_id], state["searchFilter"], order_by=[f"metrics.`{NDCG}` DESC"])
-    assert [r.info.run_name for r in runs] == BEST_FIRST
+    assert [r.info.run_name for r in runs] == [*BEST_FIRST, "sweep-s1"]
     describe_experiment(client, exp_id)  # idempotent: nothing rewritten
     assert client.get_experiment(exp_id).tags == tags
 
@@ -194,6 +210,7 @@ NAME, METHOD, R, ALPHA = (
     "params.`finetune.alpha`",
 )
 SCORE = f"metrics.`{NDCG}`"
+VERDICT_COLUMN = "tags.`verdict`"
 
 
 @browser_test
@@ -210,24 +227,32 @@ def test_runs_table_shows_the_comparison(ui_server, browser):
     def table(driver):
         rows = driver.execute_script(ROWS_JS)
         seen[:] = [rows[k] for k in sorted(rows, key=int)]
-        return seen if [r.get(NAME) for r in seen] == BEST_FIRST and all(r.get(SCORE) for r in seen) else False
+        shown = [r.get(NAME) for r in seen] == [*BEST_FIRST, "sweep-s1"] and all(r.get(SCORE) for r in seen)
+        return seen if shown else False
 
     try:
         rows = WebDriverWait(browser, WAIT_S, poll_frequency=0.5).until(table)
         time.sleep(1)  # let the column widths settle for the screenshot
     except TimeoutException:
-        pytest.fail(f"within {WAIT_S} s the runs table did not list {BEST_FIRST} with {NDCG}; it showed {seen}")
+        pytest.fail(
+            f"within {WAIT_S} s the runs table did not list {BEST_FIRST} with {NDCG}, then the sweep; it showed {seen}"
+        )
     finally:
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(SCREENSHOT))
     jobs = {name: (method, r, alpha, ndcg) for name, method, r, alpha, ndcg in JOBS}
+    *rows, parent = rows  # the sweep's parent run, without a score, last: it carries the verdict
+    assert parent[VERDICT_COLUMN] == VERDICT["verdict"], parent
+    assert (
+        f"Latest verdict (run sweep-s1): {VERDICT['verdict.sentence']}"
+        in browser.find_element(By.TAG_NAME, "body").text
+    )
     for row in rows:
         method, r, alpha, ndcg = jobs[row[NAME]]
         assert (row[METHOD], row[R], row[ALPHA]) == (method, str(r), str(alpha)), row
         assert row[SCORE] == ("-" if ndcg is None else f"{ndcg:g}"), row
-    assert "sweep-s1" not in browser.find_element(By.TAG_NAME, "body").text  # the parent run is filtered out
     visible = browser.execute_script(VISIBLE_JS)
-    assert all(visible.get(c) for c in (NAME, SCORE, METHOD, R, ALPHA)), visible  # in sight without scrolling
+    assert all(visible.get(c) for c in (NAME, SCORE, VERDICT_COLUMN, METHOD, R, ALPHA)), visible  # without scrolling
     headers = {e.get_attribute("col-id"): e.text for e in browser.find_elements(By.CSS_SELECTOR, ".ag-header-cell")}
     assert headers[SCORE] == NDCG and headers[R] == "finetune.r" and headers[ALPHA] == "finetune.alpha"
     # the page loaded nothing from anywhere but the local server

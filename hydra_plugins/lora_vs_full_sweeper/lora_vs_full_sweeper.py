@@ -7,6 +7,9 @@
    on it (`pipeline.sweep.selection`).
 3. Replicates: each method's selected configuration is trained again with the other `seeds`, so the verdict
    (`python -m pipeline.report`) sees seed-to-seed variation.
+   Or, with `decide.enabled=true` (`make decide`): the grid's edges extended where a selection sits on one, then
+   fresh seeds (never the grid's) of both selected configurations in rounds until the verdict is decided or the
+   budget spent (`pipeline.sweep.decide`); each round is one batch of the launcher (local, joblib, SLURM).
 
 A `train.seed=...` override on the command line turns replicates off (the grid then holds the seeds you gave).
 Lives in the `hydra_plugins` namespace so that Hydra discovers it. (No `from __future__ import annotations`: Hydra
@@ -14,7 +17,6 @@ loads plugin modules outside sys.modules, where string annotations of a dataclas
 """
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035
@@ -22,6 +24,7 @@ from typing import Any, Dict, List, Optional  # noqa: UP035
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from pipeline.sweep.grid import (
@@ -33,10 +36,23 @@ from pipeline.sweep.grid import (
     with_learning_rates,
     with_seed,
 )
-from pipeline.sweep.prefix import run_shared_prefix
-from pipeline.sweep.selection import Candidate, select
+from pipeline.sweep.prefix import job_configs, run_shared_prefix
+from pipeline.sweep.selection import Candidate, returned_dev, select
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DecideConf:  # make decide; null: pipeline.statistics.sequential.Design's default
+    enabled: bool = False
+    budget: Optional[int] = None  # noqa: UP045 - fresh seeds per arm at most
+    first: Optional[int] = None  # noqa: UP045 - fresh seeds per arm at the first look
+    step: Optional[int] = None  # noqa: UP045 - seeds added per arm at each later look
+    margin: Optional[float] = None  # noqa: UP045 - NDCG@10 within which the two count as equivalent
+    alpha: Optional[float] = None  # noqa: UP045 - error rate over all the looks
+    target: str = "benchmark"  # what the verdict claims: this benchmark's fixed queries, over training randomness
+    ranks: bool = False  # also fresh seeds for each rank's best configuration on dev (the rank that suffices)
+    extend: int = 2  # grid-edge extensions per axis and side at most
 
 
 @dataclass
@@ -46,16 +62,30 @@ class LoraVsFullSweeperConf:
     params: Optional[Dict[str, str]] = None  # noqa: UP006, UP045
     lr: Dict[str, List[float]] = field(default_factory=dict)  # noqa: UP006 - {method: learning rates}
     seeds: List[int] = field(default_factory=list)  # noqa: UP006 - first: the grid; the rest: replicates
+    decide: DecideConf = field(default_factory=DecideConf)
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="lora_vs_full", node=LoraVsFullSweeperConf)
 
 
 class LoraVsFullSweeper(BasicSweeper):
-    def __init__(self, max_batch_size, params=None, lr=None, seeds=None):
+    def __init__(self, max_batch_size, params=None, lr=None, seeds=None, decide=None):
         super().__init__(max_batch_size, params)
         self.lr = {k: list(v) for k, v in (lr or {}).items()}
         self.seeds = list(seeds or [])
+        self.decide = decide if decide is not None else OmegaConf.structured(DecideConf)
+        self.launched = 0
+
+    def setup(self, *, hydra_context, task_function, config):
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        if self.decide.enabled:  # a bad setting stops here, before any job; the sweep's parent run ends FAILED with it
+            from pipeline.sweep.decide import design_of, fail_parent
+
+            try:
+                design_of(self.decide)
+            except ValueError as error:
+                fail_parent(config.hydra.sweep.dir, str(error))
+                raise ConfigCompositionException(str(error)) from None  # Hydra prints its message alone
 
     def grid(self, arguments: List[str]) -> List[List[str]]:  # noqa: UP006
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -70,9 +100,12 @@ class LoraVsFullSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         grid = self.grid(arguments)
+        decider = self.decider() if self.decide.enabled else None
         run_shared_prefix(self.config, self.hydra_context.config_loader, grid)  # before any job starts
         returns = [self.launch(grid, initial_job_idx=0)]
-        if len(self.seeds) > 1 and not self.seeded_by_user:
+        if decider is not None:
+            decider.run(grid, returns[0])
+        elif len(self.seeds) > 1 and not self.seeded_by_user:
             chosen = self.selected(grid, returns[0])
             log.info("selected on dev NDCG@10: %s", "; ".join(" ".join(job) for job in chosen))
             returns.append(self.launch(replicates(chosen, self.seeds[1:]), initial_job_idx=len(grid)))
@@ -82,12 +115,25 @@ class LoraVsFullSweeper(BasicSweeper):
         """Each method's best configuration by the dev NDCG@10 its job returned (nan for a failed job)."""
         default = self.config.finetune.method
         candidates = [
-            Candidate(method_of(job, default), configuration(job), None, _dev(result))
+            Candidate(method_of(job, default), configuration(job), None, returned_dev(result))
             for job, result in zip(jobs, results, strict=True)
         ]
         return [list(config) for config in select(candidates).values()]
 
+    def decider(self):
+        from pipeline.sweep.decide import Decider  # the statistics are imported by make decide only
+
+        listed = [] if self.seeded_by_user else self.seeds[1:]  # fresh seeds: these first, then counting up
+        return Decider(self.decide, self.configs, self.next_batch, self.config.hydra.sweep.dir, listed)
+
+    def configs(self, jobs):
+        return job_configs(self.config, self.hydra_context.config_loader, jobs)
+
+    def next_batch(self, jobs):
+        return self.launch(jobs, initial_job_idx=self.launched)
+
     def launch(self, jobs, initial_job_idx):
+        self.launched = max(self.launched, initial_job_idx + len(jobs))
         results = []
         size = self.max_batch_size or len(jobs) or 1
         for start in range(0, len(jobs), size):
@@ -95,11 +141,3 @@ class LoraVsFullSweeper(BasicSweeper):
             self.validate_batch_is_legal(batch)
             results.extend(self.launcher.launch(batch, initial_job_idx=initial_job_idx + start))
         return results
-
-
-def _dev(result) -> float:
-    try:
-        value = result.return_value
-    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
-        return math.nan
-    return math.nan if value is None else float(value)

@@ -1,6 +1,7 @@
 """The sweep report: is the selected adapter as good as the selected full fine-tune, and at which rank?
 
-    python -m pipeline.report [--sweep-id ID | --experiment NAME] [--margin 0.01] [--tracking-uri URI] [--out DIR]
+    python -m pipeline.report [--sweep-id ID | --experiment NAME] [--margin 0.01] [--target benchmark|queries]
+                              [--tracking-uri URI] [--out DIR]
 
 Reads MLflow only (never the pipeline's cache): the sweep's parent run (tag `pipeline.role=sweep`), its child runs
 (params, dev and NanoBEIR metrics, `evaluation/per_query.json` and `evaluation/baseline/per_query.json`). Applies
@@ -28,17 +29,21 @@ from pipeline.report.load import (
     default_outputs,
     default_tracking_uri,
     find_sweep,
+    grid_seeds_of,
     load_arms,
     no_nan,
     none_if_nan,
     open_client,
     ordered,
+    recorded,
     sweep_id_of,
 )
 from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndcg_vs_r, plot_per_dataset
 from pipeline.report.protocol import Protocol, apply
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
+from pipeline.report.verdict import TARGETS
+from pipeline.statistics.sequential import Design
 
 REPORT_FILES = (
     "report.md",
@@ -61,12 +66,16 @@ def compare(
     log_to_mlflow: bool = True,
     margin: float = 0.01,
     cost: str = "trainable_params",
+    target: str = "benchmark",
 ) -> dict:
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
 
     `out_dir` defaults to <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/. Raises SweepNotFound when there is no
-    sweep to report on.
+    sweep to report on. `target`: what the verdict claims, "benchmark" (this benchmark's fixed queries, over training
+    seeds) or "queries" (queries like these).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target={target!r} is not allowed: one of {', '.join(TARGETS)}")
     uri = tracking_uri or default_tracking_uri()
     client = open_client(uri)
     parent = find_sweep(client, sweep_id, experiment)
@@ -80,7 +89,9 @@ def compare(
     for arm in rows:
         if arm.per_query is not None:
             arm.ndcg = bootstrap_ci(arm.per_query, n=n_resamples, seed=seed, level=level)
-    protocol = apply(arms, margin=margin, level=level, n_resamples=n_resamples, seed=seed)
+    protocol = apply(
+        arms, margin, level, n_resamples, seed, target, grid_seeds_of(parent), design_of(parent, margin, 1 - level)
+    )
     warnings += protocol.notes
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
 
@@ -97,10 +108,13 @@ def compare(
             "margin": margin,
             "selection": "each method's configuration with the best in-domain dev NDCG@10 (never NanoBEIR)",
             "ci": "per run: stratified percentile bootstrap over queries within each dataset; per configuration: "
-            "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.report.seeds)",
-            "p_value": "per run: two-sided paired sign-flip permutation test vs the selected full fine-tune's run "
-            "at the same seed, stratified by dataset; Holm-adjusted over the adapter configurations at the grid seed",
-            "verdict": "TOST-style reading of the (1 - 2 alpha) and (1 - alpha) CIs of adapter - full within +-margin",
+            "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.statistics.seeds)",
+            "p_value": "per run (run vs run): two-sided paired sign-flip permutation test vs the selected full "
+            "fine-tune's run at the same seed, stratified by dataset; per configuration: Welch's t over per-seed "
+            "means, Holm-adjusted over the grid's adapter configurations (pipeline.statistics.family)",
+            "verdict": "TOST-style reading of the (1 - 2 alpha) and (1 - alpha) intervals of adapter - full on fresh "
+            "seeds within +-margin; repeated intervals over the looks of make decide (pipeline.statistics.sequential)",
+            "target": target,
         },
         "datasets": datasets,
         "verdict": _verdict_json(protocol),
@@ -120,10 +134,25 @@ def compare(
     return result
 
 
+def design_of(parent, margin: float, alpha: float) -> Design | None:
+    """The sequential design `make decide` recorded on the parent run (`decide.first`, `decide.step`,
+    `decide.budget`; `decide.margin` and `decide.alpha` where recorded, as the looks were taken with them), None
+    for a sweep without looks."""
+    values = [recorded(parent, f"decide.{k}") for k in ("first", "step", "budget")]
+    if any(v is None for v in values):
+        return None
+    first, step, budget = (int(float(v)) for v in values)
+    margin = float(recorded(parent, "decide.margin") or margin)
+    alpha = float(recorded(parent, "decide.alpha") or alpha)
+    return Design(margin=margin, alpha=alpha, first=first, step=step, budget=budget)
+
+
 def _verdict_json(protocol: Protocol) -> dict | None:
     if protocol.verdict is None:
         return None
-    v, d = protocol.verdict, protocol.difference
+    v = protocol.verdict
+    fresh = {arm: [a.seed for a in runs] for arm, runs in protocol.in_delta.items()}
+    h = protocol.heterogeneity
     return {
         "label": v.label,
         "sentence": verdict_sentence(protocol),
@@ -133,11 +162,20 @@ def _verdict_json(protocol: Protocol) -> dict | None:
         "delta": v.delta,
         "ci90": list(v.ci90),
         "ci95": list(v.ci95),
-        "p_tost": v.p_tost,
-        "p_noninferiority": v.p_noninferiority,
-        "p_difference": d.p_value,
-        "seeds": {"adapter": d.seeds_a, "full": d.seeds_b},
+        "p_tost": none_if_nan(v.p_tost),
+        "p_noninferiority": none_if_nan(v.p_noninferiority),
+        "target": v.target,
+        "seeds": {"adapter": v.seeds_adapter, "full": v.seeds_full},
+        "fresh_seeds": fresh,
+        "grid_seeds": sorted(protocol.grid_seeds),
+        "looks": [no_nan(x.__dict__) for x in protocol.looks],
         "reason": v.reason,
+        "stopped": v.stopped,
+        "worst_seed": protocol.worst,
+        "per_dataset": None if h is None else [d._asdict() for d in h.datasets],
+        "heterogeneity": None if h is None else no_nan({"q": h.q, "i2": h.i2, "tau2": h.tau2, "drivers": h.drivers}),
+        "rank": protocol.rank,
+        "ranks": [no_nan(r._asdict()) for r in protocol.ranks],
     }
 
 
@@ -151,6 +189,8 @@ def _configuration_json(c) -> dict:
         "runs": [a.run_id for a in c.runs],
         "seeds": [a.seed for a in c.runs],
         "nanobeir": None if e is None else no_nan({**e._asdict(), "seed_means": list(e.seed_means)}),
+        "vs_full": None if c.test is None else no_nan(c.test._asdict()),  # Welch over seeds
+        "p_holm": c.p_holm,
     }
 
 
@@ -165,9 +205,15 @@ def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Proto
         client.set_tag(run_id, "verdict_adapter", protocol.adapter.name)
         client.set_tag(run_id, "verdict_adapter_run_ids", ",".join(a.run_id for a in protocol.adapter.finished))
         client.set_tag(run_id, "verdict_full_run_ids", ",".join(a.run_id for a in protocol.full.finished))
+        fresh = [[str(a.seed) for a in protocol.in_delta[arm]] for arm in ("adapter", "full")]
+        client.set_tag(run_id, "verdict.target", protocol.verdict.target)
+        client.set_tag(run_id, "verdict.seeds_adapter", ",".join(fresh[0]))
+        client.set_tag(run_id, "verdict.seeds_full", ",".join(fresh[1]))
+        client.set_tag(run_id, "verdict.looks", str(protocol.verdict.looks))
+        if protocol.ranks:
+            client.set_tag(run_id, "verdict.rank", "none" if protocol.rank is None else str(protocol.rank))
         metrics += [
             Metric("verdict_delta_ndcg_at_10", protocol.verdict.delta, now, 0),
-            Metric("verdict_p_tost", protocol.verdict.p_tost, now, 0),
             Metric("verdict_margin", protocol.verdict.margin, now, 0),
         ]
     for config, prefix in ((protocol.adapter, "adapter"), (protocol.full, "full")):
@@ -191,6 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--margin", type=float, default=0.01, help="equivalence margin in NDCG@10 points (default 0.01)"
+    )
+    parser.add_argument(
+        "--target",
+        choices=list(TARGETS),
+        default="benchmark",
+        help="what the verdict claims: benchmark (default; this benchmark's fixed queries, over training seeds) or "
+        "queries (queries like these: seeds and queries)",
     )
     parser.add_argument("--cost", choices=COST, default="trainable_params", help="x axis of the cost frontier plot")
     parser.add_argument("--no-log", action="store_true", help="write the report files only, log nothing to MLflow")
@@ -216,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
             log_to_mlflow=not args.no_log,
             margin=args.margin,
             cost=args.cost,
+            target=args.target,
         )
     except SweepNotFound as error:
         print(f"error: {error}", file=sys.stderr)
@@ -238,7 +292,7 @@ def winning_arm(result: dict) -> tuple[dict | None, str]:
     configs = {c["name"]: c for c in result["configurations"] if c["runs"]}
     verdict = result.get("verdict")
     if verdict is not None:
-        if verdict["label"] == "inconclusive":
+        if verdict["label"] in ("inconclusive", "no verdict"):
             return None, f"the verdict is inconclusive ({verdict['reason'] or 'see the report'}): no winner to register"
         name = verdict["full"] if verdict["label"] == "inferior" else verdict["adapter"]
         return configs.get(name), f"the verdict: {verdict['label']}"

@@ -19,9 +19,9 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.fingerprint import config_hash
 from pipeline.report.stats import Estimate, PairedTest
+from pipeline.sweep.callbacks import sweep_runs
 from pipeline.tracking.run import METRIC
 from pipeline.tracking.store import all_experiments, search_all_runs
-from pipeline.sweep.callbacks import sweep_runs
 
 DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
 DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")
@@ -64,8 +64,8 @@ class Arm:
     per_query: dict | None = None
     per_dataset: dict[str, float] = field(default_factory=dict)
     ndcg: Estimate | None = None
-    delta: PairedTest | None = None  # vs the selected full fine-tune's run at the same seed, on the same queries
-    p_holm: float | None = None  # delta's p-value, Holm-adjusted over the adapter configurations compared
+    delta: PairedTest | None = None  # run vs run: the selected full fine-tune's run at the same seed, same queries
+    train_loss: float | None = None  # the final train loss (a diverged run: not finite, or huge)
 
     def to_json(self) -> dict:
         return {
@@ -90,8 +90,8 @@ class Arm:
             "cost": self.cost,
             "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
             "per_dataset_ndcg_at_10": self.per_dataset,
-            "delta_vs_full": self.delta._asdict() if self.delta else None,
-            "p_holm": self.p_holm,
+            "delta_vs_full": self.delta._asdict() if self.delta else None,  # run vs run (queries only)
+            "train_loss": self.train_loss,
         }
 
 
@@ -222,6 +222,7 @@ def _arm(run: Run) -> Arm:
         dev_delta=metrics.get("dev_delta_vs_base", math.nan),
         nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
         cost={k: metrics[k] for k in COST if k in metrics},
+        train_loss=metrics.get("train_loss"),
     )
     if arm.status == "FINISHED":
         arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
@@ -280,3 +281,16 @@ def ordered(arms: list[Arm]) -> list[Arm]:
         return (group, arm.method != "lora", arm.method), *(math.inf if x is None else x for x in numbers), arm.name
 
     return sorted(arms, key=key)
+
+
+def recorded(parent: Run, key: str) -> str | None:
+    """A value the sweep recorded on its parent run, as a tag or a param."""
+    return parent.data.tags.get(key) or parent.data.params.get(key)
+
+
+def grid_seeds_of(parent: Run) -> set[int] | None:
+    """The seeds the grid trained (`sweep.grid_seeds`, comma-separated), None when not recorded."""
+    value = recorded(parent, "sweep.grid_seeds")
+    if value is None:
+        return None
+    return {int(float(x)) for x in value.replace("[", "").replace("]", "").split(",") if x.strip()}

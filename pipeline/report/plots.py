@@ -37,39 +37,46 @@ def _full(protocol: Protocol):
 
 
 def plot_ndcg_vs_r(path: Path, protocol: Protocol, baseline: Arm | None, level: float) -> None:
+    """Δ vs the selected full fine-tune per rank (each rank at its best learning rate on dev), with the verdict's
+    interval and the ±margin band: what the rank verdicts decided. Hollow: the grid run alone (queries only)."""
     fig, ax = _figure()
-    ranked = [c for c in _estimated(protocol) if c.method != "full" and c.runs[0].r is not None]
-    series = sorted({(c.method, c.runs[0].alpha, c.runs[0].lr) for c in ranked}, key=str)
-    for i, (method, alpha, lr) in enumerate(series):
-        points = sorted((c for c in ranked if (c.method, c.runs[0].alpha, c.runs[0].lr) == (method, alpha, lr)),
-                        key=lambda c: c.runs[0].r)  # fmt: skip
-        shift = 2 ** (0.04 * (i - (len(series) - 1) / 2))  # side by side, so error bars do not overlap
-        lr_text = f", lr={lr:g}" if lr is not None else ""
+    rows = sorted(protocol.ranks, key=lambda row: row.rank)
+    margin = protocol.verdict.margin if protocol.verdict is not None else None
+    if margin is not None:
+        ax.axhspan(-margin, margin, color="tab:green", alpha=0.12, linewidth=0, label=f"±{margin:g} margin")
+    ax.axhline(0, color="tab:red", linewidth=1, label="full fine-tune (selected)")
+    for seeds_known in (True, False):
+        group = [row for row in rows if (not row.note) == seeds_known]
+        if not group:
+            continue
         ax.errorbar(
-            [c.runs[0].r * shift for c in points],
-            [c.estimate.mean for c in points],
-            yerr=_yerr([c.estimate for c in points]),
-            marker="o",
+            [row.rank for row in group],
+            [row.delta for row in group],
+            yerr=[[max(0.0, row.delta - row.low) for row in group], [max(0.0, row.high - row.delta) for row in group]],
+            fmt="o",
+            markerfacecolor=None if seeds_known else "none",
+            color="tab:blue",
             capsize=3,
-            label=f"{method} alpha={alpha}{lr_text}",
+            label="fresh seeds" if seeds_known else "grid run only (queries only)",
         )
-        for c in points:
-            if c.selected:
-                ax.plot(c.runs[0].r * shift, c.estimate.mean, marker="*", markersize=14, color="black", zorder=5)
-    _reference(ax, _full(protocol), "full fine-tune (selected)", "tab:red", "-")
-    _reference(ax, _base(baseline), "base model", "gray", "--")
-    if ranked:
+    for row in rows:
+        ax.annotate(row.label if not row.note else "", (row.rank, row.high), textcoords="offset points",
+                    xytext=(0, 4), ha="center", fontsize=7)  # fmt: skip
+        if row.rank == protocol.rank:
+            ax.plot(row.rank, row.delta, marker="*", markersize=14, color="black", zorder=5)
+    if rows:
+        ranks = [row.rank for row in rows]
         ax.set_xscale("log", base=2)
-        ranks = sorted({c.runs[0].r for c in ranked})
         ax.xaxis.set_major_locator(FixedLocator(ranks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(r) for r in ranks])
         ax.set_xlim(min(ranks) / 1.4, max(ranks) * 1.4)
     else:
-        ax.text(0.5, 0.5, "no finished adapter runs with a rank", transform=ax.transAxes, ha="center")
-    ax.set_xlabel("adapter rank r (★: selected on dev)")
-    ax.set_ylabel("NanoBEIR mean NDCG@10")
-    ax.set_title(f"NDCG@10 vs rank ({level:.0%} CI over seeds and queries)")
+        ax.text(0.5, 0.5, "no finished adapter ranks to compare", transform=ax.transAxes, ha="center")
+    alpha = protocol.verdict.alpha if protocol.verdict is not None else (1 - level) / 2
+    ax.set_xlabel("adapter rank r, at its best learning rate on dev (★: smallest rank that suffices)")
+    ax.set_ylabel("Δ NanoBEIR mean NDCG@10 vs full")
+    ax.set_title(f"Δ vs full fine-tune by rank ({1 - 2 * alpha:.0%} CI, as the verdict reads it)")
     _finish(fig, ax, path)
 
 

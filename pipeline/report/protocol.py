@@ -1,14 +1,17 @@
-"""The comparison protocol applied to a sweep's runs: configurations, selection on dev, seed estimates, the verdict.
+"""The comparison protocol applied to a sweep's runs: configurations, selection on dev, fresh seeds, the verdict.
 
 1. Runs that differ only by seed are one configuration (`Arm.configuration`).
 2. Each method's configuration is selected on dev NDCG@10 (`pipeline.sweep.selection`, as the sweeper did); the
    adapter that faces the full fine-tune is the selected adapter configuration with the best dev score. NanoBEIR is
    never read to select.
-3. Each configuration's NanoBEIR mean over its seeds, with a CI from seed and query variation
-   (`pipeline.report.seeds`).
-4. The verdict: selected adapter vs selected full fine-tune, within a margin (`pipeline.report.verdict`).
-5. Many arms: every adapter configuration vs the selected full fine-tune on a seed they share (the grid's seed),
-   paired by query (sign-flip permutation test), raw and Holm-adjusted p-values (statsmodels).
+3. Fresh seeds decide: the run that won selection (the selected configuration's run at a grid seed, recorded on the
+   parent run as `sweep.grid_seeds`, else the seeds of the grid's other runs) never enters the verdict's Δ; it is
+   shown beside, marked as the selection run.
+4. The verdict on the fresh seeds, for a stated target (`pipeline.report.verdict`): one look, or the looks of the
+   group-sequential design when `make decide` added seeds in rounds. Beside it: per-dataset Δ and heterogeneity,
+   outlier seeds and diverged losses, each arm's worst seed.
+5. The grid (`pipeline.report.grid`): configuration-level p-values with seed variance, Holm over the grid's adapter
+   configurations; Δ vs full per rank and the smallest rank that suffices.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from statsmodels.stats.multitest import multipletests
-
-from pipeline.sweep.selection import Candidate, dev_scores, select
+from pipeline.report.grid import compare_grid, estimate_of
 from pipeline.report.load import Arm
-from pipeline.report.seeds import Difference, SeedQueryEstimate, arm_estimate, difference
-from pipeline.report.stats import paired_test
-from pipeline.report.verdict import Verdict, decide
+from pipeline.report.verdict import Verdict, decide, from_looks
+from pipeline.statistics.heterogeneity import Heterogeneity, heterogeneity
+from pipeline.statistics.robust import diverged, outlier_seeds, worst_seed
+from pipeline.statistics.seeds import SeedQueryEstimate, arm_estimate, dataset_means, nanobeir_means
+from pipeline.statistics.sequential import Design, Estimate, Look, fixed, look, replay
+from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key
 
 
 @dataclass
@@ -33,8 +37,10 @@ class Configuration:
     key: str
     runs: list[Arm]
     dev: float = math.nan  # its dev score as selection reads it
-    estimate: SeedQueryEstimate | None = None  # NanoBEIR mean over seeds, seed + query CI
+    estimate: SeedQueryEstimate | None = None  # NanoBEIR mean over seeds, seed + query CI (queries only: 1 seed)
     selected: bool = False
+    test: object = None  # pipeline.statistics.family.ConfigurationTest vs the selected full fine-tune
+    p_holm: float | None = None
 
     @property
     def name(self) -> str:
@@ -51,16 +57,34 @@ class Configuration:
         values = [a.trainable_params for a in self.runs if a.trainable_params is not None]
         return values[0] if values else math.inf
 
+    def fresh(self, grid_seeds: set[int]) -> list[Arm]:
+        """Its finished runs at seeds the grid did not use, by seed (the order `make decide` trains them)."""
+        return sorted((a for a in self.finished if a.seed not in grid_seeds), key=lambda a: (a.seed is None, a.seed))
+
+    def selection_runs(self, grid_seeds: set[int]) -> list[Arm]:
+        return [a for a in self.finished if a.seed in grid_seeds]
+
 
 @dataclass
 class Protocol:
     configurations: list[Configuration]
     adapter: Configuration | None = None  # the selected adapter configuration that faces the full fine-tune
     full: Configuration | None = None  # the selected full fine-tune configuration
-    difference: Difference | None = None
+    target: str = "benchmark"
+    grid_seeds: set[int] = field(default_factory=set)
+    estimate: Estimate | None = None
     verdict: Verdict | None = None
-    grid_seed: int | None = None  # the seed the many-arms comparison is made on
+    looks: list[Look] = field(default_factory=list)
+    heterogeneity: Heterogeneity | None = None
+    worst: dict[str, tuple[str, float]] = field(default_factory=dict)  # arm: (run name, its NanoBEIR mean)
+    in_delta: dict[str, list[Arm]] = field(default_factory=dict)  # "adapter", "full": the fresh runs in Δ
+    ranks: list = field(default_factory=list)  # pipeline.report.grid.RankDelta, largest rank first
+    rank: int | None = None  # the smallest rank that suffices (fixed-sequence), None if none
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def grid_seed(self) -> int | None:
+        return min(self.grid_seeds) if self.grid_seeds else None
 
 
 def configurations(arms: list[Arm]) -> list[Configuration]:
@@ -73,12 +97,24 @@ def configurations(arms: list[Arm]) -> list[Configuration]:
 
 
 def apply(
-    arms: list[Arm], margin: float = 0.01, level: float = 0.95, n_resamples: int = 10_000, seed: int = 0
+    arms: list[Arm],
+    margin: float = 0.01,
+    level: float = 0.95,
+    n_resamples: int = 10_000,
+    seed: int = 0,
+    target: str = "benchmark",
+    grid_seeds: set[int] | None = None,
+    design: Design | None = None,
 ) -> Protocol:
+    """The protocol on a sweep's arms. `grid_seeds`: the seeds the grid trained (the parent run's `sweep.grid_seeds`;
+    None: the seeds of the runs of configurations not selected). `design`: the sequential design `make decide`
+    followed (None: one look at the fresh seeds there are)."""
     configs = configurations(arms)
-    protocol = Protocol(configs)
+    protocol = Protocol(configs, target=target)
     candidates = [
-        Candidate(a.method, c.key, a.seed, a.dev if a.status == "FINISHED" else math.nan, c.trainable_params)
+        Candidate(
+            a.method, c.key, a.seed, a.dev if a.status == "FINISHED" else math.nan, tie_key(a.method, a.r, c.name)
+        )
         for c in configs
         for a in c.runs
     ]
@@ -92,54 +128,71 @@ def apply(
     by_key = {c.key: c for c in configs}
     protocol.full = by_key.get(chosen.get("full"))
     adapters = [by_key[key] for method, key in chosen.items() if method != "full"]
-    if adapters:  # the best selected adapter by dev score; ties: fewer trainable parameters
-        protocol.adapter = max(adapters, key=lambda c: (c.dev, -c.trainable_params))
+    if adapters:  # the best selected adapter by dev score; ties: as the sweeper breaks them (tie_key)
+        protocol.adapter = min(adapters, key=lambda c: (-c.dev, tie_key(c.method, c.runs[0].r, c.name)))
+    if grid_seeds is None:  # the seeds of the grid runs: those of the configurations selection passed over
+        grid_seeds = {a.seed for c in configs if not c.selected for a in c.runs if a.seed is not None}
+        if not grid_seeds:
+            protocol.notes.append("no grid seeds recorded (sweep.grid_seeds) and no grid to infer them from")
+    protocol.grid_seeds = set(grid_seeds)
     if any(math.isnan(a.dev) for a in arms if a.status == "FINISHED"):
         protocol.notes.append("runs without dev_ndcg_at_10 (logged before the dev set existed) cannot be selected")
-    _verdict(protocol, margin, level)
-    _many_arms(protocol, n_resamples, seed, level)
+    _verdict(protocol, margin, 1 - level, design)
+    compare_grid(protocol, margin, 1 - level, n_resamples, seed, level)
     return protocol
 
 
-def _verdict(protocol: Protocol, margin: float, level: float) -> None:
+def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | None) -> None:
     adapter, full = protocol.adapter, protocol.full
     if adapter is None or full is None or not adapter.finished or not full.finished:
         protocol.notes.append("no verdict: it needs a finished adapter and a finished full fine-tune with dev scores")
         return
-    try:
-        protocol.difference = difference(
-            [a.per_query for a in adapter.finished], [a.per_query for a in full.finished], level
+    fresh_a, fresh_f = adapter.fresh(protocol.grid_seeds), full.fresh(protocol.grid_seeds)
+    if not fresh_a or not fresh_f:
+        protocol.notes.append(
+            f"no verdict: no fresh seeds ({len(fresh_a)} for the adapter, {len(fresh_f)} for the full fine-tune); "
+            "the run that won selection does not decide (train fresh seeds: make decide)"
         )
+        return
+    try:
+        estimate = estimate_of(fresh_a, fresh_f, protocol.target)
     except ValueError as error:
         protocol.notes.append(f"no verdict: {error}")
         return
-    protocol.verdict = decide(protocol.difference, margin, alpha=(1 - level))
+    protocol.estimate = estimate
+    if design is not None and protocol.target == "benchmark" and not estimate.note:
+        means = [[nanobeir_means([a.per_query])[0] for a in runs] for runs in (fresh_a, fresh_f)]
+        protocol.looks = replay(design, *means, done=True)
+        protocol.verdict = from_looks(protocol.looks, design, estimate)
+        fresh_a, fresh_f = fresh_a[: protocol.verdict.seeds_adapter], fresh_f[: protocol.verdict.seeds_full]
+    else:
+        protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
+        protocol.verdict = decide(estimate, margin, alpha)
+    protocol.in_delta = {"adapter": fresh_a, "full": fresh_f}  # the runs the verdict's Δ is made of
+    _edges(protocol, fresh_a, fresh_f, margin)
 
 
-def _many_arms(protocol: Protocol, n_resamples: int, seed: int, level: float) -> None:
-    """Each adapter run vs the selected full fine-tune's run at the same seed; Holm over the adapter configurations
-    at the grid seed (the seed the full fine-tune's first run has)."""
-    full = protocol.full
-    if full is None or not full.finished:
-        return
-    full_by_seed = {a.seed: a for a in full.finished}
-    protocol.grid_seed = full.finished[0].seed
-    grid_runs = []
-    for config in protocol.configurations:
-        if config is full:
-            continue
-        for arm in config.finished:
-            partner = full_by_seed.get(arm.seed)
-            if partner is None:
-                continue
-            try:
-                arm.delta = paired_test(arm.per_query, partner.per_query, n=n_resamples, seed=seed, level=level)
-            except ValueError as error:
-                protocol.notes.append(f"{arm.name}: no paired test against {partner.name}: {error}")
-                continue
-            if arm.seed == protocol.grid_seed and config.method != "full":
-                grid_runs.append(arm)
-    if grid_runs:
-        adjusted = multipletests([a.delta.p_value for a in grid_runs], method="holm")[1]
-        for arm, p in zip(grid_runs, adjusted, strict=True):
-            arm.p_holm = float(p)
+def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: float) -> None:
+    """Outlier seeds, diverged losses, the worst seed of each arm, per-dataset Δ and heterogeneity."""
+    means = {arm: [nanobeir_means([a.per_query])[0] for a in runs] for arm, runs in (("adapter", fresh_a),
+             ("full", fresh_f))}  # fmt: skip
+    runs = {"adapter": fresh_a, "full": fresh_f}
+    for arm, positions in outlier_seeds(means, floor=3 * margin).items():
+        for i in positions:
+            protocol.notes.append(
+                f"outlier seed: {runs[arm][i].name} scores {means[arm][i]:.4f}, far from its arm's other seeds "
+                "(a collapsed run?); it is in Δ: rerun it or look at its training"
+            )
+    losses = {a.name: a.train_loss for a in fresh_a + fresh_f}
+    for name in diverged(losses):
+        protocol.notes.append(f"diverged loss: {name} ended training at loss {losses[name]}")
+    for arm, scores in means.items():
+        i, value = worst_seed(scores)
+        protocol.worst[arm] = (runs[arm][i].name, value)
+    if len(fresh_a) > 1 and len(fresh_f) > 1 and protocol.verdict.label != "no verdict":
+        margin_, alpha = protocol.verdict.margin, protocol.verdict.alpha
+        protocol.heterogeneity = heterogeneity(
+            dataset_means([a.per_query for a in fresh_a]),
+            dataset_means([a.per_query for a in fresh_f]),
+            judge=lambda e: look(fixed(margin_, alpha), e, 1).label,
+        )

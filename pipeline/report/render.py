@@ -15,16 +15,13 @@ def verdict_sentence(protocol: Protocol) -> str:
     if protocol.verdict is None:
         why = "; ".join(n for n in protocol.notes if n.startswith("no verdict")) or "no verdict"
         return f"**No verdict**: {why.removeprefix('no verdict: ')}."
-    adapter, full = protocol.adapter, protocol.full
-    adapter_text = f"{adapter.name} ({len(adapter.finished)} seeds)"
-    full_text = f"the full fine-tune {full.name} ({len(full.finished)} seeds)"
-    return sentence(protocol.verdict, adapter_text, full_text)
+    return sentence(protocol.verdict, protocol.adapter.name, f"the full fine-tune {protocol.full.name}")
 
 
 def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list[str], list[list[str]]]:
     percent = f"{level:.0%}"
     header = ["run", "method", "r", "alpha", "lr", "seed", "trainable params", "weights MB", "dev NDCG@10"]
-    header += [f"NDCG@10 [{percent} CI]", *datasets, f"Δ vs full [{percent} CI]", "p", "p (Holm)", "status"]
+    header += [f"NDCG@10 [{percent} CI]", *datasets, f"Δ vs full run [{percent} CI]", "p (run vs run)", "status"]
     body = []
     for arm in rows:
         line = [
@@ -43,7 +40,6 @@ def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list
         line += [
             _delta(arm.delta),
             _p(arm.delta.p_value) if arm.delta else "",
-            _p(arm.p_holm) if arm.p_holm is not None else "",
         ]
         body.append([*line, arm.status])
     return header, body
@@ -51,7 +47,8 @@ def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list
 
 def configuration_rows(protocol: Protocol, level: float) -> tuple[list[str], list[list[str]]]:
     header = ["configuration", "method", "selected", "seeds", "dev NDCG@10", "NanoBEIR mean ± sd over seeds"]
-    header += [f"[{level:.0%} CI: seeds + queries]", "trainable params"]
+    header += [f"[{level:.0%} CI: seeds + queries]", "Δ vs full (configuration)", "p (seeds)", "p (Holm)"]
+    header += ["trainable params"]
     body = []
     for c in sorted(protocol.configurations, key=lambda c: (c.method == "full", c.method, -_or(c.dev, -1))):
         e = c.estimate
@@ -64,7 +61,10 @@ def configuration_rows(protocol: Protocol, level: float) -> tuple[list[str], lis
                 str(len(c.finished)),
                 "" if math.isnan(c.dev) else f"{c.dev:.4f}",
                 spread,
-                "" if e is None else f"[{e.low:.4f}, {e.high:.4f}]",
+                "" if e is None else f"[{e.low:.4f}, {e.high:.4f}]" + (" queries only" if e.seeds == 1 else ""),
+                "" if c.test is None else f"{c.test.delta:+.4f}" + (" (pooled seed sd)" if c.test.borrowed else ""),
+                "" if c.test is None or math.isnan(c.test.p_value) else _p(c.test.p_value),
+                "" if c.p_holm is None else _p(c.p_holm),
                 "" if math.isinf(c.trainable_params) else f"{int(c.trainable_params):,}",
             ]
         )
@@ -88,6 +88,7 @@ def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: fl
     lines = [f"# Sweep {result['sweep_id']}: adapter vs full fine-tune", "", verdict_sentence(protocol), ""]
     lines += _answer(rows, protocol) + ["", "## Selected configurations (chosen on dev, reported on NanoBEIR)", ""]
     lines += _table(*configuration_rows(protocol, level), left=3)
+    lines += _verdict_detail(protocol) + _rank_section(protocol)
     lines += ["", "## Every run", ""] + _table(*table_rows(rows, result["datasets"], level))
     failed = [a for a in rows if a.status not in ("FINISHED", "")]
     if failed:
@@ -95,7 +96,7 @@ def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: fl
         lines += [f"- **{a.name}** ({a.run_id}): {a.status}: {_cell(a.error or 'no error recorded')}" for a in failed]
     if result["warnings"]:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in result["warnings"]]
-    grid = f" (seed {protocol.grid_seed})" if protocol.grid_seed is not None else ""
+    grid = f" (seeds {sorted(protocol.grid_seeds)})" if protocol.grid_seeds else ""
     lines += [
         "",
         "## How to read this",
@@ -105,8 +106,11 @@ def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: fl
         f"- Verdict: {stats['verdict']}, margin ±{stats['margin']:g} NDCG@10 (`--margin`). Intervals of a "
         f"configuration: {stats['ci'].split('per configuration: ')[1]}.",
         f"- Every run: CI by {stats['ci'].split(';')[0].removeprefix('per run: ')} ({stats['resamples']:,} resamples, "
-        f"seed {stats['seed']}); Δ vs full and p against the selected full fine-tune's run at the same seed; "
-        f"p (Holm): adjusted over the adapter configurations compared at the grid seed{grid}.",
+        f"seed {stats['seed']}); Δ vs full run and p (run vs run): against the selected full fine-tune's run at the "
+        "same seed, queries the only randomness (these two runs differ, not necessarily the configurations).",
+        f"- Configurations: p (seeds) is Welch's t over per-seed means against the selected full fine-tune (a one-seed "
+        f"configuration borrows its method's pooled seed sd); p (Holm): adjusted over the grid's adapter "
+        f"configurations{grid}.",
         "- Learn vs forget (`learn_vs_forget.png`): each run's change from the base model in domain (dev) against "
         "out of domain (NanoBEIR).",
         f"- Parent run `{result['parent_run_id']}` in `{result['tracking_uri']}`.",
@@ -162,3 +166,60 @@ def _p(p: float) -> str:
 def _cell(text: str) -> str:
     text = " ".join(str(text).split())
     return (text[:300] + "…" if len(text) > 300 else text).replace("|", "\\|")
+
+
+def _verdict_detail(protocol: Protocol) -> list[str]:
+    """What the verdict rests on: fresh seeds, the selection runs beside, looks, worst seeds, per-dataset Δ."""
+    if protocol.verdict is None:
+        return []
+    lines = ["", "## The verdict's evidence", ""]
+    for arm, config in (("adapter", protocol.adapter), ("full", protocol.full)):
+        seeds = ", ".join(str(a.seed) for a in protocol.in_delta[arm])
+        lines.append(f"- {config.name}: Δ from fresh seeds {seeds}.")
+        for run in config.selection_runs(protocol.grid_seeds):
+            lines.append(f"  - selection run (won on dev, not in Δ): {run.name}, NanoBEIR {_mean(run)}")
+        if arm in protocol.worst:
+            name, value = protocol.worst[arm]
+            lines.append(f"  - worst fresh seed: {name}, NanoBEIR {value:.4f}")
+    for x in protocol.looks if len(protocol.looks) > 1 else []:
+        lines.append(
+            f"- look {x.index}: {x.seeds_adapter} + {x.seeds_full} seeds, Δ {x.delta:+.4f}, repeated CI "
+            f"[{x.low:+.4f}, {x.high:+.4f}]: {x.label}; {x.reason}"
+        )
+    h = protocol.heterogeneity
+    if h is not None:
+        lines += [
+            "",
+            "| dataset | Δ (fresh seeds) | se | share of Δ | verdict without it |",
+            "|---|---:|---:|---:|---|",
+        ]
+        lines += [f"| {d.name} | {d.delta:+.4f} | {d.se:.4f} | {d.share:.0%} | {d.label_without} |" for d in h.datasets]
+        lines += ["", f"Heterogeneity across datasets: Cochran's Q {h.q:.2f}, I² {h.i2:.0%}, tau² {h.tau2:.2g}."]
+        lines += [f"- **One dataset drives the result**: {d}." for d in h.drivers]
+    return lines
+
+
+def _rank_section(protocol: Protocol) -> list[str]:
+    if not protocol.ranks:
+        return []
+    answer = "none" if protocol.rank is None else str(protocol.rank)
+    lines = ["", "## The rank that suffices", ""]
+    lines.append(
+        f"Smallest rank equivalent to the full fine-tune (fixed-sequence from the largest rank down): **{answer}**."
+    )
+    lines += [
+        "",
+        "| rank | configuration (best dev) | Δ vs full | CI | verdict | seeds |",
+        "|---:|---|---:|---|---|---:|",
+    ]
+    for row in protocol.ranks:
+        label = row.note or row.label
+        lines.append(
+            f"| {row.rank} | {row.configuration} | {row.delta:+.4f} | [{row.low:+.4f}, {row.high:+.4f}] | {label} "
+            f"| {row.seeds} |"
+        )
+    return lines
+
+
+def _mean(run: Arm) -> str:
+    return "" if run.ndcg is None else f"{run.ndcg.mean:.4f}"

@@ -1,18 +1,21 @@
-"""The verdict: is the selected adapter as good as the selected full fine-tune, within a stated margin?
+"""The verdict: is the selected adapter as good as the selected full fine-tune, within a stated margin, for a stated
+target?
 
-"p > 0.05" is no evidence of "as good as". With Δ = adapter - full (NanoBEIR mean NDCG@10, over seeds and queries,
-`pipeline.report.seeds.difference`) and a margin m (default 0.01 NDCG@10), the verdict reads the intervals the way
-two one-sided tests (TOST) at level alpha do:
+"p > 0.05" is no evidence of "as good as". With Δ = adapter - full (NanoBEIR mean NDCG@10) on fresh seeds (never the
+run that won selection) and a margin m (default 0.01 NDCG@10), the verdict reads intervals the way two one-sided
+tests (TOST) at level alpha do (`pipeline.statistics.sequential.label_of`):
 
-- equivalent:   the (1 - 2 alpha) CI lies inside (-m, +m)   (TOST: both one-sided tests reject);
-- superior:     the (1 - alpha) CI lies above 0, and the adapter is not shown equivalent;
-- inferior:     the (1 - alpha) CI lies below 0, and the adapter is not shown equivalent;
-- non-inferior: the (1 - 2 alpha) CI lies above -m (one-sided test at alpha), nothing stronger holds;
-- inconclusive: none of these, e.g. the CI spans -m and 0. Also with one seed in either arm: seed-to-seed
-  variation is then unmeasured, and often larger than the gaps claimed.
+- equivalent:   the (1 - 2 alpha) interval lies inside (-m, +m);
+- superior / inferior: the (1 - alpha) interval lies above / below 0, and the adapter is not shown equivalent;
+- non-inferior: the (1 - 2 alpha) interval lies above -m, nothing stronger holds;
+- inconclusive: none of these; no verdict: a score is NaN, or seed variation is not measured (one seed, or seeds
+  that score identically).
 
-For an inconclusive verdict, `needed` says roughly how many seeds per arm (queries fixed) or queries (seeds fixed)
-would shrink the interval enough to decide it, if the estimates of the variance parts hold.
+The target it claims (`TARGETS`): "benchmark" (default) - this benchmark's fixed queries, over training randomness
+(Welch's interval over the per-seed NanoBEIR means); "queries" - queries like these, over seeds and queries
+(`pipeline.statistics.seeds`). With fresh seeds added in rounds (`make decide`) the intervals are the repeated
+confidence intervals of the group-sequential design (`pipeline.statistics.sequential`), whose error rates hold over
+all the looks; with a fixed number of seeds, one look, the plain t intervals.
 """
 
 from __future__ import annotations
@@ -22,10 +25,14 @@ from typing import NamedTuple
 
 from scipy import stats
 
-from pipeline.report.seeds import Difference
+from pipeline.statistics.advice import advice
+from pipeline.statistics.sequential import LABELS, Design, Estimate, Look, fixed, look
 
-VERDICTS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive")
-MIN_SEEDS = 2
+VERDICTS = LABELS
+TARGETS = {
+    "benchmark": "on this benchmark (its fixed queries, over training seeds)",
+    "queries": "for queries like these (over training seeds and queries)",
+}
 
 
 class Verdict(NamedTuple):
@@ -33,89 +40,60 @@ class Verdict(NamedTuple):
     margin: float
     alpha: float
     delta: float
-    ci90: tuple[float, float]  # the (1 - 2 alpha) CI the equivalence and non-inferiority tests read
-    ci95: tuple[float, float]  # the (1 - alpha) CI the superiority and inferiority tests read
-    p_tost: float  # TOST p-value for equivalence within +-margin
-    p_noninferiority: float  # one-sided p-value for H0: delta <= -margin
-    reason: str  # for inconclusive: why, and what would decide it
+    ci90: tuple[float, float]  # the (1 - 2 alpha) interval the equivalence and non-inferiority tests read
+    ci95: tuple[float, float]  # the (1 - alpha) interval the superiority and inferiority tests read
+    p_tost: float  # TOST p-value for equivalence within +-margin (one look only; nan over several)
+    p_noninferiority: float  # one-sided p-value for H0: delta <= -margin (one look only)
+    reason: str  # for inconclusive: what would decide it; for no verdict: why
+    target: str = "benchmark"
+    seeds_adapter: int = 0
+    seeds_full: int = 0
+    looks: int = 1
+    stopped: str = ""  # why the sequential rule stopped
 
 
-def decide(diff: Difference, margin: float = 0.01, alpha: float = 0.05) -> Verdict:
-    if margin <= 0:
-        raise ValueError(f"margin={margin} is not allowed: must be > 0 (NDCG@10 points, e.g. 0.01)")
-    ci90, ci95 = diff.ci(1 - 2 * alpha), diff.ci(1 - alpha)
-    p_lower, p_upper = _one_sided(diff, -margin, "greater"), _one_sided(diff, margin, "less")
-    p_tost = max(p_lower, p_upper)
-    label, reason = "inconclusive", ""
-    if not diff.seeds_measured:
-        reason = (
-            f"{diff.seeds_a} seed(s) for the adapter and {diff.seeds_b} for the full fine-tune: seed-to-seed variation "
-            f"is not measured; train at least {MIN_SEEDS} seeds per arm (the protocol's default is 3)"
-        )
-    elif -margin < ci90[0] and ci90[1] < margin:
-        label = "equivalent"
-    elif ci95[0] > 0:
-        label = "superior"
-    elif ci95[1] < 0:
-        label = "inferior"
-    elif ci90[0] > -margin:
-        label = "non-inferior"
-    else:
-        reason = needed(diff, margin, alpha)
-    return Verdict(label, margin, alpha, diff.delta, ci90, ci95, p_tost, p_lower, reason)
+def decide(estimate: Estimate, margin: float = 0.01, alpha: float = 0.05) -> Verdict:
+    """The verdict of one look at a fixed number of seeds."""
+    result = look(fixed(margin, alpha), estimate, 1)
+    verdict = from_looks([result], fixed(margin, alpha), estimate)
+    if result.label == "no verdict" or estimate.se <= 0:
+        return verdict
+    p_lower = float(stats.t.sf((estimate.delta + margin) / estimate.se, estimate.df))
+    p_upper = float(stats.t.cdf((estimate.delta - margin) / estimate.se, estimate.df))
+    return verdict._replace(p_tost=max(p_lower, p_upper), p_noninferiority=p_lower)
 
 
-def _one_sided(diff: Difference, bound: float, alternative: str) -> float:
-    """p-value of the one-sided t-test of delta against `bound` (alternative: delta greater / less than it)."""
-    if diff.se == 0:
-        holds = diff.delta > bound if alternative == "greater" else diff.delta < bound
-        return 0.0 if holds else 1.0
-    t = (diff.delta - bound) / diff.se
-    return float(stats.t.sf(t, diff.df) if alternative == "greater" else stats.t.cdf(t, diff.df))
-
-
-def needed(diff: Difference, margin: float, alpha: float = 0.05) -> str:
-    """Roughly what would decide an inconclusive comparison: seeds per arm, or queries, at the current estimates."""
-    z_two, z_one = stats.norm.ppf(1 - alpha / 2), stats.norm.ppf(1 - alpha)
-    d = diff.delta
-    targets = []  # the largest standard error at which some verdict would be reached
-    if abs(d) < margin:
-        targets.append((margin - abs(d)) / z_one)  # equivalence
-    if d > -margin:
-        targets.append((d + margin) / z_one)  # non-inferiority
-    if d != 0:
-        targets.append(abs(d) / z_two)  # superiority or inferiority
-    if not targets or max(targets) <= 0:
-        return "the estimate sits on the margin: no number of seeds or queries would decide it"
-    se_target = max(targets)
-    seed_part = diff.seed_var_a + diff.seed_var_b  # with k seeds in each arm: seed_part / k
-    now = f"now {diff.seeds_a} and {diff.seeds_b} seeds, {diff.queries} queries"
-    options = []
-    room = se_target**2 - diff.query_var
-    if room > 0 and seed_part > 0:
-        options.append(f"about {max(MIN_SEEDS, math.ceil(seed_part / room))} seeds per arm")
-    seed_now = diff.seed_var_a / diff.seeds_a + diff.seed_var_b / diff.seeds_b
-    room = se_target**2 - seed_now
-    if room > 0 and diff.query_var > 0:
-        options.append(f"about {math.ceil(diff.queries * diff.query_var / room):,} queries")
-    if not options:
-        return f"the interval is {diff.se / se_target:.1f}x too wide; more seeds and more queries together ({now})"
-    return f"{' or '.join(options)} would likely decide it ({now})"
+def from_looks(looks: list[Look], design: Design, estimate: Estimate | None = None) -> Verdict:
+    """The verdict of the last of a sequential design's looks (`pipeline.statistics.sequential.replay`)."""
+    last = looks[-1]
+    reason = last.reason if last.label == "no verdict" else ""
+    if last.label == "inconclusive" and estimate is not None and len(looks) == 1:
+        reason = advice(estimate, design.margin, design.alpha)
+    return Verdict(
+        last.label, design.margin, design.alpha, last.delta, (last.low, last.high),
+        (last.low_two_sided, last.high_two_sided), math.nan, math.nan, reason, last.target, last.seeds_adapter,
+        last.seeds_full, len(looks), last.reason if len(looks) > 1 else "",
+    )  # fmt: skip
 
 
 def sentence(verdict: Verdict, adapter: str, full: str) -> str:
-    """The report's opening sentence."""
+    """The report's opening sentence: the label, what it claims (its target), Δ and its interval, the seeds."""
     m, (l90, h90), (l95, h95) = verdict.margin, verdict.ci90, verdict.ci95
-    ci = f"Δ = {verdict.delta:+.4f} NDCG@10, {1 - 2 * verdict.alpha:.0%} CI [{l90:+.4f}, {h90:+.4f}]"
+    if verdict.label == "no verdict":
+        return f"**No verdict**: {adapter} vs {full}: {verdict.reason}."
+    level = f"{1 - 2 * verdict.alpha:.0%} {'repeated ' if verdict.looks > 1 else ''}CI"
+    ci = f"Δ = {verdict.delta:+.4f} NDCG@10, {level} [{l90:+.4f}, {h90:+.4f}]"
+    p = "" if math.isnan(verdict.p_tost) else f" (TOST p = {verdict.p_tost:.3g})"
     what = {
-        "equivalent": f"is equivalent to {full} within ±{m:g} NDCG@10 (TOST p = {verdict.p_tost:.3g})",
-        "non-inferior": f"is non-inferior to {full}: not worse by more than {m:g} NDCG@10 "
-        f"(p = {verdict.p_noninferiority:.3g}), but not shown equivalent",
+        "equivalent": f"is equivalent to {full} within ±{m:g} NDCG@10{p}",
+        "non-inferior": f"is non-inferior to {full}: not worse by more than {m:g} NDCG@10, but not shown equivalent",
         "superior": f"is better than {full} ({1 - verdict.alpha:.0%} CI [{l95:+.4f}, {h95:+.4f}] above 0)",
         "inferior": f"is worse than {full} ({1 - verdict.alpha:.0%} CI [{l95:+.4f}, {h95:+.4f}] below 0)",
         "inconclusive": f"cannot be told apart from {full} within ±{m:g} NDCG@10",
     }[verdict.label]
-    text = f"**{verdict.label.capitalize()}**: {adapter} {what}; {ci}."
+    seeds = f"{verdict.seeds_adapter} and {verdict.seeds_full} fresh seeds"
+    looks = f", {verdict.looks} looks ({verdict.stopped})" if verdict.looks > 1 else ""
+    text = f"**{verdict.label.capitalize()}** {TARGETS[verdict.target]}: {adapter} {what}; {ci}; {seeds}{looks}."
     if verdict.reason:
         text += f" {verdict.reason[0].upper()}{verdict.reason[1:]}."
     return text

@@ -5,8 +5,10 @@ curse). The sweeper (hydra_plugins) and the report (pipeline.report) both select
 the configurations the sweep replicated.
 
 A configuration's dev score is its mean dev NDCG@10 over the seeds that every configuration of its method has (the
-grid's seed, once replicates exist); where they share none, over its own seeds. Ties: fewer trainable parameters,
-then the order given.
+grid's seed, once fresh seeds exist); where they share none, over its own seeds. Ties (a saturated dev set ties often):
+`tie_key`, which the sweeper and the report both compute from the configuration itself (neither needs a run's
+parameter count, which the sweeper does not have): fewer parameters first (any adapter before the full fine-tune,
+then the smaller rank), then the configuration's name in text order.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ class Candidate(NamedTuple):
     config: Hashable  # identifies the configuration across seeds
     seed: int | None
     dev: float  # dev NDCG@10; nan for a failed run
-    trainable_params: float = math.inf
+    tie: tuple = ()  # tie_key(...): what breaks a dev-score tie, lowest first
+
+
+def tie_key(method: str, r: int | None, name: str) -> tuple:
+    """A dev-score tie goes to fewer parameters: an adapter before the full fine-tune, a smaller rank first; then to
+    the configuration's name (its run name without the seed, e.g. `lora-r8-a16-lr2e-4`) in text order."""
+    return (method == "full", r if r is not None else 0, name)
 
 
 def dev_scores(candidates: Iterable[Candidate]) -> dict[tuple[str, Hashable], float]:
@@ -41,12 +49,21 @@ def dev_scores(candidates: Iterable[Candidate]) -> dict[tuple[str, Hashable], fl
 
 
 def select(candidates: list[Candidate]) -> dict[str, Hashable]:
-    """{method: the configuration with the best dev score}."""
-    params = {(c.method, c.config): c.trainable_params for c in candidates}
+    """{method: the configuration with the best dev score}; ties by `tie_key`, then the order given."""
+    ties = {(c.method, c.config): c.tie for c in candidates}
     order = {key: i for i, key in reversed(list(enumerate((c.method, c.config) for c in candidates)))}
     best: dict[str, tuple] = {}
     for (method, config), score in dev_scores(candidates).items():
-        rank = (-score, params[(method, config)], order[(method, config)])
+        rank = (-score, ties[(method, config)], order[(method, config)])
         if method not in best or rank < best[method][0]:
             best[method] = (rank, config)
     return {method: config for method, (_, config) in best.items()}
+
+
+def returned_dev(result) -> float:
+    """The dev NDCG@10 a sweep job returned (its Hydra JobReturn); nan for a job that raised or returned nothing."""
+    try:
+        value = result.return_value
+    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
+        return math.nan
+    return math.nan if value is None else float(value)

@@ -7,8 +7,12 @@ Arguments it does not know are passed on to `mlflow server`.
 
 The comparison view is an MLflow *saved view* (MLflow >= 3.17): an experiment tag `mlflow.sharedViewState.<key>` that
 the runs page loads from `#/experiments/<id>/runs?viewStateShareKey=<key>` and lists under *Views*. It holds the
-search facets (only the fine-tune runs, best `nanobeir_mean_ndcg_at_10` first, which also flattens the sweep parent /
-child nesting) and the visible columns (the NDCG metric, method, r, alpha, trainable parameters, sweep id).
+search facets (every run: the fine-tune runs and the sweeps' parent runs that carry the verdicts; best
+`nanobeir_mean_ndcg_at_10` first, which also flattens the sweep parent / child nesting and lists the parent runs,
+without a score, after the jobs) and the visible columns (the NDCG metric, the verdict, method, r, alpha, trainable
+parameters, sweep id, then the verdict's sentence, target and seeds). The newest verdict's sentence, target and seeds
+also head the experiment's description, above the table. (MLflow's saved views do not keep pinned runs, and its search
+has no OR: a filter cannot pick the jobs plus only the parents with a verdict.)
 `describe_experiment` writes it, with the experiment's description (`mlflow.note.content`) and its kind (a model
 training experiment: MLflow opens it on its runs, not on GenAI traces). The URL also picks the *Model training* sidebar
 (`workflowType=machine_learning`).
@@ -41,19 +45,27 @@ NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
 NOTE_HASH_TAG = "pipeline.note_sha1"  # of the note written here: a note the user wrote or edited is never overwritten
 PIPELINE_RUNS = "tags.method LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
+VERDICTS = "tags.`pipeline.role` = 'sweep' AND tags.verdict LIKE '%'"  # the sweeps' parent runs with a verdict
 HEALTH_TIMEOUT_S = 60.0
 COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across the Metrics / Parameters groups
     "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha>-lr<lr>-s<seed> / full-lr<lr>-s<seed>
-    f"metrics.`{NDCG}`": 200,
-    "params.`finetune.method`": 125,
-    "params.`finetune.r`": 90,
-    "params.`finetune.alpha`": 110,
+    f"metrics.`{NDCG}`": 190,
+    "params.`finetune.method`": 115,
+    "params.`finetune.r`": 80,
+    "params.`finetune.alpha`": 100,
+    "tags.`verdict`": 95,  # on the sweeps' parent runs: equivalent / non-inferior / superior / inferior / ...
     f"metrics.`{DEV}`": 130,
     "params.`train.lr`": 90,
     "params.`train.seed`": 90,
     "metrics.`trainable_params`": 130,
     "tags.`sweep_id`": 110,
-    "runDateAndNestInfo": 135,  # "Created"
+    "tags.`verdict.sentence`": 420,  # what the verdict claims, with its interval and margin
+    "tags.`verdict.target`": 110,  # benchmark: these fixed queries, over training seeds; queries: queries like these
+    "tags.`verdict.seeds_adapter`": 120,  # the fresh seeds whose runs make up the difference
+    "tags.`verdict.seeds_full`": 120,
+    "tags.`verdict.looks`": 90,
+    "tags.`verdict.rank`": 100,  # the smallest rank that sufficed, or none
+    "runDateAndNestInfo": 115,  # "Created"
     "duration": None,
 }
 
@@ -69,8 +81,10 @@ the training data: what sweeps select learning rates and adapter settings on.
 **The comparison:** *Views → {VIEW_NAME}* (the URL `make ui` prints) lists the fine-tune runs, best NDCG@10 first,
 with the method, LoRA rank r and alpha (r and alpha mean nothing for `full`), trainable parameters and sweep id. Failed
 runs come last, without a score. One sweep only: add `AND tags.sweep_id = '<id>'` to the search.
-The runs named `sweep-<id>` are the sweeps' parent runs; `make compare` sets their `verdict` tag and description and
-logs the report (selection on dev, seed + query CIs, the verdict within a margin) under their `report/` artifacts.
+The runs named `sweep-<id>` are the sweeps' parent runs; the newest ones with a verdict are pinned at the top, with
+the verdict, its sentence, its target and the seeds it spent (`make decide`: `verdict.*` tags, each look as a
+`verdict.look.*` metric); `make compare` sets their `verdict` tag and description and logs the report (selection on
+dev, seed + query CIs, the verdict within a margin) under their `report/` artifacts.
 """
 
 
@@ -78,7 +92,7 @@ def comparison_state() -> dict:
     """The runs page state of the comparison view: search facets and UI state, as MLflow's UI saves them."""
     return {
         # search facets
-        "searchFilter": PIPELINE_RUNS,
+        "searchFilter": "",  # every run: the jobs, and the parent runs that carry the verdicts
         "orderByKey": f"metrics.`{NDCG}`",  # not start_time: the runs are listed flat, not nested under the sweep
         "orderByAsc": False,
         "startTime": "ALL",
@@ -126,12 +140,27 @@ def describe_experiment(client: MlflowClient, experiment_id: str) -> None:
     if not unchanged:
         view = {"name": VIEW_NAME, "createdAt": created, "updatedAt": now, "state": state}
         wanted[VIEW_TAG] = json.dumps(view, separators=(",", ":"))
-    note = tags.get(NOTE_TAG, "")
+    note, ours = tags.get(NOTE_TAG, ""), latest_verdict(client, experiment_id) + NOTE
     if not note.strip() or _sha1(note) == tags.get(NOTE_HASH_TAG):
-        wanted.update({NOTE_TAG: NOTE, NOTE_HASH_TAG: _sha1(NOTE)})
+        wanted.update({NOTE_TAG: ours, NOTE_HASH_TAG: _sha1(ours)})
     for key, value in wanted.items():
         if tags.get(key) != value:
             client.set_experiment_tag(experiment_id, key, value)
+
+
+def latest_verdict(client: MlflowClient, experiment_id: str) -> str:
+    """The head of the description: the newest sweep's verdict, its sentence, target and the seeds it spent."""
+    runs = client.search_runs([experiment_id], VERDICTS, order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return ""
+    tags = runs[0].data.tags
+    seeds = [f"{arm} {tags[f'verdict.seeds_{arm}']}" for arm in ("adapter", "full") if f"verdict.seeds_{arm}" in tags]
+    lines = [
+        f"**Latest verdict** (run `{runs[0].info.run_name}`): {tags.get('verdict.sentence') or tags['verdict']}",
+        f"target: {tags.get('verdict.target', 'not stated')}; fresh seeds: {'; '.join(seeds) or 'not recorded'}"
+        + (f"; looks: {tags['verdict.looks']}" if "verdict.looks" in tags else ""),
+    ]
+    return "\n\n".join(lines) + "\n\n"
 
 
 def _sha1(text: str) -> str:

@@ -1,4 +1,4 @@
-"""Uncertainty from both training seeds and queries: a configuration trained with k seeds, scored on the same queries.
+"""The target "queries" (queries like these): uncertainty from both training seeds and queries: a configuration trained with k seeds, scored on the same queries.
 
 The model behind it, for arm a, seed s and query q (within dataset d):
 
@@ -19,6 +19,9 @@ seeds of each seed's NanoBEIR mean. Its variance has three parts, each estimated
 The interval is Student's t with Welch-Satterthwaite degrees of freedom (seed parts: k - 1 each), which keeps near
 nominal coverage with 3 seeds where a bootstrap over 3 seeds would be too narrow (tests/test_seeds.py simulates it).
 With one seed per arm the seed part cannot be measured: the interval then holds query variation only and says so.
+
+The default target, "benchmark" (this benchmark's fixed queries, over training randomness), needs only each seed's
+NanoBEIR mean (`seed_means`, `pipeline.statistics.sequential.benchmark_difference`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
+
+from pipeline.statistics.sequential import Estimate
 
 PerQuery = Mapping[str, Mapping[str, float]]
 
@@ -161,3 +166,33 @@ def difference(a: Sequence[PerQuery], b: Sequence[PerQuery], level: float = 0.95
     p = float(2 * stats.t.sf(abs(delta) / se, df)) if se > 0 else float(delta == 0)
     queries = sum(x.shape[1] for x in xa.values())
     return Difference(delta, delta - t * se, delta + t * se, se, df, p, ka, kb, var_a, var_b, query, queries)
+
+
+def nanobeir_means(seeds: Sequence[PerQuery]) -> list[float]:
+    """Each seed's NanoBEIR mean (nan where a score is not finite), datasets weighted 1/D."""
+    return [float(m) for m in seed_means(stack(seeds))]
+
+
+def dataset_means(seeds: Sequence[PerQuery]) -> dict[str, np.ndarray]:
+    """{dataset: each seed's mean over its queries}."""
+    return {name: a.mean(axis=1) for name, a in stack(seeds).items()}
+
+
+def queries_difference(adapter: Sequence[PerQuery], full: Sequence[PerQuery]) -> Estimate:
+    """Δ for queries like these (seed and query variation, `difference`) as an Estimate the verdict reads."""
+    return as_estimate(difference(adapter, full))
+
+
+def as_estimate(diff: Difference) -> Estimate:
+    """A `difference` as the Estimate the verdict reads, target "queries"; its note says when it cannot be read."""
+    note = ""
+    if not np.isfinite(diff.delta):
+        note = "a score is not finite (NaN or inf): no verdict until that run is fixed or rerun"
+    elif not diff.seeds_measured:
+        note = (
+            f"{diff.seeds_a} seed(s) for the adapter and {diff.seeds_b} for the full fine-tune: seed-to-seed "
+            "variation is not measured, the interval holds queries only"
+        )
+    elif diff.seed_var_a == 0 or diff.seed_var_b == 0:
+        note = "an arm's seeds scored identically: seed variation not measured (is the seed applied?)"
+    return Estimate(diff.delta, diff.se, diff.df, diff.seeds_a, diff.seeds_b, "queries", note)

@@ -1,0 +1,263 @@
+"""Seeds added until the verdict is decided: a group-sequential design with repeated confidence intervals.
+
+The verdict compares Δ = adapter - full (NanoBEIR mean NDCG@10) with an equivalence margin m. Seeds are trained in
+rounds; after each round the verdict looks at the data, and stops as soon as it is decided. Looking repeatedly at
+the usual intervals would spend the error rate once per look; here each look reads a *repeated confidence interval*
+(RCI) whose width is set so that the error rates hold over all the looks together (Jennison & Turnbull 2000, *Group
+Sequential Methods with Applications to Clinical Trials*, ch. 7 (alpha spending) and ch. 9 (repeated confidence
+intervals; equivalence: "the RCI lies inside (-m, m)"); Lan & DeMets 1983, Biometrika 70:659).
+
+- Information fraction at a look: t = n / budget, n the seeds per arm (the harmonic mean when the arms differ),
+  t = 1 at the final look (an unplanned final look, e.g. a failed seed, spends all that is left).
+- Alpha spending, O'Brien-Fleming type (Lan & DeMets): a(t) = 2 - 2 Phi(z_{1-a/2} / sqrt(t)), so a(1) = a. Early
+  looks spend almost nothing, and the final look's critical value stays close to the fixed design's.
+- Boundaries c_1..c_K on the z scale from the canonical joint distribution of the look statistics, corr(Z_i, Z_j) =
+  sqrt(t_i / t_j): P(Z_1 < c_1, ..., Z_{k-1} < c_{k-1}, Z_k >= c_k) = a(t_k) - a(t_{k-1}), by recursive numerical
+  integration (they agree with scipy.stats.multivariate_normal's crossing probabilities to 1e-6, 100x faster).
+- At each look the critical value is the Student t quantile, at that look's Welch-Satterthwaite df, of the same
+  nominal tail probability as c_k.
+- Two RCIs per look: the (1 - 2 alpha) one (each bound from a one-sided alpha spending) for equivalence and
+  non-inferiority, as TOST reads it; the (1 - alpha) one (alpha/2 per side) for superiority and inferiority.
+
+Labels at a look (`label_of`): equivalent (the 1 - 2 alpha RCI inside (-m, m)), else superior / inferior (the
+1 - alpha RCI above / below 0), else non-inferior (the 1 - 2 alpha RCI above -m), else inconclusive. A look stops on
+equivalent, superior or inferior; non-inferior goes on (equivalence may still follow) until the budget is spent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
+
+import numpy as np
+from scipy import optimize, stats
+
+LABELS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive", "no verdict")
+DECIDED = ("equivalent", "superior", "inferior")  # a look with one of these stops
+TARGETS = ("benchmark", "queries")
+
+
+@dataclass(frozen=True)
+class Design:
+    margin: float = 0.01  # equivalence margin, NDCG@10
+    alpha: float = 0.05  # per one-sided test (TOST at alpha reads the 1 - 2 alpha RCIs)
+    first: int = 3  # fresh seeds per arm at the first look
+    step: int = 2  # seeds added per arm per round
+    budget: int = 10  # most fresh seeds per arm
+
+    def __post_init__(self) -> None:
+        if not self.margin > 0:
+            raise ValueError(f"margin={self.margin} is not allowed: must be > 0 (NDCG@10 points, e.g. 0.01)")
+        if not 0 < self.alpha < 0.5:
+            raise ValueError(f"alpha={self.alpha} is not allowed: must be in (0, 0.5), e.g. 0.05")
+        if self.first < 2 or self.step < 1 or self.budget < self.first:
+            raise ValueError(
+                f"first={self.first}, step={self.step}, budget={self.budget} are not allowed: "
+                "need first >= 2 seeds (seed variance), step >= 1 and budget >= first"
+            )
+
+    def looks(self) -> list[int]:
+        """Seeds per arm at each planned look, e.g. [3, 5, 7, 9, 10]."""
+        return [*range(self.first, self.budget, self.step), self.budget]
+
+    def critical(self, k: int, df: float, alpha: float | None = None, seeds: Sequence[int] | None = None) -> float:
+        """The look-k (1-based) critical value at `df`: Student t at the nominal tail probability of the
+        alpha-spending boundary. `alpha`: one-sided level (default the design's); `seeds`: seeds per arm at looks
+        1..k as taken (default the planned looks)."""
+        seeds = list(seeds if seeds is not None else self.looks()[:k])
+        if len(seeds) != k or k < 1:
+            raise ValueError(f"look {k} needs the seeds of looks 1..{k}, got {seeds}")
+        z = boundaries(self.fractions(seeds), self.alpha if alpha is None else alpha)[-1]
+        tail = stats.norm.sf(z)
+        return float(stats.t.isf(tail, df)) if math.isfinite(df) else float(z)
+
+    def fractions(self, seeds: Sequence[float]) -> tuple[float, ...]:
+        """Information fractions of looks with these seeds per arm; the last is 1 when the budget is reached."""
+        fractions = [min(1.0, n / self.budget) for n in seeds]
+        if any(b <= a for a, b in zip(fractions, fractions[1:], strict=False)):
+            raise ValueError(f"seeds per look must grow: {list(seeds)}")
+        return tuple(round(f, 12) for f in fractions)
+
+
+def spent(t: float, alpha: float) -> float:
+    """O'Brien-Fleming-type alpha spending (Lan & DeMets 1983): the one-sided error spent by information t."""
+    return float(2 * stats.norm.sf(stats.norm.isf(alpha / 2) / math.sqrt(t))) if t > 0 else 0.0
+
+
+@lru_cache(maxsize=256)
+def boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]:
+    """Upper z boundaries c_1..c_K for looks at these information fractions (one-sided level alpha).
+
+    The look statistics are Z_k = B(t_k) / sqrt(t_k), B a standard Brownian motion (corr(Z_i, Z_j) =
+    sqrt(t_i / t_j)); the density of B(t_k) on the paths that crossed no earlier boundary is carried from look to
+    look on a grid (Armitage, McPherson & Rowe 1969; Jennison & Turnbull 2000, section 19.2), and c_k is the root of
+    P(no earlier crossing, Z_k >= c_k) = a(t_k) - a(t_{k-1})."""
+    cs: list[float] = []
+    grid = weights = density = None  # B(t_{k-1}) on the paths still going: Simpson nodes, weights and density
+    previous = 0.0
+    for t in fractions:
+        increment = spent(t, alpha) - spent(previous, alpha)
+        if density is None:
+            c = float(stats.norm.isf(increment))
+        else:
+            s = math.sqrt(t - previous)
+
+            def excess(c: float, grid=grid, mass=weights * density, s=s, t=t, increment=increment) -> float:
+                return float(mass @ stats.norm.sf((c * math.sqrt(t) - grid) / s)) - increment
+
+            c = float(optimize.brentq(excess, -10, 40, xtol=1e-10))
+        new_grid, new_weights = _simpson(-10 * math.sqrt(t), min(c, 10.0) * math.sqrt(t))
+        if density is None:
+            density = stats.norm.pdf(new_grid, scale=math.sqrt(t))
+        else:
+            kernel = stats.norm.pdf((new_grid[:, None] - grid[None, :]) / s) / s
+            density = kernel @ (weights * density)
+        grid, weights = new_grid, new_weights
+        cs.append(c)
+        previous = t
+    return tuple(cs)
+
+
+def _simpson(low: float, high: float, points: int = 1201) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes and weights of Simpson's rule on [low, high]."""
+    nodes = np.linspace(low, high, points)
+    weights = np.ones(points)
+    weights[1:-1:2], weights[2:-1:2] = 4, 2
+    return nodes, weights * (nodes[1] - nodes[0]) / 3
+
+
+class Estimate(NamedTuple):
+    """A difference adapter - full with its standard error and degrees of freedom."""
+
+    delta: float
+    se: float
+    df: float
+    seeds_adapter: int
+    seeds_full: int
+    target: str  # "benchmark" (these queries, over training seeds) | "queries" (queries like these)
+    note: str = ""  # why it cannot be read (NaN, seed variance not measured), empty when it can
+
+
+def welch(adapter: Sequence[float], full: Sequence[float]) -> tuple[float, float, float, float, float]:
+    """Δ, its standard error, Welch-Satterthwaite df, and each arm's sample variance of the given values."""
+    a, b = np.asarray(adapter, dtype=float), np.asarray(full, dtype=float)
+    va = float(np.var(a, ddof=1)) if a.size > 1 else math.nan
+    vb = float(np.var(b, ddof=1)) if b.size > 1 else math.nan
+    parts = (va / a.size, vb / b.size)
+    se2 = sum(parts)
+    denominator = parts[0] ** 2 / max(1, a.size - 1) + parts[1] ** 2 / max(1, b.size - 1)
+    df = se2**2 / denominator if denominator > 0 else math.inf
+    return float(a.mean() - b.mean()), math.sqrt(se2), float(df), va, vb
+
+
+def benchmark_difference(adapter: Sequence[float], full: Sequence[float]) -> Estimate:
+    """Δ for this benchmark's fixed queries over training randomness, from each fresh seed's NanoBEIR mean: Welch's
+    interval with Welch-Satterthwaite df (it holds when the two arms' seed spreads differ)."""
+    a, b = np.asarray(adapter, dtype=float), np.asarray(full, dtype=float)
+    if a.size == 0 or b.size == 0:
+        raise ValueError(f"no seeds: {a.size} for the adapter, {b.size} for the full fine-tune")
+    note = ""
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        bad = int(np.sum(~np.isfinite(a)) + np.sum(~np.isfinite(b)))
+        note = f"{bad} seed score(s) are not finite (NaN or inf): no verdict until that run is fixed or rerun"
+        return Estimate(math.nan, math.nan, math.nan, a.size, b.size, "benchmark", note)
+    if a.size < 2 or b.size < 2:
+        note = f"{a.size} seed(s) for the adapter and {b.size} for the full fine-tune: seed variation not measured"
+    delta, se, df, va, vb = welch(a, b)
+    if not note and (va == 0 or vb == 0):
+        arm = "adapter's" if va == 0 else "full fine-tune's"
+        note = f"the {arm} seeds scored identically: seed variation not measured (is the seed applied?)"
+    return Estimate(delta, se, df, a.size, b.size, "benchmark", note)
+
+
+@dataclass(frozen=True)
+class Look:
+    index: int  # 1-based
+    seeds_adapter: int
+    seeds_full: int
+    delta: float
+    low: float  # the (1 - 2 alpha) RCI: equivalence and non-inferiority read it
+    high: float
+    df: float
+    critical: float  # its t critical value
+    low_two_sided: float  # the (1 - alpha) RCI: superiority and inferiority read it
+    high_two_sided: float
+    label: str  # one of LABELS
+    stop: bool
+    reason: str  # why it stops (decided, budget spent, no verdict) or why it goes on
+    target: str = "benchmark"
+
+
+def label_of(low: float, high: float, low_two_sided: float, high_two_sided: float, margin: float) -> str:
+    """The verdict of a pair of intervals (see the module docstring)."""
+    if -margin < low and high < margin:
+        return "equivalent"
+    if low_two_sided > 0:
+        return "superior"
+    if high_two_sided < 0:
+        return "inferior"
+    if low > -margin:
+        return "non-inferior"
+    return "inconclusive"
+
+
+def look(
+    design: Design, estimate: Estimate, index: int, seeds: Sequence[int] | None = None, final: bool = False
+) -> Look:
+    """The verdict at look `index` (1-based) of `design`. `seeds`: seeds per arm at the earlier looks as taken
+    (default: the planned ones); this look's own count comes from `estimate`. The look is the final one when its
+    seeds reach the budget, it is the last planned look, or `final` says so (no more seeds will come, e.g. the
+    budget's last round failed): it spends all the alpha that is left."""
+    n = 2 / (1 / estimate.seeds_adapter + 1 / estimate.seeds_full)  # per arm, harmonic mean
+    earlier = list(seeds if seeds is not None else design.looks()[: index - 1])
+    if len(earlier) != index - 1:
+        raise ValueError(f"look {index} needs the seeds of the {index - 1} earlier look(s), got {earlier}")
+    final = final or n >= design.budget or index >= len(design.looks())
+    taken = [*earlier, design.budget if final else n]
+    common = (index, estimate.seeds_adapter, estimate.seeds_full, estimate.delta)
+    if estimate.note or not (math.isfinite(estimate.delta) and estimate.se > 0):
+        why = estimate.note or f"the standard error is {estimate.se}: nothing to read"
+        nan = math.nan
+        return Look(*common, nan, nan, estimate.df, nan, nan, nan, "no verdict", True, why, estimate.target)
+    c1 = design.critical(index, estimate.df, design.alpha, taken)
+    c2 = design.critical(index, estimate.df, design.alpha / 2, taken)
+    d, se = estimate.delta, estimate.se
+    bounds = (d - c1 * se, d + c1 * se, d - c2 * se, d + c2 * se)
+    label = label_of(*bounds, design.margin)
+    stop = label in DECIDED or final
+    if label in DECIDED:
+        reason = f"decided at look {index}: {label}"
+    elif final and n >= design.budget:
+        reason = f"budget spent ({design.budget} seeds per arm): {label}"
+    elif final:
+        reason = f"no more seeds ({n:g} per arm of a budget of {design.budget}): {label}"
+    else:
+        reason = f"{label} at look {index}: the next round adds {design.step} seeds per arm"
+    return Look(*common, bounds[0], bounds[1], estimate.df, c1, bounds[2], bounds[3], label, stop, reason,
+                estimate.target)  # fmt: skip
+
+
+def fixed(margin: float = 0.01, alpha: float = 0.05) -> Design:
+    """The one-look design of a fixed number of seeds: its critical values are the plain t quantiles."""
+    return Design(margin=margin, alpha=alpha, first=2, step=1, budget=2)
+
+
+def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done: bool = False) -> list[Look]:
+    """The looks the design takes on fresh seeds' scores given in the order they were trained (per-seed NanoBEIR
+    means), up to the first that stops or the last the seeds allow; a count short of the next planned look (a failed
+    seed) is taken as an unplanned look, the final one when `done` (no more seeds will come)."""
+    looks: list[Look] = []
+    have = min(len(adapter), len(full))
+    for n in design.looks():
+        n = min(n, have)
+        if looks and n <= looks[-1].seeds_adapter:
+            break
+        taken = [x.seeds_adapter for x in looks]
+        last = done and n == have
+        looks.append(look(design, benchmark_difference(adapter[:n], full[:n]), len(looks) + 1, taken, last))
+        if looks[-1].stop:
+            break
+    return looks

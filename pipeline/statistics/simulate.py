@@ -1,0 +1,78 @@
+"""Seeds the sequential rule spends to a decision, against a fixed design with the same error rates.
+
+    python -m pipeline.statistics.simulate [--reps 2000] [--datasets 13] [--seed-sd 0.025] [--budget 10]
+
+NDCG@10-like scores (`pipeline.statistics.generator`) with the true Δ on each benchmark set exactly; for each Δ the
+sequential design (`pipeline.statistics.sequential`, default looks at 3, 5, 7, 9, 10 seeds per arm) runs to its
+stop, and we count the seeds per arm it spent (its average sample number, ASN). The fixed design it is set against
+has the same alpha and at least the same power: the smallest fixed number of seeds per arm whose one-look verdict
+calls a truly equal adapter equivalent at least as often as the sequential rule does. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from pipeline.statistics.generator import Benchmark, Scenario
+from pipeline.statistics.sequential import Design, benchmark_difference, fixed, look, replay
+
+DELTAS = (0.0, -0.005, 0.005, -0.01, 0.01, -0.02)
+
+
+def seed_means(scenario: Scenario, delta: float, seeds: int, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    bench = Benchmark(scenario, reps, rng)
+    adapter, full = bench.shift_for(delta)
+    return bench.nanobeir(bench.scores(0, adapter, seeds, rng)), bench.nanobeir(bench.scores(1, full, seeds, rng))
+
+
+def sequential(design: Design, adapter: np.ndarray, full: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Each replicate's final label and the seeds per arm it spent."""
+    lasts = [replay(design, a, f)[-1] for a, f in zip(adapter, full, strict=True)]
+    return [x.label for x in lasts], np.array([x.seeds_adapter for x in lasts])
+
+
+def fixed_power(design: Design, adapter: np.ndarray, full: np.ndarray, n: int) -> float:
+    """P(equivalent) of one look at n seeds per arm."""
+    one = fixed(design.margin, design.alpha)
+    labels = [look(one, benchmark_difference(a[:n], f[:n]), 1).label for a, f in zip(adapter, full, strict=True)]
+    return labels.count("equivalent") / len(labels)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.statistics.simulate", description=__doc__.split("\n")[0])
+    parser.add_argument("--reps", type=int, default=2000)
+    parser.add_argument("--datasets", type=int, default=13)
+    parser.add_argument("--seed-sd", type=float, default=0.025, help="sd of a seed's latent shift (both arms)")
+    parser.add_argument("--budget", type=int, default=10)
+    parser.add_argument("--most", type=int, default=30, help="largest fixed design tried")
+    args = parser.parse_args(argv)
+    design = Design(budget=args.budget)
+    scenario = Scenario(datasets=args.datasets, sizes=(40, 50), seed_sd=(args.seed_sd, args.seed_sd))
+    adapter, full = seed_means(scenario, 0.0, args.most, args.reps, seed=0)
+    spread = np.concatenate([adapter, full]).std(axis=1, ddof=1).mean()
+    labels, spent = sequential(design, adapter[:, : args.budget], full[:, : args.budget])
+    power = labels.count("equivalent") / args.reps
+    n_fixed = next((n for n in range(2, args.most + 1) if fixed_power(design, adapter, full, n) >= power), None)
+    print(f"Design: looks at {design.looks()} seeds per arm, margin {design.margin}, alpha {design.alpha}; "
+          f"{args.datasets} datasets, per-seed sd of the NanoBEIR mean {spread:.4f}; {args.reps} replicates.")  # fmt: skip
+    print(f"Fixed design with the same alpha and power (P(equivalent | Δ = 0) >= {power:.3f}): {n_fixed} seeds/arm.")
+    print()
+    print("| true Δ | equivalent | non-inferior | superior | inferior | inconclusive | ASN (seeds/arm) | ASN / fixed |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for i, delta in enumerate(DELTAS):
+        if delta != 0.0:
+            adapter, full = seed_means(scenario, delta, args.budget, args.reps, seed=i + 1)
+            labels, spent = sequential(design, adapter, full)
+        rates = [labels.count(x) / args.reps for x in ("equivalent", "non-inferior", "superior", "inferior")]
+        rest = 1 - sum(rates)
+        ratio = f"{spent.mean() / n_fixed:.2f}" if n_fixed else "n/a"
+        cells = " | ".join(f"{r:.3f}" for r in [*rates, rest])
+        print(f"| {delta:+.3f} | {cells} | {spent.mean():.2f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,107 @@
+"""Advice on seeds, the rank that suffices and configuration-level p-values (pipeline.statistics: advice, rank,
+family), checked by simulation of NDCG@10-like scores where a rate is claimed."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.statistics.advice import advice, seeds_needed
+from pipeline.statistics.family import configuration_test, holm, pooled_variance
+from pipeline.statistics.generator import Benchmark, Scenario
+from pipeline.statistics.rank import smallest_rank
+from pipeline.statistics.sequential import DECIDED, benchmark_difference, fixed, look
+
+MOST = 50  # seeds drawn per arm: advice beyond it counts as followed with these many
+
+
+@pytest.mark.parametrize("delta", [0.0, -0.005], ids=["equal", "half a margin worse"])
+def test_following_the_advice_decides_at_least_80_percent_of_the_time(delta):
+    """Three seeds per arm, inconclusive: train up to the advised count; the fixed-sample verdict then decides."""
+    rng = np.random.default_rng(11)
+    bench = Benchmark(Scenario(seed_sd=(0.03, 0.03)), 200, rng)
+    shift_a, shift_f = bench.shift_for(delta)
+    adapter = bench.nanobeir(bench.scores(0, shift_a, MOST, rng))
+    full = bench.nanobeir(bench.scores(1, shift_f, MOST, rng))
+    followed, decided = 0, 0
+    for a, f in zip(adapter, full, strict=True):
+        now = benchmark_difference(a[:3], f[:3])
+        if look(fixed(), now, 1).label in DECIDED:
+            continue
+        n = seeds_needed(now, 0.01)
+        assert n is None or n > 3  # never below what was run
+        n = min(n or MOST, MOST)
+        followed += 1
+        decided += look(fixed(), benchmark_difference(a[:n], f[:n]), 1).label in DECIDED
+    assert followed >= 150
+    assert decided / followed >= 0.8 - 2.33 * math.sqrt(0.8 * 0.2 / followed)
+
+
+def test_the_advice_has_a_power_term():
+    """With the spread known (df huge) and Δ = 0, following the advice gives P(equivalent) >= 0.8, by the normal
+    distribution: P(|Δ^| + z_0.95 se_n < m) = 2 Phi(m / se_n - z_0.95) - 1."""
+    from scipy import stats
+
+    from pipeline.statistics.sequential import Estimate
+
+    for sd in (0.004, 0.006, 0.01):
+        known = Estimate(0.0, sd * math.sqrt(2 / 3), 1e9, 3, 3, "benchmark")
+        n = seeds_needed(known, 0.01)
+        se_n = sd * math.sqrt(2 / n)
+        assert 2 * stats.norm.cdf(0.01 / se_n - stats.norm.isf(0.05)) - 1 >= 0.8
+
+
+def test_advice_grows_with_the_spread_and_says_why_it_cannot():
+    narrow = benchmark_difference([0.5, 0.504, 0.497], [0.5, 0.49, 0.51])
+    wide = benchmark_difference([0.5, 0.524, 0.477], [0.5, 0.47, 0.53])
+    assert 3 < seeds_needed(narrow, 0.01) < seeds_needed(wide, 0.01)
+    assert "seeds per arm would decide it" in advice(narrow, 0.01)
+    assert seeds_needed(benchmark_difference([0.5, 0.5, 0.5], [0.5, 0.49, 0.51]), 0.01) is None  # not measured
+
+
+def test_fixed_sequence_stops_at_the_first_rank_that_fails():
+    labels = {4: "equivalent", 8: "inconclusive", 16: "equivalent", 32: "equivalent"}
+    assert smallest_rank(labels) == (16, [32, 16, 8])  # rank 4 passes after a failure: not claimed
+    assert smallest_rank({8: "non-inferior", 16: "superior"}, claim="non-inferior") == (8, [16, 8])
+    assert smallest_rank({8: "equivalent", 16: "inconclusive"}) == (None, [16])
+    with pytest.raises(ValueError, match="claim='best'"):
+        smallest_rank(labels, claim="best")
+
+
+def test_fixed_sequence_holds_the_familywise_error():
+    """Four ranks all exactly a margin worse than full (none truly equivalent): claiming any is an error; fixed
+    sequence keeps it at alpha = 0.05, where picking the smallest rank that passes on its own does not."""
+    rng = np.random.default_rng(12)
+    reps, errors, naive = 400, 0, 0
+    for _ in range(reps):
+        labels = {}
+        for r in (4, 8, 16, 32):
+            a, f = rng.normal(-0.01, 0.004, 5), rng.normal(0, 0.004, 5)
+            labels[r] = look(fixed(), benchmark_difference(a, f), 1).label
+        errors += smallest_rank(labels)[0] is not None
+        naive += any(x == "equivalent" for x in labels.values())
+    assert errors / reps <= 0.05 + 2.33 * math.sqrt(0.05 * 0.95 / reps) < naive / reps
+
+
+def test_configuration_p_values_hold_their_level_over_seeds():
+    """24 one-seed configurations all truly equal to full: with seed variance counted (pooled from the selected
+    configuration's seeds) about 5% get p < 0.05, and Holm's family-wise error stays near 0.05."""
+    rng = np.random.default_rng(13)
+    reps, hits, family = 120, 0, 0
+    for _ in range(reps):
+        full = 0.5 + rng.normal(0, 0.005, 5)
+        selected = 0.5 + rng.normal(0, 0.005, 5)
+        pooled = pooled_variance([selected])
+        p = {f"c{i}": configuration_test([0.5 + rng.normal(0, 0.005)], full, pooled).p_value for i in range(24)}
+        hits += sum(v < 0.05 for v in p.values())
+        family += min(holm(p).values()) < 0.05
+    assert hits / (24 * reps) <= 0.05 + 0.02
+    assert family / reps <= 0.05 + 2.33 * math.sqrt(0.05 * 0.95 / reps)
+
+
+def test_configuration_test_without_any_seed_variance_is_nan_not_zero():
+    result = configuration_test([0.52], [0.5], pooled=(math.nan, 0))
+    assert math.isnan(result.p_value) and result.borrowed
+    assert math.isnan(holm({"a": math.nan, "b": 0.01})["a"]) and holm({"a": math.nan, "b": 0.01})["b"] == 0.01

@@ -1,0 +1,325 @@
+"""`make decide`: fresh seeds (never the grid's), rounds until a look says stop or the budget is spent, grid edges
+extended while they keep winning, and the verdict's tags on the sweep's parent run (a real tiny sweep)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from pipeline.statistics.sequential import Design
+from pipeline.sweep.decide import (
+    ADAPTER,
+    FULL,
+    Arm,
+    Decider,
+    decided_arms,
+    design_of,
+    fresh_seeds,
+    rank_that_suffices,
+    rounds,
+    sequential,
+)
+from pipeline.sweep.edges import beyond_edge, edge_jobs, with_value
+from pipeline.sweep.grid import job_values
+from pipeline.sweep.selection import Candidate, tie_key
+from tests.conftest import ROOT, tiny_overrides
+
+SMALL = Design(first=2, step=1, budget=4)  # looks at 2, 3, 4 seeds per arm
+
+
+def test_fresh_seeds_never_the_grid_seeds():
+    assert fresh_seeds([12], [12, 13, 14], 5) == [13, 14, 15, 16, 17]
+    assert fresh_seeds([12, 16], [13], 4) == [13, 17, 18, 19]  # counting up skips a grid seed
+    assert fresh_seeds([1], [], 3) == [2, 3, 4]
+    assert rounds(SMALL, [5, 6, 7, 8, 9]) == [[5, 6], [7], [8]]  # equal seeds per arm, looks at 2, 3, 4
+    with pytest.raises(ValueError, match="3 fresh seeds for a budget of 4"):
+        rounds(SMALL, [5, 6, 7])
+
+
+def _train(means: dict[str, float], sd: float, rng: random.Random, calls: list, fail: set = frozenset()):
+    """A fake launcher: each job's NanoBEIR mean ~ N(its arm's mean, sd); nan for the (arm, seed)s in `fail`."""
+
+    def train(jobs):
+        calls.append(jobs)
+        out = []
+        for job in jobs:
+            values = job_values(job)
+            arm, seed = values["arm"], int(values["train.seed"])
+            out.append(math.nan if (arm, seed) in fail else rng.gauss(means[arm], sd))
+        return out
+
+    return train
+
+
+def _arms():
+    return [Arm(ADAPTER, ("arm=adapter",)), Arm(FULL, ("arm=full",))]
+
+
+def test_rounds_stop_at_the_first_decided_look():
+    calls, looks = [], []
+    train = _train({ADAPTER: 0.500, FULL: 0.500}, 0.0005, random.Random(0), calls)  # spread 0.0005, margin 0.01
+    outcome = sequential(SMALL, _arms(), [13, 14, 15, 16], train, looks.append)
+    labels = [look.label for look in outcome.looks]
+    assert labels[-1] == "equivalent" and len(labels) < len(SMALL.looks())  # decided before the budget
+    assert [look.stop for look in outcome.looks] == [False] * (len(labels) - 1) + [True]
+    assert len(calls) == len(labels)  # no round after the decided look
+    assert sorted(job[-1] for job in calls[0]) == ["train.seed=13"] * 2 + ["train.seed=14"] * 2
+    assert looks == outcome.looks and [look.index for look in looks] == list(range(1, len(labels) + 1))
+    assert outcome.reason.startswith(f"decided at look {len(labels)}")
+    n = SMALL.looks()[len(labels) - 1]
+    assert [list(a.scores) for a in outcome.arms] == [[13, 14, 15, 16][:n]] * 2
+
+
+def test_rounds_go_on_to_the_budget_when_undecided():
+    calls = []
+    train = _train({ADAPTER: 0.500, FULL: 0.505}, 0.02, random.Random(1), calls)  # noisy: never decided in 4 seeds
+    outcome = sequential(SMALL, _arms(), [13, 14, 15, 16], train)
+    assert [look.index for look in outcome.looks] == [1, 2, 3] and [len(c) for c in calls] == [4, 2, 2]
+    assert not any(look.stop for look in outcome.looks[:-1]) and outcome.looks[-1].stop
+    assert outcome.looks[-1].label not in ("equivalent", "superior", "inferior")
+    assert "budget spent" in outcome.reason and outcome.target == "benchmark"
+    assert [list(a.scores) for a in outcome.arms] == [[13, 14, 15, 16]] * 2  # each look: equal seeds per arm
+
+
+def test_a_failed_seed_stops_the_rounds_without_a_verdict():
+    calls = []
+    train = _train({ADAPTER: 0.5, FULL: 0.5}, 0.02, random.Random(2), calls, fail={(FULL, 14)})
+    outcome = sequential(SMALL, _arms(), [13, 14, 15, 16], train)
+    assert outcome.looks == [] and len(calls) == 1
+    assert outcome.reason == "no verdict: no NanoBEIR score from full seed 14 (a failed run)"
+
+
+def test_rank_arms_share_the_seeds_and_a_shared_configuration_is_trained_once():
+    calls = []
+    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))]  # r=8's best is the selected adapter
+    means = {ADAPTER: 0.5, FULL: 0.5, "r4": 0.49}
+    outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, 0.0005, random.Random(3), calls))
+    assert len(calls[0]) == 6  # 3 distinct configurations x 2 seeds
+    assert outcome.arms[3].scores == outcome.arms[0].scores and list(outcome.arms[2].scores) == [13, 14]
+
+
+def test_design_settings_are_checked_before_any_job():
+    settings = OmegaConf.create({"target": "benchmark", "budget": 1, "first": None, "step": None})
+    with pytest.raises(ValueError, match=r"hydra.sweeper.decide: first=3, step=2, budget=1 are not allowed"):
+        design_of(settings)
+    with pytest.raises(ValueError, match="target=seeds: make decide decides on benchmark or queries"):
+        design_of(OmegaConf.create({"target": "seeds"}))
+    assert design_of(OmegaConf.create({"target": "benchmark", "budget": 6})).looks() == [3, 5, 6]
+
+
+def test_the_rank_that_suffices_is_read_from_each_ranks_fresh_seeds():
+    rng = random.Random(4)
+    means = {ADAPTER: 0.5, FULL: 0.5, "r16": 0.5, "r8": 0.5, "r4": 0.40}  # r=4 far below full; r=8 and 16 equal
+    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=r8",)), Arm("r=16", ("arm=r16",))]
+    outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, 0.0001, rng, []))
+    rank, labels = rank_that_suffices(SMALL, outcome)
+    assert labels == {4: "inferior", 8: "equivalent", 16: "equivalent"} and rank == 8
+    means["r16"] = 0.45  # the largest rank fails: fixed-sequence testing claims no smaller rank after it
+    outcome = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16], _train(means, 0.0001, rng, []))
+    assert rank_that_suffices(SMALL, outcome) == (None, {4: "inferior", 8: "equivalent", 16: "inferior"})
+
+
+def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):
+    cmd = [
+        sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", "hydra.sweeper.decide.enabled=true",
+        "hydra.sweeper.decide.budget=1", f"tracking.uri=sqlite:///{tmp_path}/mlflow.db",
+        f"paths.outputs={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    message = "hydra.sweeper.decide: first=3, step=2, budget=1 are not allowed"
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert [(r.data.tags.get("pipeline.role"), r.info.status) for r in runs] == [("sweep", "FAILED")]  # no job
+    assert message in runs[0].data.tags["error"]
+
+
+# ------------------------------------------------------------------------------------------------------ grid edges
+
+
+def test_one_geometric_step_past_the_edge_the_selection_sits_on():
+    assert beyond_edge([1e-4, 2e-4, 5e-4], 5e-4, "train.lr") == pytest.approx([1.25e-3])
+    assert beyond_edge([1e-4, 2e-4, 5e-4], 1e-4, "train.lr") == pytest.approx([5e-5])
+    assert beyond_edge([1e-4, 2e-4, 5e-4], 2e-4, "train.lr") == []  # inside: nothing
+    assert beyond_edge([2e-5], 2e-5, "train.lr") == pytest.approx([4e-5, 1e-5])  # one rate: both edges
+    assert beyond_edge([8, 16, 32], 32, "finetune.r") == [64] and beyond_edge([8, 16], 8, "finetune.r") == [4]
+    assert beyond_edge([64], 64, "finetune.r") == []  # one rank: the user's, not a grid axis
+    assert beyond_edge([1, 2], 1, "finetune.r") == []  # no rank below 1
+    job = ["finetune=lora", "finetune.r=8", "finetune.alpha=16", "train.lr=0.0005", "train.seed=12"]
+    assert with_value(job, "finetune.r", 16) == [
+        "finetune=lora",
+        "finetune.r=16",
+        "finetune.alpha=32",
+        "train.lr=0.0005",
+    ]
+
+
+def test_edge_jobs_extend_each_axis_at_most_limit_times():
+    grid = [
+        [f"finetune={m}", f"train.lr={lr:g}", "train.seed=12"]
+        for m, lr in [("lora", 1e-4), ("lora", 2e-4), ("full", 1e-5), ("full", 2e-5)]
+    ]
+    method = lambda job: job_values(job)["finetune"]  # noqa: E731
+    chosen = {"lora": ("finetune=lora", "train.lr=0.0002"), "full": ("finetune=full", "train.lr=2e-05")}
+    extended = {}
+    first = edge_jobs(grid, chosen, method, extended, limit=1)
+    assert first == [["finetune=lora", "train.lr=0.0004"], ["finetune=full", "train.lr=4e-05"]]
+    assert extended == {("lora", "train.lr", "up"): 1, ("full", "train.lr", "up"): 1}
+    chosen = {"lora": ("finetune=lora", "train.lr=0.0004"), "full": ("finetune=full", "train.lr=1e-05")}
+    grown = grid + [[*job, "train.seed=12"] for job in first]
+    assert edge_jobs(grown, chosen, method, extended, limit=1) == [["finetune=full", "train.lr=5e-06"]]  # lora: spent
+
+
+def _fake_sweeper(dev_of_lr):
+    """compose / launch as the sweeper gives them, over configs built here; a job's dev score is dev_of_lr(lr)."""
+
+    def compose(jobs):
+        configs = []
+        for job in jobs:
+            values = job_values(job)
+            configs.append(OmegaConf.create({
+                "finetune": {"method": values["finetune"], "r": int(values.get("finetune.r", 8)), "alpha": 16,
+                             "target_modules": None},
+                "train": {"lr": float(values["train.lr"]), "seed": int(values["train.seed"])},
+                "tracking": {"run_name": None},
+            }))  # fmt: skip
+        return configs
+
+    launched = []
+
+    def launch(jobs):
+        launched.append(jobs)
+        return [SimpleNamespace(return_value=dev_of_lr(float(job_values(j)["train.lr"]))) for j in jobs]
+
+    return compose, launch, launched
+
+
+def test_the_edge_is_extended_while_it_keeps_winning(tmp_path):
+    peak = 1e-3  # dev rises with lr up to here: the grid (1e-4, 2e-4) is too low
+    compose, launch, launched = _fake_sweeper(lambda lr: 0.8 - abs(math.log(lr / peak)) / 100)
+    settings = OmegaConf.create({"target": "benchmark", "ranks": False, "extend": 2})
+    decider = Decider(settings, compose, launch, str(tmp_path), [])
+    grid = [["finetune=lora", f"train.lr={lr}", "train.seed=12"] for lr in ("0.0001", "0.0002")]
+    grid.append(["finetune=full", "train.lr=1e-05", "train.seed=12"])
+    candidates, extended = decider._extend_edges(grid, decider._candidates(grid, compose(grid), launch(grid)), [12])
+    rates = [[job_values(j)["train.lr"] for j in batch] for batch in launched[1:]]
+    # lora: up twice (the limit), each time the new edge won; full (one rate) both ways once, then its winner again
+    assert rates[0] == ["0.0004", "2e-05", "5e-06"]
+    assert rates[1] == ["0.0008", "4e-05"] and len(rates) == 2
+    assert extended == {("lora", "train.lr", "up"): 2, ("full", "train.lr", "up"): 2, ("full", "train.lr", "down"): 1}
+    arms = decided_arms(candidates, decider.rank_of, with_ranks=False)
+    assert [a.config for a in arms] == [("finetune=lora", "train.lr=0.0008"), ("finetune=full", "train.lr=4e-05")]
+
+
+def test_the_ranks_arms_are_each_ranks_best_on_dev():
+    c = [
+        Candidate("lora", ("r=8", "lr=1"), 12, 0.70, tie_key("lora", 8, "a")),
+        Candidate("lora", ("r=8", "lr=2"), 12, 0.72, tie_key("lora", 8, "b")),
+        Candidate("lora", ("r=16", "lr=1"), 12, 0.74, tie_key("lora", 16, "c")),
+        Candidate("lora", ("r=16", "lr=2"), 12, 0.71, tie_key("lora", 16, "d")),
+        Candidate("full", ("full",), 12, 0.75, tie_key("full", None, "f")),
+        Candidate("dora", ("dora", "r=8"), 12, 0.73, tie_key("dora", 8, "g")),  # another method: not lora's ranks
+    ]
+    ranks = {("r=8", "lr=1"): 8, ("r=8", "lr=2"): 8, ("r=16", "lr=1"): 16, ("r=16", "lr=2"): 16, ("full",): None}
+    ranks[("dora", "r=8")] = 8
+    arms = decided_arms(c, ranks, with_ranks=True)
+    assert [(a.name, a.config) for a in arms] == [
+        (ADAPTER, ("r=16", "lr=1")),
+        (FULL, ("full",)),
+        ("r=8", ("r=8", "lr=2")),
+        ("r=16", ("r=16", "lr=1")),
+    ]
+    with pytest.raises(ValueError, match=r"needs an adapter and the full fine-tune in its grid; it has \['lora'\]"):
+        decided_arms(c[:4], ranks, with_ranks=False)
+
+
+# ------------------------------------------------------------------------------------------------ a real tiny sweep
+
+
+def _decide(tmp_path, tiny, *args: str):
+    """`make decide`, shrunk: LoRA r=2 and the full fine-tune, each at one learning rate high enough (4 steps) that
+    seeds differ on the tiny NanoBEIR, grid seed 1, then fresh seeds 2, 3, ... in rounds of a small design (looks at
+    2 and 3 seeds per arm)."""
+    shrunk = ("finetune.", "train.lr=", "train.max_steps=", "train.eval_steps=")
+    overrides = [o for o in tiny_overrides(tmp_path, *tiny) if not o.startswith(shrunk)]
+    cmd = [
+        sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", *overrides,
+        "train.max_steps=4", "train.eval_steps=null", "finetune.r=2", "finetune.alpha=4",
+        "hydra.sweeper.lr.lora=[5e-2]", "hydra.sweeper.lr.full=[5e-2]",
+        "hydra.sweeper.seeds=[1]", "hydra.sweeper.decide.enabled=true", "hydra.sweeper.decide.first=2",
+        "hydra.sweeper.decide.step=1", "hydra.sweeper.decide.budget=3", *args,
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("lora-vs-full")
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
+    parent = next(r for r in runs if r.data.tags.get("pipeline.role") == "sweep")
+    return proc, client, parent, [r for r in runs if r.data.tags.get("pipeline.role") != "sweep"]
+
+
+@pytest.mark.slow
+def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    tiny = (tiny_model, tiny_qa, tiny_nanobeir)
+    proc, client, parent, runs = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")
+    tags = parent.data.tags
+    looks = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "decide/looks.json", str(tmp_path))).read_text()
+    )
+    n = int(tags["verdict.looks"])
+    assert n == len(looks["looks"]) == 2 and "budget spent" in tags["verdict.reason"]  # seeds this noisy: undecided
+    assert [look["stop"] for look in looks["looks"]] == [False, True]
+    assert tags["verdict.reason"] == looks["reason"] == looks["looks"][-1]["reason"]
+    assert tags["verdict"] == looks["looks"][-1]["label"] and tags["verdict.target"] == "benchmark"
+    assert tags["sweep.grid_seeds"] == "1" and tags["sweep.extended"] == "none"
+    design = {k: tags[f"decide.{k}"] for k in ("first", "step", "budget", "margin", "alpha")}
+    assert design == {"first": "2", "step": "1", "budget": "3", "margin": "0.01", "alpha": "0.05"}  # the report replays
+    assert tags["verdict.seeds_adapter"] == tags["verdict.seeds_full"] == "2,3,4"  # 2 seeds at look 1, 3 at look 2
+    assert [(look["seeds_adapter"], look["seeds_full"]) for look in looks["looks"]] == [(2, 2), (3, 3)]
+    names = sorted(r.info.run_name for r in runs)
+    seeds = [2, 3, 4]
+    arms = ("lora-r2-a4-lr5e-2", "full-lr5e-2")
+    assert names == sorted(f"{arm}-s{s}" for arm in arms for s in [1, *seeds])  # the grid at 1, the verdict fresh
+    # each look on the parent run, at its index; the scores it read are the runs' NanoBEIR means
+    history = client.get_metric_history(parent.info.run_id, "verdict.look.delta")
+    assert [m.step for m in history] == list(range(1, n + 1))
+    assert [m.value for m in history] == pytest.approx([look["delta"] for look in looks["looks"]], nan_ok=True)
+    by_name = {r.info.run_name: r.data.metrics["nanobeir_mean_ndcg_at_10"] for r in runs}
+    adapter = next(a for a in looks["arms"] if a["name"] == ADAPTER)
+    assert {int(s): v for s, v in adapter["scores"].items()} == {s: by_name[f"lora-r2-a4-lr5e-2-s{s}"] for s in seeds}
+    assert len(set(adapter["scores"].values())) > 1  # the seeds differ: a look with a measured spread
+
+    # interrupted or not, running it again reuses every finished run and takes the same looks
+    again, client, parent2, runs2 = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")
+    assert parent2.info.run_id != parent.info.run_id and len(runs2) == len(runs)
+    assert {k: v for k, v in parent2.data.tags.items() if k.startswith("verdict")} == {
+        k: v for k, v in tags.items() if k.startswith("verdict")
+    }
+
+    # the rank that suffices, on the queries target: r=4 joins the grid; each rank's best gets the fresh seeds
+    ranks, client, parent3, runs3 = _decide(
+        tmp_path, tiny, "hydra.sweeper.decide.extend=0", "finetune.r=2,4", "hydra.sweeper.decide.ranks=true",
+        "hydra.sweeper.decide.target=queries",
+    )  # fmt: skip
+    tags = parent3.data.tags
+    assert tags["verdict.target"] == tags["decide.target"] == "queries" and "benchmark" not in tags["verdict.sentence"]
+    fresh = tags["verdict.seeds_adapter"].split(",")
+    r4 = sorted(r.data.params["train.seed"] for r in runs3 if r.info.run_name.startswith("lora-r4-"))
+    assert r4 == sorted(["1", *fresh])  # the grid's seed, then every fresh seed the looks took
+    labels = dict(item.split(": ") for item in tags["verdict.rank.labels"].split(", "))
+    assert sorted(labels) == ["r=2", "r=4"]
+    held = [r for r in (4, 2) if labels[f"r={r}"] == "equivalent"]  # fixed sequence: from the largest rank down
+    expected = "none" if labels["r=4"] != "equivalent" else str(2 if labels["r=2"] == "equivalent" else 4)
+    assert tags["verdict.rank"] == expected, (held, labels)
