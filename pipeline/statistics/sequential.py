@@ -9,13 +9,19 @@ intervals; equivalence: "the RCI lies inside (-m, m)"); Lan & DeMets 1983, Biome
 
 - Information fraction at a look: t = n / budget, n the seeds per arm (the harmonic mean when the arms differ),
   t = 1 at the final look (an unplanned final look, e.g. a failed seed, spends all that is left).
-- Alpha spending, O'Brien-Fleming type (Lan & DeMets): a(t) = 2 - 2 Phi(z_{1-a/2} / sqrt(t)), so a(1) = a. Early
-  looks spend almost nothing, and the final look's critical value stays close to the fixed design's.
+- Alpha spending, Hwang-Shih-DeCani (Hwang, Shih & DeCani 1990, Stat Med 9:1439): a(t) = a (1 - exp(-gamma t)) /
+  (1 - exp(-gamma)), a(1) = a; gamma = GAMMA by default (`Design.gamma`), chosen by simulation
+  (`python -m pipeline.statistics.simulate --gammas ...`, docs/sequential.md). gamma = -4 is close to O'Brien-Fleming
+  (almost nothing spent early), gamma = 1 close to Pocock; `gamma=None` is Lan-DeMets' O'Brien-Fleming type,
+  a(t) = 2 - 2 Phi(z_{1-a/2} / sqrt(t)).
 - Boundaries c_1..c_K on the z scale from the canonical joint distribution of the look statistics, corr(Z_i, Z_j) =
   sqrt(t_i / t_j): P(Z_1 < c_1, ..., Z_{k-1} < c_{k-1}, Z_k >= c_k) = a(t_k) - a(t_{k-1}), by recursive numerical
   integration (they agree with scipy.stats.multivariate_normal's crossing probabilities to 1e-6, 100x faster).
-- At each look the critical value is the Student t quantile, at that look's Welch-Satterthwaite df, of the same
-  nominal tail probability as c_k.
+- At each look the critical value is the Student t quantile of the same nominal tail probability as c_k, at the
+  conservative df min(n_adapter, n_full) - 1 (Hsu 1938; the lower bound of the Welch-Satterthwaite df). At each
+  look's *estimated* Welch df the error rates over all the looks came out too high with 3 seeds per arm
+  (P(inferior | Δ = 0) 0.027-0.029 with 5x unequal spreads, for 0.025). A one-look design (`fixed`) is Welch's
+  test itself and keeps the Welch df.
 - Two RCIs per look: the (1 - 2 alpha) one (each bound from a one-sided alpha spending) for equivalence and
   non-inferiority, as TOST reads it; the (1 - alpha) one (alpha/2 per side) for superiority and inferiority.
 
@@ -38,6 +44,7 @@ from scipy import optimize, stats
 LABELS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive", "no verdict")
 DECIDED = ("equivalent", "superior", "inferior")  # a look with one of these stops
 TARGETS = ("benchmark", "queries")
+GAMMA = -0.5  # Hwang-Shih-DeCani spending parameter of the default design (docs/sequential.md)
 
 
 @dataclass(frozen=True)
@@ -47,12 +54,17 @@ class Design:
     first: int = 3  # fresh seeds per arm at the first look
     step: int = 2  # seeds added per arm per round
     budget: int = 10  # most fresh seeds per arm
+    gamma: float | None = GAMMA  # Hwang-Shih-DeCani alpha spending; None: O'Brien-Fleming type (Lan-DeMets)
 
     def __post_init__(self) -> None:
         if not self.margin > 0:
             raise ValueError(f"margin={self.margin} is not allowed: must be > 0 (NDCG@10 points, e.g. 0.01)")
         if not 0 < self.alpha < 0.5:
             raise ValueError(f"alpha={self.alpha} is not allowed: must be in (0, 0.5), e.g. 0.05")
+        if self.gamma is not None and not -40 <= self.gamma <= 40:
+            raise ValueError(
+                f"gamma={self.gamma} is not allowed: must be in [-40, 40] (-4 ~ O'Brien-Fleming, 1 ~ Pocock) or None"
+            )
         if self.first < 2 or self.step < 1 or self.budget < self.first:
             raise ValueError(
                 f"first={self.first}, step={self.step}, budget={self.budget} are not allowed: "
@@ -70,9 +82,7 @@ class Design:
         seeds = list(seeds if seeds is not None else self.looks()[:k])
         if len(seeds) != k or k < 1:
             raise ValueError(f"look {k} needs the seeds of looks 1..{k}, got {seeds}")
-        z = boundaries(self.fractions(seeds), self.alpha if alpha is None else alpha)[-1]
-        tail = stats.norm.sf(z)
-        return float(stats.t.isf(tail, df)) if math.isfinite(df) else float(z)
+        return _critical(self, tuple(seeds), float(df), self.alpha if alpha is None else alpha)
 
     def fractions(self, seeds: Sequence[float]) -> tuple[float, ...]:
         """Information fractions of looks with these seeds per arm; the last is 1 when the budget is reached."""
@@ -82,24 +92,37 @@ class Design:
         return tuple(round(f, 12) for f in fractions)
 
 
-def spent(t: float, alpha: float) -> float:
-    """O'Brien-Fleming-type alpha spending (Lan & DeMets 1983): the one-sided error spent by information t."""
-    return float(2 * stats.norm.sf(stats.norm.isf(alpha / 2) / math.sqrt(t))) if t > 0 else 0.0
+@lru_cache(maxsize=4096)
+def _critical(design: Design, seeds: tuple[int, ...], df: float, alpha: float) -> float:
+    z = boundaries(design.fractions(seeds), alpha, design.gamma)[-1]
+    return float(stats.t.isf(stats.norm.sf(z), df)) if math.isfinite(df) else float(z)
+
+
+def spent(t: float, alpha: float, gamma: float | None = None) -> float:
+    """The one-sided error spent by information t: Hwang-Shih-DeCani with this gamma (Hwang, Shih & DeCani 1990),
+    or, when gamma is None, O'Brien-Fleming type (Lan & DeMets 1983)."""
+    if t <= 0:
+        return 0.0
+    if gamma is None:
+        return float(2 * stats.norm.sf(stats.norm.isf(alpha / 2) / math.sqrt(t)))
+    if gamma == 0:
+        return alpha * min(t, 1.0)
+    return alpha * -math.expm1(-gamma * min(t, 1.0)) / -math.expm1(-gamma)
 
 
 @lru_cache(maxsize=256)
-def boundaries(fractions: tuple[float, ...], alpha: float) -> tuple[float, ...]:
+def boundaries(fractions: tuple[float, ...], alpha: float, gamma: float | None = None) -> tuple[float, ...]:
     """Upper z boundaries c_1..c_K for looks at these information fractions (one-sided level alpha).
 
     The look statistics are Z_k = B(t_k) / sqrt(t_k), B a standard Brownian motion (corr(Z_i, Z_j) =
-    sqrt(t_i / t_j)); the density of B(t_k) on the paths that crossed no earlier boundary is carried from look to
+    sqrt(t_i / t_j)); `gamma`: the spending function (`spent`); the density of B(t_k) on the paths that crossed no earlier boundary is carried from look to
     look on a grid (Armitage, McPherson & Rowe 1969; Jennison & Turnbull 2000, section 19.2), and c_k is the root of
     P(no earlier crossing, Z_k >= c_k) = a(t_k) - a(t_{k-1})."""
     cs: list[float] = []
     grid = weights = density = None  # B(t_{k-1}) on the paths still going: Simpson nodes, weights and density
     previous = 0.0
     for t in fractions:
-        increment = spent(t, alpha) - spent(previous, alpha)
+        increment = spent(t, alpha, gamma) - spent(previous, alpha, gamma)
         if density is None:
             c = float(stats.norm.isf(increment))
         else:
@@ -181,7 +204,7 @@ class Look:
     delta: float
     low: float  # the (1 - 2 alpha) RCI: equivalence and non-inferiority read it
     high: float
-    df: float
+    df: float  # the df of its critical values: min(seeds) - 1, Welch's for a one-look design
     critical: float  # its t critical value
     low_two_sided: float  # the (1 - alpha) RCI: superiority and inferiority read it
     high_two_sided: float
@@ -222,8 +245,9 @@ def look(
         why = estimate.note or f"the standard error is {estimate.se}: nothing to read"
         nan = math.nan
         return Look(*common, nan, nan, estimate.df, nan, nan, nan, "no verdict", True, why, estimate.target)
-    c1 = design.critical(index, estimate.df, design.alpha, taken)
-    c2 = design.critical(index, estimate.df, design.alpha / 2, taken)
+    df = estimate.df if len(design.looks()) == 1 else min(estimate.seeds_adapter, estimate.seeds_full) - 1
+    c1 = design.critical(index, df, design.alpha, taken)
+    c2 = design.critical(index, df, design.alpha / 2, taken)
     d, se = estimate.delta, estimate.se
     bounds = (d - c1 * se, d + c1 * se, d - c2 * se, d + c2 * se)
     label = label_of(*bounds, design.margin)
@@ -236,7 +260,7 @@ def look(
         reason = f"no more seeds ({n:g} per arm of a budget of {design.budget}): {label}"
     else:
         reason = f"{label} at look {index}: the next round adds {design.step} seeds per arm"
-    return Look(*common, bounds[0], bounds[1], estimate.df, c1, bounds[2], bounds[3], label, stop, reason,
+    return Look(*common, bounds[0], bounds[1], df, c1, bounds[2], bounds[3], label, stop, reason,
                 estimate.target)  # fmt: skip
 
 

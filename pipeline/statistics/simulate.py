@@ -1,12 +1,15 @@
 """Seeds the sequential rule spends to a decision, against a fixed design with the same error rates.
 
     python -m pipeline.statistics.simulate [--reps 2000] [--datasets 13] [--seed-sd 0.025] [--budget 10]
+    python -m pipeline.statistics.simulate --gammas=-4,-2,-1,-0.5,0,0.5,1,obf   # choose the spending function
 
 NDCG@10-like scores (`pipeline.statistics.generator`) with the true Δ on each benchmark set exactly; for each Δ the
 sequential design (`pipeline.statistics.sequential`, default looks at 3, 5, 7, 9, 10 seeds per arm) runs to its
 stop, and we count the seeds per arm it spent (its average sample number, ASN). The fixed design it is set against
 has the same alpha and at least the same power: the smallest fixed number of seeds per arm whose one-look verdict
 calls a truly equal adapter equivalent at least as often as the sequential rule does. Prints a markdown table.
+With --gammas: one row per Hwang-Shih-DeCani gamma ("obf": O'Brien-Fleming type) on the same draws, at Δ = 0 and
+Δ = ±margin, to choose the design's spending function.
 """
 
 from __future__ import annotations
@@ -41,6 +44,30 @@ def fixed_power(design: Design, adapter: np.ndarray, full: np.ndarray, n: int) -
     return labels.count("equivalent") / len(labels)
 
 
+def gamma_of(text: str) -> float | None:
+    return None if text == "obf" else float(text)
+
+
+def choose(args: argparse.Namespace, scenario: Scenario) -> None:
+    """One row per spending function on the same draws: the error rates, P(equivalent | Δ = 0), ASN / fixed."""
+    zero = seed_means(scenario, 0.0, args.most, args.reps, seed=0)
+    margins = [seed_means(scenario, d, args.budget, args.reps, seed=i + 7) for i, d in enumerate((-0.01, 0.01))]
+    powers = [fixed_power(Design(), *zero, n) for n in range(2, args.most + 1)]
+    print(
+        "| gamma | P(equiv. \\| 0) | P(inferior \\| 0) | P(equiv. \\| -m) | P(equiv. \\| +m) | ASN at 0 | fixed | ratio |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for text in args.gammas.split(","):
+        design = Design(budget=args.budget, gamma=gamma_of(text))
+        labels, spent = sequential(design, zero[0][:, : args.budget], zero[1][:, : args.budget])
+        power, inferior = labels.count("equivalent") / args.reps, labels.count("inferior") / args.reps
+        at_margin = [sequential(design, *m)[0].count("equivalent") / args.reps for m in margins]
+        n_fixed = next((n for n, p in enumerate(powers, start=2) if p >= power), None)
+        ratio = f"{spent.mean() / n_fixed:.2f}" if n_fixed else "n/a"
+        print(f"| {text} | {power:.3f} | {inferior:.3f} | {at_margin[0]:.3f} | {at_margin[1]:.3f} | "
+              f"{spent.mean():.2f} | {n_fixed} | {ratio} |")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.statistics.simulate", description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=2000)
@@ -48,15 +75,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed-sd", type=float, default=0.025, help="sd of a seed's latent shift (both arms)")
     parser.add_argument("--budget", type=int, default=10)
     parser.add_argument("--most", type=int, default=30, help="largest fixed design tried")
+    parser.add_argument("--gamma", default=None, help="Hwang-Shih-DeCani gamma, or obf (default: the design's)")
+    parser.add_argument("--gammas", default=None, help="comma-separated gammas to compare (e.g. -4,-1,0,1,obf)")
     args = parser.parse_args(argv)
-    design = Design(budget=args.budget)
+    design = (
+        Design(budget=args.budget) if args.gamma is None else Design(budget=args.budget, gamma=gamma_of(args.gamma))
+    )
     scenario = Scenario(datasets=args.datasets, sizes=(40, 50), seed_sd=(args.seed_sd, args.seed_sd))
+    if args.gammas:
+        choose(args, scenario)
+        return 0
     adapter, full = seed_means(scenario, 0.0, args.most, args.reps, seed=0)
     spread = np.concatenate([adapter, full]).std(axis=1, ddof=1).mean()
     labels, spent = sequential(design, adapter[:, : args.budget], full[:, : args.budget])
     power = labels.count("equivalent") / args.reps
     n_fixed = next((n for n in range(2, args.most + 1) if fixed_power(design, adapter, full, n) >= power), None)
-    print(f"Design: looks at {design.looks()} seeds per arm, margin {design.margin}, alpha {design.alpha}; "
+    print(f"Design: looks at {design.looks()} seeds per arm, margin {design.margin}, alpha {design.alpha}, "
+          f"spending {'HSD gamma ' + str(design.gamma) if design.gamma is not None else 'O-F type'}; "
           f"{args.datasets} datasets, per-seed sd of the NanoBEIR mean {spread:.4f}; {args.reps} replicates.")  # fmt: skip
     print(f"Fixed design with the same alpha and power (P(equivalent | Δ = 0) >= {power:.3f}): {n_fixed} seeds/arm.")
     print()
