@@ -39,6 +39,7 @@ from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndc
 from pipeline.report.protocol import Protocol, apply
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
+from pipeline.sweep.callbacks import end_gone_sweeps
 
 REPORT_FILES = (
     "report.md",
@@ -69,12 +70,15 @@ def compare(
     """
     uri = tracking_uri or default_tracking_uri()
     client = open_client(uri)
+    gone = end_gone_sweeps(client)  # parent runs left RUNNING by a sweep process that is gone: KILLED, not running
     parent = find_sweep(client, sweep_id, experiment)
     sweep = sweep_id_of(parent)
     out = Path(out_dir) if out_dir is not None else default_outputs() / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
 
-    warnings: list[str] = []
+    warnings: list[str] = [gone[parent.info.run_id]] if parent.info.run_id in gone else []
+    if parent.info.status == "RUNNING":
+        warnings.append(f"sweep {sweep} is still running: this report covers the jobs that ended so far")
     arms, baseline = load_arms(client, parent, warnings)
     rows = [baseline, *ordered(arms)] if baseline else ordered(arms)
     for arm in rows:
