@@ -87,6 +87,11 @@ def interrupted(stop: KeyboardInterrupt) -> None:
         kept.append("jobs not started were not started")
     what = "; ".join(kept) if kept else "no MLflow run had opened"
     command = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
+    if "tqdm" in sys.modules:  # the trainer's bar, left mid-line: closed first, so that the line stands on its own
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
     print(f"interrupted: {what}. Resume with the same command: {command}", file=sys.stderr)
     sys.exit(130)
 

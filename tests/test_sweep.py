@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
-from pipeline.sweep.selection import Candidate, select
 from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
+from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.sweep.selection import Candidate, select
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -237,3 +241,78 @@ def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, 
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["verdict"] == report["verdict"]["label"]
     assert all("dev_ndcg_at_10" in r.data.metrics and "dev_delta_vs_base" in r.data.metrics for r in children)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_sweep_ends_the_job_and_the_sweep_killed_in_one_line(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """SIGINT to the sweep's process group (Ctrl-C) while its first job trains: that job's run and the parent run end
+    KILLED, the next job never starts, one line says what was kept and the command that resumes, exit code 130."""
+    from tests.test_faults import LONG_TRAINING, wait_for_checkpoint
+
+    tiny = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
+    args = [
+        "-m",
+        "sweep=lora_grid",
+        *tiny,
+        "hydra.sweeper.seeds=[]",
+        "finetune.r=2",
+        "finetune.alpha=8",
+        *LONG_TRAINING,
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )
+        wait_for_checkpoint(proc, tmp_path / "outputs" / "cache" / "finetune")
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
+    (job,) = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]  # the next: not started
+    assert parent.info.status == "KILLED" and job.info.status == "KILLED"
+    line = stderr.rstrip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and stderr.count("interrupted: ") == 1
+    assert f"sweep {parent.data.tags['sweep_id']} ended KILLED after 0 finished jobs" in line
+    assert f"MLflow run {job.info.run_id} ended KILLED" in line and "jobs not started were not started" in line
+    assert line.endswith("Resume with the same command: " + shlex.join(["python", "-m", "pipeline", *args]))
+
+
+def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
+    """A parent run left RUNNING by a sweep process that is gone (same host, its pid dead) ends KILLED when a report
+    finds it, and the report says so; a live sweep's parent, or one on another host, stays RUNNING."""
+    from tests.test_compare import job, make_sweep
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("e")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    where = {
+        "gone": (socket.gethostname(), dead.pid),
+        "alive": (socket.gethostname(), os.getpid()),
+        "elsewhere": ("another-host", dead.pid),
+    }
+    parents = {}
+    for sweep_id, (host, pid) in where.items():
+        jobs = [job("lora", 12, dev=0.7, gain=0.05, r=4, alpha=8), job("full", 12, dev=0.7, gain=0.05)]
+        parent = make_sweep(client, exp_id, sweep_id, int(time.time() * 1000), jobs, tmp_path)
+        client.update_run(parent, status="RUNNING")
+        client.set_tag(parent, "sweep.host", host)
+        client.set_tag(parent, "sweep.pid", str(pid))
+        parents[sweep_id] = parent
+    report = compare(uri, "gone", out_dir=tmp_path / "gone", n_resamples=100, log_to_mlflow=False)
+    assert client.get_run(parents["gone"]).info.status == "KILLED"
+    assert f"sweep gone: its process (pid {dead.pid}) is gone; its parent run marked KILLED" in report["warnings"]
+    assert "its process" in (tmp_path / "gone" / "report.md").read_text()
+    assert {client.get_run(parents[s]).info.status for s in ("alive", "elsewhere")} == {"RUNNING"}
+    report = compare(uri, "alive", out_dir=tmp_path / "alive", n_resamples=100, log_to_mlflow=False)
+    assert "sweep alive is still running: this report covers the jobs that ended so far" in report["warnings"]
