@@ -296,21 +296,25 @@ def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
     exp_id = client.create_experiment("e")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    now = int(time.time() * 1000)
+    newer = subprocess.Popen(["sleep", "60"])  # alive, but born after its parent run opened: the pid was reused
     where = {
-        "gone": (socket.gethostname(), dead.pid),
-        "alive": (socket.gethostname(), os.getpid()),
-        "elsewhere": ("another-host", dead.pid),
+        "gone": (socket.gethostname(), dead.pid, now),
+        "reused": (socket.gethostname(), newer.pid, now - 60_000),
+        "alive": (socket.gethostname(), os.getpid(), now),
+        "elsewhere": ("another-host", dead.pid, now),
     }
     parents = {}
-    for sweep_id, (host, pid) in where.items():
+    for sweep_id, (host, pid, start) in where.items():
         jobs = [job("lora", 12, dev=0.7, gain=0.05, r=4, alpha=8), job("full", 12, dev=0.7, gain=0.05)]
-        parent = make_sweep(client, exp_id, sweep_id, int(time.time() * 1000), jobs, tmp_path)
+        parent = make_sweep(client, exp_id, sweep_id, start, jobs, tmp_path)
         client.update_run(parent, status="RUNNING")
         client.set_tag(parent, "sweep.host", host)
         client.set_tag(parent, "sweep.pid", str(pid))
         parents[sweep_id] = parent
     report = compare(uri, "gone", out_dir=tmp_path / "gone", n_resamples=100, log_to_mlflow=False)
-    assert client.get_run(parents["gone"]).info.status == "KILLED"
+    newer.kill()
+    assert {client.get_run(parents[s]).info.status for s in ("gone", "reused")} == {"KILLED"}
     assert f"sweep gone: its process (pid {dead.pid}) is gone; its parent run marked KILLED" in report["warnings"]
     assert "its process" in (tmp_path / "gone" / "report.md").read_text()
     assert {client.get_run(parents[s]).info.status for s in ("alive", "elsewhere")} == {"RUNNING"}
