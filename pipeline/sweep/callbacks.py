@@ -58,11 +58,12 @@ def finished_job(cfg: DictConfig) -> Run | None:
     from mlflow.tracking import MlflowClient
 
     from pipeline.tracking.run import finished_run
+    from pipeline.tracking.uri import tracking_uri
 
     run = finished_run(cfg)
     if run is None:
         return None
-    MlflowClient(sweep["tracking_uri"]).set_tag(run.info.run_id, REUSED_TAG.format(**sweep), sweep["sweep_id"])
+    MlflowClient(tracking_uri(cfg)).set_tag(run.info.run_id, REUSED_TAG.format(**sweep), sweep["sweep_id"])
     print(
         f"[pipeline] {run.info.run_name}: this config already finished as MLflow run {run.info.run_id}; "
         "reused (run.skip_finished=false runs it again)",
