@@ -54,13 +54,13 @@ def sweep_tags(sweep: dict | None) -> dict[str, str]:
     return {} if sweep is None else {"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]}
 
 
-def bad_job(cfg: DictConfig, error: Exception, store: Store | None = None) -> float:
+def bad_job(cfg: DictConfig, error: Exception) -> float:
     """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
     its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
     message = " ".join(str(error).split())
     print(f"error: job {run_name(cfg)}: {message}", file=sys.stderr)
     try:
-        with pipeline_run(cfg, {}, tags=sweep_tags(sweep_of_this_job()), store=store):
+        with pipeline_run(cfg, {}, tags=sweep_tags(sweep_of_this_job())):
             raise error
     except type(error):
         pass
