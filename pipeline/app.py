@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from pipeline.dag import run_dag, status_table
 from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
+from pipeline.launch.process import process_tags
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.sweep.callbacks import sweep_of_this_job
@@ -85,7 +86,7 @@ def _run(cfg: DictConfig, store: Store) -> float | None:
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
     sweep = sweep_of_this_job()
-    tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags()}
+    tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags(), **process_tags("run")}
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
         with pipeline_run(cfg, found, tags, store) as tracked:

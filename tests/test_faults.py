@@ -61,10 +61,12 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     assert not (final / "checkpoints").exists()
 
 
-def wait_for_checkpoint(proc: subprocess.Popen, finetune_cache: Path, name: str = "checkpoint-10") -> None:
-    """Until the run being trained by `proc` has written checkpoint `name` (it is mid-training)."""
+def wait_for_checkpoint(
+    proc: subprocess.Popen, finetune_cache: Path, name: str = "checkpoint-10", runs: int = 1
+) -> None:
+    """Until `runs` runs trained by `proc` (or its workers) have written checkpoint `name` (they are mid-training)."""
     deadline = time.time() + 600
-    while not list(finetune_cache.glob(f"*.partial/checkpoints/{name}")):
+    while len(list(finetune_cache.glob(f"*.partial/checkpoints/{name}"))) < runs:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.05)

@@ -13,8 +13,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.launch.process import process_gone, process_tags
 from pipeline.sweep.grid import is_relative_alpha
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check stays fast
@@ -114,7 +113,7 @@ class MLflowSweepCallback(Callback):
         sweep_id = f"{Path(config.hydra.sweep.dir).name}-{uuid.uuid4().hex[:6]}"
         overrides = " ".join(config.hydra.overrides.task)
         tags = {"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]}
-        tags.update({"sweep.host": socket.gethostname(), "sweep.pid": str(os.getpid())})  # to tell when it is gone
+        tags.update(process_tags("sweep"))  # host and pid: to tell when it is gone
         parent = client.create_run(
             experiment_id(client, uri, _first_job_experiment(config)), run_name=f"sweep-{sweep_id}", tags=tags
         )
@@ -160,8 +159,9 @@ class MLflowSweepCallback(Callback):
 
 
 def end_interrupted_sweep() -> str | None:
-    """After Ctrl-C or SIGTERM of this sweeping process: the parent run of the sweep it opened ended KILLED, and what
-    it kept, in words; None outside a sweep."""
+    """After Ctrl-C or SIGTERM of this sweeping process: the parent run of the sweep it opened ended KILLED, with the
+    runs of its jobs whose processes are gone (a parallel launcher's workers), and what it kept, in words; None outside
+    a sweep."""
     from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
 
@@ -171,9 +171,14 @@ def end_interrupted_sweep() -> str | None:
     parent_id = _open_sweep["parent_run_id"]
     children = sweep_runs(client, parent_id)
     finished = sum(c.info.status == "FINISHED" for c in children)
-    client.set_tag(parent_id, "error", "interrupted (Ctrl-C or SIGTERM)")
-    client.set_terminated(parent_id, RunStatus.to_string(RunStatus.KILLED))
-    return f"sweep {_open_sweep['sweep_id']} ended KILLED after {finished} finished jobs (kept: reused on resume)"
+    stopped = [c for c in children if c.info.status == "RUNNING" and process_gone(c.data.tags, "run")]
+    for run in [*stopped, client.get_run(parent_id)]:
+        client.set_tag(run.info.run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    line = f"sweep {_open_sweep['sweep_id']} ended KILLED after {finished} finished jobs (kept: reused on resume)"
+    if stopped:
+        line += f"; the MLflow runs of {len(stopped)} running jobs ended KILLED, keeping their last checkpoints"
+    return line
 
 
 def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
@@ -186,21 +191,10 @@ def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
     ended = {}
     for parent in search_all_runs(client, "tags.`pipeline.role` = 'sweep' and attributes.status = 'RUNNING'"):
         tags = parent.data.tags
-        if tags.get("sweep.host") != socket.gethostname() or not _gone(int(tags["sweep.pid"]), parent.info.start_time):
+        if not process_gone(tags, "sweep"):
             continue
         line = f"sweep {tags['sweep_id']}: its process (pid {tags['sweep.pid']}) is gone; its parent run marked KILLED"
         client.set_tag(parent.info.run_id, "error", line)
         client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.KILLED))
         ended[parent.info.run_id] = line
     return ended
-
-
-def _gone(pid: int, since_ms: int) -> bool:
-    """No live process `pid` that started before `since_ms` (a process born later only reuses the number)."""
-    import psutil
-
-    try:
-        process = psutil.Process(pid)
-        return process.status() == psutil.STATUS_ZOMBIE or process.create_time() * 1000 > since_ms
-    except psutil.NoSuchProcess:
-        return True
