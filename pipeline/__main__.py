@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import gc
 import os
+import shlex
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -32,29 +34,22 @@ def main(cfg: DictConfig) -> float | None:
         from pipeline.tracking.run import SELECTION_METRIC
 
         return finished.data.metrics.get(SELECTION_METRIC)
-    from pipeline.tracking.tracker import Tracker, TrackingError
+    from pipeline.tracking.store import open_store
     from pipeline.tracking.uri import tracking_uri
 
-    tracker = None
     try:
         validate(cfg)
-        # MLflow in a process of its own: it opens the store while this process imports torch
-        tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment)
-        from pipeline.app import run
-
-        tracker.check_store()
-    except (ConfigError, TrackingError) as error:
-        if tracker is not None:
-            tracker.close()
+        store = open_store(tracking_uri(cfg), cfg.tracking.experiment)  # one that MLflow cannot open: a ConfigError
+    except ConfigError as error:
         if sweep_of_this_job() is not None:  # one bad job of a sweep: a FAILED run, and the other jobs go on
             from pipeline.app import bad_job
 
             return bad_job(cfg, error)
-        if isinstance(error, TrackingError):  # the tracker could not start: not the config's fault
-            raise
         _remove_empty_run_dir()
         fail(error)
-    return run(cfg, tracker)
+    from pipeline.app import run
+
+    return run(cfg, store)
 
 
 def fail(error: Exception) -> None:
@@ -76,13 +71,46 @@ def _remove_empty_run_dir() -> None:
             pass
 
 
+def interrupted(stop: KeyboardInterrupt) -> None:
+    """Ctrl-C or SIGTERM: the run (and a sweep's parent run) ended KILLED; one line on what was kept and how to
+    resume, no traceback; exit 130."""
+    from pipeline.sweep.callbacks import end_interrupted_sweep
+
+    sweep = end_interrupted_sweep()  # e.g. "sweep S ended KILLED after 2 finished jobs (kept: reused on resume)"
+    tracked = sys.modules.get("pipeline.tracking.run")  # loaded once a run can have opened
+    run_id = stop.run_id if tracked is not None and isinstance(stop, tracked.RunInterrupted) else None
+    kept = [sweep] if sweep else []
+    if run_id is not None:
+        running = "the running job's MLflow run" if sweep else "MLflow run"
+        kept.append(f"{running} {run_id} ended KILLED, keeping its metrics, finished stages and last checkpoint")
+    if sweep:
+        kept.append("jobs not started were not started")
+    what = "; ".join(kept) if kept else "no MLflow run had opened"
+    command = shlex.join(["python", "-m", "pipeline", *sys.argv[1:]])
+    if "tqdm" in sys.modules:  # the trainer's bar, left mid-line: closed first, so that the line stands on its own
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
+    print(f"interrupted: {what}. Resume with the same command: {command}", file=sys.stderr)
+    sys.exit(130)
+
+
+def _sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm)  # `kill` or a scheduler ends the run (and a sweep) as Ctrl-C does
     try:
         check_group_options(CONF, sys.argv[1:])
         precompose(CONF, sys.argv[1:])
     except ConfigError as error:
         fail(error)
-    main()
+    try:
+        main()
+    except KeyboardInterrupt as stop:
+        interrupted(stop)
     # The work is done and logged: exempt the ~800k objects of torch, transformers and MLflow from the cycle
     # collections the interpreter runs at exit, which took 4 s of a 50 s run (bench/overhead.py measures it)
     gc.freeze()

@@ -1,7 +1,6 @@
-"""The task function behind `python -m pipeline`: run the DAG inside one MLflow run (logged by a `Tracker`), report.
+"""The task function behind `python -m pipeline`: run the DAG inside one MLflow run, logged from this process, report.
 
-Nothing here imports MLflow: the tracker process does (`pipeline.tracking.tracker`).
-"""
+The same code runs a single run, a job of a local sweep and a SLURM job (submitit runs this function there)."""
 
 from __future__ import annotations
 
@@ -16,11 +15,13 @@ from pipeline.dag import run_dag, status_table
 from pipeline.disk import DiskSpaceError
 from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
+from pipeline.launch.process import process_tags
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.sweep.callbacks import sweep_of_this_job
-from pipeline.tracking.progress import TrainerLogsCallback
-from pipeline.tracking.tracker import Tracker
+from pipeline.tracking.progress import MLflowTrainerCallback
+from pipeline.tracking.run import pipeline_run, run_name
+from pipeline.tracking.store import Store, open_store
 from pipeline.tracking.uri import tracking_uri
 
 
@@ -56,11 +57,8 @@ def sweep_tags(sweep: dict | None) -> dict[str, str]:
 
 
 def bad_job(cfg: DictConfig, error: Exception) -> float:
-    """A sweep's job whose config failed validation (or whose tracker could not start): a FAILED run with the
-    one-line error (no content fingerprints: its inputs may not exist), logged in this process, so that the other jobs
-    go on and the sweep's end names this one."""
-    from pipeline.tracking.run import pipeline_run, run_name
-
+    """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
+    its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
     message = " ".join(str(error).split())
     print(f"error: job {run_name(cfg)}: {message}", file=sys.stderr)
     try:
@@ -71,35 +69,30 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
     return float("nan")
 
 
-def run(cfg: DictConfig, tracker: Tracker | None = None) -> float | None:
-    """Run the DAG; `tracker`: one started (and its store opened) while this process imported torch, else one now."""
-    if tracker is None:
-        tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment)
-        tracker.check_store()
+def run(cfg: DictConfig, store: Store | None = None) -> float | None:
+    """Run the DAG in one MLflow run, in `store` (opened by `python -m pipeline` after validation), else the config's."""
+    store = store or open_store(tracking_uri(cfg), cfg.tracking.experiment)
     # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
-    try:
-        with (
-            gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
-            requeue_when_interrupted(),
-        ):
-            return _run(cfg, tracker)
-    finally:
-        tracker.close()  # a no-op once its run ended; stops it where this run failed before opening one
+    with (
+        gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
+        requeue_when_interrupted(),
+    ):
+        return _run(cfg, store)
 
 
-def _run(cfg: DictConfig, tracker: Tracker) -> float | None:
+def _run(cfg: DictConfig, store: Store) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
-    uri = tracking_uri(cfg)
-    print(f"[pipeline] device {device}, precision {precision}; MLflow {uri} (make ui)", file=sys.stderr)
+    print(f"[pipeline] device {device}, precision {precision}; MLflow {store.uri} (make ui)", file=sys.stderr)
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
     sweep = sweep_of_this_job()
-    tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags()}
+    tags = {"device": device, "precision": precision, **sweep_tags(sweep), **slurm_tags(), **process_tags("run")}
     found = sources(cfg)  # the content fingerprints of the data, evaluation sets and model: once per run
     try:
-        with tracker.run(cfg, found, tags) as tracked:
-            outputs = run_dag(cfg, found, callbacks=(TrainerLogsCallback(tracked.log),), on_stage=tracked.on_stage)
+        with pipeline_run(cfg, found, tags, store) as tracked:
+            trainer_logs = MLflowTrainerCallback(tracked.client, tracked.run_id)
+            outputs = run_dag(cfg, found, callbacks=(trainer_logs,), on_stage=tracked.on_stage)
             if cfg.hub.push:  # after the card; validate() checked the repo id, the token and the network
                 from pipeline.stages.push import push
 

@@ -320,13 +320,7 @@ def _check_tracking(cfg: DictConfig) -> None:
         raise ConfigError(
             f"tracking.uri={uri} cannot be opened: use one of {', '.join(s + '://' for s in KNOWN_URI_SCHEMES)}"
         )
-    if scheme == "sqlite":  # without MLflow (the tracker opens the store, and names whatever else stops it)
-        from pipeline.tracking.uri import sqlite_problem
-
-        problem = sqlite_problem(uri)
-        if problem:
-            raise ConfigError(f"tracking.uri={uri} cannot be opened: {problem}")
-    elif scheme in ("http", "https"):
+    if scheme in ("http", "https"):  # a sqlite DB is opened after validation (`open_store`)
         import urllib.request
 
         try:

@@ -13,9 +13,9 @@ from sentence_transformers import SentenceTransformer
 
 from pipeline.adapter_configs import REFUSED, SCHEMAS, Method, run_name
 from pipeline.dag import run_dag
-from pipeline.sweep.grid import lora_vs_full_jobs
 from pipeline.models import load_model
 from pipeline.peft_methods import MERGEABLE, linear_modules, peft_config, save_adapter_fixes
+from pipeline.sweep.grid import lora_vs_full_jobs
 from pipeline.tools.export import SENTENCES, main, merge_adapter
 from tests.conftest import compose_config, tiny_method, tiny_overrides
 

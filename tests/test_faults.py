@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -36,14 +37,9 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
-    deadline = time.time() + 600
-    while not list(finetune_cache.glob("*.partial/checkpoints/checkpoint-20")):
-        assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
-        time.sleep(0.05)
-    children = psutil.Process(proc.pid).children(recursive=True)  # its MLflow tracker among them
-    assert children
-    os.kill(proc.pid, signal.SIGKILL)  # the run's process alone: its tracker sees the pipe close and exits
+    wait_for_checkpoint(proc, finetune_cache, "checkpoint-20")
+    children = psutil.Process(proc.pid).children(recursive=True)  # the dataloader's workers, if any
+    os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _all_gone(children, timeout=30), [c.pid for c in children if _alive(c)]
 
@@ -73,6 +69,44 @@ def _assert_no_step_before_the_checkpoint_ran_twice(client: MlflowClient, run) -
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
     before = [s for s in steps if s <= resumed_at]
     assert before and len(before) == len(set(before)), f"steps up to {resumed_at} logged more than once: {steps}"
+
+
+def wait_for_checkpoint(
+    proc: subprocess.Popen, finetune_cache: Path, name: str = "checkpoint-10", runs: int = 1
+) -> None:
+    """Until `runs` runs trained by `proc` (or its workers) have written checkpoint `name` (they are mid-training)."""
+    deadline = time.time() + 600
+    while len(list(finetune_cache.glob(f"*.partial/checkpoints/{name}"))) < runs:
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+LONG_TRAINING = ["train.max_steps=400", "train.save_steps=10", "train.eval_steps=null", "train.logging_steps=10"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_run_ends_killed_with_one_line_and_exit_130(sig, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM mid-training: the run KILLED with
+    what it logged, one line saying what was kept and the command that resumes, no traceback, exit code 130."""
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + LONG_TRAINING
+    cmd = [sys.executable, "-m", "pipeline", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        wait_for_checkpoint(proc, tmp_path / "outputs" / "cache" / "finetune")
+        os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
+        assert proc.wait(timeout=120) == 130
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    line = stderr.rstrip().splitlines()[-1]  # the last line, on its own (the trainer's bar closed before it)
+    assert line.startswith("interrupted: ") and stderr.count("interrupted: ") == 1
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert run.info.status == "KILLED" and run.data.metrics["baseline_nanobeir_mean_ndcg_at_10"] >= 0
+    assert f"MLflow run {run.info.run_id} ended KILLED" in line and "last checkpoint" in line
+    assert line.endswith("Resume with the same command: " + shlex.join(["python", "-m", "pipeline", *overrides]))
 
 
 def _alive(process: psutil.Process) -> bool:

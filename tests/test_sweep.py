@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -243,3 +248,89 @@ def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, 
     parent = client.get_run(parent.info.run_id)
     assert parent.data.tags["verdict"] == report["verdict"]["label"]
     assert all("dev_ndcg_at_10" in r.data.metrics and "dev_delta_vs_base" in r.data.metrics for r in children)
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_sweep_ends_the_job_and_the_sweep_killed_in_one_line(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """SIGINT to the sweep's process group (Ctrl-C) while its first job trains: that job's run and the parent run end
+    KILLED, the next job never starts, one line says what was kept and the command that resumes, exit code 130."""
+    stderr, client, parent, (job,) = _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2")
+    assert parent.info.status == "KILLED" and job.info.status == "KILLED"  # and the next job: not started
+    line = stderr.rstrip().splitlines()[-1]
+    assert line.startswith("interrupted: ") and stderr.count("interrupted: ") == 1
+    assert f"sweep {parent.data.tags['sweep_id']} ended KILLED after 0 finished jobs" in line
+    assert f"MLflow run {job.info.run_id} ended KILLED" in line and "jobs not started were not started" in line
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_parallel_sweep_ends_every_running_job_killed(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """The same with joblib's parallel workers: whichever way each worker went, every job's run and the parent run end
+    KILLED (the sweeping process ends the runs of workers that are gone), in one line, exit code 130."""
+    parallel = ("finetune=lora", "finetune.r=2,4", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    stderr, client, parent, jobs = _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *parallel)
+    assert parent.info.status == "KILLED" and [j.info.status for j in jobs] == ["KILLED", "KILLED"]
+    assert stderr.count("interrupted: ") == 1
+    assert f"interrupted: sweep {parent.data.tags['sweep_id']} ended KILLED after 0 finished jobs" in stderr
+
+
+def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str):
+    """A tiny sweep of `grid` sent SIGINT to its process group once its jobs train: it exits 130 without a traceback;
+    its stderr, a client, its parent run and its job runs."""
+    from tests.test_faults import LONG_TRAINING, wait_for_checkpoint
+
+    tiny = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
+    args = ["-m", "sweep=lora_grid", *tiny, "hydra.sweeper.seeds=[]", *grid, "finetune.alpha=8", *LONG_TRAINING]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    with open(tmp_path / "stderr.txt", "w") as err:
+        cmd = [sys.executable, "-m", "pipeline", *args]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        wait_for_checkpoint(
+            proc, tmp_path / "outputs" / "cache" / "finetune", runs=2 if "hydra/launcher=joblib" in grid else 1
+        )
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=120) == 130
+    stderr = (tmp_path / "stderr.txt").read_text()
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert "Resume with the same command: " + shlex.join(["python", "-m", "pipeline", *args]) in stderr
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("pipeline.role") == "sweep"]
+    jobs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return stderr, client, parent, jobs
+
+
+def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
+    """A parent run left RUNNING by a sweep process that is gone (same host, its pid dead) ends KILLED when a report
+    finds it, and the report says so; a live sweep's parent, or one on another host, stays RUNNING."""
+    from tests.test_compare import job, make_sweep
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("e")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    newer = subprocess.Popen(["sleep", "60"])  # alive, but not the process that opened its sweep: the pid was reused
+    here = socket.gethostname()
+    where = {
+        "gone": (here, dead.pid, 0.0),
+        "reused": (here, newer.pid, psutil.Process(newer.pid).create_time() - 60),
+        "alive": (here, os.getpid(), psutil.Process().create_time()),
+        "elsewhere": ("another-host", dead.pid, 0.0),
+    }
+    parents = {}
+    for sweep_id, (host, pid, started) in where.items():
+        jobs = [job("lora", 12, dev=0.7, gain=0.05, r=4, alpha=8), job("full", 12, dev=0.7, gain=0.05)]
+        parent = make_sweep(client, exp_id, sweep_id, int(time.time() * 1000), jobs, tmp_path)
+        client.update_run(parent, status="RUNNING")
+        tags = {"sweep.host": host, "sweep.pid": str(pid), "sweep.pid_started": str(started)}
+        for key, value in tags.items():
+            client.set_tag(parent, key, value)
+        parents[sweep_id] = parent
+    report = compare(uri, "gone", out_dir=tmp_path / "gone", n_resamples=100, log_to_mlflow=False)
+    newer.kill()
+    assert {client.get_run(parents[s]).info.status for s in ("gone", "reused")} == {"KILLED"}
+    assert f"sweep gone: its process (pid {dead.pid}) is gone; its parent run marked KILLED" in report["warnings"]
+    assert "its process" in (tmp_path / "gone" / "report.md").read_text()
+    assert {client.get_run(parents[s]).info.status for s in ("alive", "elsewhere")} == {"RUNNING"}
+    report = compare(uri, "alive", out_dir=tmp_path / "alive", n_resamples=100, log_to_mlflow=False)
+    assert "sweep alive is still running: this report covers the jobs that ended so far" in report["warnings"]

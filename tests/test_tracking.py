@@ -182,88 +182,58 @@ def test_the_hub_http_clients_info_lines_are_quiet_but_warnings_stay(caplog):
     assert [r.getMessage() for r in caplog.records] == ["retrying"]
 
 
-def test_the_runs_process_never_imports_mlflow_its_tracker_logs_the_run(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
-    """MLflow (and the SQLAlchemy store) live in the tracker process: the run's process pays for neither, and the
-    MLflow run still gets its params, each stage's metrics, the trainer's logs and its end."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT, compose_config, tiny_method, tiny_overrides
-
-    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + tiny_method([])
-    cfg = compose_config(overrides)
-    code = (
-        "import json, sys; from tests.conftest import compose_config; from pipeline.app import run; "
-        "run(compose_config(sys.argv[1:])); "
-        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'sqlalchemy', 'alembic'))))"
-    )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run(
-        [sys.executable, "-c", code, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+def test_a_run_logs_its_params_each_stage_the_trainers_logs_and_its_end(tiny_cfg):
+    """One run, logged from its own process: params, each stage's metrics, the trainer's logs by step, FINISHED."""
+    cfg = tiny_cfg()
+    run(cfg)
     client = MlflowClient(tracking_uri(cfg))
     (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert r.info.status == "FINISHED"
     assert {"dev_ndcg_at_10", "nanobeir_mean_ndcg_at_10", "nanobeir_delta_vs_base", "trainable_params"} <= set(
         r.data.metrics
     )
-    assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")]  # the trainer's logs, by step
+    assert [m.step for m in client.get_metric_history(r.info.run_id, "loss")] == [1, 2]  # the trainer's logs, by step
     assert r.data.tags["stage.model_card"] == "ran" and r.data.params["train.max_steps"] == str(cfg.train.max_steps)
 
 
-@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
-def test_a_tracker_that_cannot_log_fails_the_run(in_process, tiny_cfg, tmp_path):
-    """What the tracker fails to log (here: a stage's files are gone) fails the run on both sides: the MLflow run is
-    FAILED with the tracker's error and the run's process raises `TrackingError`, never a silent gap."""
-    from pipeline.fingerprint import sources
-    from pipeline.tracking.tracker import StageRecord, Tracker, TrackingError
+def test_logging_that_fails_fails_the_run_and_keeps_what_was_logged(tiny_cfg, tmp_path):
+    """What cannot be logged (here: a stage's files are gone) fails the run: FAILED with the error, never a silent
+    gap; what was logged before it stays."""
+    from pipeline.dag import StageOutput
+    from pipeline.tracking.run import pipeline_run
 
     cfg = tiny_cfg(["run.until=prepare_data"])
-    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, in_process)
-    tracker.check_store()
-    gone = StageRecord("dev_baseline", "ran", tmp_path / "gone", {"ndcg_at_10": 0.5})
-    with pytest.raises(TrackingError, match="FileNotFoundError|No such file"), tracker.run(cfg, sources(cfg), {}):
-        tracker.on_stage(gone)
+    gone = StageOutput("dev_baseline", "k", tmp_path / "gone", {"ndcg_at_10": 0.5}, "ran", 0.0)
+    with pytest.raises(FileNotFoundError), pipeline_run(cfg) as tracked:
+        tracked.on_stage(gone)
     client = MlflowClient(tracking_uri(cfg))
     (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
     assert r.info.status == "FAILED" and "gone" in r.data.tags["error"]
     assert r.data.metrics["baseline_dev_ndcg_at_10"] == 0.5  # what it logged before the failure stays
 
 
-@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
-def test_a_store_mlflow_cannot_open_is_a_config_error(in_process, tmp_path):
-    """A sqlite file that is no MLflow DB: the tracker names the URI in one line, and exits."""
+def test_a_store_mlflow_cannot_open_is_a_one_line_config_error(tmp_path):
+    """A sqlite file that is no MLflow DB: a ConfigError naming the URI, before any stage (`python -m pipeline` prints
+    it as one line: tests/test_validate.py)."""
     from pipeline.config import ConfigError
-    from pipeline.tracking.tracker import Tracker
+    from pipeline.tracking.store import open_store
 
     db = tmp_path / "not_a.db"
     db.write_text("not sqlite at all\n" * 100)
-    tracker = Tracker(f"sqlite:///{db}", "e", in_process)
     with pytest.raises(ConfigError, match=f"tracking.uri=sqlite:///{db} cannot be opened"):
-        tracker.check_store()
-    tracker.close()
-    assert tracker._exit_code() == 0  # it ended, cleanly
+        open_store(f"sqlite:///{db}", "e")
 
 
-@pytest.mark.parametrize("in_process", [False, True], ids=["process", "thread"])
-def test_an_error_of_the_runs_process_ends_its_run_failed_with_it(in_process, tiny_cfg, tmp_path):
-    """The run's process's exception reaches the tracker's MLflow run as it was: its line as the `error` tag and its
-    own traceback as `error.txt` (not the tracker's)."""
-    from pipeline.fingerprint import sources
-    from pipeline.tracking.tracker import Tracker
+def test_an_error_ends_the_run_failed_with_its_line_and_traceback(tiny_cfg, tmp_path):
+    """The run's exception as the `error` tag and its traceback as `error.txt`."""
+    from pipeline.tracking.run import pipeline_run
 
     cfg = tiny_cfg(["run.until=prepare_data"])
-    tracker = Tracker(tracking_uri(cfg), cfg.tracking.experiment, in_process)
-    tracker.check_store()
 
     def failing_stage():
         raise ValueError("boom in the run's process")
 
-    with pytest.raises(ValueError, match="boom"), tracker.run(cfg, sources(cfg), {}):
+    with pytest.raises(ValueError, match="boom"), pipeline_run(cfg):
         failing_stage()
     client = MlflowClient(tracking_uri(cfg))
     (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])

@@ -44,6 +44,7 @@ from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
 from pipeline.report.verdict import TARGETS
 from pipeline.statistics.sequential import Design
+from pipeline.sweep.callbacks import end_gone_sweeps
 
 REPORT_FILES = (
     "report.md",
@@ -78,12 +79,15 @@ def compare(
         raise ValueError(f"target={target!r} is not allowed: one of {', '.join(TARGETS)}")
     uri = tracking_uri or default_tracking_uri()
     client = open_client(uri)
+    gone = end_gone_sweeps(client)  # parent runs left RUNNING by a sweep process that is gone: KILLED, not running
     parent = find_sweep(client, sweep_id, experiment)
     sweep = sweep_id_of(parent)
     out = Path(out_dir) if out_dir is not None else default_outputs() / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
 
-    warnings: list[str] = []
+    warnings: list[str] = [gone[parent.info.run_id]] if parent.info.run_id in gone else []
+    if parent.info.status == "RUNNING":
+        warnings.append(f"sweep {sweep} is still running: this report covers the jobs that ended so far")
     arms, baseline = load_arms(client, parent, warnings)
     rows = [baseline, *ordered(arms)] if baseline else ordered(arms)
     for arm in rows:

@@ -2,7 +2,9 @@
 
 - `MLflowSweepCallback` (a Hydra callback) opens the sweep's parent run before any job starts, creating the sqlite DB
   once, and at the end closes it: FAILED, with the names of the failed jobs, if any job failed (and the sweep exits
-  non-zero), FINISHED otherwise.
+  non-zero), FINISHED otherwise. Ctrl-C or SIGTERM of the sweeping process ends it KILLED (`end_interrupted_sweep`);
+  a parent left RUNNING by a sweep process that is gone (SIGKILL) is marked KILLED by the next sweep or report
+  (`end_gone_sweeps`), from the host and pid tagged on it.
 - `finished_job`: a job whose config already has a FINISHED run (same config, same data and model content) reuses
   that run instead of running again, so re-running a sweep (a grid grown by r=128, a failed job fixed) runs only what
   is missing. Light on purpose: it runs before torch is imported.
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline.launch.process import process_gone, process_tags
 from pipeline.sweep.grid import is_relative_alpha
 
 if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check stays fast
@@ -27,6 +30,7 @@ if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check
 
 SWEEP_FILE = "sweep.json"
 REUSED_TAG = "sweep.reused.{parent_run_id}"  # on a finished run that a later sweep reused
+_open_sweep: dict[str, Any] | None = None  # the sweep whose parent run this process opened, until it ends
 
 
 def sweep_info(sweep_dir: str | Path) -> dict[str, Any] | None:
@@ -101,25 +105,31 @@ class MLflowSweepCallback(Callback):
         from pipeline.tracking.store import client_for, experiment_id
         from pipeline.tracking.uri import tracking_uri
 
+        global _open_sweep
         uri = tracking_uri(config)
         client = client_for(uri)  # the DB is created here, once, before parallel jobs race to create it
+        for gone in end_gone_sweeps(client).values():
+            print(f"[pipeline] {gone}", file=sys.stderr)
         sweep_id = f"{Path(config.hydra.sweep.dir).name}-{uuid.uuid4().hex[:6]}"
         overrides = " ".join(config.hydra.overrides.task)
+        tags = {"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]}
+        tags.update(process_tags("sweep"))  # host and pid: to tell when it is gone
         parent = client.create_run(
-            experiment_id(client, uri, _first_job_experiment(config)),
-            run_name=f"sweep-{sweep_id}",
-            tags={"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]},
+            experiment_id(client, uri, _first_job_experiment(config)), run_name=f"sweep-{sweep_id}", tags=tags
         )
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         info = {"sweep_id": sweep_id, "parent_run_id": parent.info.run_id, "tracking_uri": uri}
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(info, indent=2))
+        _open_sweep = info
         print(f"[pipeline] sweep {sweep_id}: MLflow parent run {parent.info.run_id} in {uri}", file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.entities import RunStatus
         from mlflow.tracking import MlflowClient
 
+        global _open_sweep
+        _open_sweep = None
         info = sweep_info(config.hydra.sweep.dir)
         if info is None:
             return
@@ -146,3 +156,45 @@ class MLflowSweepCallback(Callback):
             f"`make compare` (python -m pipeline.report --sweep-id {info['sweep_id']})",
             file=sys.stderr,
         )
+
+
+def end_interrupted_sweep() -> str | None:
+    """After Ctrl-C or SIGTERM of this sweeping process: the parent run of the sweep it opened ended KILLED, with the
+    runs of its jobs whose processes are gone (a parallel launcher's workers), and what it kept, in words; None outside
+    a sweep."""
+    from mlflow.entities import RunStatus
+    from mlflow.tracking import MlflowClient
+
+    if _open_sweep is None:
+        return None
+    client = MlflowClient(_open_sweep["tracking_uri"])
+    parent_id = _open_sweep["parent_run_id"]
+    children = sweep_runs(client, parent_id)
+    finished = sum(c.info.status == "FINISHED" for c in children)
+    stopped = [c for c in children if c.info.status == "RUNNING" and process_gone(c.data.tags, "run")]
+    for run in [*stopped, client.get_run(parent_id)]:
+        client.set_tag(run.info.run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
+        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+    line = f"sweep {_open_sweep['sweep_id']} ended KILLED after {finished} finished jobs (kept: reused on resume)"
+    if stopped:
+        line += f"; the MLflow runs of {len(stopped)} running jobs ended KILLED, keeping their last checkpoints"
+    return line
+
+
+def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
+    """Parent runs left RUNNING by a sweep process that is gone (SIGKILL, a closed terminal) on this host, marked
+    KILLED: a line for each, by parent run id. A parent opened on another host is left RUNNING: nothing here can tell."""
+    from mlflow.entities import RunStatus
+
+    from pipeline.tracking.store import search_all_runs
+
+    ended = {}
+    for parent in search_all_runs(client, "tags.`pipeline.role` = 'sweep' and attributes.status = 'RUNNING'"):
+        tags = parent.data.tags
+        if not process_gone(tags, "sweep"):
+            continue
+        line = f"sweep {tags['sweep_id']}: its process (pid {tags['sweep.pid']}) is gone; its parent run marked KILLED"
+        client.set_tag(parent.info.run_id, "error", line)
+        client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        ended[parent.info.run_id] = line
+    return ended

@@ -1,5 +1,5 @@
-"""Tracking: the tracker process that logs a pipeline run to MLflow (`tracker`; the run's own process never imports
-MLflow), the MLflow run, the sweep callbacks, the UI's saved view, the trainer's logging callback."""
+"""Tracking: the MLflow store and run of a pipeline run (logged in the run's own process), its dataset inputs and
+system metrics, the UI's saved view, the trainer's logging callback, the Model Registry."""
 
 import os
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from mlflow.tracking import MlflowClient
 from transformers.trainer_callback import TrainerCallback
 
+from pipeline.tracking.store import log_step
 
-class TrainerLogsCallback(TrainerCallback):
-    """Training loss, learning rate and in-training NanoBEIR metrics, handed to `log(logs, step)` at each logging
-    step (`Tracker.log`: the run's MLflow metrics)."""
 
-    def __init__(self, log: Callable[[dict, int], None]):
-        self.log = log
+class MLflowTrainerCallback(TrainerCallback):
+    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step."""
+
+    def __init__(self, client: MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        self.log(logs or {}, state.global_step)
+        log_step(self.client, self.run_id, logs or {}, state.global_step)

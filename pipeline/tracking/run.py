@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,13 +30,7 @@ from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
-from pipeline.tracking.store import (
-    _now_ms,
-    client_for,
-    experiment_id,
-    log_step,
-    metric_name,
-)
+from pipeline.tracking.store import Store, _now_ms, log_step, metric_name, open_store
 from pipeline.tracking.system_metrics import system_metrics
 from pipeline.tracking.uri import sqlite_path, tracking_uri
 
@@ -133,15 +129,6 @@ def finished_run(cfg: DictConfig) -> Run | None:
     if experiment is None:
         return None
     return _newest_run(client, experiment.experiment_id, run_key(cfg), ("FINISHED",))
-
-
-class RunError(Exception):
-    """An exception of the run's process, raised again in its tracker (`pipeline.tracking.tracker`) with the original
-    line and traceback, so that `pipeline_run` ends the run FAILED with them."""
-
-    def __init__(self, line: str, trace: str):
-        super().__init__(line)
-        self.line, self.trace = line, trace
 
 
 def provenance() -> dict[str, str]:
@@ -267,20 +254,30 @@ class PipelineRun:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended MLflow run `run_id` KILLED (a KeyboardInterrupt: whatever catches one still does)."""
+
+    def __init__(self, run_id: str):
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
 @contextmanager
 def pipeline_run(
-    cfg: DictConfig, found_sources: dict[str, str] | None = None, tags: dict[str, str] | None = None
+    cfg: DictConfig,
+    found_sources: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+    store: Store | None = None,
 ) -> Iterator[PipelineRun]:
-    """Open the MLflow run; end it FINISHED, FAILED (with the error) or KILLED (Ctrl-C, SIGTERM: see
-    `pipeline.tracking.tracker`, which runs this in a process of its own).
+    """Open the MLflow run (in `store`, else the config's); end it FINISHED, FAILED (the `error` tag and `error.txt`)
+    or KILLED (Ctrl-C, SIGTERM: `RunInterrupted`; a SLURM requeue).
 
     The same config started again after a kill (SIGKILL leaves its run RUNNING; Ctrl-C leaves it KILLED) logs into
     that same run, while training resumes from its last checkpoint. A lock per config, held for the whole run, tells
     a dead run from a live one: whoever holds it is alive.
     """
-    uri = tracking_uri(cfg)
-    client = client_for(uri)
-    exp_id = experiment_id(client, uri, cfg.tracking.experiment)
+    store = store or open_store(tracking_uri(cfg), cfg.tracking.experiment)
+    client = store.client
     params = flat_params(cfg)
     found = found_sources if found_sources is not None else sources(cfg)
     key = run_key(cfg, found, params)
@@ -288,7 +285,7 @@ def pipeline_run(
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / f"run-{key}.lock")):
         # The newest run of this config left RUNNING (its process was killed: we hold its lock now) or KILLED
-        interrupted = _newest_run(client, exp_id, key, ("RUNNING", "KILLED"))
+        interrupted = _newest_run(client, store.experiment_id, key, ("RUNNING", "KILLED"))
         run_id = interrupted.info.run_id if interrupted else None
         if run_id is not None:
             client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -296,42 +293,73 @@ def pipeline_run(
                 client.set_tag(run_id, key_, value)
             print(f"[pipeline] resuming the interrupted MLflow run {run_id} of this config", file=sys.stderr)
         else:
-            run_tags = {
-                **method_tags(cfg),
-                "base_model": cfg.model.name,
-                "pipeline.config_hash": key,
-                **{f"source.{group}": value for group, value in found.items()},  # content hash or Hub id@SHA
-                **provenance(),
-                **(tags or {}),
-            }
-            run_id = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags).info.run_id
-            batch = [Param(k, v) for k, v in method_params(params).items()]
-            for i in range(0, len(batch), 100):
-                client.log_batch(run_id, params=batch[i : i + 100])
-            with tempfile.TemporaryDirectory() as tmp:
-                resolved = Path(tmp) / "config.yaml"
-                resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
-                client.log_artifact(run_id, str(resolved))
-        monitor = system_metrics(uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
+            run_id = _create_run(client, store.experiment_id, cfg, key, found, params, tags)
+        monitor = system_metrics(store.uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
         try:
-            with monitor:
+            with _sigterm_as_interrupt(), monitor:
                 yield PipelineRun(client, run_id, cfg, found)
-        except (KeyboardInterrupt, SystemExit):  # SystemExit: submitit's requeue before a SLURM time limit
+        except (KeyboardInterrupt, SystemExit) as stop:  # SystemExit: submitit's requeue before a SLURM time limit
             client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            if isinstance(stop, KeyboardInterrupt):
+                raise RunInterrupted(run_id) from None
             raise
         except BaseException as error:
-            replayed = isinstance(error, RunError)  # the run's process's error: its own line and traceback
-            line = error.line if replayed else f"{type(error).__name__}: {error}"
-            client.set_tag(run_id, "error", line[:5000])
+            client.set_tag(run_id, "error", f"{type(error).__name__}: {error}"[:5000])
             with tempfile.TemporaryDirectory() as tmp:
                 trace = Path(tmp) / "error.txt"
-                trace.write_text(error.trace if replayed else traceback.format_exc())
+                trace.write_text(traceback.format_exc())
                 client.log_artifact(run_id, str(trace))
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FAILED))
             raise
         else:
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.FINISHED))
+
+
+def _create_run(
+    client: MlflowClient,
+    exp_id: str,
+    cfg: DictConfig,
+    key: str,
+    found: dict[str, str],
+    params: dict[str, str],
+    tags: dict[str, str] | None,
+) -> str:
+    """A new run of this config: its tags (method, sources, provenance, `tags`), params and resolved config.yaml."""
+    run_tags = {
+        **method_tags(cfg),
+        "base_model": cfg.model.name,
+        "pipeline.config_hash": key,
+        **{f"source.{group}": value for group, value in found.items()},  # content hash or Hub id@SHA
+        **provenance(),
+        **(tags or {}),
+    }
+    run_id = client.create_run(exp_id, run_name=run_name(cfg), tags=run_tags).info.run_id
+    batch = [Param(k, v) for k, v in method_params(params).items()]
+    for i in range(0, len(batch), 100):
+        client.log_batch(run_id, params=batch[i : i + 100])
+    with tempfile.TemporaryDirectory() as tmp:
+        resolved = Path(tmp) / "config.yaml"
+        resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
+        client.log_artifact(run_id, str(resolved))
+    return run_id
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """A scheduler's SIGTERM (preemption, scancel) ends the run KILLED, like Ctrl-C, instead of leaving it RUNNING."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _newest_run(client: MlflowClient, exp_id: str, key: str, statuses: tuple[str, ...]) -> Run | None:

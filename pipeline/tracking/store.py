@@ -1,19 +1,40 @@
-"""The MLflow store (a sqlite DB under the outputs, or a tracking server; which one: `pipeline.tracking.uri`): its
-experiments, searches across them, and metric logging with MLflow-safe names."""
+"""The MLflow store (a sqlite DB under the outputs, or a tracking server; which one: `pipeline.tracking.uri`): opening
+it, its experiments, searches across them, and metric logging with MLflow-safe names."""
 
 from __future__ import annotations
 
 import re
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 from filelock import FileLock
 from mlflow.entities import Experiment, Metric, Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import ConfigError
 from pipeline.tracking.ui import describe_experiment
 from pipeline.tracking.uri import sqlite_path
+
+
+@dataclass(frozen=True)
+class Store:
+    """An opened store: where it is, a client on it and the run's experiment (created if new)."""
+
+    uri: str
+    client: MlflowClient
+    experiment_id: str
+
+
+def open_store(uri: str, experiment: str) -> Store:
+    """Open the store at `uri` (a fresh sqlite DB is created once) and `experiment`: a one-line `ConfigError` naming
+    the URI where MLflow cannot, before any stage runs."""
+    try:
+        client = client_for(uri)
+        return Store(uri, client, experiment_id(client, uri, experiment))
+    except Exception as error:  # noqa: BLE001 - whatever stops MLflow from opening it
+        raise ConfigError(f"tracking.uri={uri} cannot be opened ({type(error).__name__}: {error})") from error
 
 
 def client_for(uri: str) -> MlflowClient:
