@@ -1,7 +1,7 @@
 """Write every stage key of every experiment x finetune method (x max_steps=null, x bf16), with fixed content
 fingerprints, to a JSON file: run before and after a change to compare (`cmp`).
 
-    .venv/bin/python docs/_incoming/faults/stage_keys.py /tmp/keys_before.json
+    .venv/bin/python docs/scripts/stage_keys.py /tmp/keys_before.json
 """
 
 import json

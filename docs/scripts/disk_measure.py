@@ -1,6 +1,6 @@
 """The disk estimate against what a 2-step fine-tune of the tests' tiny BERT wrote, method by method.
 
-HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python docs/_incoming/faults/disk_measure.py /tmp/measure
+HF_HUB_OFFLINE=1 PYTHONPATH=. .venv/bin/python docs/scripts/disk_measure.py /tmp/measure
 """
 
 import sys

@@ -1,6 +1,6 @@
 """The disk estimate of a full fine-tune and LoRA of bert-base (its shapes, random weights) and of the demo's MiniLM.
 
-.venv/bin/python docs/_incoming/faults/disk_estimate.py /tmp/bert-base
+.venv/bin/python docs/scripts/disk_estimate.py /tmp/bert-base
 """
 
 import sys
