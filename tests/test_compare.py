@@ -364,3 +364,8 @@ def test_a_decided_sweep_reports_its_looks_fresh_seeds_and_target(tmp_path):
     assert "for queries like these" in queries["verdict"]["sentence"] and queries["verdict"]["target"] == "queries"
     with pytest.raises(ValueError, match="target='nope'"):
         compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "x", n_resamples=200, target="nope")
+    client.set_tag(parent, "decide.target", "queries")  # make decide looked on queries like these: so does the report
+    recorded = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "d", n_resamples=200)
+    assert (
+        recorded["verdict"]["target"] == "queries" and client.get_run(parent).data.tags["verdict.target"] == "queries"
+    )

@@ -67,21 +67,23 @@ def compare(
     log_to_mlflow: bool = True,
     margin: float = 0.01,
     cost: str = "trainable_params",
-    target: str = "benchmark",
+    target: str | None = None,
 ) -> dict:
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
 
     `out_dir` defaults to <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/. Raises SweepNotFound when there is no
     sweep to report on. `target`: what the verdict claims, "benchmark" (this benchmark's fixed queries, over training
-    seeds) or "queries" (queries like these).
+    seeds) or "queries" (queries like these); None: the one `make decide` took its looks on (tag `decide.target`),
+    else "benchmark".
     """
-    if target not in TARGETS:
+    if target is not None and target not in TARGETS:
         raise ValueError(f"target={target!r} is not allowed: one of {', '.join(TARGETS)}")
     uri = tracking_uri or default_tracking_uri()
     client = open_client(uri)
     gone = end_gone_sweeps(client)  # parent runs left RUNNING by a sweep process that is gone: KILLED, not running
     parent = find_sweep(client, sweep_id, experiment)
     sweep = sweep_id_of(parent)
+    target = target or parent.data.tags.get("decide.target") or "benchmark"
     out = Path(out_dir) if out_dir is not None else default_outputs() / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
 
@@ -245,9 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--target",
         choices=list(TARGETS),
-        default="benchmark",
-        help="what the verdict claims: benchmark (default; this benchmark's fixed queries, over training seeds) or "
-        "queries (queries like these: seeds and queries)",
+        default=None,
+        help="what the verdict claims: benchmark (this benchmark's fixed queries, over training seeds) or queries "
+        "(queries like these: seeds and queries); default: the target make decide looked on, else benchmark",
     )
     parser.add_argument("--cost", choices=COST, default="trainable_params", help="x axis of the cost frontier plot")
     parser.add_argument("--no-log", action="store_true", help="write the report files only, log nothing to MLflow")

@@ -81,10 +81,10 @@ the training data: what sweeps select learning rates and adapter settings on.
 **The comparison:** *Views → {VIEW_NAME}* (the URL `make ui` prints) lists the fine-tune runs, best NDCG@10 first,
 with the method, LoRA rank r and alpha (r and alpha mean nothing for `full`), trainable parameters and sweep id. Failed
 runs come last, without a score. One sweep only: add `AND tags.sweep_id = '<id>'` to the search.
-The runs named `sweep-<id>` are the sweeps' parent runs; the newest ones with a verdict are pinned at the top, with
-the verdict, its sentence, its target and the seeds it spent (`make decide`: `verdict.*` tags, each look as a
+The runs named `sweep-<id>` are the sweeps' parent runs, listed after the jobs (they have no NDCG@10 of their own),
+with the verdict, its sentence, its target and the seeds it spent (`make decide`: `verdict.*` tags, each look as a
 `verdict.look.*` metric); `make compare` sets their `verdict` tag and description and logs the report (selection on
-dev, seed + query CIs, the verdict within a margin) under their `report/` artifacts.
+dev, fresh seeds only, the verdict within a margin for its stated target) under their `report/` artifacts.
 """
 
 
