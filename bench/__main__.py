@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHES)}")
+    missing = [n for n in BENCHES if n not in names and BenchResult.load(n, RESULTS) is None]
+    if args.merge and missing:  # the table would lose their rows: refuse before measuring anything
+        parser.error(
+            f"--merge keeps the other benchmarks' saved results, but {RESULTS} has none for {', '.join(missing)}: "
+            f"run them too (--only {','.join([*names, *missing])}), or run without --merge"
+        )
 
     out = args.out or (RESULTS / "quick.md" if args.quick else DOC)
     quiet()
@@ -79,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] {name} took {result.seconds:.0f}s\n{markdown_table(result.rows)}", file=sys.stderr, flush=True)
         if args.merge:  # the last saved results of the benchmarks not run now, in BENCHES order
             fresh = {r.name: r for r in results}
-            merged = [fresh.get(n) or BenchResult.load(n) for n in BENCHES]
+            merged = [fresh.get(n) or BenchResult.load(n, RESULTS) for n in BENCHES]
             write_doc([r for r in merged if r is not None], machine, out)
         else:
             write_doc(results, machine, out)  # a crash later keeps what was measured

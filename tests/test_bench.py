@@ -269,3 +269,20 @@ def test_profile_bench_on_tiny_bert(tiny_no_dropout_model, tiny_qa, tmp_path):
     assert text.count("Self CPU time total") == 2 and "### reference" in text and "### auto" in text
     (row,) = result.rows
     assert row.bench == "profile" and row.ratio == pytest.approx(ours["step_s"] / ref["step_s"])
+
+
+def test_merge_refuses_when_the_other_benchmarks_have_no_saved_results(tmp_path, monkeypatch, capsys):
+    """`--merge` keeps the other benchmarks' saved rows: with none saved, it stops in one line before measuring, and
+    the table is left as it was (it used to rewrite the table with the measured benchmark's rows only)."""
+    import bench.__main__ as entry
+    from bench import common
+
+    monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(entry, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(entry, "BENCHES", {**entry.BENCHES, "overhead": lambda **kw: pytest.fail("measured")})
+    table = tmp_path / "benchmarks.md"
+    table.write_text("the committed table\n")
+    with pytest.raises(SystemExit):
+        entry.main(["--only", "overhead", "--merge", "--out", str(table)])
+    assert "has none for training, evaluation" in capsys.readouterr().err
+    assert table.read_text() == "the committed table\n"
