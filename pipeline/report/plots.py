@@ -32,10 +32,6 @@ def _base(baseline: Arm | None):
     return baseline.ndcg if baseline is not None else None
 
 
-def _full(protocol: Protocol):
-    return protocol.full.estimate if protocol.full is not None else None
-
-
 def plot_ndcg_vs_r(path: Path, protocol: Protocol, baseline: Arm | None, level: float) -> None:
     """Δ vs the selected full fine-tune per rank (each rank at its best learning rate on dev), with the verdict's
     interval and the ±margin band: what the rank verdicts decided. Hollow: the grid run alone (queries only)."""

@@ -25,7 +25,7 @@ from pipeline.report.verdict import Verdict, decide, from_looks
 from pipeline.statistics.heterogeneity import Heterogeneity, heterogeneity
 from pipeline.statistics.robust import diverged, outlier_seeds, worst_seed
 from pipeline.statistics.seeds import SeedQueryEstimate, arm_estimate, dataset_means, nanobeir_means
-from pipeline.statistics.sequential import Design, Estimate, Look, fixed, look, replay
+from pipeline.statistics.sequential import Design, Look, fixed, look, replay
 from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key
 
 
@@ -72,7 +72,6 @@ class Protocol:
     full: Configuration | None = None  # the selected full fine-tune configuration
     target: str = "benchmark"
     grid_seeds: set[int] = field(default_factory=set)
-    estimate: Estimate | None = None
     verdict: Verdict | None = None
     looks: list[Look] = field(default_factory=list)
     heterogeneity: Heterogeneity | None = None
@@ -81,10 +80,6 @@ class Protocol:
     ranks: list = field(default_factory=list)  # pipeline.report.grid.RankDelta, largest rank first
     rank: int | None = None  # the smallest rank that suffices (fixed-sequence), None if none
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def grid_seed(self) -> int | None:
-        return min(self.grid_seeds) if self.grid_seeds else None
 
 
 def configurations(arms: list[Arm]) -> list[Configuration]:
@@ -159,7 +154,6 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
     except ValueError as error:
         protocol.notes.append(f"no verdict: {error}")
         return
-    protocol.estimate = estimate
     if design is not None and protocol.target == "benchmark" and not estimate.note:
         means = [[nanobeir_means([a.per_query])[0] for a in runs] for runs in (fresh_a, fresh_f)]
         protocol.looks = replay(design, *means, done=True)

@@ -27,13 +27,12 @@ from pathlib import Path
 
 from pipeline.adapter_configs import Method
 from pipeline.statistics.rank import smallest_rank
-from pipeline.statistics.sequential import Design, Estimate, Look, benchmark_difference, look
+from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, benchmark_difference, look
 from pipeline.sweep.edges import edge_jobs, extended_axes
 from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
 
 Job = list[str]
-TARGETS = ("benchmark", "queries")  # this benchmark's fixed queries over training randomness; queries like these
 TARGET_TEXT = {"benchmark": "this benchmark's fixed queries, over training seeds", "queries": "queries like these"}
 PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
 ADAPTER, FULL = "adapter", "full"
