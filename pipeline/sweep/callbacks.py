@@ -162,8 +162,9 @@ def end_interrupted_sweep() -> str | None:
     """After Ctrl-C or SIGTERM of this sweeping process: the parent run of the sweep it opened ended KILLED, with the
     runs of its jobs whose processes are gone (a parallel launcher's workers), and what it kept, in words; None outside
     a sweep."""
-    from mlflow.entities import RunStatus
     from mlflow.tracking import MlflowClient
+
+    from pipeline.tracking.store import end_killed
 
     if _open_sweep is None:
         return None
@@ -173,8 +174,7 @@ def end_interrupted_sweep() -> str | None:
     finished = sum(c.info.status == "FINISHED" for c in children)
     stopped = [c for c in children if c.info.status == "RUNNING" and process_gone(c.data.tags, "run")]
     for run in [*stopped, client.get_run(parent_id)]:
-        client.set_tag(run.info.run_id, "error", "interrupted (Ctrl-C or SIGTERM)")
-        client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        end_killed(client, run.info.run_id, "interrupted (Ctrl-C or SIGTERM)")
     line = f"sweep {_open_sweep['sweep_id']} ended KILLED after {finished} finished jobs (kept: reused on resume)"
     if stopped:
         line += f"; the MLflow runs of {len(stopped)} running jobs ended KILLED, keeping their last checkpoints"
@@ -184,9 +184,7 @@ def end_interrupted_sweep() -> str | None:
 def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
     """Parent runs left RUNNING by a sweep process that is gone (SIGKILL, a closed terminal) on this host, marked
     KILLED: a line for each, by parent run id. A parent opened on another host is left RUNNING: nothing here can tell."""
-    from mlflow.entities import RunStatus
-
-    from pipeline.tracking.store import search_all_runs
+    from pipeline.tracking.store import end_killed, search_all_runs
 
     ended = {}
     for parent in search_all_runs(client, "tags.`pipeline.role` = 'sweep' and attributes.status = 'RUNNING'"):
@@ -194,7 +192,6 @@ def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
         if not process_gone(tags, "sweep"):
             continue
         line = f"sweep {tags['sweep_id']}: its process (pid {tags['sweep.pid']}) is gone; its parent run marked KILLED"
-        client.set_tag(parent.info.run_id, "error", line)
-        client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+        end_killed(client, parent.info.run_id, line)
         ended[parent.info.run_id] = line
     return ended

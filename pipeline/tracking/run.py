@@ -30,7 +30,7 @@ from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
-from pipeline.tracking.store import Store, _now_ms, log_step, metric_name, open_store
+from pipeline.tracking.store import Store, _now_ms, end_killed, log_step, metric_name, open_store
 from pipeline.tracking.system_metrics import system_metrics
 from pipeline.tracking.uri import sqlite_path, tracking_uri
 
@@ -299,8 +299,7 @@ def pipeline_run(
             with _sigterm_as_interrupt(), monitor:
                 yield PipelineRun(client, run_id, cfg, found)
         except (KeyboardInterrupt, SystemExit) as stop:  # SystemExit: submitit's requeue before a SLURM time limit
-            client.set_tag(run_id, "error", "interrupted (Ctrl-C, SIGTERM or a requeue)")
-            client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
+            end_killed(client, run_id, "interrupted (Ctrl-C, SIGTERM or a requeue)")
             if isinstance(stop, KeyboardInterrupt):
                 raise RunInterrupted(run_id) from None
             raise

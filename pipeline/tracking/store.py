@@ -9,7 +9,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 from filelock import FileLock
-from mlflow.entities import Experiment, Metric, Run
+from mlflow.entities import Experiment, Metric, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -92,6 +92,12 @@ def search_all_runs(
         if not token:
             break
     return runs
+
+
+def end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    """End a run KILLED, with why in its `error` tag (what the MLflow UI shows beside the status)."""
+    client.set_tag(run_id, "error", reason)
+    client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
 def metric_name(name: str) -> str:
