@@ -369,3 +369,34 @@ def test_a_decided_sweep_reports_its_looks_fresh_seeds_and_target(tmp_path):
     assert (
         recorded["verdict"]["target"] == "queries" and client.get_run(parent).data.tags["verdict.target"] == "queries"
     )
+
+
+def test_a_decided_sweeps_ranks_are_read_at_its_last_look_as_its_verdict_rank(tmp_path):
+    """Under make decide's design every rank is read as the sweeper reads it for `verdict.rank`: its repeated
+    interval at the last look taken, on that look's seeds — not a fixed-design interval, which is narrower and would
+    let the report call a rank equivalent that the sequential rule did not."""
+    from pipeline.statistics.sequential import Design, benchmark_difference, look
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("decide", artifact_location=(tmp_path / "artifacts").as_uri())
+    jobs = [job("full", 12, dev=0.70, gain=0.10), job("lora", 12, dev=0.71, gain=0.10, r=16, alpha=32)]
+    jobs += [job("lora", 12, dev=0.69, gain=0.10, r=8, alpha=16)]
+    jobs += [job(m, s, dev=0.7, gain=0.10, **kw) for s in range(20, 27)
+             for m, kw in (("full", {}), ("lora", {"r": 16, "alpha": 32}), ("lora", {"r": 8, "alpha": 16}))]  # fmt: skip
+    parent = make_sweep(client, exp, "s-ranks", 3_000_000, jobs, tmp_path, seed=7)
+    for key, value in {"sweep.grid_seeds": "12", "decide.first": "3", "decide.step": "2", "decide.budget": "7"}.items():
+        client.set_tag(parent, key, value)
+    result = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "r", n_resamples=200)
+    last = result["verdict"]["looks"][-1]
+    (row,) = [row for row in result["verdict"]["ranks"] if row["rank"] == 8]
+    runs = {r.info.run_name: r for r in client.search_runs([exp])}
+
+    def means(name: str) -> list[float]:
+        return [
+            runs[f"{name}-s{s}"].data.metrics["nanobeir_mean_ndcg_at_10"] for s in range(20, 20 + last["seeds_adapter"])
+        ]
+
+    estimate = benchmark_difference(means("lora-r8-a16-lr0.0002"), means("full-lr2e-05"))
+    expected = look(Design(first=3, step=2, budget=7), estimate, last["index"])
+    assert row["label"] == expected.label and row["seeds"] == last["seeds_adapter"]
+    assert (row["low"], row["high"]) == pytest.approx((expected.low, expected.high), abs=1e-9)

@@ -23,7 +23,8 @@ from pipeline.report.verdict import decide
 from pipeline.statistics.family import configuration_test, holm, pooled_variance
 from pipeline.statistics.rank import smallest_rank
 from pipeline.statistics.seeds import nanobeir_means, queries_difference
-from pipeline.statistics.sequential import Estimate, benchmark_difference
+from pipeline.statistics.sequential import Estimate, benchmark_difference, look
+from pipeline.sweep.selection import tie_key
 
 
 class RankDelta(NamedTuple):
@@ -93,12 +94,12 @@ def _configuration_tests(protocol) -> None:
 def _ranks(protocol, margin: float, alpha: float) -> None:
     if protocol.adapter is None:
         return
-    best: dict[int, object] = {}
+    best: dict[int, object] = {}  # each rank's best configuration on dev; ties as the sweeper breaks them (tie_key)
     for config in protocol.configurations:
         r = config.runs[0].r
         if config.method != protocol.adapter.method or r is None or not config.finished or math.isnan(config.dev):
             continue
-        if r not in best or (config.dev, -config.trainable_params) > (best[r].dev, -best[r].trainable_params):
+        if r not in best or _order(config) < _order(best[r]):
             best[r] = config
     full_fresh = protocol.full.fresh(protocol.grid_seeds)
     rows = []
@@ -108,6 +109,13 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
             rows.append(RankDelta(r, config.name, v.delta, *v.ci90, v.label, v.seeds_adapter, ""))
             continue
         fresh = config.fresh(protocol.grid_seeds)
+        if len(fresh) > 1 and len(full_fresh) > 1 and protocol.design is not None:
+            # make decide's design: the rank read at the last look taken, on that look's seeds, as its verdict.rank
+            last = protocol.looks[-1]
+            estimate = estimate_of(fresh[: last.seeds_adapter], full_fresh[: last.seeds_full], protocol.target)
+            at = look(protocol.design, estimate, last.index)
+            rows.append(RankDelta(r, config.name, at.delta, at.low, at.high, at.label, last.seeds_adapter, ""))
+            continue
         if len(fresh) > 1 and len(full_fresh) > 1:
             verdict = decide(estimate_of(fresh, full_fresh, protocol.target), margin, alpha)
             rows.append(RankDelta(r, config.name, verdict.delta, *verdict.ci90, verdict.label, len(fresh), ""))
@@ -122,3 +130,7 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
     protocol.ranks = rows
     if rows:
         protocol.rank, _ = smallest_rank({row.rank: row.label for row in rows})
+
+
+def _order(config) -> tuple:
+    return (-config.dev, tie_key(config.method, config.runs[0].r, config.name))

@@ -73,6 +73,7 @@ class Protocol:
     target: str = "benchmark"
     grid_seeds: set[int] = field(default_factory=set)
     verdict: Verdict | None = None
+    design: Design | None = None  # the sequential design the looks replayed (make decide's); None: one fixed look
     looks: list[Look] = field(default_factory=list)
     heterogeneity: Heterogeneity | None = None
     worst: dict[str, tuple[str, float]] = field(default_factory=dict)  # arm: (run name, its NanoBEIR mean)
@@ -156,7 +157,7 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
         return
     if design is not None and protocol.target == "benchmark" and not estimate.note:
         means = [[nanobeir_means([a.per_query])[0] for a in runs] for runs in (fresh_a, fresh_f)]
-        protocol.looks = replay(design, *means, done=True)
+        protocol.design, protocol.looks = design, replay(design, *means, done=True)
         protocol.verdict = from_looks(protocol.looks, design, estimate)
         fresh_a, fresh_f = fresh_a[: protocol.verdict.seeds_adapter], fresh_f[: protocol.verdict.seeds_full]
     else:
