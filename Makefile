@@ -60,8 +60,8 @@ reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, pl
 MINI_DEV ?= data.dev_distractors=819
 MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
 reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
-	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=64 finetune.alpha=128 $(MINI_DEV) \
-		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true $(DECIDE_ARGS) $(ARGS)
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=8,64 finetune.alpha=2r $(MINI_DEV) \
+		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true hydra.sweeper.decide.ranks=true $(DECIDE_ARGS) $(ARGS)
 	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
 
 bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~17 min, quiet 2 cores)

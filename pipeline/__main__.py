@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs
-from pipeline.overrides import check_group_options, precompose
+from pipeline.overrides import check_group_options, precompose, relative_alpha_as_sweep
 from pipeline.validate import ConfigError, validate
 
 register_configs()
@@ -105,6 +105,7 @@ if __name__ == "__main__":
     try:
         check_group_options(CONF, sys.argv[1:])
         precompose(CONF, sys.argv[1:])
+        sys.argv[1:] = relative_alpha_as_sweep(sys.argv[1:])  # Hydra's main reads sys.argv
     except ConfigError as error:
         fail(error)
     try:

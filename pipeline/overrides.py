@@ -26,6 +26,27 @@ def check_group_options(conf_dir: Path, overrides: list[str]) -> None:
                 raise ConfigError(f"{key}={option} is not a known {key}; allowed: {', '.join(allowed)}")
 
 
+def relative_alpha_as_sweep(argv: list[str]) -> list[str]:
+    """A relative alpha given alone (`finetune.alpha=2r`) as a one-value sweep (`choice(2r)`): Hydra merges a plain
+    override into the config before the sweeper resolves alpha against each job's r, and `2r` is no number. A single
+    run has no sweeper to resolve it: a one-line error."""
+    from pipeline.sweep.grid import is_relative_alpha
+
+    multirun = any(a in ("-m", "--multirun") or a == "hydra.mode=MULTIRUN" for a in argv)
+    out = []
+    for a in argv:
+        value = a.partition("=")[2]
+        if is_relative_alpha(a) and "," not in value:
+            if not multirun:
+                raise ConfigError(
+                    f"finetune.alpha={value} is relative to r, which only a sweep (-m) resolves; "
+                    "a single run takes a number, e.g. finetune.alpha=16"
+                )
+            a = f"finetune.alpha=choice({value})"
+        out.append(a)
+    return out
+
+
 def precompose(conf_dir: Path, argv: list[str]) -> None:
     """Compose the config as the CLI will, so that a type error fails in one line before Hydra starts a job.
 

@@ -11,7 +11,7 @@ import pytest
 from pipeline.statistics.advice import advice, seeds_needed
 from pipeline.statistics.family import configuration_test, holm, pooled_variance
 from pipeline.statistics.generator import Benchmark, Scenario
-from pipeline.statistics.rank import smallest_rank
+from pipeline.statistics.rank import smallest_rank, unsettled
 from pipeline.statistics.sequential import DECIDED, benchmark_difference, fixed, look
 
 MOST = 50  # seeds drawn per arm: advice beyond it counts as followed with these many
@@ -68,6 +68,14 @@ def test_fixed_sequence_stops_at_the_first_rank_that_fails():
     assert smallest_rank({8: "equivalent", 16: "inconclusive"}) == (None, [16])
     with pytest.raises(ValueError, match="claim='best'"):
         smallest_rank(labels, claim="best")
+
+
+def test_the_sequence_waits_only_on_a_rank_more_seeds_could_decide():
+    assert unsettled({4: "equivalent", 8: "inconclusive", 16: "equivalent"}) == 8  # 8 may yet hold or fail
+    assert unsettled({8: "inconclusive", 16: "inferior"}) is None  # the sequence stops at 16 whatever 8 does
+    assert unsettled({8: "equivalent", 16: "non-inferior"}) == 16  # non-inferior may still become equivalent
+    assert unsettled({8: "non-inferior", 16: "superior"}, claim="non-inferior") is None
+    assert unsettled({8: "no verdict", 16: "equivalent"}) is None  # a failed run: no seed mends it
 
 
 def test_fixed_sequence_holds_the_familywise_error():

@@ -25,6 +25,7 @@ from pipeline.sweep.decide import (
     decided_arms,
     design_of,
     fresh_seeds,
+    rank_pending,
     rank_that_suffices,
     rounds,
     sequential,
@@ -127,6 +128,26 @@ def test_the_rank_that_suffices_is_read_from_each_ranks_fresh_seeds():
     means["r16"] = 0.45  # the largest rank fails: fixed-sequence testing claims no smaller rank after it
     outcome = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16], _train(means, 0.0001, rng, []))
     assert rank_that_suffices(SMALL, outcome) == (None, {4: "inferior", 8: "equivalent", 16: "inferior"})
+
+
+def test_with_ranks_the_rounds_go_on_until_the_rank_answer_is_settled():
+    """The verdict is decided at the first look; a rank whose Δ sits near the margin is not: the rounds go on (the
+    decided look says so) until it is decided or the budget is spent, and every arm gets the later seeds."""
+    means = {ADAPTER: 0.5, FULL: 0.5, "r4": 0.493}  # r=4 inside the margin, nearer it: decided only with more seeds
+    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))]
+    calls = []
+    outcome = sequential(
+        SMALL, arms, [13, 14, 15, 16], _train(means, 0.0003, random.Random(6), calls),
+        goes_on=rank_pending(SMALL, arms),
+    )  # fmt: skip
+    first = outcome.looks[0]
+    assert first.label == "equivalent" and not first.stop
+    assert "the rounds went on: r=4 is not yet decided" in first.reason
+    assert len(outcome.looks) > 1 and len(calls) == len(outcome.looks) and outcome.looks[-1].stop
+    assert list(arms[2].scores) == list(arms[0].scores) == [13, 14, 15, 16][: outcome.looks[-1].seeds_adapter]
+    alone = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16],
+                       _train(means, 0.0003, random.Random(6), []))  # fmt: skip
+    assert len(alone.looks) == 1 and alone.looks[0].stop  # without goes_on: the verdict alone stops the rounds
 
 
 def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):

@@ -160,6 +160,11 @@ def test_looks_stop_and_say_why():
     assert looks[0].critical > looks[-1].critical  # early looks are stricter
     cut = replay(DESIGN, [0.5, 0.51, 0.49, 0.5], [0.5, 0.5, 0.51, 0.49], done=True)
     assert cut[-1].stop and "no more seeds" in cut[-1].reason
+    a, f = 0.5 + rng.normal(0, 0.001, 5), 0.5 + rng.normal(0, 0.001, 5)  # decided at the first look (3 seeds)
+    assert len(replay(DESIGN, a, f)) == 1 and replay(DESIGN, a, f)[0].label == "equivalent"
+    went = replay(DESIGN, a, f, done=True)  # 5 seeds trained: make decide went on for its rank answer
+    assert [x.seeds_adapter for x in went] == [3, 5] and not went[0].stop and "the rounds went on" in went[0].reason
+    assert went[-1].stop
 
 
 def test_nan_and_unmeasured_spread_give_no_verdict():

@@ -14,11 +14,13 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.overrides import relative_alpha_as_sweep
 from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
 from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
 from pipeline.sweep.selection import Candidate, select, tie_key
+from pipeline.validate import ConfigError
 from tests.conftest import ROOT, tiny_overrides
 
 
@@ -38,6 +40,14 @@ def test_grid_becomes_lora_jobs_plus_one_full_arm():
     ]
     with pytest.raises(ValueError, match="relative to r"):
         lora_vs_full_jobs([["finetune.alpha=2r"]])
+
+
+def test_a_relative_alpha_alone_is_a_one_value_sweep_and_a_single_run_refuses_it():
+    argv = ["-m", "sweep=lora_grid", "finetune.r=8,64", "finetune.alpha=2r", "train.lr=1e-4"]
+    assert relative_alpha_as_sweep(argv) == [*argv[:3], "finetune.alpha=choice(2r)", "train.lr=1e-4"]
+    assert relative_alpha_as_sweep(["-m", "finetune.alpha=r,2r"]) == ["-m", "finetune.alpha=r,2r"]  # a sweep already
+    with pytest.raises(ConfigError, match=r"finetune.alpha=2r is relative to r, which only a sweep \(-m\) resolves"):
+        relative_alpha_as_sweep(["finetune.r=8", "finetune.alpha=2r"])
 
 
 def test_each_method_gets_its_own_learning_rates_and_the_grid_seed():
@@ -102,12 +112,12 @@ def _sweep(
 @pytest.mark.slow
 def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
-        tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2,4", "finetune.alpha=8"
-    )
+        tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2,4", "finetune.alpha=2r"
+    )  # a relative alpha given alone: Hydra would merge "2r" into the typed config before the sweeper resolves it
     assert parent.info.status == "FINISHED"
     assert sorted(r.info.run_name for r in children) == [
         "full-lr1e-3-s12",
-        "lora-r2-a8-lr1e-3-s12",
+        "lora-r2-a4-lr1e-3-s12",
         "lora-r4-a8-lr1e-3-s12",
     ]
     assert all(r.info.status == "FINISHED" for r in children)

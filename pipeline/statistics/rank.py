@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from pipeline.statistics.sequential import DECIDED
+
 CLAIMS = {
     "equivalent": ("equivalent",),
     "non-inferior": ("equivalent", "non-inferior", "superior"),
@@ -28,3 +30,14 @@ def smallest_rank(labels: Mapping[int, str], claim: str = "equivalent") -> tuple
             break
         answer = rank
     return answer, tested
+
+
+def unsettled(labels: Mapping[int, str], claim: str = "equivalent") -> int | None:
+    """The rank the fixed sequence waits on, or None when more seeds cannot change where it stops: the first rank (from
+    the largest down) that neither holds nor is decided against the claim (inconclusive, or non-inferior while
+    equivalence is claimed)."""
+    for rank in sorted(labels, reverse=True):
+        if labels[rank] in CLAIMS[claim]:
+            continue
+        return None if labels[rank] in (*DECIDED, "no verdict") else rank  # no verdict: a failed run, no seed mends it
+    return None

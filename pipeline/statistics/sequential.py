@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -272,7 +272,8 @@ def fixed(margin: float = 0.01, alpha: float = 0.05) -> Design:
 def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done: bool = False) -> list[Look]:
     """The looks the design takes on fresh seeds' scores given in the order they were trained (per-seed NanoBEIR
     means), up to the first that stops or the last the seeds allow; a count short of the next planned look (a failed
-    seed) is taken as an unplanned look, the final one when `done` (no more seeds will come)."""
+    seed) is taken as an unplanned look, the final one when `done` (no more seeds will come). With `done`, seeds past
+    a stopping look (make decide going on until the rank answer is settled) are looked at too, as the rounds did."""
     looks: list[Look] = []
     have = min(len(adapter), len(full))
     for n in design.looks():
@@ -282,6 +283,13 @@ def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done
         taken = [x.seeds_adapter for x in looks]
         last = done and n == have
         looks.append(look(design, benchmark_difference(adapter[:n], full[:n]), len(looks) + 1, taken, last))
-        if looks[-1].stop:
+        if looks[-1].stop and (not done or n >= have or looks[-1].label == "no verdict"):
             break
+        if looks[-1].stop:  # seeds trained past a stopping look: make decide went on for its rank answer
+            looks[-1] = went_on(looks[-1], "more fresh seeds were trained (the rank answer was not settled)")
     return looks
+
+
+def went_on(stopped: Look, why: str) -> Look:
+    """A look that would stop, taken as one the rounds went on from (RCIs hold at whichever look is read last)."""
+    return replace(stopped, stop=False, reason=f"{stopped.reason}; the rounds went on: {why}")

@@ -10,7 +10,10 @@
    NanoBEIR means decides whether to stop (decided, or the budget spent). Each look is logged on the sweep's parent
    run (`verdict.look.*` at step = its index, `decide/looks.json`), and at the end its `verdict*` tags.
 4. Ranks (`ranks=true`): each rank's best configuration on dev gets the same fresh seeds, so the fixed-sequence rank
-   procedure of `pipeline.statistics` has fresh seeds for every rank.
+   procedure of `pipeline.statistics` has fresh seeds for every rank; the rounds go on past a look that decided the
+   verdict while the sequence still waits on an undecided rank (within the budget). The repeated confidence intervals
+   hold simultaneously over all the looks, so reading the verdict and the ranks at a later look keeps their error
+   rates (Jennison & Turnbull 2000, ch. 9).
 
 Re-running after an interruption reruns nothing that finished (the jobs reuse their FINISHED runs) and takes the same
 looks again. The sweeper (hydra_plugins/lora_vs_full_sweeper) launches each round as one batch of the launcher (local,
@@ -26,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.adapter_configs import Method
-from pipeline.statistics.rank import smallest_rank
-from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, benchmark_difference, look
+from pipeline.statistics.rank import smallest_rank, unsettled
+from pipeline.statistics.sequential import DECIDED, TARGETS, Design, Estimate, Look, benchmark_difference, look, went_on
 from pipeline.sweep.edges import edge_jobs, extended_axes
 from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
@@ -95,10 +98,12 @@ def sequential(
     train: Callable[[list[Job]], list[float]],
     on_look: Callable[[Look], None] | None = None,
     estimate: Callable[[Arm, Arm], Estimate] = by_means,
+    goes_on: Callable[[int], str | None] | None = None,
 ) -> Outcome:
     """Round after round, train each arm at the round's seeds (`train`: jobs -> NanoBEIR mean per job, nan for a
     failed one), then take the look on `estimate`(adapter, full); stop when the look says so or the budget is
-    spent."""
+    spent. `goes_on`(look index): why the rounds go on past a look that decided the verdict (the rank answer not yet
+    settled), or None."""
     by_name = {arm.name: arm for arm in arms}
     looks: list[Look] = []
     target = ""
@@ -115,6 +120,9 @@ def sequential(
         difference = estimate(adapter, full)
         looks.append(look(design, difference, index + 1))  # looks count from 1
         target = difference.target
+        final = index + 1 == len(design.looks())
+        if looks[-1].stop and looks[-1].label in DECIDED and not final and goes_on and (why := goes_on(index + 1)):
+            looks[-1] = went_on(looks[-1], why)
         if on_look is not None:
             on_look(looks[-1])
         if looks[-1].stop:
@@ -151,14 +159,27 @@ def rank_that_suffices(
 ) -> tuple[int | None, dict[int, str]]:
     """The smallest rank equivalent to the full fine-tune under fixed-sequence testing from the largest rank down
     (`pipeline.statistics.rank`), each rank's arm read at the last look taken; and each rank's label."""
-    full = next(arm for arm in outcome.arms if arm.name == FULL)
-    index = len(outcome.looks)
-    labels = {
-        int(arm.name.removeprefix("r=")): look(design, estimate(arm, full), index).label
-        for arm in outcome.arms
-        if arm.name.startswith("r=")
-    }
+    labels = rank_labels(design, outcome.arms, len(outcome.looks), estimate)
     return smallest_rank(labels, "equivalent")[0], labels
+
+
+def rank_labels(
+    design: Design, arms: list[Arm], index: int, estimate: Callable[[Arm, Arm], Estimate] = by_means
+) -> dict[int, str]:
+    """Each rank's verdict label at look `index` (its arm's seeds so far against the full fine-tune's)."""
+    full = next(arm for arm in arms if arm.name == FULL)
+    return {int(arm.name.removeprefix("r=")): look(design, estimate(arm, full), index).label
+            for arm in arms if arm.name.startswith("r=")}  # fmt: skip
+
+
+def rank_pending(design: Design, arms: list[Arm], estimate: Callable[[Arm, Arm], Estimate] = by_means):
+    """`sequential`'s `goes_on` for `ranks=true`: the rounds go on while the fixed sequence waits on a rank."""
+
+    def goes_on(index: int) -> str | None:
+        waiting = unsettled(rank_labels(design, arms, index, estimate), "equivalent")
+        return None if waiting is None else f"r={waiting} is not yet decided against the full fine-tune"
+
+    return goes_on
 
 
 def _rank_order(item: tuple[str, tuple]) -> int:
@@ -219,9 +240,11 @@ class Decider:
         self._tag("sweep.extended", extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
-        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate)
+        ranked = self.ranks and len([a for a in arms if a.name.startswith("r=")]) > 1
+        goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
+        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on)
         self._finish(outcome)
-        if self.ranks and len([a for a in arms if a.name.startswith("r=")]) > 1 and outcome.looks:
+        if ranked and outcome.looks:
             rank, labels = rank_that_suffices(self.design, outcome, self.estimate)
             self._tag("verdict.rank", "none" if rank is None else str(rank))
             self._tag("verdict.rank.labels", ", ".join(f"r={r}: {label}" for r, label in sorted(labels.items())))
