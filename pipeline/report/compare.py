@@ -42,8 +42,7 @@ from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndc
 from pipeline.report.protocol import Protocol, apply
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
-from pipeline.report.verdict import TARGETS
-from pipeline.statistics.sequential import Design
+from pipeline.statistics.sequential import TARGETS, Design
 from pipeline.sweep.callbacks import end_gone_sweeps
 
 REPORT_FILES = (

@@ -26,13 +26,9 @@ from typing import NamedTuple
 from scipy import stats
 
 from pipeline.statistics.advice import advice
-from pipeline.statistics.sequential import LABELS, Design, Estimate, Look, fixed, look
+from pipeline.statistics.sequential import LABELS, TARGETS, Design, Estimate, Look, fixed, look
 
 VERDICTS = LABELS
-TARGETS = {
-    "benchmark": "on this benchmark (its fixed queries, over training seeds)",
-    "queries": "for queries like these (over training seeds and queries)",
-}
 
 
 class Verdict(NamedTuple):

@@ -43,7 +43,10 @@ from scipy import optimize, stats
 
 LABELS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive", "no verdict")
 DECIDED = ("equivalent", "superior", "inferior")  # a look with one of these stops
-TARGETS = ("benchmark", "queries")
+TARGETS = {  # what a verdict claims, by target: its name and the words the report and the sweep's tag use
+    "benchmark": "on this benchmark (its fixed queries, over training seeds)",
+    "queries": "for queries like these (over training seeds and queries)",
+}
 GAMMA = -0.5  # Hwang-Shih-DeCani spending parameter of the default design (docs/sequential.md)
 
 

@@ -36,7 +36,6 @@ from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
 
 Job = list[str]
-TARGET_TEXT = {"benchmark": "this benchmark's fixed queries, over training seeds", "queries": "queries like these"}
 PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
 ADAPTER, FULL = "adapter", "full"
 
@@ -346,9 +345,9 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
     final = outcome.looks[-1]
     adapter, full = (names.get(arm.config, arm.name) for arm in outcome.arms[:2])
     return (
-        f"{final.label.capitalize()}: {adapter} vs {full}, Δ = {final.delta:+.4f} NDCG@10, "
+        f"{final.label.capitalize()} {TARGETS[outcome.target]}: {adapter} vs {full}, Δ = {final.delta:+.4f} NDCG@10, "
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
-        f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]} (target: {TARGET_TEXT[outcome.target]})."
+        f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
     )
 
 
