@@ -20,6 +20,8 @@ import numpy as np
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from pipeline.statistics.seeds import satterthwaite
+
 
 class ConfigurationTest(NamedTuple):
     delta: float
@@ -52,9 +54,9 @@ def configuration_test(
     se2 = sum(v for v, _ in parts)
     if not (math.isfinite(se2) and se2 > 0 and math.isfinite(delta)):
         return ConfigurationTest(delta, math.nan, math.nan, math.nan, borrowed)
-    df = se2**2 / sum(v**2 / d for v, d in parts if v > 0)
-    p = float(2 * stats.t.sf(abs(delta) / math.sqrt(se2), df))
-    return ConfigurationTest(delta, math.sqrt(se2), float(df), p, borrowed)
+    se, df = satterthwaite(parts)
+    p = float(2 * stats.t.sf(abs(delta) / se, df))
+    return ConfigurationTest(delta, se, df, p, borrowed)
 
 
 def holm(p_values: Mapping[str, float]) -> dict[str, float]:

@@ -118,7 +118,7 @@ def _interaction_part(arrays: dict[str, np.ndarray]) -> float:
     return total / d**2
 
 
-def _satterthwaite(parts: list[tuple[float, float]]) -> tuple[float, float]:
+def satterthwaite(parts: list[tuple[float, float]]) -> tuple[float, float]:
     """se and degrees of freedom of a sum of independent variance estimates [(variance, its df), ...]."""
     var = sum(v for v, _ in parts)
     denominator = sum(v**2 / nu for v, nu in parts if v > 0 and nu > 0)
@@ -137,7 +137,7 @@ def arm_estimate(seeds: Sequence[PerQuery], level: float = 0.95) -> SeedQueryEst
     averaged = {name: a.mean(axis=0) for name, a in arrays.items()}
     query = max(0.0, _query_part(averaged) - _interaction_part(arrays))
     seed_var = float(np.var(means, ddof=1)) if k > 1 else 0.0
-    se, df = _satterthwaite([(seed_var / k, k - 1), (query, _query_df(arrays))])
+    se, df = satterthwaite([(seed_var / k, k - 1), (query, _query_df(arrays))])
     t = stats.t.ppf((1 + level) / 2, df) if se > 0 else 0.0
     mean = float(means.mean())
     return SeedQueryEstimate(
@@ -160,7 +160,7 @@ def difference(a: Sequence[PerQuery], b: Sequence[PerQuery], level: float = 0.95
     query = max(0.0, _query_part(paired) - _interaction_part(xa) - _interaction_part(xb))
     var_a = float(np.var(ma, ddof=1)) if ka > 1 else 0.0
     var_b = float(np.var(mb, ddof=1)) if kb > 1 else 0.0
-    se, df = _satterthwaite([(var_a / ka, ka - 1), (var_b / kb, kb - 1), (query, _query_df(xa))])
+    se, df = satterthwaite([(var_a / ka, ka - 1), (var_b / kb, kb - 1), (query, _query_df(xa))])
     delta = float(ma.mean() - mb.mean())
     t = stats.t.ppf((1 + level) / 2, df) if se > 0 else 0.0
     p = float(2 * stats.t.sf(abs(delta) / se, df)) if se > 0 else float(delta == 0)
