@@ -26,7 +26,6 @@ from mlflow.tracking import MlflowClient
 from pipeline.report.load import (
     COST,
     SweepNotFound,
-    default_outputs,
     default_tracking_uri,
     find_sweep,
     grid_seeds_of,
@@ -44,6 +43,7 @@ from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
 from pipeline.statistics.sequential import TARGETS, Design
 from pipeline.sweep.callbacks import end_gone_sweeps
+from pipeline.tracking.uri import default_outputs
 
 REPORT_FILES = (
     "report.md",

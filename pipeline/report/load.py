@@ -22,6 +22,7 @@ from pipeline.report.stats import Estimate, PairedTest
 from pipeline.sweep.callbacks import sweep_runs
 from pipeline.tracking.run import METRIC
 from pipeline.tracking.store import all_experiments, search_all_runs
+from pipeline.tracking.uri import default_db_uri
 
 DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
 DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")
@@ -103,13 +104,9 @@ def no_nan(values: dict) -> dict:
     return {k: none_if_nan(v) if isinstance(v, float) else v for k, v in values.items()}
 
 
-def default_outputs() -> Path:
-    return Path(os.environ.get("PIPELINE_OUTPUTS") or "outputs").resolve()
-
-
 def default_tracking_uri() -> str:
     """MLFLOW_TRACKING_URI, else the pipeline's default DB: sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_outputs() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_db_uri()
 
 
 def sweep_id_of(run: Run) -> str:

@@ -31,10 +31,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from pipeline.tracking.uri import default_db_uri, sqlite_path
 
 NDCG = "nanobeir_mean_ndcg_at_10"
 DEV = "dev_ndcg_at_10"
@@ -170,11 +171,6 @@ def _sha1(text: str) -> str:
 # ---------------------------------------------------------------- server
 
 
-def default_tracking_uri() -> str:
-    outputs = Path(os.environ.get("PIPELINE_OUTPUTS") or "outputs").resolve()
-    return f"sqlite:///{outputs / 'mlflow.db'}"
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -243,14 +239,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="uvicorn workers (default: 1, plenty for one user)")
     args, extra = parser.parse_known_args(argv)
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = args.tracking_uri or default_db_uri()
     if not is_loopback(args.host):
         print(
             f"warning: --host {args.host} exposes the MLflow UI, which has no login and can modify and delete runs, "
             "to other machines; restrict who may connect with --allowed-hosts / --cors-allowed-origins",
             file=sys.stderr,
         )
-    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    db = sqlite_path(uri)
     experiments = []
     if db is not None and not db.is_file():
         print(f"note: no MLflow DB at {db} yet; run the pipeline (make demo, make sweep) to fill it", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -16,3 +17,13 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+
+
+def default_outputs() -> Path:
+    """Where the pipeline writes by default: PIPELINE_OUTPUTS, else ./outputs (the config's paths.outputs)."""
+    return Path(os.environ.get("PIPELINE_OUTPUTS") or "outputs").resolve()
+
+
+def default_db_uri() -> str:
+    """The pipeline's default MLflow DB, sqlite:///<PIPELINE_OUTPUTS or outputs>/mlflow.db."""
+    return f"sqlite:///{default_outputs() / 'mlflow.db'}"
