@@ -25,6 +25,7 @@ from pipeline.sweep.decide import (
     decided_arms,
     design_of,
     fresh_seeds,
+    full_rank,
     rank_pending,
     rank_that_suffices,
     rounds,
@@ -177,6 +178,9 @@ def test_one_geometric_step_past_the_edge_the_selection_sits_on():
     assert beyond_edge([8, 16, 32], 32, "finetune.r") == [64] and beyond_edge([8, 16], 8, "finetune.r") == [4]
     assert beyond_edge([64], 64, "finetune.r") == []  # one rank: the user's, not a grid axis
     assert beyond_edge([1, 2], 1, "finetune.r") == []  # no rank below 1
+    assert beyond_edge([8, 64], 64, "finetune.r", full_rank=384) == [384]  # not 512: past MiniLM's hidden size
+    assert beyond_edge([64, 384], 384, "finetune.r", full_rank=384) == []  # at the full rank: nothing past it
+    assert full_rank("sentence-transformers/all-MiniLM-L6-v2") == 384 and full_rank("/no/such/model") is None
     job = ["finetune=lora", "finetune.r=8", "finetune.alpha=16", "train.lr=0.0005", "train.seed=12"]
     assert with_value(job, "finetune.r", 16) == [
         "finetune=lora",
@@ -210,6 +214,7 @@ def _fake_sweeper(dev_of_lr):
         for job in jobs:
             values = job_values(job)
             configs.append(OmegaConf.create({
+                "model": {"name": "/no/such/model"},
                 "finetune": {"method": values["finetune"], "r": int(values.get("finetune.r", 8)), "alpha": 16,
                              "target_modules": None},
                 "train": {"lr": float(values["train.lr"]), "seed": int(values["train.seed"])},

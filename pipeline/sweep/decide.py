@@ -263,12 +263,14 @@ class Decider:
         return candidates
 
     def _extend_edges(self, grid: list[Job], candidates: list[Candidate], grid_seeds: list[int]):
+        self.full_rank = full_rank(self.compose(grid[:1])[0].model.name)
         extended: dict = {}
         tried = list(grid)
         methods = {c.config: c.method for c in candidates}
         while True:
             chosen = select(candidates)
-            new = edge_jobs(tried, chosen, lambda job: methods.get(configuration(job)), extended, self.extend)
+            new = edge_jobs(tried, chosen, lambda job: methods.get(configuration(job)), extended, self.extend,
+                            self.full_rank)  # fmt: skip
             if not new:
                 return candidates, extended
             jobs = [[*job, f"train.seed={seed}"] for job in new for seed in grid_seeds]
@@ -349,6 +351,19 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
         f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
     )
+
+
+def full_rank(model_name: str) -> int | None:
+    """The largest rank a LoRA update of the model's attention matrices (hidden x hidden) can have: its hidden size,
+    from its config (the grid's jobs loaded the model, so it is local or in the Hub cache); None when unknown."""
+    from transformers import AutoConfig
+
+    from pipeline.models import model_source
+
+    try:
+        return int(AutoConfig.from_pretrained(model_source(model_name)).hidden_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
 
 
 def design_of(settings) -> Design:

@@ -19,10 +19,11 @@ def axis_values(jobs: Iterable[Job], method_jobs: Callable[[Job], bool], key: st
     return sorted({float(job_values(job)[key]) for job in jobs if method_jobs(job) and key in job_values(job)})
 
 
-def beyond_edge(values: Sequence[float], chosen: float, key: str) -> list[float]:
+def beyond_edge(values: Sequence[float], chosen: float, key: str, full_rank: int | None = None) -> list[float]:
     """The next value(s) past the edge of `values` that `chosen` sits on: one geometric step (the ratio of the two
     outermost values on that side); a single learning rate is at both edges (x2 and x0.5); a single rank is the user's
-    choice, not a grid axis. [] when `chosen` is inside the grid."""
+    choice, not a grid axis, and a rank step stops at `full_rank` (the model's hidden size: a LoRA update of a
+    hidden x hidden matrix has no more than that rank). [] when `chosen` is inside the grid."""
     if len(values) == 1:
         return [chosen * 2, chosen / 2] if key == "train.lr" else []
     steps = []
@@ -31,7 +32,8 @@ def beyond_edge(values: Sequence[float], chosen: float, key: str) -> list[float]
     if chosen == values[0]:
         steps.append(values[0] * values[0] / values[1])
     if key == "finetune.r":
-        steps = [round(s) for s in steps if round(s) >= 1]
+        steps = [min(round(s), full_rank or round(s)) for s in steps if round(s) >= 1]
+        steps = [s for s in steps if s != chosen]  # already at the full rank: nothing past it
     return steps
 
 
@@ -46,10 +48,16 @@ def with_value(job: Job, key: str, value: float) -> Job:
 
 
 def edge_jobs(
-    grid: list[Job], chosen: dict[str, tuple[str, ...]], method_of: Callable[[Job], str], extended: dict, limit: int
+    grid: list[Job],
+    chosen: dict[str, tuple[str, ...]],
+    method_of: Callable[[Job], str],
+    extended: dict,
+    limit: int,
+    full_rank: int | None = None,
 ) -> list[Job]:
     """The configurations one step past each grid edge that a selected configuration sits on, for the axes not yet
-    extended `limit` times on that side (`extended`: {(method, key, side): times}, updated here)."""
+    extended `limit` times on that side (`extended`: {(method, key, side): times}, updated here); ranks up to
+    `full_rank`."""
     jobs = []
     for method, config in chosen.items():
         values = job_values(list(config))
@@ -57,7 +65,7 @@ def edge_jobs(
             if key not in values:
                 continue
             axis = axis_values(grid, lambda job, m=method: method_of(job) == m, key)
-            for value in beyond_edge(axis, float(values[key]), key):
+            for value in beyond_edge(axis, float(values[key]), key, full_rank):
                 side = (method, key, "up" if value > float(values[key]) else "down")
                 if extended.get(side, 0) < limit:
                     extended[side] = extended.get(side, 0) + 1
