@@ -73,7 +73,9 @@ def test_fixed_sequence_stops_at_the_first_rank_that_fails():
 def test_the_sequence_waits_only_on_a_rank_more_seeds_could_decide():
     assert unsettled({4: "equivalent", 8: "inconclusive", 16: "equivalent"}) == 8  # 8 may yet hold or fail
     assert unsettled({8: "inconclusive", 16: "inferior"}) is None  # the sequence stops at 16 whatever 8 does
-    assert unsettled({8: "equivalent", 16: "non-inferior"}) == 16  # non-inferior may still become equivalent
+    assert unsettled({8: "equivalent", 16: "non-inferior"}) is None  # non-inferior suffices (the default claim)
+    assert unsettled({8: "equivalent", 16: "non-inferior"}, claim="equivalent") == 16  # may yet become equivalent
+    assert smallest_rank({8: "equivalent", 16: "superior"}) == (8, [16, 8])  # a better rank suffices too
     assert unsettled({8: "non-inferior", 16: "superior"}, claim="non-inferior") is None
     assert unsettled({8: "no verdict", 16: "equivalent"}) is None  # a failed run: no seed mends it
 

@@ -254,10 +254,12 @@ def test_the_ranks_arms_are_each_ranks_best_on_dev():
         Candidate("lora", ("r=8", "lr=2"), 12, 0.72, tie_key("lora", 8, "b")),
         Candidate("lora", ("r=16", "lr=1"), 12, 0.74, tie_key("lora", 16, "c")),
         Candidate("lora", ("r=16", "lr=2"), 12, 0.71, tie_key("lora", 16, "d")),
+        Candidate("lora", ("r=32", "lr=1"), 12, 0.73, tie_key("lora", 32, "e")),  # above the selected rank: lost
         Candidate("full", ("full",), 12, 0.75, tie_key("full", None, "f")),
         Candidate("dora", ("dora", "r=8"), 12, 0.73, tie_key("dora", 8, "g")),  # another method: not lora's ranks
     ]
     ranks = {("r=8", "lr=1"): 8, ("r=8", "lr=2"): 8, ("r=16", "lr=1"): 16, ("r=16", "lr=2"): 16, ("full",): None}
+    ranks[("r=32", "lr=1")] = 32
     ranks[("dora", "r=8")] = 8
     arms = decided_arms(c, ranks, with_ranks=True)
     assert [(a.name, a.config) for a in arms] == [
@@ -267,7 +269,7 @@ def test_the_ranks_arms_are_each_ranks_best_on_dev():
         ("r=16", ("r=16", "lr=1")),
     ]
     with pytest.raises(ValueError, match=r"needs an adapter and the full fine-tune in its grid; it has \['lora'\]"):
-        decided_arms(c[:4], ranks, with_ranks=False)
+        decided_arms(c[:5], ranks, with_ranks=False)
 
 
 # ------------------------------------------------------------------------------------------------ a real tiny sweep

@@ -129,7 +129,8 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
                               "queries only"))  # fmt: skip
     protocol.ranks = rows
     if rows:
-        protocol.rank, _ = smallest_rank({row.rank: row.label for row in rows})
+        top = protocol.adapter.runs[0].r  # from the selected rank down, as make decide (ranks above it lost on dev)
+        protocol.rank, _ = smallest_rank({row.rank: row.label for row in rows if top is None or row.rank <= top})
 
 
 def _order(config) -> tuple:

@@ -1,4 +1,5 @@
-"""The rank that suffices: the smallest adapter rank whose Δ vs full is equivalent (or non-inferior), with the
+"""The rank that suffices: the smallest adapter rank whose Δ vs full is non-inferior (not worse than full by more
+than the margin: non-inferior, equivalent or superior; claim "equivalent" asks for equivalence), with the
 family-wise error held at alpha over all the ranks tested.
 
 Fixed-sequence testing (Maurer, Hothorn & Lehmacher 1995; Westfall & Krishen 2001): the ranks are tested in an
@@ -17,9 +18,10 @@ CLAIMS = {
     "equivalent": ("equivalent",),
     "non-inferior": ("equivalent", "non-inferior", "superior"),
 }
+SUFFICES = "non-inferior"  # a rank suffices when it is not worse than full by the margin (better suffices too)
 
 
-def smallest_rank(labels: Mapping[int, str], claim: str = "equivalent") -> tuple[int | None, list[int]]:
+def smallest_rank(labels: Mapping[int, str], claim: str = SUFFICES) -> tuple[int | None, list[int]]:
     """(the smallest rank that suffices or None, the ranks tested in order) from each rank's verdict label."""
     if claim not in CLAIMS:
         raise ValueError(f"claim={claim!r} is not allowed: one of {sorted(CLAIMS)}")
@@ -32,7 +34,7 @@ def smallest_rank(labels: Mapping[int, str], claim: str = "equivalent") -> tuple
     return answer, tested
 
 
-def unsettled(labels: Mapping[int, str], claim: str = "equivalent") -> int | None:
+def unsettled(labels: Mapping[int, str], claim: str = SUFFICES) -> int | None:
     """The rank the fixed sequence waits on, or None when more seeds cannot change where it stops: the first rank (from
     the largest down) that neither holds nor is decided against the claim (inconclusive, or non-inferior while
     equivalence is claimed)."""

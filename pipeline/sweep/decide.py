@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.adapter_configs import Method
-from pipeline.statistics.rank import smallest_rank, unsettled
+from pipeline.statistics.rank import SUFFICES, smallest_rank, unsettled
 from pipeline.statistics.sequential import DECIDED, TARGETS, Design, Estimate, Look, benchmark_difference, look, went_on
 from pipeline.sweep.edges import edge_jobs, extended_axes
 from pipeline.sweep.grid import configuration
@@ -135,7 +135,8 @@ def sequential(
 def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int | None], with_ranks: bool) -> list[Arm]:
     """The arms trained at the fresh seeds: the selected adapter (the best on dev of the adapter methods' selected
     configurations, ties as `select`), the selected full fine-tune, and with `with_ranks` each rank's best on dev of
-    the adapter's method (`ranks`: {config: its r})."""
+    the adapter's method (`ranks`: {config: its r}) at and below the selected adapter's rank: the question is how far
+    down from the selection the rank can go."""
     chosen = select(candidates)
     if FULL not in chosen or len(chosen) < 2:
         raise ValueError(f"make decide needs an adapter and the full fine-tune in its grid; it has {sorted(chosen)}")
@@ -143,10 +144,12 @@ def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int |
                 for method, config in chosen.items() if method != FULL]  # fmt: skip
     adapter = select(adapters)[ADAPTER]
     arms = [Arm(ADAPTER, adapter), Arm(FULL, chosen[FULL])]
-    if with_ranks:
-        method = next(c.method for c in candidates if c.config == adapter)
+    if with_ranks:  # the selected rank and each smaller one: the ranks above it lost on dev
+        method, top = next(c.method for c in candidates if c.config == adapter), ranks.get(adapter)
         by_rank = [
-            c._replace(method=f"r={ranks[c.config]}") for c in candidates if c.method == method and ranks[c.config]
+            c._replace(method=f"r={ranks[c.config]}")
+            for c in candidates
+            if c.method == method and ranks[c.config] and (top is None or ranks[c.config] <= top)
         ]
         if len({c.method for c in by_rank}) > 1:
             arms += [Arm(name, config) for name, config in sorted(select(by_rank).items(), key=_rank_order)]
@@ -156,10 +159,11 @@ def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int |
 def rank_that_suffices(
     design: Design, outcome: Outcome, estimate: Callable[[Arm, Arm], Estimate] = by_means
 ) -> tuple[int | None, dict[int, str]]:
-    """The smallest rank equivalent to the full fine-tune under fixed-sequence testing from the largest rank down
-    (`pipeline.statistics.rank`), each rank's arm read at the last look taken; and each rank's label."""
+    """The smallest rank that suffices (not worse than the full fine-tune by the margin: `SUFFICES`) under
+    fixed-sequence testing from the largest rank down (`pipeline.statistics.rank`), each rank's arm read at the last
+    look taken; and each rank's label."""
     labels = rank_labels(design, outcome.arms, len(outcome.looks), estimate)
-    return smallest_rank(labels, "equivalent")[0], labels
+    return smallest_rank(labels, SUFFICES)[0], labels
 
 
 def rank_labels(
@@ -175,7 +179,7 @@ def rank_pending(design: Design, arms: list[Arm], estimate: Callable[[Arm, Arm],
     """`sequential`'s `goes_on` for `ranks=true`: the rounds go on while the fixed sequence waits on a rank."""
 
     def goes_on(index: int) -> str | None:
-        waiting = unsettled(rank_labels(design, arms, index, estimate), "equivalent")
+        waiting = unsettled(rank_labels(design, arms, index, estimate), SUFFICES)
         return None if waiting is None else f"r={waiting} is not yet decided against the full fine-tune"
 
     return goes_on
