@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline.statistics.sequential import Design
+from pipeline.statistics.sequential import Design, replay
 from pipeline.sweep.decide import (
     ADAPTER,
     FULL,
@@ -149,6 +149,29 @@ def test_with_ranks_the_rounds_go_on_until_the_rank_answer_is_settled():
     alone = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16],
                        _train(means, 0.0003, random.Random(6), []))  # fmt: skip
     assert len(alone.looks) == 1 and alone.looks[0].stop  # without goes_on: the verdict alone stops the rounds
+
+
+@pytest.mark.parametrize(
+    ("means", "sd", "seed", "ranked"),
+    [
+        ({ADAPTER: 0.5, FULL: 0.5, "r4": 0.5}, 0.0005, 7, False),  # decided before the budget
+        ({ADAPTER: 0.52, FULL: 0.5, "r4": 0.5}, 0.002, 8, False),  # superior before the budget
+        ({ADAPTER: 0.5, FULL: 0.505, "r4": 0.5}, 0.02, 9, False),  # undecided: the budget spent
+        ({ADAPTER: 0.5, FULL: 0.5, "r4": 0.493}, 0.0003, 6, True),  # rounds went on for r=4
+    ],
+)
+def test_the_report_replays_the_looks_the_rounds_took(means, sd, seed, ranked):
+    """The report rebuilds the looks from the fresh seeds' scores alone (`replay(done=True)`): the same intervals and
+    labels as the rounds' own looks, whether they stopped early, went on for a rank or spent the budget. A look that
+    stopped early is not the design's final one (it spent all the alpha left: intervals too narrow)."""
+    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))] if ranked else _arms()
+    goes_on = rank_pending(SMALL, arms) if ranked else None
+    outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, sd, random.Random(seed), []), goes_on=goes_on)
+    replayed = replay(SMALL, list(arms[0].scores.values()), list(arms[1].scores.values()), done=True)
+    fields = ("seeds_adapter", "low", "high", "low_two_sided", "high_two_sided", "critical", "label", "stop")
+    assert [[getattr(x, f) for f in fields] for x in replayed] == [
+        [getattr(x, f) for f in fields] for x in outcome.looks
+    ]
 
 
 def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):
@@ -344,10 +367,14 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
     tags = parent3.data.tags
     assert tags["verdict.target"] == tags["decide.target"] == "queries" and "benchmark" not in tags["verdict.sentence"]
     fresh = tags["verdict.seeds_adapter"].split(",")
-    r4 = sorted(r.data.params["train.seed"] for r in runs3 if r.info.run_name.startswith("lora-r4-"))
-    assert r4 == sorted(["1", *fresh])  # the grid's seed, then every fresh seed the looks took
     labels = dict(item.split(": ") for item in tags["verdict.rank.labels"].split(", "))
-    assert sorted(labels) == ["r=2", "r=4"]
-    held = [r for r in (4, 2) if labels[f"r={r}"] == "equivalent"]  # fixed sequence: from the largest rank down
-    expected = "none" if labels["r=4"] != "equivalent" else str(2 if labels["r=2"] == "equivalent" else 4)
-    assert tags["verdict.rank"] == expected, (held, labels)
+    tested = sorted(int(name.removeprefix("r=")) for name in labels)
+    assert tested in ([2], [2, 4])  # the selected rank and the ranks below it (r=4 when it won on dev)
+    r4 = sorted(r.data.params["train.seed"] for r in runs3 if r.info.run_name.startswith("lora-r4-"))
+    assert r4 == (sorted(["1", *fresh]) if 4 in tested else ["1"])  # fresh seeds only for a rank that is tested
+    expected = None
+    for r in reversed(tested):  # fixed sequence from the selected rank down; non-inferior, equivalent or superior
+        if labels[f"r={r}"] not in ("non-inferior", "equivalent", "superior"):
+            break
+        expected = r
+    assert tags["verdict.rank"] == ("none" if expected is None else str(expected)), labels

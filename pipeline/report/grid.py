@@ -9,7 +9,8 @@ suffices. Works on a `pipeline.report.protocol.Protocol` (passed in, never impor
   Holm over the adapter configurations the grid trained at its recorded seeds (`pipeline.statistics.family`).
 - Ranks: for each rank of the selected adapter's method, its configuration with the best dev score; Δ vs full with
   the verdict's interval (fresh seeds where `make decide` trained them; the grid run alone is "queries only"); the
-  smallest rank that suffices by fixed-sequence testing from the largest rank down (`pipeline.statistics.rank`).
+  smallest rank that suffices by fixed-sequence testing from the selected adapter's rank down
+  (`pipeline.statistics.rank`).
 """
 
 from __future__ import annotations

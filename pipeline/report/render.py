@@ -205,7 +205,8 @@ def _rank_section(protocol: Protocol) -> list[str]:
     answer = "none" if protocol.rank is None else str(protocol.rank)
     lines = ["", "## The rank that suffices", ""]
     lines.append(
-        f"Smallest rank equivalent to the full fine-tune (fixed-sequence from the largest rank down): **{answer}**."
+        f"Smallest rank not worse than the full fine-tune by more than the margin (non-inferior, equivalent or "
+        f"superior; fixed-sequence testing from the selected rank down): **{answer}**."
     )
     lines += [
         "",

@@ -279,12 +279,12 @@ def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done
     a stopping look (make decide going on until the rank answer is settled) are looked at too, as the rounds did."""
     looks: list[Look] = []
     have = min(len(adapter), len(full))
-    for n in design.looks():
-        n = min(n, have)
+    for planned in design.looks():
+        n = min(planned, have)
         if looks and n <= looks[-1].seeds_adapter:
             break
         taken = [x.seeds_adapter for x in looks]
-        last = done and n == have
+        last = done and n < planned  # a short look (a failed seed) with no more to come spends what alpha is left
         looks.append(look(design, benchmark_difference(adapter[:n], full[:n]), len(looks) + 1, taken, last))
         if looks[-1].stop and (not done or n >= have or looks[-1].label == "no verdict"):
             break

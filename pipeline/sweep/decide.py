@@ -151,7 +151,7 @@ def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int |
             for c in candidates
             if c.method == method and ranks[c.config] and (top is None or ranks[c.config] <= top)
         ]
-        if len({c.method for c in by_rank}) > 1:
+        if by_rank:  # one rank (the selected one): its answer is the adapter's own verdict
             arms += [Arm(name, config) for name, config in sorted(select(by_rank).items(), key=_rank_order)]
     return arms
 
@@ -160,7 +160,7 @@ def rank_that_suffices(
     design: Design, outcome: Outcome, estimate: Callable[[Arm, Arm], Estimate] = by_means
 ) -> tuple[int | None, dict[int, str]]:
     """The smallest rank that suffices (not worse than the full fine-tune by the margin: `SUFFICES`) under
-    fixed-sequence testing from the largest rank down (`pipeline.statistics.rank`), each rank's arm read at the last
+    fixed-sequence testing from the selected rank down (`pipeline.statistics.rank`), each rank's arm read at the last
     look taken; and each rank's label."""
     labels = rank_labels(design, outcome.arms, len(outcome.looks), estimate)
     return smallest_rank(labels, SUFFICES)[0], labels
@@ -243,7 +243,7 @@ class Decider:
         self._tag("sweep.extended", extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
-        ranked = self.ranks and len([a for a in arms if a.name.startswith("r=")]) > 1
+        ranked = self.ranks and any(a.name.startswith("r=") for a in arms)
         goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
         outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on)
         self._finish(outcome)
