@@ -25,13 +25,12 @@ from pipeline.sweep.decide import (
     decided_arms,
     design_of,
     fresh_seeds,
-    full_rank,
     rank_pending,
     rank_that_suffices,
     rounds,
     sequential,
 )
-from pipeline.sweep.edges import beyond_edge, edge_jobs, with_value
+from pipeline.sweep.edges import beyond_edge, edge_jobs, full_rank, with_value
 from pipeline.sweep.grid import job_values
 from pipeline.sweep.selection import Candidate, tie_key
 from tests.conftest import ROOT, tiny_overrides

@@ -31,7 +31,7 @@ from pathlib import Path
 from pipeline.adapter_configs import Method
 from pipeline.statistics.rank import SUFFICES, smallest_rank, unsettled
 from pipeline.statistics.sequential import DECIDED, TARGETS, Design, Estimate, Look, benchmark_difference, look, went_on
-from pipeline.sweep.edges import edge_jobs, extended_axes
+from pipeline.sweep.edges import edge_jobs, extended_axes, full_rank
 from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
 
@@ -355,19 +355,6 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
         f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
     )
-
-
-def full_rank(model_name: str) -> int | None:
-    """The largest rank a LoRA update of the model's attention matrices (hidden x hidden) can have: its hidden size,
-    from its config (the grid's jobs loaded the model, so it is local or in the Hub cache); None when unknown."""
-    from transformers import AutoConfig
-
-    from pipeline.models import model_source
-
-    try:
-        return int(AutoConfig.from_pretrained(model_source(model_name)).hidden_size)
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None
 
 
 def design_of(settings) -> Design:

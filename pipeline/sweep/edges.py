@@ -76,3 +76,16 @@ def edge_jobs(
 def extended_axes(extended: dict) -> str:
     """The `sweep.extended` tag: e.g. `lora train.lr up x2, full train.lr down x1`, or `none`."""
     return ", ".join(f"{m} {k} {side} x{n}" for (m, k, side), n in sorted(extended.items())) or "none"
+
+
+def full_rank(model_name: str) -> int | None:
+    """The largest rank a LoRA update of the model's attention matrices (hidden x hidden) can have: its hidden size,
+    from its config (the grid's jobs loaded the model, so it is local or in the Hub cache); None when unknown."""
+    from transformers import AutoConfig
+
+    from pipeline.models import model_source
+
+    try:
+        return int(AutoConfig.from_pretrained(model_source(model_name)).hidden_size)
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
