@@ -239,7 +239,8 @@ class Decider:
             self._tag(f"decide.{key}", f"{getattr(self.design, key):g}")
         self._tag("decide.target", self.target)  # what the looks estimate
         candidates = self._candidates(grid, configs, results)
-        candidates, extended = self._extend_edges(grid, candidates, grid_seeds)
+        rank_cap = full_rank(configs[0].model.name)  # a rank step stops at the model's hidden size
+        candidates, extended = self._extend_edges(grid, candidates, grid_seeds, rank_cap)
         self._tag("sweep.extended", extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
@@ -266,15 +267,16 @@ class Decider:
             self.rank_of[configuration(job)] = r
         return candidates
 
-    def _extend_edges(self, grid: list[Job], candidates: list[Candidate], grid_seeds: list[int]):
-        self.full_rank = full_rank(self.compose(grid[:1])[0].model.name)
+    def _extend_edges(
+        self, grid: list[Job], candidates: list[Candidate], grid_seeds: list[int], rank_cap: int | None = None
+    ):
         extended: dict = {}
         tried = list(grid)
         methods = {c.config: c.method for c in candidates}
         while True:
             chosen = select(candidates)
             new = edge_jobs(tried, chosen, lambda job: methods.get(configuration(job)), extended, self.extend,
-                            self.full_rank)  # fmt: skip
+                            rank_cap)  # fmt: skip
             if not new:
                 return candidates, extended
             jobs = [[*job, f"train.seed={seed}"] for job in new for seed in grid_seeds]
