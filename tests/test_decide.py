@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hydra.core.utils import JobStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -248,7 +249,10 @@ def _fake_sweeper(dev_of_lr):
 
     def launch(jobs):
         launched.append(jobs)
-        return [SimpleNamespace(return_value=dev_of_lr(float(job_values(j)["train.lr"]))) for j in jobs]
+        return [
+            SimpleNamespace(status=JobStatus.COMPLETED, return_value=dev_of_lr(float(job_values(j)["train.lr"])))
+            for j in jobs
+        ]
 
     return compose, launch, launched
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -12,10 +13,12 @@ import time
 import pytest
 
 from pipeline.launch import gpus, slurm
-from pipeline.sweep.prefix import shared_stages
+from pipeline.sweep.prefix import run_shared_prefix, shared_stages
 from tests.conftest import ROOT, compose_config, tiny_overrides
 
 # --------------------------------------------------------------------------------------------------- shared prefix
+
+SHARED_STAGES = ["prepare_data", "prepare_dev", "baseline", "dev_baseline"]  # what no method or rank reaches
 
 
 @pytest.fixture
@@ -26,7 +29,7 @@ def job_cfgs(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
 
 def test_prefix_is_what_no_swept_key_reaches(job_cfgs):
     grid = job_cfgs(["finetune=lora", "finetune.r=2"], ["finetune=lora", "finetune.r=4"], ["finetune=full"])
-    shared = ["prepare_data", "prepare_dev", "baseline", "dev_baseline"]
+    shared = SHARED_STAGES
     assert shared_stages(grid) == shared
     # a swept data key: the data differ, so do the stages downstream of them; the baseline is still shared
     assert shared_stages(job_cfgs(["data.train_size=16"], ["data.train_size=32"])) == ["baseline"]
@@ -37,6 +40,25 @@ def test_prefix_is_what_no_swept_key_reaches(job_cfgs):
     # only what every job runs: run.until=baseline needs no data
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=baseline", "train.lr=1"])) == ["baseline"]
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=prepare_data"])) == []
+
+
+def test_a_demo_like_sweep_computes_its_prefix_instead_of_falling_back(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
+    """The demo's data.path interpolates ${paths.outputs}: the prefix's stage keys resolve it, and the shared stages
+    run in the sweeping process (no warning, no silent fallback to the jobs)."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from omegaconf import OmegaConf
+
+    shutil.copytree(tiny_qa, tmp_path / "outputs" / "demo_data" / "qa")
+    base = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
+    base = [o for o in base if not o.startswith("data.path=")] + ["data.path=${paths.outputs}/demo_data/qa"]
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(str(ROOT / "conf")))
+    sweep = OmegaConf.create(
+        {"hydra": {"overrides": {"hydra": []}, "job": {"config_name": "config"}, "sweep": {"dir": str(tmp_path)}}}
+    )
+    jobs = [[*base, "finetune=lora", "finetune.r=2", "finetune.alpha=4"], [*base, "finetune=full"]]
+    assert run_shared_prefix(sweep, loader, jobs) == dict.fromkeys(SHARED_STAGES, "ran")
+    assert run_shared_prefix(sweep, loader, jobs) == dict.fromkeys(SHARED_STAGES, "cached")
 
 
 def test_a_sweep_computes_its_prefix_before_its_jobs(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):

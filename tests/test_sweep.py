@@ -21,7 +21,7 @@ from pipeline.sweep.callbacks import sweep_runs
 from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
 from pipeline.sweep.selection import Candidate, select, tie_key
 from pipeline.validate import ConfigError
-from tests.conftest import ROOT, tiny_overrides
+from tests.conftest import ROOT, compose_config, tiny_overrides
 
 
 def test_grid_becomes_lora_jobs_plus_one_full_arm():
@@ -83,6 +83,48 @@ def test_selection_is_per_method_on_dev_on_the_shared_seed():
     assert select(list(reversed(c))) == {"lora": "d", "full": "f1"}  # the order given decides nothing here
     assert tie_key("lora", 64, "lora-r64") < tie_key("full", None, "full")  # any adapter before the full fine-tune
     assert select([Candidate("lora", "a", 1, 0.5), Candidate("lora", "b", 2, 0.6)]) == {"lora": "b"}  # no shared seed
+
+
+def test_a_dev_tie_goes_to_the_same_configuration_in_the_sweeper_and_the_report(monkeypatch):
+    """Two LoRA configurations tie on dev: the sweeper replicates the one the report then selects (the smaller rank,
+    `tie_key`), listed second so that the order of the jobs alone would pick the other."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.lora_vs_full_sweeper.lora_vs_full_sweeper import LoraVsFullSweeper
+    from pipeline.report.load import Arm
+    from pipeline.report.protocol import apply
+
+    grid = [
+        ["finetune=lora", "finetune.r=16", "finetune.alpha=32", "train.lr=1e-4", "train.seed=12"],
+        ["finetune=lora", "finetune.r=8", "finetune.alpha=16", "train.lr=1e-4", "train.seed=12"],
+        ["finetune=full", "train.lr=1e-5", "train.seed=12"],
+    ]
+    dev = [0.9, 0.9, 0.8]
+    sweeper = LoraVsFullSweeper(max_batch_size=None)
+    monkeypatch.setattr(sweeper, "configs", lambda jobs: [compose_config(list(job)) for job in jobs])
+    returns = [JobReturn(status=JobStatus.COMPLETED, _return_value=d) for d in dev]
+    replicated = sweeper.selected(grid, returns)
+    assert sorted(replicated) == sorted([grid[1][:-1], grid[2][:-1]])
+
+    names = ["lora-r16-a32-lr1e-4", "lora-r8-a16-lr1e-4", "full-lr1e-5"]
+    per_query = {"scifact": {"q1": 0.5, "q2": 0.6}}
+    arms = [
+        Arm(
+            f"{name}-s12",
+            job[0].split("=")[1],
+            "FINISHED",
+            run_id=name,
+            r=r,
+            seed=12,
+            configuration=name,
+            dev=d,
+            per_query=per_query,
+        )  # fmt: skip
+        for name, job, r, d in zip(names, grid, [16, 8, None], dev, strict=True)
+    ]
+    protocol = apply(arms, n_resamples=100)
+    assert protocol.adapter.name == names[1] and protocol.full.name == names[2]
+    assert {c.name for c in protocol.configurations if c.selected} == {names[1], names[2]}
 
 
 def _sweep(

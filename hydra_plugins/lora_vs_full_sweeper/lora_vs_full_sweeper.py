@@ -31,13 +31,12 @@ from pipeline.sweep.grid import (
     configuration,
     job_values,
     lora_vs_full_jobs,
-    method_of,
     replicates,
     with_learning_rates,
     with_seed,
 )
 from pipeline.sweep.prefix import job_configs, run_shared_prefix
-from pipeline.sweep.selection import Candidate, returned_dev, select
+from pipeline.sweep.selection import job_candidate, returned_dev, select
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +111,11 @@ class LoraVsFullSweeper(BasicSweeper):
         return returns
 
     def selected(self, jobs, results) -> List[List[str]]:  # noqa: UP006
-        """Each method's best configuration by the dev NDCG@10 its job returned (nan for a failed job)."""
-        default = self.config.finetune.method
+        """Each method's best configuration by the dev NDCG@10 its job returned (nan for a failed job); a dev tie
+        broken by `tie_key`, from each job's composed config, as the report and `make decide` break it."""
         candidates = [
-            Candidate(method_of(job, default), configuration(job), None, returned_dev(result))
-            for job, result in zip(jobs, results, strict=True)
+            job_candidate(configuration(job), cfg, returned_dev(result))
+            for job, cfg, result in zip(jobs, self.configs(jobs), results, strict=True)
         ]
         return [list(config) for config in select(candidates).values()]
 

@@ -28,12 +28,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.adapter_configs import Method
 from pipeline.statistics.rank import SUFFICES, smallest_rank, unsettled
 from pipeline.statistics.sequential import DECIDED, TARGETS, Design, Estimate, Look, benchmark_difference, look, went_on
 from pipeline.sweep.edges import edge_jobs, extended_axes, full_rank
 from pipeline.sweep.grid import configuration
-from pipeline.sweep.selection import Candidate, returned_dev, select, tie_key
+from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, returned_dev, select
 
 Job = list[str]
 PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
@@ -255,16 +254,11 @@ class Decider:
         return outcome
 
     def _candidates(self, jobs: list[Job], configs, results) -> list[Candidate]:
-        from pipeline.tracking.run import run_name
-
         candidates = []
         for job, cfg, result in zip(jobs, configs, results, strict=True):
-            method, seed = Method(cfg.finetune.method).value, int(cfg.train.seed)  # an enum in the config
-            r = cfg.finetune.get("r") if method != FULL else None
-            self.name_of[configuration(job)] = run_name(cfg).removesuffix(f"-s{seed}")
-            tie = tie_key(method, r, self.name_of[configuration(job)])
-            candidates.append(Candidate(method, configuration(job), seed, returned_dev(result), tie))
-            self.rank_of[configuration(job)] = r
+            candidates.append(job_candidate(configuration(job), cfg, returned_dev(result)))  # as the sweeper's
+            self.name_of[configuration(job)] = config_name(cfg)
+            self.rank_of[configuration(job)] = config_rank(cfg)
         return candidates
 
     def _extend_edges(

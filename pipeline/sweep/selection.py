@@ -17,6 +17,10 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
 
+from hydra.core.utils import JobReturn, JobStatus
+
+from pipeline.adapter_configs import Method
+
 
 class Candidate(NamedTuple):
     method: str
@@ -30,6 +34,25 @@ def tie_key(method: str, r: int | None, name: str) -> tuple:
     """A dev-score tie goes to fewer parameters: an adapter before the full fine-tune, a smaller rank first; then to
     the configuration's name (its run name without the seed, e.g. `lora-r8-a16-lr2e-4`) in text order."""
     return (method == "full", r if r is not None else 0, name)
+
+
+def config_name(cfg) -> str:
+    """A configuration's name, as `tie_key` takes it: its run name without the seed (e.g. `lora-r8-a16-lr2e-4`)."""
+    from pipeline.tracking.run import run_name
+
+    return run_name(cfg).removesuffix(f"-s{cfg.train.seed}")
+
+
+def config_rank(cfg) -> int | None:
+    """The rank `tie_key` counts: the method's `r`; None for the full fine-tune and the methods without one."""
+    return cfg.finetune.get("r") if Method(cfg.finetune.method) is not Method.full else None
+
+
+def job_candidate(config: Hashable, cfg, dev: float) -> Candidate:
+    """A sweep job as a candidate, its tie broken from its composed config `cfg` as the report breaks it from the
+    job's run (`tie_key(method, r, name)`): the sweeper and `make decide` both build their candidates here."""
+    method = Method(cfg.finetune.method).value  # an enum in the config
+    return Candidate(method, config, int(cfg.train.seed), dev, tie_key(method, config_rank(cfg), config_name(cfg)))
 
 
 def dev_scores(candidates: Iterable[Candidate]) -> dict[tuple[str, Hashable], float]:
@@ -60,10 +83,9 @@ def select(candidates: list[Candidate]) -> dict[str, Hashable]:
     return {method: config for method, (_, config) in best.items()}
 
 
-def returned_dev(result) -> float:
+def returned_dev(result: JobReturn) -> float:
     """The dev NDCG@10 a sweep job returned (its Hydra JobReturn); nan for a job that raised or returned nothing."""
-    try:
-        value = result.return_value
-    except Exception:  # noqa: BLE001 - a job that raised: no score, not selectable
+    if result.status is not JobStatus.COMPLETED:  # a job that raised: no score, not selectable
         return math.nan
+    value = result.return_value
     return math.nan if value is None else float(value)
