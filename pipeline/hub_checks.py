@@ -14,10 +14,16 @@ def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def check_hub(kind: str, repo_id: str, key: str, revision: str | None = None) -> None:
-    """A Hub id must be in the local HF cache or answer on the Hub; say which when neither works."""
-    from huggingface_hub import HfApi, snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError
+def check_hub(kind: str, repo_id: str, key: str, revision: str | None = None, filename: str | None = None) -> None:
+    """A Hub id must be in the local HF cache or answer on the Hub; say which when neither works, in one line each:
+    no such repo, no such revision, no such file (`filename`, e.g. a model's config.json), or no Hub to ask."""
+    from httpx2 import HTTPError  # huggingface_hub's HTTP client: its transport errors (connect, timeout, proxy)
+    from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_url, snapshot_download
+    from huggingface_hub.errors import (
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         snapshot_download(repo_id, repo_type=kind, revision=revision, local_files_only=True)
@@ -30,11 +36,23 @@ def check_hub(kind: str, repo_id: str, key: str, revision: str | None = None) ->
             "pass a local dir"
         )
     api = HfApi()
+    at = f"@{revision}" if revision else ""
     try:
         (api.model_info if kind == "model" else api.dataset_info)(repo_id, revision=revision, timeout=10)
+        if filename is not None:
+            get_hf_file_metadata(hf_hub_url(repo_id, filename, repo_type=kind, revision=revision), timeout=10)
+    except RevisionNotFoundError:  # the repo exists, the revision does not
+        raise ConfigError(
+            f"{key}={repo_id}: the {kind} has no revision {revision!r} on the Hugging Face Hub: "
+            "give an existing branch, tag or commit SHA"
+        ) from None
     except RepositoryNotFoundError:
         raise ConfigError(f"{key}={repo_id} is not a local dir and not a {kind} on the Hugging Face Hub") from None
-    except Exception as error:  # noqa: BLE001 - network failures of every kind
+    except RemoteEntryNotFoundError:
+        raise ConfigError(
+            f"{key}={repo_id}{at} has no file {filename} on the Hugging Face Hub: not a {kind} this pipeline can load"
+        ) from None
+    except (HTTPError, OSError) as error:  # no answer: connection, timeout, proxy, DNS, another HTTP error
         raise ConfigError(
             f"{key}={repo_id} is not a local dir, and the Hugging Face Hub is unreachable "
             f"({type(error).__name__}): pass a local dir or retry with network"

@@ -300,7 +300,7 @@ def _check_model(cfg: DictConfig) -> None:
     else:
         if _looks_local(name) or os.path.isfile(name):
             raise ConfigError(f"model.name={name} is not a local dir (it does not exist) and not a Hub model id")
-        check_hub("model", name, "model.name", revision=cfg.model.revision)
+        check_hub("model", name, "model.name", revision=cfg.model.revision, filename="config.json")
         from pipeline.fingerprint import cached_snapshot
 
         model_dir = cached_snapshot(name, "model", cfg.model.revision)
