@@ -97,8 +97,8 @@ def test_a_failed_seed_stops_the_rounds_without_a_verdict():
     calls = []
     train = _train({ADAPTER: 0.5, FULL: 0.5}, 0.02, random.Random(2), calls, fail={(FULL, 14)})
     outcome = sequential(SMALL, _arms(), [13, 14, 15, 16], train)
-    assert outcome.looks == [] and len(calls) == 1
-    assert outcome.reason == "no verdict: no NanoBEIR score from full seed 14 (a failed run)"
+    assert [x.label for x in outcome.looks] == ["no verdict"] and len(calls) == 1  # the report's replay says so too
+    assert outcome.reason.startswith("no verdict: no NanoBEIR score from full seed 14 (a failed run): run the same")
 
 
 def test_rank_arms_share_the_seeds_and_a_shared_configuration_is_trained_once():
@@ -172,6 +172,74 @@ def test_the_report_replays_the_looks_the_rounds_took(means, sd, seed, ranked):
     assert [[getattr(x, f) for f in fields] for x in replayed] == [
         [getattr(x, f) for f in fields] for x in outcome.looks
     ]
+
+
+# ------------------------------------------------------------------ make decide and the report: one answer per data
+
+
+def _report_arm(arm: str, seed: int, score: float, start: int, dev: float = 0.8):
+    """A run as the report loads it: NanoBEIR mean `score` on two datasets (nan: a failed run, no scores)."""
+    from pipeline.report.load import Arm as Run
+
+    method, r = ("full", None) if arm == FULL else ("lora", 8)
+    failed = math.isnan(score)
+    per_query = None if failed else {d: {"q1": score + x, "q2": score - x} for d, x in (("a", 0.01), ("b", 0.02))}
+    return Run(f"{method}-s{seed}", method, "FAILED" if failed else "FINISHED", run_id=f"{arm}{seed}", start_time=start,
+               r=r, seed=seed, configuration=method, dev=dev if arm == ADAPTER else dev - 0.1, per_query=per_query)  # fmt: skip
+
+
+def _both(design: Design, scores: dict[str, list[float]], listed: list[int], order: bool = True):
+    """The same scores through make decide's rounds and through the report: (rounds' outcome, report's protocol)."""
+    from pipeline.report.protocol import apply
+
+    seeds = fresh_seeds([12], listed, design.looks()[-1])
+    by_seed = {arm: dict(zip(seeds, values, strict=False)) for arm, values in scores.items()}
+
+    def train(jobs):
+        return [by_seed[job_values(job)["arm"]][int(job_values(job)["train.seed"])] for job in jobs]
+
+    outcome = sequential(design, _arms(), seeds, train)
+    trained = list(outcome.arms[0].scores)
+    runs = [_report_arm(arm, 12, 0.6, 0) for arm in (ADAPTER, FULL)]  # the grid: selection, never in Δ
+    runs += [_report_arm(arm, s, by_seed[arm][s], i + 1) for i, s in enumerate(trained) for arm in (ADAPTER, FULL)]
+    protocol = apply(runs, n_resamples=50, grid_seeds={12}, design=design, order=seeds if order else None)
+    return outcome, protocol
+
+
+def test_a_failed_seed_gets_the_same_answer_from_make_decide_and_the_report():
+    """The issue's data: full seed 17 fails in round 2. make decide stops with no verdict; the report must not cut the
+    adapter to 4 seeds and call it equivalent at an unplanned final look."""
+    scores = {ADAPTER: [0.631, 0.628, 0.634, 0.626, 0.630], FULL: [0.629, 0.633, 0.627, 0.631, math.nan]}
+    outcome, protocol = _both(Design(), scores, [12, 13, 14, 15, 16, 17])
+    assert outcome.looks[-1].label == protocol.verdict.label == "no verdict"
+    assert "full seed 17 (a failed run): run the same make decide command again" in outcome.reason
+    assert outcome.reason.removeprefix("no verdict: ") == protocol.verdict.reason
+    assert [x.seeds_adapter for x in protocol.looks] == [x.seeds_adapter for x in outcome.looks] == [3, 5]
+
+
+def test_seeds_trained_out_of_order_are_replayed_in_the_order_trained():
+    """hydra.sweeper.seeds=[12,50,13,14,15]: make decide's look 1 is seeds {50, 13, 14}; so is the report's, from the
+    recorded order (decide.seeds) or, without it, from the runs' start times."""
+    rng = random.Random(11)
+    scores = {arm: [0.5 + rng.gauss(0, 0.003) for _ in range(10)] for arm in (ADAPTER, FULL)}
+    scores[ADAPTER][0] = 0.53  # seed 50: look 1 with it differs from look 1 without it
+    for order in (True, False):
+        outcome, protocol = _both(Design(), scores, [12, 50, 13, 14, 15], order)
+        assert list(outcome.arms[0].scores)[:3] == [50, 13, 14]
+        assert [(x.seeds_adapter, x.label) for x in protocol.looks] == [(x.seeds_adapter, x.label) for x in outcome.looks]
+        numbers = [v for x in protocol.looks for v in (x.delta, x.low, x.high)]
+        assert numbers == pytest.approx([v for x in outcome.looks for v in (x.delta, x.low, x.high)], abs=1e-12)
+
+
+def test_leaving_a_dataset_out_is_judged_by_the_headlines_design_and_look():
+    """Two datasets that move together: leaving either out changes nothing, so its label is the headline's (superior
+    at look 1 of make decide's design, critical values 6.2 and more); a fixed one-look design there says "equivalent"
+    (its narrower 90% interval lies inside the margin), and the report flagged a dataset that drives nothing."""
+    scores = {ADAPTER: [0.637, 0.6376, 0.6364], FULL: [0.630, 0.6306, 0.6294]}
+    outcome, protocol = _both(Design(), scores, [12])
+    assert protocol.looks[-1].index == 1 and protocol.verdict.label == outcome.looks[-1].label == "superior"
+    assert [row.label_without for row in protocol.heterogeneity.datasets] == [protocol.verdict.label] * 2
+    assert not any("without it" in d for d in protocol.heterogeneity.drivers)
 
 
 def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):

@@ -28,6 +28,7 @@ from pipeline.report.load import (
     SweepNotFound,
     default_tracking_uri,
     find_sweep,
+    fresh_order_of,
     grid_seeds_of,
     load_arms,
     no_nan,
@@ -95,8 +96,9 @@ def compare(
         if arm.per_query is not None:
             arm.ndcg = bootstrap_ci(arm.per_query, n=n_resamples, seed=seed, level=level)
     protocol = apply(
-        arms, margin, level, n_resamples, seed, target, grid_seeds_of(parent), design_of(parent, margin, 1 - level)
-    )
+        arms, margin, level, n_resamples, seed, target, grid_seeds_of(parent), design_of(parent, margin, 1 - level),
+        fresh_order_of(parent),
+    )  # fmt: skip
     warnings += protocol.notes
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
 

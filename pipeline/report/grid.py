@@ -102,14 +102,14 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
             continue
         if r not in best or _order(config) < _order(best[r]):
             best[r] = config
-    full_fresh = protocol.full.fresh(protocol.grid_seeds)
+    full_fresh = protocol.full.fresh(protocol.grid_seeds, protocol.order)
     rows = []
     for r, config in sorted(best.items(), reverse=True):
         v = protocol.verdict
         if config is protocol.adapter and v is not None and v.label != "no verdict":  # the verdict itself
             rows.append(RankDelta(r, config.name, v.delta, *v.ci90, v.label, v.seeds_adapter, ""))
             continue
-        fresh = config.fresh(protocol.grid_seeds)
+        fresh = config.fresh(protocol.grid_seeds, protocol.order)
         if len(fresh) > 1 and len(full_fresh) > 1 and protocol.design is not None:
             # make decide's design: the rank read at the last look taken, on that look's seeds, as its verdict.rank
             last = protocol.looks[-1]

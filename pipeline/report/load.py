@@ -285,6 +285,12 @@ def recorded(parent: Run, key: str) -> str | None:
     return parent.data.tags.get(key) or parent.data.params.get(key)
 
 
+def fresh_order_of(parent: Run) -> list[int] | None:
+    """The fresh seeds in the order make decide trains them (`decide.seeds`), None when not recorded."""
+    value = recorded(parent, "decide.seeds")
+    return None if value is None else [int(float(x)) for x in value.split(",") if x.strip()]
+
+
 def grid_seeds_of(parent: Run) -> set[int] | None:
     """The seeds the grid trained (`sweep.grid_seeds`, comma-separated), None when not recorded."""
     value = recorded(parent, "sweep.grid_seeds")

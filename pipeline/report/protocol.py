@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.report.grid import compare_grid, estimate_of
@@ -25,7 +26,7 @@ from pipeline.report.verdict import Verdict, decide, from_looks
 from pipeline.statistics.heterogeneity import Heterogeneity, heterogeneity
 from pipeline.statistics.robust import diverged, outlier_seeds, worst_seed
 from pipeline.statistics.seeds import SeedQueryEstimate, arm_estimate, dataset_means, nanobeir_means
-from pipeline.statistics.sequential import Design, Look, fixed, look, replay
+from pipeline.statistics.sequential import Design, Look, fixed, look, relook, replay
 from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key
 
 
@@ -57,12 +58,27 @@ class Configuration:
         values = [a.trainable_params for a in self.runs if a.trainable_params is not None]
         return values[0] if values else math.inf
 
-    def fresh(self, grid_seeds: set[int]) -> list[Arm]:
-        """Its finished runs at seeds the grid did not use, by seed (the order `make decide` trains them)."""
-        return sorted((a for a in self.finished if a.seed not in grid_seeds), key=lambda a: (a.seed is None, a.seed))
+    def fresh(self, grid_seeds: set[int], order: Sequence[int] = ()) -> list[Arm]:
+        """Its finished runs at seeds the grid did not use, in the order trained (`trained_order`)."""
+        return sorted((a for a in self.finished if a.seed not in grid_seeds), key=trained_order(order))
+
+    def trained(self, grid_seeds: set[int]) -> dict[int, Arm]:
+        """{fresh seed: its run}: the finished run where there is one, else the latest (failed or unfinished)."""
+        found: dict[int, Arm] = {}
+        for run in sorted(self.runs, key=lambda a: (a in self.finished, a.start_time)):  # finished ones win
+            if run.seed is not None and run.seed not in grid_seeds:
+                found[run.seed] = run
+        return found
 
     def selection_runs(self, grid_seeds: set[int]) -> list[Arm]:
         return [a for a in self.finished if a.seed in grid_seeds]
+
+
+def trained_order(order: Sequence[int] = ()):
+    """Sort key of fresh runs in the order trained: by position in `order` (the parent run's `decide.seeds`, the
+    order `make decide` trains them), then by start time, then by seed."""
+    position = {seed: i for i, seed in enumerate(order)}
+    return lambda a: (position.get(a.seed, len(position)), a.start_time, a.seed is None, a.seed)
 
 
 @dataclass
@@ -72,6 +88,7 @@ class Protocol:
     full: Configuration | None = None  # the selected full fine-tune configuration
     target: str = "benchmark"
     grid_seeds: set[int] = field(default_factory=set)
+    order: list[int] = field(default_factory=list)  # the fresh seeds in the order make decide trains them
     verdict: Verdict | None = None
     design: Design | None = None  # the sequential design the looks replayed (make decide's); None: one fixed look
     looks: list[Look] = field(default_factory=list)
@@ -101,12 +118,14 @@ def apply(
     target: str = "benchmark",
     grid_seeds: set[int] | None = None,
     design: Design | None = None,
+    order: Sequence[int] | None = None,
 ) -> Protocol:
     """The protocol on a sweep's arms. `grid_seeds`: the seeds the grid trained (the parent run's `sweep.grid_seeds`;
     None: the seeds of the runs of configurations not selected). `design`: the sequential design `make decide`
-    followed (None: one look at the fresh seeds there are)."""
+    followed (None: one look at the fresh seeds there are); `order`: the fresh seeds in the order it trained them
+    (its `decide.seeds`; None: by start time)."""
     configs = configurations(arms)
-    protocol = Protocol(configs, target=target)
+    protocol = Protocol(configs, target=target, order=list(order or []))
     candidates = [
         Candidate(
             a.method, c.key, a.seed, a.dev if a.status == "FINISHED" else math.nan, tie_key(a.method, a.r, c.name)
@@ -143,7 +162,7 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
     if adapter is None or full is None or not adapter.finished or not full.finished:
         protocol.notes.append("no verdict: it needs a finished adapter and a finished full fine-tune with dev scores")
         return
-    fresh_a, fresh_f = adapter.fresh(protocol.grid_seeds), full.fresh(protocol.grid_seeds)
+    fresh_a, fresh_f = (config.fresh(protocol.grid_seeds, protocol.order) for config in (adapter, full))
     if not fresh_a or not fresh_f:
         protocol.notes.append(
             f"no verdict: no fresh seeds ({len(fresh_a)} for the adapter, {len(fresh_f)} for the full fine-tune); "
@@ -155,16 +174,35 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
     except ValueError as error:
         protocol.notes.append(f"no verdict: {error}")
         return
-    if design is not None and protocol.target == "benchmark" and not estimate.note:
-        means = [[nanobeir_means([a.per_query])[0] for a in runs] for runs in (fresh_a, fresh_f)]
-        protocol.design, protocol.looks = design, replay(design, *means, done=True)
-        protocol.verdict = from_looks(protocol.looks, design, estimate)
-        fresh_a, fresh_f = fresh_a[: protocol.verdict.seeds_adapter], fresh_f[: protocol.verdict.seeds_full]
+    if design is not None and protocol.target == "benchmark":
+        # make decide's looks on the same scores: both arms at the same seeds in the order trained, a failed run nan
+        trained = adapter.trained(protocol.grid_seeds), full.trained(protocol.grid_seeds)
+        runs = sorted({**trained[0], **trained[1]}.values(), key=trained_order(protocol.order))
+        seeds = list(dict.fromkeys(a.seed for a in runs))
+        means = [[_mean(arm.get(s)) for s in seeds] for arm in trained]
+        protocol.design, protocol.looks = design, replay(design, *means, done=True, seeds=seeds)
+        if not protocol.looks:
+            protocol.notes.append(
+                f"no verdict: {len(seeds)} fresh seeds trained, the first look needs {design.first} per arm "
+                "(run the same make decide command again)"
+            )
+            return
+        n = protocol.looks[-1].seeds_adapter
+        fresh_a = [trained[0][s] for s in seeds[:n] if trained[0].get(s) in adapter.finished]
+        fresh_f = [trained[1][s] for s in seeds[:n] if trained[1].get(s) in full.finished]
+        looked = estimate_of(fresh_a, fresh_f, protocol.target) if fresh_a and fresh_f else None  # for the advice
+        protocol.verdict = from_looks(protocol.looks, design, looked)
     else:
         protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
         protocol.verdict = decide(estimate, margin, alpha)
     protocol.in_delta = {"adapter": fresh_a, "full": fresh_f}  # the runs the verdict's Δ is made of
     _edges(protocol, fresh_a, fresh_f, margin)
+
+
+def _mean(run: Arm | None) -> float:
+    """A run's NanoBEIR mean, nan for a run without scores (failed, or not trained)."""
+    finished = run is not None and run.status == "FINISHED" and run.per_query is not None
+    return nanobeir_means([run.per_query])[0] if finished else math.nan
 
 
 def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: float) -> None:
@@ -185,9 +223,11 @@ def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: f
         i, value = worst_seed(scores)
         protocol.worst[arm] = (runs[arm][i].name, value)
     if len(fresh_a) > 1 and len(fresh_f) > 1 and protocol.verdict.label != "no verdict":
-        margin_, alpha = protocol.verdict.margin, protocol.verdict.alpha
+        one = fixed(protocol.verdict.margin, protocol.verdict.alpha)
+
+        def judge(e) -> str:  # the headline's rule: make decide's design at its last look, or one fixed look
+            return (relook(protocol.design, protocol.looks, e) if protocol.design else look(one, e, 1)).label
+
         protocol.heterogeneity = heterogeneity(
-            dataset_means([a.per_query for a in fresh_a]),
-            dataset_means([a.per_query for a in fresh_f]),
-            judge=lambda e: look(fixed(margin_, alpha), e, 1).label,
+            dataset_means([a.per_query for a in fresh_a]), dataset_means([a.per_query for a in fresh_f]), judge
         )

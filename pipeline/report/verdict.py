@@ -62,7 +62,7 @@ def decide(estimate: Estimate, margin: float = 0.01, alpha: float = 0.05) -> Ver
 def from_looks(looks: list[Look], design: Design, estimate: Estimate | None = None) -> Verdict:
     """The verdict of the last of a sequential design's looks (`pipeline.statistics.sequential.replay`)."""
     last = looks[-1]
-    reason = last.reason if last.label == "no verdict" else ""
+    reason = last.reason.removeprefix("no verdict: ") if last.label == "no verdict" else ""
     if last.label == "inconclusive" and estimate is not None and len(looks) == 1:
         reason = advice(estimate, design.margin, design.alpha)
     return Verdict(

@@ -8,7 +8,8 @@ Sequential Methods with Applications to Clinical Trials*, ch. 7 (alpha spending)
 intervals; equivalence: "the RCI lies inside (-m, m)"); Lan & DeMets 1983, Biometrika 70:659).
 
 - Information fraction at a look: t = n / budget, n the seeds per arm (the harmonic mean when the arms differ),
-  t = 1 at the final look (an unplanned final look, e.g. a failed seed, spends all that is left).
+  t = 1 at the final look. A failed run (nan) in a look's seeds gives "no verdict" there (`replay`, as `make decide`
+  stops), never a look with one arm cut to the other's count.
 - Alpha spending, Hwang-Shih-DeCani (Hwang, Shih & DeCani 1990, Stat Med 9:1439): a(t) = a (1 - exp(-gamma t)) /
   (1 - exp(-gamma)), a(1) = a; gamma = GAMMA by default (`Design.gamma`), chosen by simulation
   (`python -m pipeline.statistics.simulate --gammas ...`, docs/sequential.md). gamma = -4 is close to O'Brien-Fleming
@@ -33,7 +34,7 @@ equivalent, superior or inferior; non-inferior goes on (equivalence may still fo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import NamedTuple
@@ -215,6 +216,7 @@ class Look:
     stop: bool
     reason: str  # why it stops (decided, budget spent, no verdict) or why it goes on
     target: str = "benchmark"
+    final: bool = False  # it spent all the alpha left (the budget's look, or one taken as final)
 
 
 def label_of(low: float, high: float, low_two_sided: float, high_two_sided: float, margin: float) -> str:
@@ -247,7 +249,7 @@ def look(
     if estimate.note or not (math.isfinite(estimate.delta) and estimate.se > 0):
         why = estimate.note or f"the standard error is {estimate.se}: nothing to read"
         nan = math.nan
-        return Look(*common, nan, nan, estimate.df, nan, nan, nan, "no verdict", True, why, estimate.target)
+        return Look(*common, nan, nan, estimate.df, nan, nan, nan, "no verdict", True, why, estimate.target, final)
     df = estimate.df if len(design.looks()) == 1 else min(estimate.seeds_adapter, estimate.seeds_full) - 1
     c1 = design.critical(index, df, design.alpha, taken)
     c2 = design.critical(index, df, design.alpha / 2, taken)
@@ -264,7 +266,14 @@ def look(
     else:
         reason = f"{label} at look {index}: the next round adds {design.step} seeds per arm"
     return Look(*common, bounds[0], bounds[1], df, c1, bounds[2], bounds[3], label, stop, reason,
-                estimate.target)  # fmt: skip
+                estimate.target, final)  # fmt: skip
+
+
+def relook(design: Design, looks: Sequence[Look], estimate: Estimate) -> Look:
+    """The last of `looks` taken again on another estimate (e.g. one dataset left out): the same design, index,
+    earlier looks and finality, so that it judges by the same rule as the headline."""
+    last = looks[-1]
+    return look(design, estimate, last.index, [x.seeds_adapter for x in looks[:-1]], last.final)
 
 
 def fixed(margin: float = 0.01, alpha: float = 0.05) -> Design:
@@ -272,25 +281,56 @@ def fixed(margin: float = 0.01, alpha: float = 0.05) -> Design:
     return Design(margin=margin, alpha=alpha, first=2, step=1, budget=2)
 
 
-def replay(design: Design, adapter: Sequence[float], full: Sequence[float], done: bool = False) -> list[Look]:
-    """The looks the design takes on fresh seeds' scores given in the order they were trained (per-seed NanoBEIR
-    means), up to the first that stops or the last the seeds allow; a count short of the next planned look (a failed
-    seed) is taken as an unplanned look, the final one when `done` (no more seeds will come). With `done`, seeds past
-    a stopping look (make decide going on until the rank answer is settled) are looked at too, as the rounds did."""
+def replay(
+    design: Design,
+    adapter: Sequence[float],
+    full: Sequence[float],
+    done: bool = False,
+    seeds: Sequence[int] | None = None,
+) -> list[Look]:
+    """The looks the design takes on fresh seeds' scores (per-seed NanoBEIR means) given in the order they were
+    trained, both arms at the same seeds (nan for a run that failed): a look at each planned count the seeds reach,
+    up to the first that stops. A failed run in a look's seeds stops there with no verdict (`failed_reason`, named by
+    `seeds`, the seed at each position), as `make decide` stops; never is an arm cut to the other's count. Seeds short
+    of the next planned look (a round not finished) add no look. With `done`, seeds past a stopping look (make decide
+    going on until the rank answer is settled) are looked at too, as the rounds did."""
+    if len(adapter) != len(full):
+        raise ValueError(
+            f"{len(adapter)} adapter and {len(full)} full fine-tune seeds: the looks need both arms at the same "
+            "seeds in training order (nan for a failed run)"
+        )
     looks: list[Look] = []
-    have = min(len(adapter), len(full))
     for planned in design.looks():
-        n = min(planned, have)
-        if looks and n <= looks[-1].seeds_adapter:
+        if planned > len(adapter):
             break
         taken = [x.seeds_adapter for x in looks]
-        last = done and n < planned  # a short look (a failed seed) with no more to come spends what alpha is left
-        looks.append(look(design, benchmark_difference(adapter[:n], full[:n]), len(looks) + 1, taken, last))
-        if looks[-1].stop and (not done or n >= have or looks[-1].label == "no verdict"):
+        looks.append(look(design, benchmark_difference(adapter[:planned], full[:planned]), len(looks) + 1, taken))
+        failed = failed_runs({"adapter": adapter[:planned], "full": full[:planned]}, seeds)
+        if failed:
+            looks[-1] = replace(looks[-1], label="no verdict", stop=True, reason=failed_reason(failed))
+        if looks[-1].stop and (not done or planned >= len(adapter) or looks[-1].label == "no verdict"):
             break
         if looks[-1].stop:  # seeds trained past a stopping look: make decide went on for its rank answer
             looks[-1] = went_on(looks[-1], "more fresh seeds were trained (the rank answer was not settled)")
     return looks
+
+
+def failed_runs(arms: Mapping[str, Sequence[float]], seeds: Sequence[int] | None = None) -> list[str]:
+    """'<arm> seed <s>' for each score that is not finite (a failed run); `seeds`: the seed at each position."""
+    return [
+        f"{arm} seed {seeds[i] if seeds is not None else f'#{i + 1}'}"
+        for arm, scores in arms.items()
+        for i, value in enumerate(scores)
+        if not math.isfinite(value)
+    ]
+
+
+def failed_reason(failed: Sequence[str]) -> str:
+    """The one reason `make decide` and the report give for a look with a failed run."""
+    return (
+        f"no verdict: no NanoBEIR score from {', '.join(failed)} (a failed run): run the same make decide command "
+        "again (its finished runs are reused, the failed one is trained again)"
+    )
 
 
 def went_on(stopped: Look, why: str) -> Look:

@@ -25,11 +25,22 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipeline.statistics.rank import SUFFICES, smallest_rank, unsettled
-from pipeline.statistics.sequential import DECIDED, TARGETS, Design, Estimate, Look, benchmark_difference, look, went_on
+from pipeline.statistics.sequential import (
+    DECIDED,
+    TARGETS,
+    Design,
+    Estimate,
+    Look,
+    benchmark_difference,
+    failed_reason,
+    failed_runs,
+    look,
+    went_on,
+)
 from pipeline.sweep.edges import edge_jobs, extended_axes, full_rank
 from pipeline.sweep.grid import configuration
 from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, returned_dev, select
@@ -111,10 +122,12 @@ def sequential(
         for arm in arms:
             arm.scores.update({seed: scores[tuple(arm.job(seed))] for seed in new})
         adapter, full = by_name[ADAPTER], by_name[FULL]
-        failed = [f"{arm.name} seed {s}" for arm in (adapter, full) for s, v in arm.scores.items() if math.isnan(v)]
-        if failed:
-            reason = f"no verdict: no NanoBEIR score from {', '.join(failed)} (a failed run)"
-            return Outcome(looks, arms, reason, target)
+        failed = failed_runs({arm.name: list(arm.scores.values()) for arm in (adapter, full)}, list(adapter.scores))
+        if failed:  # a no-verdict look, as the report's replay takes it on the same scores
+            looks.append(replace(look(design, by_means(adapter, full), index + 1), reason=failed_reason(failed)))
+            if on_look is not None:
+                on_look(looks[-1])
+            return Outcome(looks, arms, looks[-1].reason, "benchmark")
         difference = estimate(adapter, full)
         looks.append(look(design, difference, index + 1))  # looks count from 1
         target = difference.target
@@ -243,6 +256,7 @@ class Decider:
         self._tag("sweep.extended", extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
+        self._tag("decide.seeds", ",".join(map(str, seeds)))  # the training order, for the report's replay
         ranked = self.ranks and any(a.name.startswith("r=") for a in arms)
         goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
         outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on)
@@ -324,7 +338,7 @@ class Decider:
             "verdict.seeds_adapter": seeds_tag(by_name[ADAPTER]),
             "verdict.seeds_full": seeds_tag(by_name[FULL]),
         }
-        if outcome.looks and not outcome.reason.startswith("no verdict"):
+        if outcome.looks:  # "no verdict" too (a failed run): the report says the same on the same runs
             tags["verdict"] = outcome.looks[-1].label
         for key, value in tags.items():
             self._tag(key, value)
