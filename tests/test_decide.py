@@ -226,7 +226,9 @@ def test_seeds_trained_out_of_order_are_replayed_in_the_order_trained():
     for order in (True, False):
         outcome, protocol = _both(Design(), scores, [12, 50, 13, 14, 15], order)
         assert list(outcome.arms[0].scores)[:3] == [50, 13, 14]
-        assert [(x.seeds_adapter, x.label) for x in protocol.looks] == [(x.seeds_adapter, x.label) for x in outcome.looks]
+        assert [(x.seeds_adapter, x.label) for x in protocol.looks] == [
+            (x.seeds_adapter, x.label) for x in outcome.looks
+        ]
         numbers = [v for x in protocol.looks for v in (x.delta, x.low, x.high)]
         assert numbers == pytest.approx([v for x in outcome.looks for v in (x.delta, x.low, x.high)], abs=1e-12)
 
