@@ -1,10 +1,12 @@
 """The layout's rules, checked on the source: no import circle, stages never reach tracking or reporting, the report
-never imports a stage, no module past ~400 lines. Imports are read with `ast`, all of them (inside functions and
-`if TYPE_CHECKING:` too), so a lazy or type-only import cannot hide an edge."""
+never imports a stage; a module past ~400 lines is a warning (a hint to split by concept), not a failure. Imports are
+read with `ast`, all of them (inside functions and `if TYPE_CHECKING:` too), so a lazy or type-only import cannot hide
+an edge."""
 
 from __future__ import annotations
 
 import ast
+import warnings
 from pathlib import Path
 
 import pytest
@@ -105,9 +107,24 @@ def test_the_report_never_imports_a_stage_or_the_dag():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_no_module_over_the_size_limit():
-    sizes = {p.relative_to(ROOT).as_posix(): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert {path: n for path, n in sizes.items() if n > MAX_LINES} == {}
+class ModuleSizeWarning(UserWarning):
+    """A module past the ~400-line guide: a hint to split it by concept, never a reason to move code to fit."""
+
+
+def oversized(root: Path = PACKAGE) -> dict[str, int]:
+    """{path: lines} of the modules under `root` past MAX_LINES."""
+    sizes = {p.relative_to(root.parent).as_posix(): len(p.read_text().splitlines()) for p in root.rglob("*.py")}
+    return {path: n for path, n in sizes.items() if n > MAX_LINES}
+
+
+def test_modules_past_the_size_guide_are_a_warning_not_a_failure(tmp_path):
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "long.py").write_text("x = 1\n" * (MAX_LINES + 1))
+    (tmp_path / "pipeline" / "short.py").write_text("x = 1\n" * MAX_LINES)
+    assert oversized(tmp_path / "pipeline") == {"pipeline/long.py": MAX_LINES + 1}
+    for path, n in oversized().items():  # the real tree: reported in pytest's warnings summary, the suite passes
+        message = f"{path} has {n} lines (guide ~{MAX_LINES}): split it where it holds two concepts"
+        warnings.warn(message, ModuleSizeWarning, stacklevel=1)
 
 
 def test_every_folder_says_what_it_is_for():
