@@ -45,6 +45,27 @@ class ModelConfig:
     card_model_name: str | None = None
 
 
+class SamplingStrategy(str, Enum):
+    top = "top"  # the best-scoring candidates that pass the filters
+    random = "random"  # a draw (seed data.seed) among them
+
+
+@dataclass
+class MineConfig:
+    """sentence-transformers' `mine_hard_negatives` with the base model over the training rows' answers (the stage
+    `mine_negatives`, pipeline.stages.mine_negatives); its arguments by the library's names."""
+
+    enabled: bool = False
+    num_negatives: int = 1  # negative columns per row; each adds batch_size texts to every training step
+    range_min: int = 0  # skip the best range_min candidates (the likeliest unlabelled positives)
+    range_max: int | None = None  # candidates up to this rank; None: the library's (from num_negatives and filters)
+    absolute_margin: float | None = None  # keep a candidate scoring at most positive - absolute_margin
+    relative_margin: float | None = 0.05  # ... at most positive - |positive| * relative_margin (NV-Retriever's 95%)
+    max_score: float | None = None  # drop candidates scoring above this
+    sampling_strategy: SamplingStrategy = SamplingStrategy.top
+    batch_size: int = 64  # encoding batch
+
+
 @dataclass
 class DataConfig:
     path: str = MISSING  # Hub id or local dir in the Hub layout
@@ -60,6 +81,10 @@ class DataConfig:
     dev_queries: int = 1_000  # held-out questions used as dev queries (capped: 10,000 would slow every evaluation)
     dev_corpus: int = 5_000  # held-out answers in the dev corpus: the dev queries' own answers first, then others
     dev_distractors: int = 0  # training answers sampled (seed `seed`) into the dev corpus as extra distractors
+    # Hard negatives (pipeline.negatives): the dataset's own columns, in order; a column of lists gives one negative per
+    # item (each row the same count). They become negative_1..n after the answer; None: pairs only
+    negative_columns: list[str] | None = None
+    mine: MineConfig = field(default_factory=MineConfig)  # the optional mine_negatives stage
 
 
 @dataclass

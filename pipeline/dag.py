@@ -10,7 +10,6 @@ other waits and then reads it.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.disk import check_disk, disk_full_fails_the_stage
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
+from pipeline.manifest import is_complete, read_result, write_manifest
 from pipeline.models import device_and_precision
 from pipeline.stages.evaluate import (
     evaluate_baseline,
@@ -33,10 +33,9 @@ from pipeline.stages.evaluate import (
     evaluate_finetuned,
 )
 from pipeline.stages.finetune import finetune
+from pipeline.stages.mine_negatives import mine_negatives
 from pipeline.stages.model_card import card_values, model_card
 from pipeline.stages.prepare_data import prepare_data, prepare_dev
-
-MANIFEST = "_SUCCESS.json"
 
 
 @dataclass(frozen=True)
@@ -73,6 +72,18 @@ def _without(values: Values, *names: str, prefix: str | None = None) -> Values:
 
 def _only(values: Values, prefix: str) -> Values:
     return {k: v for k, v in values.items() if k.startswith(prefix)}
+
+
+def pairs(values: Values) -> Values:
+    """What prepare_data reads: not the dev set's sizes (prepare_dev's), not the mining (mine_negatives'), the negative
+    columns only where set, so that a config without negatives keys as it did before they existed."""
+    values = _without(values, "path", "revision", "mine", prefix="dev_")
+    return values if values.get("negative_columns") is not None else _without(values, "negative_columns")
+
+
+def mining(values: Values) -> Values:
+    """The mining keys, the seed its random sampling draws with, the device it embeds on (GPU and CPU round apart)."""
+    return {"mine": values["mine"], "seed": values["seed"], "device": device_and_precision()[0]}
 
 
 def model_loaded(values: Values) -> Values:
@@ -114,6 +125,7 @@ class Stage:
     code: tuple[str, ...]  # the modules it runs: their source (and what they import) is part of its key
     reads: tuple[str, ...] | None = None  # the groups whose content (sources) it reads; None: all of `keys`' groups
     resumable: bool = False  # keep a killed run's partial dir (checkpoints) for the next attempt
+    when: Callable[[DictConfig], bool] | None = None  # an optional stage runs only where this holds (None: always)
 
     def key_material(self, cfg: DictConfig) -> dict[str, Values]:
         """The config values in this stage's key, group by group."""
@@ -140,7 +152,7 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
         cfg.finetune,
         cfg.train,
         cfg.eval,
-        up["prepare_data"].dir,
+        up.get("mine_negatives", up["prepare_data"]).dir,  # the mined rows where mining is on
         out,
         list(ctx.callbacks),
         ctx.datasets_cache("eval"),
@@ -156,7 +168,7 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
 DAG: tuple[Stage, ...] = (
     Stage(
         "prepare_data",
-        keys={"data": lambda v: _without(v, "path", "revision", prefix="dev_")},  # dev_*: only the dev set
+        keys={"data": pairs},
         inputs=(),
         run=lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
         code=("pipeline.stages.prepare_data",),
@@ -185,10 +197,19 @@ DAG: tuple[Stage, ...] = (
         reads=("model",),  # eval: its batch size only, not the NanoBEIR sets
     ),
     Stage(
+        "mine_negatives",  # optional: data.mine.enabled=true; finetune then trains on its rows
+        keys={"model": model_loaded, "data": mining},
+        inputs=("prepare_data",),
+        run=lambda cfg, up, out, ctx: mine_negatives(cfg.model, cfg.data, up["prepare_data"].dir, out),
+        code=("pipeline.stages.mine_negatives",),
+        reads=("model",),  # the training rows are prepare_data's: its key is upstream
+        when=lambda cfg: bool(OmegaConf.select(cfg, "data.mine.enabled", default=False)),
+    ),
+    Stage(
         "finetune",
         # the model's name too: its adapter_config.json records it
         keys={"model": lambda v: _without(v, "revision", prefix="card_"), "finetune": method, "train": trained_weights},
-        inputs=("prepare_data",),
+        inputs=("prepare_data", "mine_negatives"),
         run=_finetune,
         code=("pipeline.stages.finetune",),
         resumable=True,
@@ -239,16 +260,24 @@ DAG: tuple[Stage, ...] = (
 STAGES = {stage.name: stage for stage in DAG}
 
 
-def stages_until(until: str | None) -> list[Stage]:
-    """The stages needed to produce `until` (itself and its ancestors), in DAG order; all of them for None."""
-    if until is None:
-        return list(DAG)
-    if until not in STAGES:
+def runs(stage: Stage, cfg: DictConfig) -> bool:
+    """Whether `stage` runs for `cfg`: always, or where its `when` holds (an optional stage)."""
+    return stage.when is None or stage.when(cfg)
+
+
+def inputs_of(stage: Stage, cfg: DictConfig) -> tuple[str, ...]:
+    """`stage`'s upstream stages for `cfg`: an optional stage that does not run is no input, nor part of the key."""
+    return tuple(name for name in stage.inputs if runs(STAGES[name], cfg))
+
+
+def stages_until(until: str | None, cfg: DictConfig) -> list[Stage]:
+    """The stages of `cfg` needed to produce `until` (itself and its ancestors), in DAG order; all for None."""
+    if until is not None and until not in STAGES:
         raise ValueError(f"run.until={until} is not a stage; stages: {', '.join(STAGES)}")
-    needed, todo = set(), [until]
+    needed, todo = set(), [until] if until is not None else list(STAGES)
     while todo:
         name = todo.pop()
-        if name not in needed:
+        if name not in needed and runs(STAGES[name], cfg):
             needed.add(name)
             todo.extend(STAGES[name].inputs)
     return [stage for stage in DAG if stage.name in needed]
@@ -291,31 +320,6 @@ def stage_key(
     return config_hash(material)
 
 
-def is_complete(path: Path) -> bool:
-    """A stage dir counts only with its manifest, and with every file the manifest lists, at its size."""
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return False
-    try:
-        files = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError):
-        return False
-    return all((path / rel).is_file() and (path / rel).stat().st_size == size for rel, size in files.items())
-
-
-def _write_manifest(path: Path, result: dict) -> None:
-    files = {
-        p.relative_to(path).as_posix(): p.stat().st_size
-        for p in sorted(path.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
-    }
-    (path / MANIFEST).write_text(json.dumps({"result": result, "files": files}, indent=2, default=str))
-
-
-def _read_result(path: Path) -> dict:
-    return json.loads((path / MANIFEST).read_text())["result"]
-
-
 def run_stage(
     stage: Stage,
     cfg: DictConfig,
@@ -333,12 +337,12 @@ def run_stage(
     final = cache / stage.name / key
     start = time.perf_counter()
     if is_complete(final) and not force:
-        return StageOutput(stage.name, key, final, _read_result(final), "cached", time.perf_counter() - start)
+        return StageOutput(stage.name, key, final, read_result(final), "cached", time.perf_counter() - start)
 
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final) + ".lock"):
         if is_complete(final) and not force:  # computed by another process while this one waited for the lock
-            return StageOutput(stage.name, key, final, _read_result(final), "cached", time.perf_counter() - start)
+            return StageOutput(stage.name, key, final, read_result(final), "cached", time.perf_counter() - start)
         if final.exists():  # incomplete, damaged or forced: never used, rebuilt
             shutil.rmtree(final)
         work = final.with_name(key + ".partial")
@@ -348,7 +352,7 @@ def run_stage(
         _status_line(stage.name, "running", key=key)
         with disk_full_fails_the_stage(stage.name, work):  # one line; the half-written dir (checkpoints too) goes
             result = stage.run(run_cfg if run_cfg is not None else cfg, upstream, work, ctx)
-            _write_manifest(work, result)
+            write_manifest(work, result)
         os.replace(work, final)
     return StageOutput(stage.name, key, final, result, "ran", time.perf_counter() - start)
 
@@ -370,8 +374,8 @@ def run_dag(
     if "finetune" in _to_compute(cfg, found, forced):
         check_disk(cfg)  # before any model loads: the checkpoints and the model must fit under paths.outputs
     outputs: dict[str, StageOutput] = {}
-    for stage in stages_until(cfg.run.until):
-        upstream = {name: outputs[name] for name in stage.inputs}
+    for stage in stages_until(cfg.run.until, cfg):
+        upstream = {name: outputs[name] for name in inputs_of(stage, cfg)}
         output = run_stage(stage, cfg, upstream, cache, ctx, force=stage.name in forced, run_cfg=run_cfg)
         outputs[stage.name] = output
         _status_line(stage.name, output.status, seconds=output.seconds)
@@ -383,8 +387,8 @@ def run_dag(
 def _to_compute(cfg: DictConfig, found: dict[str, str], forced: set[str]) -> set[str]:
     """The stages up to `run.until` that have no complete output (or are forced)."""
     cache, keys = Path(cfg.paths.outputs).resolve() / "cache", {}
-    for stage in stages_until(cfg.run.until):
-        keys[stage.name] = stage_key(stage, cfg, {name: keys[name] for name in stage.inputs}, found)
+    for stage in stages_until(cfg.run.until, cfg):
+        keys[stage.name] = stage_key(stage, cfg, {name: keys[name] for name in inputs_of(stage, cfg)}, found)
     return {name for name, key in keys.items() if name in forced or not is_complete(cache / name / key)}
 
 

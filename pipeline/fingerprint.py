@@ -35,6 +35,7 @@ LIBRARIES = ("torch", "transformers", "sentence-transformers", "peft", "datasets
 # their code, so a sweep does not reuse a run of older code. Named here so that the check needs no torch.
 STAGE_CODE = (
     "pipeline.stages.prepare_data",
+    "pipeline.stages.mine_negatives",
     "pipeline.stages.evaluate",
     "pipeline.stages.finetune",
     "pipeline.stages.model_card",

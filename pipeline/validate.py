@@ -24,6 +24,7 @@ from pipeline.inputs import (
     target_module_problem,
 )
 from pipeline.models import model_source
+from pipeline.negatives import mine_problem, negatives_problem
 
 NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
@@ -34,6 +35,7 @@ STAGE_NAMES = (  # pipeline.dag's (a test checks)
     "prepare_dev",
     "baseline",
     "dev_baseline",
+    "mine_negatives",
     "finetune",
     "evaluate",
     "dev_evaluate",
@@ -173,6 +175,9 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data.train_size={data.train_size} is not allowed: use a row count >= 1, or null for all")
     if data.eval_size <= 0:
         raise ConfigError(f"data.eval_size={data.eval_size} is not allowed: must be >= 1")
+    problem = mine_problem(data, cfg.run.until, cfg.run.get("force"))
+    if problem:
+        raise ConfigError(problem)
     is_file = os.path.isfile(data.path)
     if is_file and Path(data.path).suffix.lower() not in DATA_FILE_BUILDERS:
         raise ConfigError(
@@ -207,6 +212,9 @@ def _check_data(cfg: DictConfig) -> None:
             f"data.path={data.path} has no column(s) {missing} (data.question_column / data.answer_column); "
             f"columns found: {dataset.column_names}"
         )
+    problem = negatives_problem(dataset, data, f"data.path={data.path}")
+    if problem:
+        raise ConfigError(problem)
     available = len(dataset) - data.eval_size
     if available < 1:
         raise ConfigError(f"data.eval_size={data.eval_size} leaves no training rows: {data.path} has {len(dataset)}")

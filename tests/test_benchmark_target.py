@@ -91,3 +91,19 @@ def test_one_dataset_that_drives_the_result_is_flagged():
     # the per-dataset Δ averages to the verdict's Δ (datasets weighted 1/D)
     total = benchmark_difference(np.mean([adapter[n] for n in names], 0), np.mean([full[n] for n in names], 0))
     assert np.mean([d.delta for d in found.datasets]) == pytest.approx(total.delta)
+
+
+def test_i_squared_is_the_share_of_q_beyond_its_k_minus_1_degrees_of_freedom():
+    """Cochran's Q over the per-dataset Δs (weights 1 / se²), and I² = (Q - (k - 1)) / Q, computed here apart from
+    statsmodels: k datasets leave k - 1 degrees of freedom (I² with k would understate the spread)."""
+    rng = np.random.default_rng(4)
+    names = [f"d{i}" for i in range(4)]
+    full = {n: list(0.5 + rng.normal(0, 0.004, 5)) for n in names}
+    adapter = {n: list(0.5 + rng.normal(0, 0.004, 5) + 0.004 * i) for i, n in enumerate(names)}
+    found = heterogeneity(adapter, full)
+    deltas = np.array([d.delta for d in found.datasets])
+    weights = 1 / np.array([d.se for d in found.datasets]) ** 2
+    q = float(np.sum(weights * (deltas - np.sum(weights * deltas) / np.sum(weights)) ** 2))
+    assert found.q == pytest.approx(q)
+    assert q > len(names)  # beyond k: an I² with k instead of k - 1 would differ, not both clip to 0
+    assert found.i2 == pytest.approx((q - (len(names) - 1)) / q)

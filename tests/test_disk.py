@@ -80,3 +80,25 @@ def test_a_disk_that_fills_fails_the_run_in_one_line_and_leaves_no_cache_entry(
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (r,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert r.info.status == "FAILED" and "ran out of disk" in r.data.tags["error"]
+
+
+def test_the_estimate_counts_adamw_states_and_the_checkpoint_written_before_the_oldest_goes(
+    tmp_path, tiny_model, tiny_qa, tiny_nanobeir
+):
+    """A full fine-tune of the tiny BERT: the model is every parameter in fp32 (counted here by torch, apart from the
+    safetensors headers the estimate reads); a checkpoint adds AdamW's exp_avg and exp_avg_sq; with 3 saves and
+    save_total_limit=1, two checkpoints exist at once (the Trainer writes the next before it deletes the oldest)."""
+    from sentence_transformers import SentenceTransformer
+
+    from pipeline.disk import estimate
+    from tests.conftest import compose_config
+
+    params = sum(p.numel() for p in SentenceTransformer(str(tiny_model), device="cpu").parameters())
+    other = sum(p.stat().st_size for p in tiny_model.rglob("*") if p.is_file() and p.suffix != ".safetensors")
+    overrides = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if "finetune." not in o]
+    steps = ["train.max_steps=6", "train.save_steps=2", "train.save_total_limit=1"]
+    need = estimate(compose_config([*overrides, "finetune=full", *steps]), tiny_model)
+    assert need.model == 4 * params + other
+    assert need.checkpoint == need.model + 2 * 4 * params
+    assert need.checkpoints == 2
+    assert need.total == need.model + 2 * need.checkpoint

@@ -149,3 +149,51 @@ def test_margin_must_be_positive():
     diff = queries_difference([{"a": {"q1": 0.5, "q2": 0.4}}], [{"a": {"q1": 0.5, "q2": 0.3}}])
     with pytest.raises(ValueError, match="margin=0"):
         decide(diff, 0.0)
+
+
+# --------------------------------------------------------------------- unequal seed counts, TOST's p, the sentence
+
+
+def additive(offsets, pattern):
+    """Seeds whose per-query scores are the seed's offset plus a fixed query pattern: no query-by-seed interaction,
+    and (paired with another arm of the same pattern) no query variation left in the difference."""
+    return [{d: {f"q{i}": o + p for i, p in enumerate(ps)} for d, ps in pattern.items()} for o in offsets]
+
+
+def test_unequal_seed_counts_give_each_arm_its_own_degrees_of_freedom():
+    """A failed seed leaves 5 seeds against 2: Welch-Satterthwaite's df weighs each arm's variance part by that arm's
+    k - 1, as scipy's Welch test does (the two swapped gives another df)."""
+    from pipeline.statistics.sequential import benchmark_difference
+
+    adapter, full = [0.61, 0.64, 0.60, 0.66, 0.63], [0.62, 0.627]
+    welch = stats.ttest_ind(adapter, full, equal_var=False)
+    assert benchmark_difference(adapter, full).df == pytest.approx(welch.df)
+    rng = np.random.default_rng(0)
+    pattern = {d: rng.uniform(0, 0.4, n) for d, n in SIZES.items()}
+    diff = difference(additive(adapter, pattern), additive(full, pattern))
+    assert diff.query_var == pytest.approx(0, abs=1e-12)  # only the seeds vary: their Welch df, whatever the queries
+    assert diff.df == pytest.approx(welch.df) and diff.delta == pytest.approx(np.mean(adapter) - np.mean(full))
+
+
+def test_the_tost_p_value_is_the_larger_of_the_two_one_sided_ones():
+    """Δ near the upper margin: the upper one-sided test decides, its p-value is TOST's (statsmodels' ttost_ind)."""
+    from statsmodels.stats.weightstats import ttost_ind
+
+    from pipeline.statistics.sequential import benchmark_difference
+
+    adapter, full = [0.508, 0.512, 0.506, 0.511], [0.5, 0.503, 0.498]
+    verdict = decide(benchmark_difference(adapter, full), 0.01)
+    p, lower, upper = ttost_ind(np.array(adapter), np.array(full), -0.01, 0.01, usevar="unequal")
+    assert lower[1] < 0.01 < upper[1]  # the two one-sided p-values differ: min and max are told apart
+    assert verdict.p_tost == pytest.approx(p) and verdict.p_noninferiority == pytest.approx(lower[1])
+
+
+@pytest.mark.parametrize("alpha, level", [(0.05, "90%"), (0.025, "95%")])
+def test_the_sentence_names_the_level_of_the_interval_it_prints(alpha, level):
+    """The sentence prints the (1 - 2 alpha) interval that equivalence reads: at alpha 0.05 a 90% CI, not a 95% one."""
+    from pipeline.statistics.sequential import benchmark_difference
+
+    verdict = decide(benchmark_difference([0.5, 0.502, 0.499], [0.5, 0.501, 0.4995]), 0.01, alpha)
+    low, high = verdict.ci90
+    text = sentence(verdict, "lora-r8", "full")
+    assert f"{level} CI [{low:+.4f}, {high:+.4f}]" in text, text

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.dag import DAG, STAGES, forced_stages, stage_key
+from pipeline.dag import DAG, STAGES, forced_stages, inputs_of, stage_key, stages_until
 from pipeline.fingerprint import sources
 
 ALL = {"prepare_data", "prepare_dev", "baseline", "dev_baseline", "finetune", "evaluate", "dev_evaluate", "model_card"}
@@ -28,6 +28,10 @@ PERTURBATIONS = {
     "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
     "data.dev_corpus=3": {*DEV, "dev_evaluate", "model_card"},
     "data.dev_distractors=4": {*DEV, "dev_evaluate", "model_card"},
+    # hard negatives: the dataset's own are training data; mining keys do nothing while mining is off
+    "data.negative_columns=[negative]": {"prepare_data", *DEV, *TRAINED},
+    "data.mine.num_negatives=2": set(),
+    "data.mine.relative_margin=0.1": set(),
     # the model: everything; its card text only the card
     "model.max_seq_length=16": {"baseline", "dev_baseline", *TRAINED},
     "model.trust_remote_code=true": {"baseline", "dev_baseline", *TRAINED},
@@ -72,8 +76,8 @@ PERTURBATIONS = {
 def keys(cfg, found=None) -> dict[str, str]:
     found = found if found is not None else sources(cfg)
     out: dict[str, str] = {}
-    for stage in DAG:
-        out[stage.name] = stage_key(stage, cfg, {name: out[name] for name in stage.inputs}, found)
+    for stage in stages_until(None, cfg):  # as the runner: an optional stage that does not run has no key
+        out[stage.name] = stage_key(stage, cfg, {name: out[name] for name in inputs_of(stage, cfg)}, found)
     return out
 
 
@@ -161,8 +165,60 @@ def test_force_recomputes_a_stage_and_what_depends_on_it():
     assert forced_stages(None) == set()
     assert forced_stages("finetune") == TRAINED
     assert forced_stages(["baseline"]) == {"baseline", "model_card"}
-    assert forced_stages("prepare_data") == {"prepare_data", *DEV, *TRAINED}
+    # mine_negatives, downstream of prepare_data, is forced too: it recomputes where it runs (data.mine.enabled)
+    assert forced_stages("prepare_data") == {"prepare_data", *DEV, "mine_negatives", *TRAINED}
     assert forced_stages("prepare_dev") == {*DEV, "dev_evaluate", "model_card"}
-    assert forced_stages("all") == ALL
+    assert forced_stages("mine_negatives") == {"mine_negatives", *TRAINED}
+    assert forced_stages("all") == {*ALL, "mine_negatives"}
     with pytest.raises(ValueError, match="nosuch"):
         forced_stages("nosuch")
+
+
+MINED = ["data.mine.enabled=true"]
+MINING = {"mine_negatives", *TRAINED}
+# override -> the stages whose output it can change, with mining on
+MINING_PERTURBATIONS = {
+    **{
+        f"data.mine.{kv}": MINING
+        for kv in (
+            "num_negatives=2",
+            "range_min=1",
+            "range_max=20",
+            "absolute_margin=0.1",
+            "relative_margin=0.1",
+            "max_score=0.9",
+            "sampling_strategy=random",
+            "batch_size=8",
+        )
+    },
+    "data.seed=3": {"prepare_data", *DEV, *MINING},
+    "data.train_size=24": {"prepare_data", *DEV, *MINING},
+    "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
+    "model.max_seq_length=16": {"baseline", "dev_baseline", *MINING},
+    "model.card_language=de": {"model_card"},
+    "train.lr=2e-3": TRAINED,
+    "finetune=full": TRAINED,
+    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
+}
+
+
+@pytest.mark.parametrize("override", list(MINING_PERTURBATIONS))
+def test_with_mining_a_key_changes_exactly_when_the_output_can(override, tiny_cfg):
+    base = keys(tiny_cfg(MINED))
+    changed = keys(tiny_cfg([*MINED, override]))
+    assert {name for name in base if base[name] != changed[name]} == MINING_PERTURBATIONS[override]
+
+
+def test_mining_off_keys_every_stage_as_before_negatives_existed(tiny_cfg):
+    """Mining is a stage of its own: on, it moves the training and what follows (the data, the dev set and the baselines
+    are reused); off, every key equals that of a config without `data.mine` and `data.negative_columns`."""
+    from omegaconf import OmegaConf
+
+    off, on = tiny_cfg(), tiny_cfg(MINED)
+    found = sources(off)
+    off_keys, on_keys = keys(off, found), keys(on, found)
+    assert "mine_negatives" not in off_keys and "mine_negatives" in on_keys
+    assert {n for n in off_keys if off_keys[n] != on_keys[n]} == TRAINED
+    before = OmegaConf.to_container(off, resolve=True, enum_to_str=True)
+    del before["data"]["mine"], before["data"]["negative_columns"]
+    assert keys(OmegaConf.create(before), found) == off_keys

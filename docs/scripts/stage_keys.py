@@ -11,7 +11,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from pipeline.config import register_configs
-from pipeline.dag import DAG, stage_key
+from pipeline.dag import inputs_of, stage_key, stages_until
 
 register_configs()
 CONF = Path("conf").resolve()
@@ -27,8 +27,8 @@ with initialize_config_dir(str(CONF), version_base=None):
             for extra in ([], ["train.max_steps=null"], ["train.precision=bf16"]):
                 cfg = compose("config", overrides=base + extra)
                 keys: dict[str, str] = {}
-                for stage in DAG:
-                    keys[stage.name] = stage_key(stage, cfg, {n: keys[n] for n in stage.inputs}, FOUND)
+                for stage in stages_until(None, cfg):
+                    keys[stage.name] = stage_key(stage, cfg, {n: keys[n] for n in inputs_of(stage, cfg)}, FOUND)
                 out[" ".join(base + extra)] = keys
 Path(sys.argv[1]).write_text(json.dumps(out, indent=1, sort_keys=True))
 print(f"{len(out)} configs")

@@ -2,9 +2,12 @@
 
 prepare_data holds out `eval_size` pairs (the recipe's `train_test_split(test_size=10_000, seed=12)`). Of those, the
 first `dev_queries` questions are the dev queries; each one's own answer is its relevant document. The corpus is
-deterministic: the dev queries' answers, then the other held-out answers up to `dev_corpus`, then (optionally)
-`dev_distractors` training answers sampled with the data seed. Answers are de-duplicated by text: a question whose
-answer text appears twice has one relevant document, never a relevant twin ranked as a negative.
+deterministic: the dev queries' answers, then the other held-out answers up to `dev_corpus`, then the dev queries'
+own hard negatives where the data has them (`data.negative_columns`, row by row, column by column), then (optionally)
+`dev_distractors` training answers sampled with the data seed. Documents are de-duplicated by text: a question whose
+answer text appears twice has one relevant document, never a relevant twin ranked as a negative; a negative whose text
+is another dev query's answer is that answer's document, relevant to that query alone. Mined negatives
+(`mine_negatives`) never enter: they are the base model's own confusions, and would tilt the dev set against it.
 
 NanoBEIR stays the test set: a configuration is chosen on dev NDCG@10, and reported on NanoBEIR.
 """
@@ -19,9 +22,17 @@ DEV_FILE = "dev.json"
 
 
 def build_dev_set(
-    heldout_questions, heldout_answers, train_answers, queries: int, corpus: int, distractors: int, seed: int
+    heldout_questions,
+    heldout_answers,
+    train_answers,
+    queries: int,
+    corpus: int,
+    distractors: int,
+    seed: int,
+    heldout_negatives=(),
 ) -> dict:
-    """{"queries": {qid: text}, "corpus": {did: text}, "relevant_docs": {qid: [did]}} from the held-out pairs."""
+    """{"queries": {qid: text}, "corpus": {did: text}, "relevant_docs": {qid: [did]}} from the held-out pairs;
+    `heldout_negatives`: the held-out rows' negative columns (each a list of texts, one per row), or none."""
     heldout_questions, heldout_answers = list(heldout_questions), list(heldout_answers)
     n_queries = min(queries, len(heldout_questions))
     n_corpus = max(n_queries, min(corpus, len(heldout_answers)))
@@ -37,6 +48,10 @@ def build_dev_set(
     relevant = {f"q{i}": [add(heldout_answers[i])] for i in range(n_queries)}
     for i in range(n_queries, n_corpus):
         add(heldout_answers[i])
+    negatives = [list(column) for column in heldout_negatives]
+    for i in range(n_queries):  # after every answer: a negative never takes the place of a relevant document
+        for column in negatives:
+            add(column[i])
     if distractors > 0 and len(train_answers) > 0:
         picks = random.Random(seed).sample(range(len(train_answers)), min(distractors, len(train_answers)))
         for i in sorted(picks):

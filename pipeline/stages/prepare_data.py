@@ -1,8 +1,9 @@
-"""Stage 1: question/answer pairs from the Hub or a local dir, split as the reference recipe does; the held-out pairs
-as an in-domain dev set."""
+"""Stage 1: question/answer pairs (and the dataset's hard negatives, `data.negative_columns`) from the Hub or a local
+dir, split as the reference recipe does; the held-out rows as an in-domain dev set."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from datasets import DatasetDict, load_from_disk
@@ -11,6 +12,7 @@ from pipeline.config import DataConfig
 from pipeline.evaluation.dev import build_dev_set, write_dev_set
 from pipeline.fingerprint import source_fingerprint
 from pipeline.inputs import load_source
+from pipeline.negatives import negative_columns, negatives_problem, unused_negative_like, with_negatives
 
 
 def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> dict:
@@ -20,8 +22,18 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
     missing = [c for c in columns if c not in dataset.column_names]
     if missing:
         raise ValueError(f"data.path={data.path} has no column(s) {missing}; columns found: {dataset.column_names}")
-    # The losses read the columns in order: (anchor, positive)
-    dataset = dataset.select_columns(columns)
+    problem = negatives_problem(dataset, data, f"data.path={data.path}")
+    if problem:
+        raise ValueError(problem)
+    unused = unused_negative_like(dataset.column_names, data)
+    if unused:
+        print(
+            f"warning: data.path={data.path} has column(s) {unused} that look like hard negatives and are not trained "
+            "on: name them in data.negative_columns to use them",
+            file=sys.stderr,
+        )
+    # The losses read the columns in order: (anchor, positive, negative_1, ..., negative_n)
+    dataset = with_negatives(dataset, data)
 
     # As the recipe: train_test_split(test_size=10_000, seed=12), then the first train_size training rows
     splits = dataset.train_test_split(test_size=data.eval_size, seed=data.seed)
@@ -39,12 +51,14 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
     return {
         "train_rows": len(train),
         "eval_rows": len(splits["test"]),
+        "negatives": len(negative_columns(train.column_names)),  # per row
         "source": source_fingerprint(data.path, data.revision),
     }
 
 
 def prepare_dev(data: DataConfig, data_dir: Path, out: Path) -> dict:
-    """The held-out pairs as an in-domain retrieval dev set: what a sweep selects on (NanoBEIR stays the test set).
+    """The held-out rows as an in-domain retrieval dev set, their negatives as distractors: what a sweep selects on
+    (NanoBEIR stays the test set).
 
     A stage of its own, so that its sizes never change the training data's key (nor retrain anything)."""
     dataset = load_from_disk(str(data_dir / "dataset"))
@@ -57,6 +71,7 @@ def prepare_dev(data: DataConfig, data_dir: Path, out: Path) -> dict:
         corpus=data.dev_corpus,
         distractors=data.dev_distractors,
         seed=data.seed,
+        heldout_negatives=[heldout[column] for column in negative_columns(heldout.column_names)],
     )
     write_dev_set(dev, out)
     return {"dev_queries": len(dev["queries"]), "dev_corpus": len(dev["corpus"])}

@@ -145,7 +145,7 @@ def _split_input(data, fingerprint: str, rows: int, part: str, context: str) -> 
         split=data.split,
         selection={
             "part": part,  # the training rows and the held-out rows of one source are two datasets
-            "columns": [data.question_column, data.answer_column],
+            "columns": [data.question_column, data.answer_column, *(data.negative_columns or [])],
             "eval_size": data.eval_size,
             "train_size": data.train_size,
             "seed": data.seed,

@@ -174,6 +174,22 @@ class PipelineRun:
         training = training_input(self.cfg.data, self.sources["data"], rows=r["train_rows"])
         log_data_inputs(self.client, self.run_id, [training])
         self._metrics({"data_train_rows": r["train_rows"], "data_eval_rows": r["eval_rows"]})
+        if r.get("negatives"):  # the dataset's own hard negatives per row (data.negative_columns)
+            self._metrics({"data_negatives": r["negatives"]})
+
+    def _log_mine_negatives(self, output: StageOutput) -> None:
+        """The mined training rows (data.mine): how many kept negatives, how hard they are for the base model."""
+        r = output.result
+        self._metrics(
+            {
+                "mine_train_rows": r["train_rows"],  # what finetune trains on: rows without enough candidates dropped
+                "data_negatives": r["num_negatives"],
+                "mine_dropped_rows": r["dropped_rows"],
+                "mine_distinct_negatives": r["distinct_negatives"],
+                "mine_positive_score_mean": r["positive_score_mean"],
+                "mine_negative_score_mean": r["negative_score_mean"],
+            }
+        )
 
     def _log_baseline(self, output: StageOutput) -> None:
         self.base["nanobeir"] = output.result
