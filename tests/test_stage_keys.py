@@ -222,3 +222,24 @@ def test_mining_off_keys_every_stage_as_before_negatives_existed(tiny_cfg):
     before = OmegaConf.to_container(off, resolve=True, enum_to_str=True)
     del before["data"]["mine"], before["data"]["negative_columns"]
     assert keys(OmegaConf.create(before), found) == off_keys
+
+
+def test_another_model_revision_gets_another_finetune_key(tiny_cfg, tiny_model, tmp_path, monkeypatch):
+    """model.revision picks other weights of a Hub model: the model's content fingerprint is the revision's commit
+    SHA (the weights the stages load, `pinned_config`), so every stage that reads the model gets another key (a run at
+    v2 must not reuse main's fine-tune). Offline, from a Hugging Face cache holding both revisions."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    for ref, sha in (("main", "a" * 40), ("v2", "b" * 40)):
+        shutil.copytree(tiny_model, repo / "snapshots" / sha)
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(sha)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    main, v2 = (tiny_cfg(["model.name=org/tiny", f"model.revision={rev}"]) for rev in ("main", "v2"))
+    assert sources(main)["model"] == f"hub:org/tiny@{'a' * 40}" and sources(v2)["model"] == f"hub:org/tiny@{'b' * 40}"
+    main_keys, v2_keys = keys(main), keys(v2)
+    assert {n for n in main_keys if main_keys[n] != v2_keys[n]} >= {"baseline", "finetune", "evaluate"}
