@@ -400,3 +400,35 @@ def test_a_decided_sweeps_ranks_are_read_at_its_last_look_as_its_verdict_rank(tm
     expected = look(Design(first=3, step=2, budget=7), estimate, last["index"])
     assert row["label"] == expected.label and row["seeds"] == last["seeds_adapter"]
     assert (row["low"], row["high"]) == pytest.approx((expected.low, expected.high), abs=1e-9)
+
+
+def test_the_rank_sequence_starts_at_the_selected_rank_not_the_grids_largest():
+    """r=8 wins on dev over r=16 and r=4; r=8 and r=4 have fresh seeds, both equivalent to full; r=16 (above the
+    selection, it lost on dev) has only its grid run, whose query-only row reads "no verdict". The sequence starts at
+    the selected rank, as make decide's: r=4 suffices. Counting r=16 would stop it at once (no rank)."""
+    from pipeline.report.load import Arm
+
+    rng = np.random.default_rng(7)
+    base = {d: {f"{d}-q{i}": float(rng.uniform(0.3, 0.7)) for i in range(k)} for d, k in DATASETS.items()}
+
+    def scores(shift: float) -> dict:
+        return {d: {q: v + shift + float(rng.normal(0, 0.002)) for q, v in qs.items()} for d, qs in base.items()}
+
+    arms, start = [], 0
+    for name, method, r, dev, seeds in (
+        ("lora-r16-a32-lr1e-4", "lora", 16, 0.85, [12]),
+        ("lora-r8-a16-lr1e-4", "lora", 8, 0.90, [12, 13, 14, 15, 16]),
+        ("lora-r4-a8-lr1e-4", "lora", 4, 0.80, [12, 13, 14, 15, 16]),
+        ("full-lr1e-5", "full", None, 0.80, [12, 13, 14, 15, 16]),
+    ):
+        for seed in seeds:
+            start += 1
+            arms.append(
+                Arm(f"{name}-s{seed}", method, "FINISHED", run_id=f"{name}-{seed}", start_time=start, r=r,
+                    seed=seed, configuration=name, dev=dev, per_query=scores(float(rng.normal(0, 0.001))))
+            )  # fmt: skip
+    protocol = apply(arms, n_resamples=200, grid_seeds={12})
+    assert protocol.adapter.name == "lora-r8-a16-lr1e-4" and protocol.verdict.label == "equivalent"
+    labels = {row.rank: row.label for row in protocol.ranks}
+    assert labels == {16: "no verdict", 8: "equivalent", 4: "equivalent"}  # r=16 is drawn, above the selection
+    assert protocol.rank == 4
