@@ -115,3 +115,20 @@ def test_configuration_test_without_any_seed_variance_is_nan_not_zero():
     result = configuration_test([0.52], [0.5], pooled=(math.nan, 0))
     assert math.isnan(result.p_value) and result.borrowed
     assert math.isnan(holm({"a": math.nan, "b": 0.01})["a"]) and holm({"a": math.nan, "b": 0.01})["b"] == 0.01
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 8])
+def test_the_advice_never_names_fewer_seeds_than_were_run(k):
+    """Seeds per arm in total, counting those run: at least one more than the k run, however close the verdict is to
+    being decided (a nearly decided one: exactly k + 1), and the sentence names that count beside the k run."""
+    from pipeline.statistics.sequential import Estimate
+
+    close = Estimate(0.0, 0.0005, 2 * k - 2, k, k, "benchmark")  # the interval is well inside the margin already
+    assert seeds_needed(close, 0.01) == k + 1
+    rng = np.random.default_rng(k)
+    for delta in (0.0, 0.004, 0.008, 0.03):
+        estimate = benchmark_difference(0.5 + delta + rng.normal(0, 0.003, k), 0.5 + rng.normal(0, 0.003, k))
+        n = seeds_needed(estimate, 0.01)
+        assert n is None or n > k
+        assert f"now {k} and {k} seeds" in advice(estimate, 0.01)
+        assert n is None or f"about {n} seeds per arm" in advice(estimate, 0.01)
