@@ -325,6 +325,37 @@ def test_ctrl_c_of_a_parallel_sweep_ends_every_running_job_killed(tmp_path, tiny
     assert f"interrupted: sweep {parent.data.tags['sweep_id']} ended KILLED after 0 finished jobs" in stderr
 
 
+def test_ctrl_c_ends_the_sweeps_parent_run_killed_without_a_subprocess(tmp_path, monkeypatch, capsys):
+    """The path Ctrl-C takes, in process and in seconds: the sweep's callback opens the parent run; a job's run is
+    RUNNING in a worker that is gone; `interrupted` (what `python -m pipeline` calls on KeyboardInterrupt or SIGTERM)
+    ends both KILLED, says so in one line and exits 130. The slow tests above do it to a real sweep."""
+    from hydra import compose, initialize_config_dir
+
+    import pipeline.sweep.callbacks as callbacks
+    from pipeline.__main__ import interrupted
+
+    monkeypatch.setattr(callbacks, "_open_sweep", None)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    overrides = [f"tracking.uri={uri}", f"paths.outputs={tmp_path}/outputs", f"hydra.sweep.dir={tmp_path}/multirun"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        config = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        callbacks.MLflowSweepCallback().on_multirun_start(config)
+    client = MlflowClient(uri)
+    (parent,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    tags = {"mlflow.parentRunId": parent.info.run_id, "run.host": socket.gethostname(), "run.pid": str(gone.pid)}
+    job = client.create_run(parent.info.experiment_id, tags={**tags, "run.pid_started": "1.0"}).info.run_id
+    with pytest.raises(SystemExit) as exit_:
+        interrupted(KeyboardInterrupt())
+    assert exit_.value.code == 130
+    assert client.get_run(parent.info.run_id).info.status == "KILLED"
+    assert client.get_run(job).info.status == "KILLED"  # its worker is gone: ended by the sweeping process
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith("interrupted: ")]
+    assert f"sweep {parent.data.tags['sweep_id']} ended KILLED after 0 finished jobs" in line
+    assert "Resume with the same command: python -m pipeline" in line
+
+
 def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str):
     """A tiny sweep of `grid` sent SIGINT to its process group once its jobs train: it exits 130 without a traceback;
     its stderr, a client, its parent run and its job runs."""
