@@ -85,6 +85,8 @@ def _first_job_experiment(config: DictConfig) -> str:
     """The experiment of the sweep's first job (`experiment=...` overrides may set it), where the parent run goes."""
     from hydra import compose
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = OverridesParser.create().parse_overrides(params + list(config.hydra.overrides.task))
@@ -96,7 +98,7 @@ def _first_job_experiment(config: DictConfig) -> str:
             first[override.get_key_element()] = line
     try:
         return compose(config_name=config.hydra.job.config_name, overrides=list(first.values())).tracking.experiment
-    except Exception:  # noqa: BLE001 - the jobs will report a bad config themselves
+    except (HydraException, OmegaConfBaseException):  # a first job that does not compose reports it itself
         return config.tracking.experiment
 
 
