@@ -67,11 +67,11 @@ reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs 
 bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~17 min, quiet 2 cores)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-test: ## the whole test suite (the CI command)
-	$(BIN)/python -m pytest -q
+test: ## the whole test suite (the CI command), then its 25 slowest tests
+	$(BIN)/python -m pytest -q --durations=25
 
 test-fast: ## the tests that train nothing real (seconds to a few minutes)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=25
 
 test-cluster: ## tracking server, sweep through a live single-node SLURM cluster, requeue (needs slurm-wlm, munge)
 	$(BIN)/python -m pytest -q tests/test_cluster.py tests/test_launch.py

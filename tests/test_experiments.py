@@ -146,13 +146,3 @@ def test_optuna_search_maximises_ndcg():
     sweeper = hydra["sweeper"]
     assert sweeper["direction"] == "maximize"
     assert set(sweeper["params"]) == {"finetune.r", "finetune.alpha", "train.lr"}
-
-
-def test_ray_launcher_config_composes():
-    pytest.importorskip(
-        "hydra_plugins.hydra_ray_launcher",
-        reason="hydra-ray-launcher is not installed: it pins cloudpickle<3, which conflicts with joblib>=1.5 (our "
-        "joblib launcher), so it belongs in a cluster environment: pip install hydra-ray-launcher",
-    )
-    hydra = hydra_config("sweep=lora_grid", "hydra/launcher=ray")
-    assert hydra["launcher"]["_target_"].endswith("RayLauncher")

@@ -189,8 +189,14 @@ def test_a_data_file_is_a_dataset(suffix, tiny_cfg, tmp_path, capsys):
 
 @pytest.mark.parametrize("method", ["full", "lora", "ia3", "lokr"])
 def test_every_method_with_valid_values_passes_validation(method, tiny_cfg):
-    """A valid config of each method validates (a full fine-tune has no target modules to check)."""
-    from pipeline.validate import validate
+    """A valid config of each method validates, its target modules checked against the model: the same config with a
+    target the model lacks does not (a full fine-tune has no target modules to check)."""
+    from pipeline.validate import ConfigError, validate
 
-    validate(tiny_cfg([f"finetune={method}"]))
-    validate(tiny_cfg([f"finetune={method}", "finetune.target_modules=[query,value]"] if method != "full" else []))
+    assert validate(tiny_cfg([f"finetune={method}"])) is None
+    if method == "full":
+        assert "target_modules" not in tiny_cfg(["finetune=full"]).finetune
+        return
+    assert validate(tiny_cfg([f"finetune={method}", "finetune.target_modules=[query,value]"])) is None
+    with pytest.raises(ConfigError, match=r"finetune.target_modules=\['query', 'nowhere'\] has \['nowhere'\]"):
+        validate(tiny_cfg([f"finetune={method}", "finetune.target_modules=[query,nowhere]"]))
