@@ -217,6 +217,16 @@ def test_a_failed_seed_gets_the_same_answer_from_make_decide_and_the_report():
     assert [x.seeds_adapter for x in protocol.looks] == [x.seeds_adapter for x in outcome.looks] == [3, 5]
 
 
+def test_a_diverged_seed_gets_the_same_answer_from_make_decide_and_the_report():
+    """Adapter seed 15 collapses at the first look: both stop with no verdict and the same reason (its arm's rate)."""
+    scores = {ADAPTER: [0.630, 0.632, 0.55], FULL: [0.629, 0.633, 0.627]}
+    outcome, protocol = _both(Design(), scores, [12, 13, 14, 15])
+    assert outcome.looks[-1].label == protocol.verdict.label == "no verdict" and len(outcome.looks) == 1
+    assert "adapter seed 15 scores 0.5500" in outcome.reason and "adapter diverged in 1 of 3 seeds" in outcome.reason
+    assert outcome.reason.removeprefix("no verdict: ") == protocol.verdict.reason
+    assert protocol.divergence == {"adapter": (1, 3), "full": (0, 3)}
+
+
 def test_seeds_trained_out_of_order_are_replayed_in_the_order_trained():
     """hydra.sweeper.seeds=[12,50,13,14,15]: make decide's look 1 is seeds {50, 13, 14}; so is the report's, from the
     recorded order (decide.seeds) or, without it, from the runs' start times."""

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pipeline.report.grid import compare_grid, estimate_of
 from pipeline.report.load import Arm
 from pipeline.report.verdict import Verdict, decide, from_looks
 from pipeline.statistics.heterogeneity import Heterogeneity, heterogeneity
-from pipeline.statistics.robust import diverged, outlier_seeds, worst_seed
+from pipeline.statistics.robust import diverged, diverged_seeds, rate_text, worst_seed
 from pipeline.statistics.seeds import SeedQueryEstimate, arm_estimate, dataset_means, nanobeir_means
-from pipeline.statistics.sequential import Design, Look, fixed, look, relook, replay
+from pipeline.statistics.sequential import Design, Look, fixed, look, relook, replay, unresolved
 from pipeline.sweep.selection import Candidate, dev_scores, select, tie_key
 
 
@@ -95,6 +95,7 @@ class Protocol:
     heterogeneity: Heterogeneity | None = None
     worst: dict[str, tuple[str, float]] = field(default_factory=dict)  # arm: (run name, its NanoBEIR mean)
     in_delta: dict[str, list[Arm]] = field(default_factory=dict)  # "adapter", "full": the fresh runs in Δ
+    divergence: dict[str, tuple[int, int]] = field(default_factory=dict)  # arm: (diverged seeds, seeds) in Δ
     ranks: list = field(default_factory=list)  # pipeline.report.grid.RankDelta, largest rank first
     rank: int | None = None  # the smallest rank that suffices (fixed-sequence), None if none
     notes: list[str] = field(default_factory=list)
@@ -195,6 +196,11 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
     else:
         protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
         protocol.verdict = decide(estimate, margin, alpha)
+        means = {"adapter": [_mean(a) for a in fresh_a], "full": [_mean(a) for a in fresh_f]}
+        why = unresolved(means, margin) if protocol.verdict.label != "no verdict" else ""
+        if why:  # a diverged seed: no verdict at one look too, as make decide's looks
+            protocol.looks = [replace(protocol.looks[0], label="no verdict", stop=True, reason=why)]
+            protocol.verdict = from_looks(protocol.looks, fixed(margin, alpha))
     protocol.in_delta = {"adapter": fresh_a, "full": fresh_f}  # the runs the verdict's Δ is made of
     _edges(protocol, fresh_a, fresh_f, margin)
 
@@ -210,15 +216,23 @@ def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: f
     means = {arm: [nanobeir_means([a.per_query])[0] for a in runs] for arm, runs in (("adapter", fresh_a),
              ("full", fresh_f))}  # fmt: skip
     runs = {"adapter": fresh_a, "full": fresh_f}
-    for arm, positions in outlier_seeds(means, floor=3 * margin).items():
+    losses = {a.name: a.train_loss for a in fresh_a + fresh_f}
+    blown = set(diverged(losses))
+    for name in sorted(blown):
+        protocol.notes.append(f"diverged loss: {name} ended training at loss {losses[name]}")
+    flagged = diverged_seeds(means, margin)
+    for arm, positions in flagged.items():
         for i in positions:
             protocol.notes.append(
-                f"outlier seed: {runs[arm][i].name} scores {means[arm][i]:.4f}, far from its arm's other seeds "
-                "(a collapsed run?); it is in Δ: rerun it or look at its training"
+                f"diverged seed: {runs[arm][i].name} scores {means[arm][i]:.4f}, far from its arm's other seeds and "
+                "the other arm's spread (the divergence rule, pipeline.statistics.robust): no verdict while it stands"
             )
-    losses = {a.name: a.train_loss for a in fresh_a + fresh_f}
-    for name in diverged(losses):
-        protocol.notes.append(f"diverged loss: {name} ended training at loss {losses[name]}")
+    for arm, arm_runs in runs.items():  # each arm's divergence rate: a result of its own
+        if arm_runs:
+            count = len(set(flagged.get(arm, [])) | {i for i, a in enumerate(arm_runs) if a.name in blown})
+            config = protocol.adapter if arm == "adapter" else protocol.full
+            protocol.divergence[arm] = (count, len(arm_runs))
+            protocol.notes.append(f"divergence: {config.name} {rate_text(count, len(arm_runs))}")
     for arm, scores in means.items():
         i, value = worst_seed(scores)
         protocol.worst[arm] = (runs[arm][i].name, value)

@@ -38,6 +38,7 @@ class Scenario:
     noise: float = 0.3  # sd of e: seed x query
     collapse: float = 0.0  # probability that a seed collapses (a diverged run)
     collapse_shift: float = 2.5  # what a collapse adds to L (the relevant document falls far down)
+    collapse_arms: tuple[int, ...] = (0, 1)  # the arms whose seeds may collapse (0 adapter, 1 full)
 
 
 class Benchmark:
@@ -59,6 +60,7 @@ class Benchmark:
         s = self.scenario
         u = rng.normal(0, s.seed_sd[arm], (self.reps, seeds, 1))
         self.collapsed[arm] = rng.random((self.reps, seeds)) < s.collapse  # which seeds diverged, for the checks
+        self.collapsed[arm] &= arm in s.collapse_arms
         u = u + s.collapse_shift * self.collapsed[arm][..., None]
         latent = (self.hard + self.w[arm] + shift[:, None])[:, None, :] + u
         latent = latent + rng.normal(0, s.noise, latent.shape)
@@ -83,6 +85,16 @@ class Benchmark:
         cdf = ndtr((EDGES[None, None, :] - latent[..., None]) / sd)  # P(L < log(r - 1)), r = 1..11
         probability = np.diff(cdf, axis=-1)  # P(rank = r), r = 1..10
         return (probability @ RANK_SCORES) @ self.weights
+
+    def collapse_for(self, arm: int, shift: np.ndarray, size: float) -> float:
+        """The collapse shift (of L) by which a collapsed seed of `arm` loses `size` NDCG@10 of its true NanoBEIR mean,
+        on average over the replicates (bisection: the loss grows with the shift)."""
+        stable = self.expected(arm, shift).mean()
+        low, high = 0.0, 20.0
+        for _ in range(30):
+            mid = (low + high) / 2
+            low, high = (mid, high) if stable - self.expected(arm, shift + mid).mean() < size else (low, mid)
+        return (low + high) / 2
 
     def shift_for(self, delta: float, full_shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
         """(adapter shift, full shift) per replicate so that the true Δ (adapter - full) is exactly `delta`."""

@@ -42,6 +42,8 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, stats
 
+from pipeline.statistics.robust import diverged_seeds, rate_text
+
 LABELS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive", "no verdict")
 DECIDED = ("equivalent", "superior", "inferior")  # a look with one of these stops
 TARGETS = {  # what a verdict claims, by target: its name and the words the report and the sweep's tag use
@@ -305,9 +307,9 @@ def replay(
             break
         taken = [x.seeds_adapter for x in looks]
         looks.append(look(design, benchmark_difference(adapter[:planned], full[:planned]), len(looks) + 1, taken))
-        failed = failed_runs({"adapter": adapter[:planned], "full": full[:planned]}, seeds)
-        if failed:
-            looks[-1] = replace(looks[-1], label="no verdict", stop=True, reason=failed_reason(failed))
+        why = unresolved({"adapter": adapter[:planned], "full": full[:planned]}, design.margin, seeds)
+        if why:
+            looks[-1] = replace(looks[-1], label="no verdict", stop=True, reason=why)
         if looks[-1].stop and (not done or planned >= len(adapter) or looks[-1].label == "no verdict"):
             break
         if looks[-1].stop:  # seeds trained past a stopping look: make decide went on for its rank answer
@@ -323,6 +325,32 @@ def failed_runs(arms: Mapping[str, Sequence[float]], seeds: Sequence[int] | None
         for i, value in enumerate(scores)
         if not math.isfinite(value)
     ]
+
+
+def unresolved(arms: Mapping[str, Sequence[float]], margin: float, seeds: Sequence[int] | None = None) -> str:
+    """Why a look cannot decide although its interval might: a failed run (`failed_reason`) or a diverged seed
+    (`diverged_reason`); empty when neither. `make decide` and the report's replay both stop on it."""
+    failed = failed_runs(arms, seeds)
+    if failed:
+        return failed_reason(failed)
+    flagged = diverged_seeds(arms, margin)
+    return diverged_reason(arms, flagged, seeds) if flagged else ""
+
+
+def diverged_reason(arms: Mapping[str, Sequence[float]], flagged: Mapping[str, list[int]], seeds=None) -> str:
+    """The one reason `make decide` and the report give for a look with a diverged seed, each arm's rate with it."""
+    named = [
+        f"{arm} seed {seeds[i] if seeds is not None else f'#{i + 1}'} scores {arms[arm][i]:.4f} "
+        f"(its arm's median {np.median(arms[arm]):.4f})"
+        for arm, positions in flagged.items()
+        for i in positions
+    ]
+    rates = "; ".join(f"{arm} {rate_text(len(flagged.get(arm, [])), len(x))}" for arm, x in arms.items())
+    return (
+        f"no verdict: a seed diverged: {', '.join(named)}; {rates}. The verdict is over runs that train stably and "
+        "is not decided while a seed diverges: to go on, run make decide again with that arm's learning rates "
+        "lowered (hydra.sweeper.lr.lora=... or hydra.sweeper.lr.full=...)"
+    )
 
 
 def failed_reason(failed: Sequence[str]) -> str:

@@ -2,6 +2,7 @@
 
     python -m pipeline.statistics.simulate [--reps 2000] [--datasets 13] [--seed-sd 0.025] [--budget 10]
     python -m pipeline.statistics.simulate --gammas=-4,-2,-1,-0.5,0,0.5,1,obf   # choose the spending function
+    python -m pipeline.statistics.simulate --collapse --reps 400   # error rates when seeds diverge
 
 NDCG@10-like scores (`pipeline.statistics.generator`) with the true Δ on each benchmark set exactly; for each Δ the
 sequential design (`pipeline.statistics.sequential`, default looks at 3, 5, 7, 9, 10 seeds per arm) runs to its
@@ -15,11 +16,13 @@ With --gammas: one row per Hwang-Shih-DeCani gamma ("obf": O'Brien-Fleming type)
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import numpy as np
 
 from pipeline.statistics.generator import Benchmark, Scenario
-from pipeline.statistics.sequential import Design, benchmark_difference, fixed, look, replay
+from pipeline.statistics.robust import diverged_seeds
+from pipeline.statistics.sequential import LABELS, Design, benchmark_difference, fixed, look, replay
 
 DELTAS = (0.0, -0.005, 0.005, -0.01, 0.01, -0.02)
 
@@ -42,6 +45,63 @@ def fixed_power(design: Design, adapter: np.ndarray, full: np.ndarray, n: int) -
     one = fixed(design.margin, design.alpha)
     labels = [look(one, benchmark_difference(a[:n], f[:n]), 1).label for a, f in zip(adapter, full, strict=True)]
     return labels.count("equivalent") / len(labels)
+
+
+def collapse_means(
+    scenario: Scenario, delta: float, seeds: int, reps: int, seed: int, rate: float, size: float, arm: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-seed NanoBEIR means (adapter, full) where `arm`'s seeds collapse at `rate` by `size` NDCG@10 each, and which
+    of that arm's seeds collapsed. The true Δ (`delta`) is over stable runs: the expectation without collapses."""
+    rng = np.random.default_rng(seed)
+    bench = Benchmark(scenario, reps, rng)
+    shifts = bench.shift_for(delta)
+    bench.scenario = replace(scenario, collapse=rate, collapse_arms=(arm,),
+                             collapse_shift=bench.collapse_for(arm, shifts[arm], size))  # fmt: skip
+    adapter, full = (bench.nanobeir(bench.scores(i, shifts[i], seeds, rng)) for i in (0, 1))
+    return adapter, full, bench.collapsed[arm]
+
+
+def collapse_rates(design: Design, scenario: Scenario, reps: int, rate: float, size: float, arm: int, seed: int = 0):
+    """One row of the collapse table: the verdict's error rates over stable runs when `arm`'s seeds collapse at `rate`
+    by `size` margins, and how often look 1 (3 seeds) flags a collapse among its seeds."""
+    m, out = design.margin, {}
+    for i, delta in enumerate((-m, 0.0, m)):
+        adapter, full, collapsed = collapse_means(scenario, delta, design.budget, reps, seed + i, rate, size * m, arm)
+        labels = sequential(design, adapter, full)[0]
+        out[delta] = {label: labels.count(label) / reps for label in LABELS}
+        if delta == 0.0:
+            first = design.looks()[0]
+            hit = collapsed[:, :first].any(axis=1)
+            flags = [
+                diverged_seeds({"adapter": a[:first], "full": f[:first]}, m) for a, f in zip(adapter, full, strict=True)
+            ]
+            arm_name = ("adapter", "full")[arm]
+            found = [
+                bool(set(np.flatnonzero(c[:first])) & set(x.get(arm_name, [])))
+                for c, x in zip(collapsed, flags, strict=True)
+            ]
+            out["flagged"] = float(np.mean(np.asarray(found)[hit])) if hit.any() else float("nan")
+    return out
+
+
+def collapse_table(args: argparse.Namespace, scenario: Scenario, design: Design) -> None:
+    """The verdict's error rates under a collapse mixture (over stable runs), one row per arm, rate and size."""
+    print(f"Collapse mixture: {args.reps} replicates per cell, design looks {design.looks()}, margin {design.margin}; "
+          "true Δ over stable runs (without collapses); a collapse costs its seed `size` margins of NanoBEIR NDCG@10.")  # fmt: skip
+    print()
+    print("| arm | rate | size (margins) | P(equiv. \\| -m) | P(equiv. \\| +m) | P(inferior \\| 0) | "
+          "P(superior \\| 0) | P(equiv. \\| 0) | P(no verdict \\| 0) | flagged at look 1 |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    cell = 0
+    for arm in (0, 1):
+        for rate in (0.05, 0.2):
+            for size in (2.0, 5.0, 10.0):
+                r = collapse_rates(design, scenario, args.reps, rate, size, arm, seed=100 + 3 * cell)
+                cell += 1
+                m = design.margin
+                print(f"| {('adapter', 'full')[arm]} | {rate:.2f} | {size:g} | {r[-m]['equivalent']:.3f} | "
+                      f"{r[m]['equivalent']:.3f} | {r[0.0]['inferior']:.3f} | {r[0.0]['superior']:.3f} | "
+                      f"{r[0.0]['equivalent']:.3f} | {r[0.0]['no verdict']:.3f} | {r['flagged']:.3f} |")  # fmt: skip
 
 
 def gamma_of(text: str) -> float | None:
@@ -77,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--most", type=int, default=30, help="largest fixed design tried")
     parser.add_argument("--gamma", default=None, help="Hwang-Shih-DeCani gamma, or obf (default: the design's)")
     parser.add_argument("--gammas", default=None, help="comma-separated gammas to compare (e.g. -4,-1,0,1,obf)")
+    parser.add_argument("--collapse", action="store_true", help="the error rates under a collapse mixture")
     args = parser.parse_args(argv)
     design = (
         Design(budget=args.budget) if args.gamma is None else Design(budget=args.budget, gamma=gamma_of(args.gamma))
@@ -84,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     scenario = Scenario(datasets=args.datasets, sizes=(40, 50), seed_sd=(args.seed_sd, args.seed_sd))
     if args.gammas:
         choose(args, scenario)
+        return 0
+    if args.collapse:
+        collapse_table(args, scenario, design)
         return 0
     adapter, full = seed_means(scenario, 0.0, args.most, args.reps, seed=0)
     spread = np.concatenate([adapter, full]).std(axis=1, ddof=1).mean()

@@ -36,9 +36,8 @@ from pipeline.statistics.sequential import (
     Estimate,
     Look,
     benchmark_difference,
-    failed_reason,
-    failed_runs,
     look,
+    unresolved,
     went_on,
 )
 from pipeline.sweep.edges import edge_jobs, extended_axes, full_rank
@@ -122,9 +121,11 @@ def sequential(
         for arm in arms:
             arm.scores.update({seed: scores[tuple(arm.job(seed))] for seed in new})
         adapter, full = by_name[ADAPTER], by_name[FULL]
-        failed = failed_runs({arm.name: list(arm.scores.values()) for arm in (adapter, full)}, list(adapter.scores))
-        if failed:  # a no-verdict look, as the report's replay takes it on the same scores
-            looks.append(replace(look(design, by_means(adapter, full), index + 1), reason=failed_reason(failed)))
+        why = unresolved({arm.name: list(arm.scores.values()) for arm in (adapter, full)}, design.margin,
+                         list(adapter.scores))  # fmt: skip
+        if why:  # a failed run or a diverged seed: a no-verdict look, as the report's replay takes it
+            looks.append(replace(look(design, by_means(adapter, full), index + 1), label="no verdict", stop=True,
+                                 reason=why))  # fmt: skip
             if on_look is not None:
                 on_look(looks[-1])
             return Outcome(looks, arms, looks[-1].reason, "benchmark")
