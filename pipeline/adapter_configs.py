@@ -1,7 +1,8 @@
 """The `finetune` group's typed configs: one dataclass per method, with peft's documented defaults.
 
 `finetune=<method>` picks `conf/finetune/<method>.yaml`, which starts from the method's schema registered here: a key
-the method does not have (`finetune=ia3 finetune.r=8`) or a wrong type fails at compose time. The non-prompt peft
+the method does not have (`finetune=ia3 finetune.r=8`) or a wrong type fails at compose time. `METHODS` is the one
+list of methods: each one's schema, peft config, card title and parameter count. The non-prompt peft
 methods that `SentenceTransformer.add_adapter` injects and that save and load back as adapter-only dirs are here;
 the ones that cannot are refused, with the reason, in `REFUSED` (checked before Hydra composes anything).
 
@@ -10,6 +11,7 @@ Light on purpose (no torch, no peft): config validation and the sweep's grid imp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from enum import Enum
 from typing import Any
@@ -106,15 +108,69 @@ class LoKrFinetune(AdapterFinetune):
     decompose_factor: int = -1  # -1: the factorisation closest to square
 
 
-SCHEMAS: dict[Method, type[FinetuneConfig]] = {
-    Method.lora: LoraFinetune,
-    Method.dora: DoraFinetune,
-    Method.rslora: RsLoraFinetune,
-    Method.ia3: IA3Finetune,
-    Method.loha: LoHaFinetune,
-    Method.lokr: LoKrFinetune,
-    Method.full: FullFinetune,
-}
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the pipeline knows of a method beside its schema. Adding a method: its schema above, one entry in
+    `METHODS` and `conf/finetune/<method>.yaml` (tests/test_adapter_methods.py checks that nothing else lists them)."""
+
+    schema: type[FinetuneConfig]
+    title: str  # the model card's "Method" row
+    trains: str  # what it trains, in words (`python -m pipeline.tools.method_table`)
+    peft_class: str | None = None  # the peft config class `SentenceTransformer.add_adapter` takes; None: full
+    peft_options: Callable[[Any], dict[str, Any]] | None = None  # that class's own arguments, from the config
+    mergeable: bool = False  # peft's merge_and_unload() folds the adapter into the base weights
+    # trainable parameters on one targeted (out x in) weight at rank r (`feedforward`: an IA3 feedforward module),
+    # for the disk estimate; None: every parameter of the model
+    per_weight: Callable[[int, int, int, bool], int] | None = None
+
+    @property
+    def peft_type(self) -> str | None:
+        """peft's type name, as a saved adapter_config.json's `peft_type` holds it (LoraConfig: LORA)."""
+        return self.peft_class.removesuffix("Config").upper() if self.peft_class else None
+
+
+def _lora(ft, dora: bool = False, rslora: bool = False) -> dict[str, Any]:
+    return {"r": ft.r, "lora_alpha": ft.alpha, "lora_dropout": ft.dropout, "use_dora": dora, "use_rslora": rslora}
+
+
+def _low_rank(ft) -> dict[str, Any]:
+    return {"r": ft.r, "alpha": ft.alpha, "rank_dropout": ft.rank_dropout, "module_dropout": ft.module_dropout}
+
+
+METHODS: dict[Method, MethodInfo] = {
+    Method.lora: MethodInfo(
+        LoraFinetune, "LoRA adapter (peft LoraConfig)", "A (r x in) and B (out x r) per target; update (alpha/r) B A",
+        "LoraConfig", _lora, True, lambda out, inp, r, ff: r * (out + inp),
+    ),
+    Method.dora: MethodInfo(
+        DoraFinetune, "DoRA adapter (peft LoraConfig, use_dora=True)",
+        "LoRA's A and B, plus a magnitude vector (out) per target",
+        "LoraConfig", lambda ft: _lora(ft, dora=True), True, lambda out, inp, r, ff: r * (out + inp) + out,
+    ),
+    Method.rslora: MethodInfo(
+        RsLoraFinetune, "rsLoRA adapter (peft LoraConfig, use_rslora=True)", "LoRA's A and B; update (alpha/sqrt(r)) B A",
+        "LoraConfig", lambda ft: _lora(ft, rslora=True), True, lambda out, inp, r, ff: r * (out + inp),
+    ),
+    Method.ia3: MethodInfo(
+        IA3Finetune, "(IA)³ adapter (peft IA3Config)",
+        "one scaling vector per target (its out size; in size for feedforward modules)",
+        "IA3Config", lambda ft: {"feedforward_modules": list(ft.feedforward_modules or []) or None}, True,
+        lambda out, inp, r, ff: inp if ff else out,
+    ),
+    Method.loha: MethodInfo(
+        LoHaFinetune, "LoHa adapter (peft LoHaConfig)", "two rank-r pairs per target; update (B1 A1) * (B2 A2), elementwise",
+        "LoHaConfig", _low_rank, True, lambda out, inp, r, ff: 2 * r * (out + inp),
+    ),
+    Method.lokr: MethodInfo(
+        LoKrFinetune, "LoKr adapter (peft LoKrConfig)",
+        "a small block W1 and a rank-r pair per target; update W1 (x) (B A), Kronecker",
+        "LoKrConfig", lambda ft: {**_low_rank(ft), "decompose_both": ft.decompose_both,
+                                  "decompose_factor": ft.decompose_factor},
+        True, lambda out, inp, r, ff: r * (out + inp),  # counted as LoRA: an upper bound
+    ),
+    Method.full: MethodInfo(FullFinetune, "full fine-tuning", "every weight"),
+}  # fmt: skip
+SCHEMAS: dict[Method, type[FinetuneConfig]] = {method: info.schema for method, info in METHODS.items()}
 
 # Asked for, and refused in one line with the reason (pipeline.validate). The message is the "why".
 REFUSED = {

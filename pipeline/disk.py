@@ -19,6 +19,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline.adapter_configs import METHODS, Method
+
 FP32 = 4  # bytes: the Trainer keeps trainable weights and AdamW's states in fp32
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq per trainable parameter
 NEARLY_FULL = 1 << 20  # bytes: a write that failed on a disk with less left than this failed for want of space
@@ -81,24 +83,21 @@ def default_targets(method: str, model_dir: Path) -> list[str]:
 
 
 def trainable_count(shapes: dict[str, list[int]], finetune: DictConfig, model_dir: Path) -> int:
-    """Every parameter for a full fine-tune; for an adapter, its parameters on the targeted 2-D weights: r * (in + out)
-    per weight for LoRA and rsLoRA, plus a magnitude per output for DoRA, twice that for LoHa, one scale per output
-    for (IA)^3; LoKr is counted as LoRA (an upper bound). Targets null: peft's default for the architecture;
-    all-linear: every Linear layer."""
-    if finetune.method == "full":
+    """Every parameter for a full fine-tune; for an adapter, its parameters on the targeted 2-D weights, each
+    method's count per weight (`METHODS[...].per_weight`: r * (in + out) for LoRA, ...). Targets null: peft's default
+    for the architecture; all-linear: every Linear layer."""
+    per_weight = METHODS[Method(finetune.method)].per_weight
+    if per_weight is None:  # the full fine-tune
         return sum(math.prod(shape) for shape in shapes.values())
     targets = finetune.get("target_modules") or default_targets(finetune.method, model_dir)
     linear = {n[: -len(".weight")]: s for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2}
     linear = {n: s for n, s in linear.items() if "embeddings" not in n}
     chosen = {n: s for n, s in linear.items() if isinstance(targets, str) or _matches(n, targets)}  # str: all-linear
-    if finetune.method == "ia3":  # a scale per output, or per input of a feedforward module
-        feedforward = finetune.get("feedforward_modules") or default_targets("ia3_feedforward", model_dir)
-        return sum(inp if _matches(n, feedforward) else out for n, (out, inp) in chosen.items())
+    feedforward = []  # IA3's: a scale per input, not per output
+    if "feedforward_modules" in finetune:
+        feedforward = finetune.feedforward_modules or default_targets("ia3_feedforward", model_dir)
     rank = finetune.get("r", 8)
-    per_weight = [rank * (out + inp) for out, inp in chosen.values()]
-    if finetune.method == "dora":
-        return sum(per_weight) + sum(out for out, _ in chosen.values())
-    return sum(per_weight) * (2 if finetune.method == "loha" else 1)
+    return sum(per_weight(out, inp, rank, _matches(n, feedforward)) for n, (out, inp) in chosen.items())
 
 
 def _matches(module: str, targets) -> bool:

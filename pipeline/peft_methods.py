@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peft import IA3Config, LoHaConfig, LoKrConfig, LoraConfig, PeftConfig, TaskType
+import peft
+from peft import PeftConfig, TaskType
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 from torch import nn
 
-from pipeline.adapter_configs import ALL_LINEAR, Method
+from pipeline.adapter_configs import ALL_LINEAR, METHODS, Method
 
 # peft types whose adapters `merge_and_unload()` folds into the base weights (checked by tests/test_adapter_methods.py
 # and by `python -m pipeline.tools.method_table`, which merges each method and compares embeddings)
-MERGEABLE = {"LORA", "IA3", "LOHA", "LOKR"}
+MERGEABLE = {info.peft_type for info in METHODS.values() if info.mergeable}  # LORA, IA3, LOHA, LOKR
 
 
 def peft_config(ft, model: nn.Module) -> PeftConfig:
@@ -26,40 +27,18 @@ def peft_config(ft, model: nn.Module) -> PeftConfig:
     method = Method(ft.method)
     targets = _targets(ft.target_modules)
     common = {"task_type": TaskType.FEATURE_EXTRACTION, "inference_mode": False, "target_modules": targets}
-    if method in (Method.lora, Method.dora, Method.rslora):
-        return LoraConfig(
-            r=ft.r,
-            lora_alpha=ft.alpha,
-            lora_dropout=ft.dropout,
-            use_dora=method == Method.dora,
-            use_rslora=method == Method.rslora,
-            **common,
+    info = METHODS[method]  # the method's peft class and arguments
+    if info.peft_class is None:
+        raise ValueError(f"finetune={method.value} is not an adapter method")
+    options = info.peft_options(ft)
+    if "feedforward_modules" in options and targets == ALL_LINEAR:  # IA3: peft checks feedforward ⊆ targets on
+        targets = linear_modules(model)  # names: give both as full module names
+        suffixes = options["feedforward_modules"] or TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(
+            model.config.model_type, []
         )
-    if method == Method.ia3:
-        feedforward = list(ft.feedforward_modules) if ft.feedforward_modules else None
-        if targets == ALL_LINEAR:  # peft checks feedforward ⊆ targets on names: give both as full module names
-            targets = linear_modules(model)
-            suffixes = feedforward or TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING.get(
-                model.config.model_type, []
-            )
-            feedforward = [name for name in targets if any(_matches(name, s) for s in suffixes)]
-            common["target_modules"] = targets
-        return IA3Config(feedforward_modules=feedforward, **common)
-    if method == Method.loha:
-        return LoHaConfig(
-            r=ft.r, alpha=ft.alpha, rank_dropout=ft.rank_dropout, module_dropout=ft.module_dropout, **common
-        )
-    if method == Method.lokr:
-        return LoKrConfig(
-            r=ft.r,
-            alpha=ft.alpha,
-            rank_dropout=ft.rank_dropout,
-            module_dropout=ft.module_dropout,
-            decompose_both=ft.decompose_both,
-            decompose_factor=ft.decompose_factor,
-            **common,
-        )
-    raise ValueError(f"finetune={method.value} is not an adapter method")
+        options["feedforward_modules"] = [name for name in targets if any(_matches(name, s) for s in suffixes)]
+        common["target_modules"] = targets
+    return getattr(peft, info.peft_class)(**options, **common)
 
 
 def _targets(value):

@@ -217,3 +217,52 @@ def test_a_mixed_sweep_compares_in_one_report(tmp_path, tiny_model, tiny_qa, tin
     # the adapter facing the full fine-tune: the best on dev across methods (a tie: fewer params), not among LoRA only
     best = max(adapters, key=lambda r: (r["dev_ndcg_at_10"], -r["trainable_params"]))
     assert report["verdict"]["adapter"] == best["name"].removesuffix("-s12")
+
+
+def method_tables(root: Path) -> list[str]:
+    """`path:line` of each collection literal (dict, set, list, tuple) naming two or more PEFT methods, and of each
+    comparison with a PEFT method's name (but lora's, the default), in the modules under `root` but the registry
+    (pipeline/adapter_configs.py): a second list of methods, or a branch on one, that adding a method would edit."""
+    import ast
+
+    names = {m.value for m in Method} - {Method.full.value}
+
+    def method_name(node) -> str | None:
+        if isinstance(node, ast.Constant) and node.value in names:
+            return node.value
+        if isinstance(node, ast.Attribute) and node.attr in names and getattr(node.value, "id", "") == "Method":
+            return node.attr
+        return None
+
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == "adapter_configs.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            items = node.keys if isinstance(node, ast.Dict) else getattr(node, "elts", None)
+            if (
+                isinstance(node, (ast.Dict, ast.Set, ast.List, ast.Tuple))
+                and len({method_name(i) for i in items} - {None}) >= 2
+            ):
+                found.append(f"{path.relative_to(root.parent).as_posix()}:{node.lineno}")
+            compared = {method_name(c) for c in [node.left, *node.comparators]} if isinstance(node, ast.Compare) else ()
+            if set(compared) - {None, Method.lora.value}:  # lora: the default, which the report orders first
+                found.append(f"{path.relative_to(root.parent).as_posix()}:{node.lineno}")
+    return found
+
+
+def test_adding_a_method_is_one_registry_entry_and_one_yaml(tmp_path):
+    from pipeline.adapter_configs import METHODS
+
+    yamls = {p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "finetune").glob("*.yaml")}
+    assert set(METHODS) == set(Method) and {m.value for m in Method} == yamls
+    assert MERGEABLE == {"LORA", "IA3", "LOHA", "LOKR"} and all(METHODS[Method(m)].trains for m in yamls)
+    root = Path(__file__).resolve().parents[1]
+    assert method_tables(root / "pipeline") == [] and method_tables(root / "hydra_plugins") == []
+    # the scan finds the shapes it forbids: a table keyed by methods, a tuple of names, a branch on one
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "card.py").write_text(
+        "NAMES = {Method.lora: 'LoRA', Method.dora: 'DoRA'}\nRANKED = ('lora', 'loha')\nFULL = {'full': 1, 'lora': 2}\n"
+        "def count(m):\n    return 2 if m == 'loha' else 1\n"
+    )
+    assert method_tables(tmp_path / "pkg") == ["pkg/card.py:1", "pkg/card.py:2", "pkg/card.py:5"]

@@ -13,21 +13,12 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard
 
-from pipeline.adapter_configs import hyperparameters
+from pipeline.adapter_configs import METHODS, hyperparameters
 from pipeline.config import DataConfig, FinetuneConfig, Method, ModelConfig
 from pipeline.models import display_name, hub_model_id
 from pipeline.peft_methods import MERGEABLE
 
 UNKNOWN_BASE = "<!-- - **Base model:** [Unknown](https://huggingface.co/unknown) -->"  # sentence-transformers' text
-METHOD_NAMES = {
-    Method.lora: "LoRA adapter (peft LoraConfig)",
-    Method.dora: "DoRA adapter (peft LoraConfig, use_dora=True)",
-    Method.rslora: "rsLoRA adapter (peft LoraConfig, use_rslora=True)",
-    Method.ia3: "(IA)³ adapter (peft IA3Config)",
-    Method.loha: "LoHa adapter (peft LoHaConfig)",
-    Method.lokr: "LoKr adapter (peft LoKrConfig)",
-    Method.full: "full fine-tuning",
-}
 
 
 def card_values(model_cfg: ModelConfig, data_cfg: DataConfig, ft: FinetuneConfig) -> dict[str, str]:
@@ -86,7 +77,7 @@ def model_card(
         "|---|---|",
         f"| Base model | `{display_name(model_cfg.name)}` |",
         f"| Base model revision | `{trained.get('base_revision') or 'as loaded (local dir)'}` |",
-        f"| Method | {METHOD_NAMES[Method(ft.method)]} |",
+        f"| Method | {METHODS[Method(ft.method)].title} |",
     ]
     if adapter:
         lines += [f"| `finetune.{k}` | {_value(v)} |" for k, v in hyperparameters(ft).items() if k != "target_modules"]

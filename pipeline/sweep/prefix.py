@@ -23,10 +23,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import RunError
+from pipeline.disk import DiskSpaceError
 
 # what a shared stage may fail with for its inputs or its machine (a file, the network, the disk, a run that cannot go
 # on): the jobs then compute the stage themselves and report it. Anything else is a bug, and stops the sweep.
-STAGE_FAILURES = (OSError, RunError)  # RunError: DiskSpaceError too
+STAGE_FAILURES = (OSError, RunError, DiskSpaceError)
 
 
 def job_configs(config: DictConfig, config_loader: Any, jobs: Sequence[Sequence[str]]) -> list[DictConfig]:

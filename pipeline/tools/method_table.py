@@ -23,21 +23,12 @@ from hydra.core.global_hydra import GlobalHydra
 from peft import PeftModel
 from transformers import AutoModel, BertConfig, BertModel
 
-from pipeline.adapter_configs import ALL_LINEAR, Method, hyperparameters
+from pipeline.adapter_configs import ALL_LINEAR, METHODS, Method, hyperparameters
 from pipeline.config import register_configs
 from pipeline.models import model_source
 from pipeline.peft_methods import peft_config, save_adapter_fixes
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
-TRAINS = {
-    "lora": "A (r x in) and B (out x r) per target; update (alpha/r) B A",
-    "dora": "LoRA's A and B, plus a magnitude vector (out) per target",
-    "rslora": "LoRA's A and B; update (alpha/sqrt(r)) B A",
-    "ia3": "one scaling vector per target (its out size; in size for feedforward modules)",
-    "loha": "two rank-r pairs per target; update (B1 A1) * (B2 A2), elementwise",
-    "lokr": "a small block W1 and a rank-r pair per target; update W1 (x) (B A), Kronecker",
-    "full": "every weight",
-}
 MODELS = {
     "all-MiniLM-L6-v2": lambda: AutoModel.from_pretrained(model_source("sentence-transformers/all-MiniLM-L6-v2")),
     "bert-base-uncased (BertConfig(), random weights)": lambda: BertModel(BertConfig()),
@@ -103,7 +94,12 @@ def build_table() -> list[dict]:
     for method in [m.value for m in Method]:
         for targets in (None, ALL_LINEAR) if method != "full" else (None,):
             ft = finetune_config(method, targets)
-            row = {"method": method, "hyperparameters": hyperparameters(ft), "trains": TRAINS[method], "models": {}}
+            row = {
+                "method": method,
+                "hyperparameters": hyperparameters(ft),
+                "trains": METHODS[Method(method)].trains,
+                "models": {},
+            }
             for name, make_model in MODELS.items():
                 row["models"][name] = measure(make_model, ft)
             rows.append(row)
