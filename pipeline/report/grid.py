@@ -21,7 +21,7 @@ from typing import NamedTuple
 from pipeline.report.load import Arm
 from pipeline.report.stats import paired_test
 from pipeline.report.verdict import decide
-from pipeline.statistics.family import configuration_test, holm, pooled_variance
+from pipeline.statistics.family import SPREAD_BOUND, configuration_test, holm, pooled_variance
 from pipeline.statistics.rank import smallest_rank
 from pipeline.statistics.seeds import nanobeir_means, queries_difference
 from pipeline.statistics.sequential import Estimate, benchmark_difference, look
@@ -88,6 +88,11 @@ def _configuration_tests(protocol) -> None:
         config.test = configuration_test(_means(config.finished), full_means, pooled[config.method])
         if any(a.seed in protocol.grid_seeds for a in config.finished):
             family[config.key] = config.test.p_value
+    if any(c.test is not None and c.test.borrowed for c in protocol.configurations):
+        protocol.notes.append(
+            f"p (seeds) of a one-seed configuration borrows its method's pooled seed variance x {SPREAD_BOUND**2:g}: "
+            f"it holds if that configuration's seeds spread at most {SPREAD_BOUND:g}x the pooled sd"
+        )
     for key, p in holm(family).items():
         next(c for c in protocol.configurations if c.key == key).p_holm = None if math.isnan(p) else p
 
