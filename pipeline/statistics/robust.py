@@ -1,7 +1,7 @@
 """Seeds that do not belong: a collapsed (diverged) run. Divergence is a finding of its own, never noise in Δ.
 
-- Outlier seeds (`outlier_seeds`): a seed whose NanoBEIR mean is far below its arm's median (a collapse loses; one
-  side halves the false alarms of an arm that is merely noisy), robust z = (median - x) / scale above `z`, and further than `floor` (NDCG@10: smaller than that is seed noise, whatever its z). scale:
+- Outlier seeds (`outlier_seeds`): a seed whose NanoBEIR mean is far from its arm's median (below: a collapse;
+  above: the stable seeds of an arm most of whose seeds collapsed), robust z = |x - median| / scale above `z`, and further than `floor` (NDCG@10: smaller than that is seed noise, whatever its z). scale:
   1.4826 x the median absolute residual (from each arm's median) pooled over both arms, or that arm's own spread if
   larger (an arm noisier than the other is judged by its own spread): from five seeds the Rousseeuw-Croux Qn
   (statsmodels `qn_scale`), with three or four the MAD of the arm's *other* seeds (leave one out: the arm's own MAD
@@ -44,7 +44,7 @@ def outlier_seeds(arms: Mapping[str, Sequence[float]], floor: float, z: float = 
             else:  # three or four seeds: the others' MAD (the arm's own MAD would count the outlier's residual)
                 own = MAD_TO_SD * _mad(np.delete(res, i))
             scale = max(pooled, own)  # an arm noisier than the others is judged by its own spread
-            if -res[i] > max(floor, z * scale):  # below: a diverged run loses, it never gains
+            if abs(res[i]) > max(floor, z * scale):  # above too: where most seeds collapsed, the stable ones
                 found.append(i)
         flagged[name] = found
     return {name: found for name, found in flagged.items() if found}
