@@ -259,14 +259,6 @@ def test_mining_gives_negatives_that_are_never_a_positive(strategy, tmp_path, ti
     assert load_from_disk(str(tmp_path / "again" / "dataset"))["train"].to_dict() == mined["train"].to_dict()
 
 
-def test_every_stage_has_its_tracking_method():
-    """The MLflow run logs each stage's result through `_log_<stage>` (found by name): mine_negatives too."""
-    from pipeline.dag import DAG
-    from pipeline.tracking.run import PipelineRun
-
-    assert [s.name for s in DAG if not callable(getattr(PipelineRun, f"_log_{s.name}", None))] == []
-
-
 @requires_shared_data("scifact-qa")
 def test_the_dag_mines_then_trains_on_the_mined_rows(tmp_path, tiny_cfg):
     """run_dag with data.mine.enabled: mine_negatives runs between prepare_data and finetune, which trains on its
@@ -293,3 +285,23 @@ def test_the_dag_mines_then_trains_on_the_mined_rows(tmp_path, tiny_cfg):
     assert outputs["finetune"].result["global_step"] == 1
     again = run_dag(cfg)
     assert {o.status for o in again.values()} == {"cached"}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.negative_columns=[negative]"], "data.negative_columns has ['negative'], not a column of data.path="),
+        (["data.negative_columns=[answer]"], "holds ['answer'], the question or answer column"),
+        (["data.mine.enabled=true", "data.negative_columns=[question2]"], "train on the dataset's own negatives or"),
+        (["run.until=mine_negatives"], "run.until=mine_negatives names the mine_negatives stage"),
+        (["run.force=mine_negatives"], "run.force=mine_negatives names the mine_negatives stage"),
+        (["data.mine.enabled=true", "data.mine.range_max=1", "data.mine.num_negatives=2"], "data.mine.range_max=1"),
+    ],
+)
+def test_validation_refuses_bad_negatives_in_one_line(overrides, expected, tiny_cfg):
+    from pipeline.config import ConfigError
+    from pipeline.validate import validate
+
+    with pytest.raises(ConfigError) as error:
+        validate(tiny_cfg(overrides))
+    assert expected in str(error.value) and "\n" not in str(error.value)
