@@ -8,8 +8,9 @@ tests (TOST) at level alpha do (`pipeline.statistics.sequential.label_of`):
 - equivalent:   the (1 - 2 alpha) interval lies inside (-m, +m);
 - superior / inferior: the (1 - alpha) interval lies above / below 0, and the adapter is not shown equivalent;
 - non-inferior: the (1 - 2 alpha) interval lies above -m, nothing stronger holds;
-- inconclusive: none of these; no verdict: a score is NaN, or seed variation is not measured (one seed, or seeds
-  that score identically).
+- inconclusive: none of these; no verdict: a score is NaN (a failed run), a seed diverged
+  (`pipeline.statistics.robust.diverged_seeds`: the verdict claims Δ over runs that train stably), or seed variation
+  is not measured (one seed, or seeds that score identically).
 
 The target it claims (`TARGETS`): "benchmark" (default) - this benchmark's fixed queries, over training randomness
 (Welch's interval over the per-seed NanoBEIR means); "queries" - queries like these, over seeds and queries
