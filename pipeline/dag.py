@@ -107,8 +107,9 @@ def trained_weights(values: Values) -> Values:
 
 def nanobeir(values: Values) -> Values:
     """The NanoBEIR evaluation on the resolved device (GPU and CPU embeddings differ in rounding); during_training is
-    only the finetune stage's log."""
-    return {**_without(values, "during_training", "dataset_id", "revision"), "device": device_and_precision()[0]}
+    only the finetune stage's log; precision only the fine-tuned model's scoring (the evaluate stage adds it)."""
+    scored = _without(values, "during_training", "dataset_id", "revision", "precision")
+    return {**scored, "device": device_and_precision()[0]}
 
 
 def dev_encoding(values: Values) -> Values:
@@ -216,7 +217,7 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "evaluate",
-        keys={"model": model_loaded, "eval": nanobeir},
+        keys={"model": model_loaded, "eval": lambda v: {**nanobeir(v), "precision": v["precision"]}},
         inputs=("finetune",),
         run=lambda cfg, up, out, ctx: evaluate_finetuned(
             cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache("eval")

@@ -65,6 +65,7 @@ PERTURBATIONS = {
     "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
     "eval.backend=mteb": EVALUATED,
     "eval.during_training=false": set(),
+    "eval.precision=autocast": {"evaluate", "model_card"},  # the fine-tuned model's scoring, not the base model's
     # how to run and where to log: no stage output
     "tracking.experiment=other": set(),
     "tracking.run_name=x": set(),

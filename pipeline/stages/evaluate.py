@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.config import EvalConfig, ModelConfig
 from pipeline.evaluation.dev import evaluate_dev
+from pipeline.evaluation.precision import merged_for, scoring_precision
 from pipeline.evaluation.st_backend import evaluate
 from pipeline.models import load_model
 
@@ -22,8 +23,11 @@ def evaluate_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, out: Path, c
 def evaluate_finetuned(
     model_cfg: ModelConfig, eval_cfg: EvalConfig, finetune_dir: Path, out: Path, cache_dir: Path | None = None
 ) -> dict:
-    """The fine-tuned model (full) or base + adapter merged (LoRA), loaded from the finetune stage's output."""
-    return evaluate(load_model(model_cfg, str(finetune_dir / "model"), merge=True), eval_cfg, out, cache_dir)
+    """The fine-tuned model (full) or base + adapter merged (LoRA), loaded from the finetune stage's output, scored in
+    fp32 or under bf16 autocast (eval.precision; an adapter then stays attached, as in a training script's memory)."""
+    model = load_model(model_cfg, str(finetune_dir / "model"), merge=merged_for(eval_cfg.precision))
+    with scoring_precision(eval_cfg.precision, model.device):
+        return evaluate(model, eval_cfg, out, cache_dir)
 
 
 def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, dev_dir: Path, out: Path) -> dict:
