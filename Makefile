@@ -48,11 +48,15 @@ decide: ## make sweep, then fresh seeds of both selected configurations in round
 compare: ## report of the latest sweep (table with CIs and p-values, plots), logged on its parent run
 	$(BIN)/python -m pipeline.report $(COMPARE_ARGS)
 
+# make reproduce(-mini) reads back the sweeps it just made, by the hydra.sweep.dir each step started in (its sweep.json:
+# sweep id and tracking store), a new one per call: never the store's latest sweep
+REPRODUCE_DIR := $(OUTPUTS)/multirun/reproduce-$(shell date +%Y-%m-%d_%H-%M-%S)
 reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, plain MNRL), then make decide on it (GPU + Hub)
-	$(BIN)/python -m pipeline -m experiment=paper_lora_mnrl,paper_full_mnrl $(ARGS)
+	$(BIN)/python -m pipeline -m experiment=paper_lora_mnrl,paper_full_mnrl hydra.sweep.dir=$(REPRODUCE_DIR)-recipe $(ARGS)
 	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 \
-		hydra.sweeper.decide.enabled=true $(DECIDE_ARGS) $(ARGS)
-	$(BIN)/python -m pipeline.report --experiment paper
+		hydra.sweeper.decide.enabled=true hydra.sweep.dir=$(REPRODUCE_DIR)-decide $(DECIDE_ARGS) $(ARGS)
+	$(BIN)/python -m pipeline.report --sweep-dir $(REPRODUCE_DIR)-decide --published-sweep-dir $(REPRODUCE_DIR)-recipe \
+		$(COMPARE_ARGS)
 
 # the mini recipe's dev set unsaturated (base model's dev NDCG@10 <= 0.85; 0.908 without distractors): every training
 # answer joins the dev corpus. Measure a value with: python -m pipeline experiment=mini_paper_lora run.until=dev_baseline
@@ -61,8 +65,9 @@ MINI_DEV ?= data.dev_distractors=819
 MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
 reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
 	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=8,64 finetune.alpha=2r $(MINI_DEV) \
-		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true hydra.sweeper.decide.ranks=true $(DECIDE_ARGS) $(ARGS)
-	$(BIN)/python -m pipeline.report --experiment mini_paper --out docs/mini_paper
+		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true hydra.sweeper.decide.ranks=true \
+		hydra.sweep.dir=$(REPRODUCE_DIR)-mini $(DECIDE_ARGS) $(ARGS)
+	$(BIN)/python -m pipeline.report --sweep-dir $(REPRODUCE_DIR)-mini --out docs/mini_paper $(COMPARE_ARGS)
 
 bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, evaluation, overhead, sweep reuse, speed, profile (~17 min, quiet 2 cores)
 	$(BIN)/python -m bench $(BENCH_ARGS)

@@ -166,6 +166,20 @@ class HubConfig:
 
 
 @dataclass
+class PublishedConfig:
+    """A recipe's published NanoBEIR mean NDCG@10, for the report's published-vs-ours table (pipeline.report.published).
+
+    Set by the experiments that run a recipe as published (conf/published/); a run with it is a published-recipe run
+    (named `recipe-...`), not a protocol run. It is not part of a run's identity (pipeline.tracking.run.RUN_ONLY)."""
+
+    source: str = MISSING  # where the numbers are published
+    ndcg: dict[str, float] = field(default_factory=dict)  # finetune.method -> published NanoBEIR mean NDCG@10
+    # The publication's settings, as config keys of ours (nested: {eval: {batch_size: 1024}}); the report names each
+    # run's setting that differs from them
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -176,6 +190,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    published: PublishedConfig | None = None  # a recipe's published numbers (conf/published/); None: a protocol run
 
 
 def register_configs() -> None:

@@ -40,10 +40,11 @@ from pipeline.report.load import (
 )
 from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndcg_vs_r, plot_per_dataset
 from pipeline.report.protocol import Protocol, apply
+from pipeline.report.published import published_table, recipe_report, recipe_sweep, render_published
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
 from pipeline.statistics.sequential import TARGETS, Design
-from pipeline.sweep.callbacks import end_gone_sweeps
+from pipeline.sweep.callbacks import SWEEP_FILE, end_gone_sweeps, sweep_info
 from pipeline.tracking.uri import default_outputs
 
 REPORT_FILES = (
@@ -68,8 +69,12 @@ def compare(
     margin: float = 0.01,
     cost: str = "trainable_params",
     target: str | None = None,
+    published_sweep_id: str | None = None,
 ) -> dict:
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
+
+    `published_sweep_id`: a sweep of published-recipe runs (make reproduce's first step) whose published-vs-ours table
+    opens the report (pipeline.report.published). A sweep that holds only such runs gets that table alone, no verdict.
 
     `out_dir` defaults to <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/. Raises SweepNotFound when there is no
     sweep to report on. `target`: what the verdict claims, "benchmark" (this benchmark's fixed queries, over training
@@ -86,6 +91,9 @@ def compare(
     target = target or parent.data.tags.get("decide.target") or "benchmark"
     out = Path(out_dir) if out_dir is not None else default_outputs() / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
+    published = published_table(client, find_sweep(client, published_sweep_id)) if published_sweep_id else None
+    if published is None and recipe_sweep(client, parent):
+        return recipe_report(client, parent, out, uri, log_to_mlflow)
 
     warnings: list[str] = [gone[parent.info.run_id]] if parent.info.run_id in gone else []
     if parent.info.status == "RUNNING":
@@ -128,9 +136,11 @@ def compare(
         "configurations": [_configuration_json(c) for c in protocol.configurations],
         "rows": [arm.to_json() for arm in rows],
         "warnings": warnings,
+        "published": published,
     }
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
-    (out / "report.md").write_text(render_markdown(result, rows, protocol, level))
+    opening = "\n".join(render_published(published)) + "\n" if published else ""  # published vs ours, then the verdict
+    (out / "report.md").write_text(opening + render_markdown(result, rows, protocol, level))
     plot_ndcg_vs_r(out / "ndcg_vs_r.png", protocol, baseline, level)
     plot_ndcg_vs_cost(out / "ndcg_vs_cost.png", protocol, baseline, cost, level)
     plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level)
@@ -139,6 +149,26 @@ def compare(
         _log_on_parent(client, parent.info.run_id, out, protocol)
     result["out_dir"] = str(out)
     return result
+
+
+def recorded_sweeps(args: argparse.Namespace) -> tuple[str | None, str | None, str | None]:
+    """(tracking URI, sweep id, published sweep id): with --sweep-dir / --published-sweep-dir, as the step that made
+    the sweep recorded them in its sweep dir (sweep.json), so that the report reads that sweep, in its store."""
+    uri, ids = args.tracking_uri, {"sweep": args.sweep_id, "published": args.published_sweep_id}
+    dirs = (("sweep", "--sweep-dir", args.sweep_dir), ("published", "--published-sweep-dir", args.published_sweep_dir))
+    for name, flag, folder in dirs:
+        if folder is None:
+            continue
+        info = sweep_info(folder)
+        if info is None:
+            raise SweepNotFound(f"{flag} {folder} has no {SWEEP_FILE}: no sweep started in that dir (hydra.sweep.dir)")
+        if uri is not None and uri != info["tracking_uri"]:
+            raise SweepNotFound(
+                f"{flag} {folder}: sweep {info['sweep_id']} is recorded in {info['tracking_uri']}, not in {uri} "
+                "(--tracking-uri, or the other sweep dir's store)"
+            )
+        uri, ids[name] = info["tracking_uri"], info["sweep_id"]
+    return uri, ids["sweep"], ids["published"]
 
 
 def design_of(parent, margin: float, alpha: float) -> Design | None:
@@ -238,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--sweep-id", help="the sweep to report on (default: the newest sweep)")
     which.add_argument("--experiment", help="report on the newest sweep in this MLflow experiment")
+    which.add_argument("--sweep-dir", help="the sweep started in this hydra.sweep.dir (its sweep.json: id and store)")
+    recipe = parser.add_mutually_exclusive_group()
+    recipe.add_argument("--published-sweep-id", help="a sweep of published-recipe runs: its table opens the report")
+    recipe.add_argument("--published-sweep-dir", help="the same, by the hydra.sweep.dir it started in")
     parser.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite:///<outputs>/mlflow.db")
     parser.add_argument("--out", help="output dir (default: <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/)")
     parser.add_argument("--resamples", type=int, default=10_000, help="bootstrap and permutation resamples")
@@ -266,9 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--margin {args.margin} is not allowed: the equivalence margin must be > 0 NDCG@10 (e.g. 0.01)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
+        uri, sweep_id, published_sweep_id = recorded_sweeps(args)
         result = compare(
-            args.tracking_uri,
-            sweep_id=args.sweep_id,
+            uri,
+            sweep_id=sweep_id,
             experiment=args.experiment,
             out_dir=args.out,
             n_resamples=args.resamples,
@@ -277,13 +312,14 @@ def main(argv: list[str] | None = None) -> int:
             margin=args.margin,
             cost=args.cost,
             target=args.target,
+            published_sweep_id=published_sweep_id,
         )
     except SweepNotFound as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(result["out_dir"])
     print((out / "report.md").read_text())
-    print(f"Report written to {out}/ ({', '.join(REPORT_FILES)})")
+    print(f"Report written to {out}/ ({', '.join(f for f in REPORT_FILES if (out / f).is_file())})")
     if not args.no_log:
         print(f"Logged on the sweep's parent run {result['parent_run_id']} under report/")
     if args.register is not None:

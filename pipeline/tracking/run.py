@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.adapter_configs import hyperparameters
 from pipeline.adapter_configs import run_name as method_run_name
-from pipeline.config import Method
+from pipeline.config import LossName, Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
 from pipeline.tracking.store import Store, _now_ms, end_killed, log_step, metric_name, open_store
@@ -41,17 +41,23 @@ SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNO
 METRIC = "nanobeir_mean_ndcg_at_10"  # the test metric: what the verdict compares
 SELECTION_METRIC = "dev_ndcg_at_10"  # the in-domain dev metric: what sweeps select on and Optuna maximises
 IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training evaluator's metrics
-RUN_ONLY = ("run.skip_finished", "run.force", "tracking.system_metrics")  # how to run, not what: not its identity
-RUN_ONLY_GROUPS = ("hub.",)  # publishing a result does not change it
+# how to run, not what: not its identity; nor a recipe's published numbers (`published`, None on a protocol run)
+RUN_ONLY = ("run.skip_finished", "run.force", "tracking.system_metrics", "published")
+RUN_ONLY_GROUPS = ("hub.", "published.")  # publishing a result does not change it
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
 
 def run_name(cfg: DictConfig) -> str:
-    """e.g. `lora-r16-a32-lr2e-4-s12`, `full-lr2e-5-s12`: the method, its hyper-parameters, learning rate and seed."""
+    """e.g. `lora-r16-a32-lr2e-4-s12`, `full-lr2e-5-s12`: the method, its hyper-parameters, learning rate and seed;
+    a loss other than the default after the rate (`-mnrl`), and `recipe-` first on a published-recipe run (a config
+    with `published` numbers: `recipe-lora-r64-a128-lr2e-5-mnrl-s42`), never confused with the protocol's runs."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     method = method_run_name(cfg.finetune)  # lora-r16-a32, dora-r8-a8, ia3, lokr-r8-a8-all-linear, full
-    return f"{method}-lr{short_float(cfg.train.lr)}-s{cfg.train.seed}"
+    loss = LossName(cfg.train.loss)
+    loss_part = "" if loss == LossName.cached_mnrl else f"-{loss.value}"
+    recipe = "recipe-" if cfg.get("published") is not None else ""
+    return f"{recipe}{method}-lr{short_float(cfg.train.lr)}{loss_part}-s{cfg.train.seed}"
 
 
 def short_float(x: float) -> str:
