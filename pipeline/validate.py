@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from pipeline.adapter_configs import ALL_LINEAR, SCHEMAS, Method, keys_of
 from pipeline.config import ConfigError, LossName, Precision, mini_batch_size
 from pipeline.evaluation.nanobeir import dataset_table
+from pipeline.graph import STAGE_NAMES  # what run.force may name
 from pipeline.hub_checks import check_hub, check_hub_push
 from pipeline.inputs import (
     DATA_FILE_BUILDERS,
@@ -30,17 +31,6 @@ NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
 
 
-STAGE_NAMES = (  # pipeline.dag's (a test checks)
-    "prepare_data",
-    "prepare_dev",
-    "baseline",
-    "dev_baseline",
-    "mine_negatives",
-    "finetune",
-    "evaluate",
-    "dev_evaluate",
-    "model_card",
-)
 AT_LEAST_ONE = (  # integer keys that must be >= 1 where set (None means "the default" for those that allow it)
     "model.max_seq_length",
     "train.eval_batch_size",

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -29,6 +29,7 @@ from pipeline.adapter_configs import hyperparameters
 from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import LossName, Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
+from pipeline.graph import require_every_stage
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
 from pipeline.tracking.store import Store, _now_ms, end_killed, log_step, metric_name, open_store
 from pipeline.tracking.system_metrics import system_metrics
@@ -172,7 +173,7 @@ class PipelineRun:
 
     def on_stage(self, output: StageOutput) -> None:
         self.client.set_tag(self.run_id, f"stage.{output.name}", output.status)
-        getattr(self, f"_log_{output.name}")(output)
+        STAGE_LOGS[output.name](self, output)
 
     def _log_prepare_data(self, output: StageOutput) -> None:
         r = output.result
@@ -274,6 +275,22 @@ class PipelineRun:
         metrics = [Metric(metric_name(k), float(v), _now_ms(), 0) for k, v in values.items()]
         for i in range(0, len(metrics), 500):  # log_batch takes at most 1000 entities
             self.client.log_batch(self.run_id, metrics=metrics[i : i + 500])
+
+
+# What each stage's result logs into the run: every stage of the table (pipeline.graph) has an entry, checked when this
+# module loads, so a stage added without one fails at import, not after it ran
+STAGE_LOGS: dict[str, Callable[[PipelineRun, StageOutput], None]] = {
+    "prepare_data": PipelineRun._log_prepare_data,
+    "prepare_dev": PipelineRun._log_prepare_dev,
+    "baseline": PipelineRun._log_baseline,
+    "dev_baseline": PipelineRun._log_dev_baseline,
+    "mine_negatives": PipelineRun._log_mine_negatives,
+    "finetune": PipelineRun._log_finetune,
+    "evaluate": PipelineRun._log_evaluate,
+    "dev_evaluate": PipelineRun._log_dev_evaluate,
+    "model_card": PipelineRun._log_model_card,
+}
+require_every_stage(STAGE_LOGS, "pipeline.tracking.run.STAGE_LOGS")
 
 
 class RunInterrupted(KeyboardInterrupt):
