@@ -213,6 +213,6 @@ def _status_line(name: str, status: str, key: str | None = None, seconds: float 
 
 
 def status_table(outputs: dict[str, StageOutput]) -> str:
-    rows = [f"{'stage':<14}{'status':<9}{'seconds':>9}  output"]
-    rows += [f"{o.name:<14}{o.status:<9}{o.seconds:>9.1f}  {o.dir}" for o in outputs.values()]
+    rows = [f"{'stage':<16}{'status':<9}{'seconds':>9}  output"]
+    rows += [f"{o.name:<16}{o.status:<9}{o.seconds:>9.1f}  {o.dir}" for o in outputs.values()]
     return "\n".join(rows)
