@@ -53,7 +53,7 @@ compare: ## report of the latest sweep (table with CIs and p-values, plots), log
 REPRODUCE_DIR := $(OUTPUTS)/multirun/reproduce-$(shell date +%Y-%m-%d_%H-%M-%S)
 reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, plain MNRL), then make decide on it (GPU + Hub)
 	$(BIN)/python -m pipeline -m experiment=paper_lora_mnrl,paper_full_mnrl hydra.sweep.dir=$(REPRODUCE_DIR)-recipe $(ARGS)
-	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 \
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=paper_lora finetune.r=64 finetune.alpha=128 finetune.target_modules=[query,value] \
 		hydra.sweeper.decide.enabled=true hydra.sweep.dir=$(REPRODUCE_DIR)-decide $(DECIDE_ARGS) $(ARGS)
 	$(BIN)/python -m pipeline.report --sweep-dir $(REPRODUCE_DIR)-decide --published-sweep-dir $(REPRODUCE_DIR)-recipe \
 		$(COMPARE_ARGS)
@@ -64,7 +64,8 @@ reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, pl
 MINI_DEV ?= data.dev_distractors=819
 MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
 reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
-	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=8,64 finetune.alpha=2r $(MINI_DEV) \
+	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=8,64 finetune.alpha=2r \
+		finetune.target_modules=[query,value] $(MINI_DEV) \
 		$(MINI_PROTOCOL) hydra.sweeper.decide.enabled=true hydra.sweeper.decide.ranks=true \
 		hydra.sweep.dir=$(REPRODUCE_DIR)-mini $(DECIDE_ARGS) $(ARGS)
 	$(BIN)/python -m pipeline.report --sweep-dir $(REPRODUCE_DIR)-mini --out docs/mini_paper $(COMPARE_ARGS)

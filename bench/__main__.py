@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import evaluation, overhead, profiling, speed, sweep_reuse, training
+from bench import evaluation, memory, overhead, profiling, speed, sweep_reuse, training
 from bench.common import DOC, MINILM, RESULTS, ROOT, BenchResult, machine_info, markdown_table, quiet, write_doc
 
 BENCHES = {
@@ -26,6 +26,7 @@ BENCHES = {
     "sweep_reuse": sweep_reuse.run,
     "speed": speed.run,
     "profile": profiling.run,
+    "memory": memory.run,
 }
 # --quick: every code path at the smallest sizes (a couple of minutes; the numbers mean little)
 QUICK = {
@@ -35,6 +36,7 @@ QUICK = {
     "sweep_reuse": {"jobs": 2, "steps": 1, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},
     "speed": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "steps": 2, "arms": "auto,tokens256,reference"},
     "profile": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "doc": RESULTS / "quick" / "profile_cpu.md"},
+    "memory": {"batch": 4, "seq": 32, "steps": 1, "decoder_hidden": 64, "decoder_layers": 2},
 }
 
 

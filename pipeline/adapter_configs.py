@@ -47,8 +47,8 @@ class FullFinetune(FinetuneConfig):
 
 @dataclass
 class AdapterFinetune(FinetuneConfig):
-    # None: peft's default for the architecture (BERT: query, value; IA3: key, value, output.dense);
-    # "all-linear": every linear layer; or a list of module names (matched as name suffixes)
+    # None: peft's default for the architecture (BERT: query, value; IA3: key, value, output.dense; all-linear where
+    # peft has none); "all-linear": every linear layer (the LoRA family's YAMLs); or module names (name suffixes)
     target_modules: Any = None
 
 
@@ -57,6 +57,9 @@ class LoraFinetune(AdapterFinetune):
     """peft.LoraConfig: W + (alpha / r) B A, with A (r x in) and B (out x r) trained, B zero at start."""
 
     method: Method = Method.lora
+    target_modules: Any = (
+        ALL_LINEAR  # the protocol's default (attention-only LoRA learns less: it would tilt the verdict)
+    )
     r: int = 8
     alpha: int = 8  # lora_alpha
     dropout: float = 0.0  # lora_dropout
@@ -89,6 +92,7 @@ class LoHaFinetune(AdapterFinetune):
     """peft.LoHaConfig: the update is the Hadamard product of two rank-r products, (B1 A1) * (B2 A2)."""
 
     method: Method = Method.loha
+    target_modules: Any = ALL_LINEAR
     r: int = 8
     alpha: int = 8
     rank_dropout: float = 0.0
@@ -100,6 +104,7 @@ class LoKrFinetune(AdapterFinetune):
     """peft.LoKrConfig: the update is a Kronecker product W1 (x) (B A) of a small full block and a low-rank one."""
 
     method: Method = Method.lokr
+    target_modules: Any = ALL_LINEAR
     r: int = 8
     alpha: int = 8
     rank_dropout: float = 0.0
@@ -191,6 +196,18 @@ REFUSED = {
 }
 
 
+def peft_default_targets(method: str, model_type: str | None) -> list[str]:
+    """peft's default target modules of `method` for an architecture (`ia3_feedforward`: IA3's feedforward modules);
+    [] where peft has none (then the pipeline targets all-linear). peft is imported here only, when called."""
+    import peft.utils.constants as peft_defaults
+
+    kind = "IA3_FEEDFORWARD_MODULES" if method == "ia3_feedforward" else f"{method.upper()}_TARGET_MODULES"
+    table = getattr(peft_defaults, f"TRANSFORMERS_MODELS_TO_{kind}_MAPPING", None)
+    if table is None:
+        table = peft_defaults.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # DoRA and rsLoRA are LoRA's
+    return list(table.get(model_type, []))
+
+
 def keys_of(method: str) -> set[str]:
     """The `finetune.*` keys a method has (`method` itself included)."""
     return {f.name for f in fields(SCHEMAS[Method(method)])}
@@ -208,7 +225,8 @@ def hyperparameters(ft) -> dict[str, Any]:
 
 
 def run_name(ft) -> str:
-    """`lora-r16-a32`, `dora-r8-a8`, `ia3`, `lokr-r8-a8-all-linear`, `full`."""
+    """`lora-r16-a32` (the method's default targets: all-linear), `lora-r64-a128-query+value`, `dora-r8-a8`, `ia3`
+    (peft's default), `ia3-all-linear`, `lora-r8-a8-peft-default`, `full`."""
     method = Method(ft.method).value
     parts = [method]
     keys = keys_of(method)
@@ -217,9 +235,13 @@ def run_name(ft) -> str:
     if "alpha" in keys:
         parts.append(f"a{ft.alpha}")
     targets = ft.target_modules if "target_modules" in keys else None
-    if targets is not None:
-        parts.append(targets if isinstance(targets, str) else "+".join(targets))
+    if "target_modules" in keys and targets != _default(method, "target_modules"):  # the method's default: unnamed
+        parts.append("peft-default" if targets is None else targets if isinstance(targets, str) else "+".join(targets))
     return "-".join(parts)
+
+
+def _default(method: str, key: str) -> Any:
+    return next(f.default for f in fields(SCHEMAS[Method(method)]) if f.name == key)
 
 
 def register_adapter_configs(store: ConfigStore) -> None:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline.config import ModelDtype, RunError
 from pipeline.dag import run_dag, status_table
-from pipeline.disk import DiskSpaceError
 from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.process import process_tags
@@ -84,6 +84,12 @@ def _run(cfg: DictConfig, store: Store) -> float | None:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {store.uri} (make ui)", file=sys.stderr)
+    if ModelDtype(cfg.model.dtype) != ModelDtype.float32:
+        print(
+            f"warning: model.dtype={ModelDtype(cfg.model.dtype).value}: both arms train without fp32 master weights, "
+            "so the comparison is not of the methods alone (a full fine-tune's small updates round away)",
+            file=sys.stderr,
+        )
     if cfg.model.trust_remote_code:
         print(f"warning: model.trust_remote_code=true runs code from {cfg.model.name} on this machine", file=sys.stderr)
     sweep = sweep_of_this_job()
@@ -100,7 +106,7 @@ def _run(cfg: DictConfig, store: Store) -> float | None:
                 tracked.on_pushed(pushed)
                 print(f"[pipeline] pushed to {pushed['commit_url']}", file=sys.stderr)
     except Exception as error:
-        if sweep is None and isinstance(error, DiskSpaceError):  # the disk: one line, no library traceback
+        if sweep is None and isinstance(error, RunError):  # no room, nothing trained: one line, no library traceback
             print(f"\nerror: {error}", file=sys.stderr)  # on a line of its own, below a progress bar
             sys.exit(1)
         if sweep is None:

@@ -29,6 +29,17 @@ class Precision(str, Enum):
     fp16 = "fp16"
 
 
+class ModelDtype(str, Enum):
+    """The dtype the model's weights load and train in (`torch_dtype`): whatever the checkpoint stores.
+
+    float32 keeps fp32 master weights in both arms: a full fine-tune's small updates do not round away in bf16 while
+    LoRA's zero-initialised B does not care (train.precision stays the autocast of the forward pass)."""
+
+    float32 = "float32"
+    bfloat16 = "bfloat16"  # both arms train without fp32 master weights: not a comparison of the methods alone
+    float16 = "float16"
+
+
 class EvalBackend(str, Enum):
     sentence_transformers = "sentence_transformers"  # NanoBEIREvaluator
     mteb = "mteb"  # mteb.evaluate on mteb's NanoBEIR tasks (pipeline.evaluation.mteb_backend)
@@ -49,6 +60,8 @@ class ModelConfig:
     revision: str | None = None
     max_seq_length: int | None = None  # None keeps the model's own limit
     trust_remote_code: bool = False
+    dtype: ModelDtype = ModelDtype.float32  # training and evaluation load the weights in this dtype (pipeline.models)
+    attn_implementation: str | None = None  # None: the library's default; sdpa, eager, flash_attention_2 when asked
     card_language: str = "en"
     card_license: str = "apache-2.0"
     card_model_name: str | None = None
@@ -110,6 +123,11 @@ class TrainConfig:
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     precision: Precision = Precision.auto
+    # Instruction prompts, one value for training and every evaluation (dev, NanoBEIR): "auto" the model's own (its
+    # query prompt on the question column, its document prompt on the answer and negative columns), "none", or
+    # {query: "...", document: "..."} (pipeline.models.prompts_of)
+    prompts: Any = "auto"
+    gradient_checkpointing: bool = False  # recompute activations in backward (non-reentrant): memory, not results
     eval_steps: int | None = None  # None: evaluate only at the end of training
     save_steps: int | None = 100  # checkpoint every N steps, to resume after a kill; None: no checkpoints
     save_total_limit: int = 2
@@ -198,6 +216,10 @@ def register_configs() -> None:
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     register_adapter_configs(store)
+
+
+class RunError(RuntimeError):
+    """A run that cannot start or go on (no room, nothing trained): the message is the one line the user sees."""
 
 
 class ConfigError(ValueError):

@@ -23,7 +23,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from pipeline.disk import check_disk, disk_full_fails_the_stage
+from pipeline.disk import check_disk, disk_full_fails_the_stage, local_model_dir
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
 from pipeline.graph import DAG as DAG  # the table and its graph, for pipeline.dag's callers
 from pipeline.graph import STAGES as STAGES
@@ -31,6 +31,7 @@ from pipeline.graph import Stage, inputs_of, require_every_stage, stages_until
 from pipeline.graph import forced_stages as forced_stages
 from pipeline.graph import runs as runs
 from pipeline.manifest import is_complete, read_result, write_manifest
+from pipeline.memory import check_memory
 from pipeline.stages.evaluate import (
     evaluate_baseline,
     evaluate_dev_baseline,
@@ -89,15 +90,19 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
 RUNNERS: dict[str, Callable[..., dict]] = {
     "prepare_data": lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
     "prepare_dev": lambda cfg, up, out, ctx: prepare_dev(cfg.data, up["prepare_data"].dir, out),
-    "baseline": lambda cfg, up, out, ctx: evaluate_baseline(cfg.model, cfg.eval, out, ctx.datasets_cache("eval")),
-    "dev_baseline": lambda cfg, up, out, ctx: evaluate_dev_baseline(cfg.model, cfg.eval, up["prepare_dev"].dir, out),
+    "baseline": lambda cfg, up, out, ctx: evaluate_baseline(
+        cfg.model, cfg.eval, cfg.train.prompts, out, ctx.datasets_cache("eval")
+    ),
+    "dev_baseline": lambda cfg, up, out, ctx: evaluate_dev_baseline(
+        cfg.model, cfg.eval, cfg.train.prompts, up["prepare_dev"].dir, out
+    ),
     "mine_negatives": lambda cfg, up, out, ctx: mine_negatives(cfg.model, cfg.data, up["prepare_data"].dir, out),
     "finetune": _finetune,
     "evaluate": lambda cfg, up, out, ctx: evaluate_finetuned(
-        cfg.model, cfg.eval, up["finetune"].dir, out, ctx.datasets_cache("eval")
+        cfg.model, cfg.eval, cfg.train.prompts, up["finetune"].dir, out, ctx.datasets_cache("eval")
     ),
     "dev_evaluate": lambda cfg, up, out, ctx: evaluate_dev_finetuned(
-        cfg.model, cfg.eval, up["prepare_dev"].dir, up["finetune"].dir, out
+        cfg.model, cfg.eval, cfg.train.prompts, up["prepare_dev"].dir, up["finetune"].dir, out
     ),
     "model_card": lambda cfg, up, out, ctx: model_card(
         cfg.model,
@@ -187,7 +192,9 @@ def run_dag(
     run_cfg = pinned_config(cfg, found)  # every Hub id at the SHA the keys were computed with
     forced = forced_stages(cfg.run.get("force"))
     if "finetune" in _to_compute(cfg, found, forced):
-        check_disk(cfg)  # before any model loads: the checkpoints and the model must fit under paths.outputs
+        model_dir = local_model_dir(cfg)  # its safetensors headers: sizes without loading it
+        check_disk(cfg, model_dir)  # before any model loads: the checkpoints and the model must fit under paths.outputs
+        check_memory(cfg, model_dir)  # and the weights, gradients, AdamW and activations must fit the device
     outputs: dict[str, StageOutput] = {}
     for stage in stages_until(cfg.run.until, cfg):
         upstream = {name: outputs[name] for name in inputs_of(stage, cfg)}

@@ -19,14 +19,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline.adapter_configs import METHODS, Method
+from pipeline.adapter_configs import METHODS, Method, peft_default_targets
+from pipeline.config import RunError
 
 FP32 = 4  # bytes: the Trainer keeps trainable weights and AdamW's states in fp32
 ADAMW_STATES = 2  # exp_avg and exp_avg_sq per trainable parameter
 NEARLY_FULL = 1 << 20  # bytes: a write that failed on a disk with less left than this failed for want of space
 
 
-class DiskSpaceError(RuntimeError):
+class DiskSpaceError(RunError):
     """A run that does not fit, or whose disk filled: its message is the one line to show."""
 
 
@@ -71,15 +72,9 @@ def weight_shapes(model_dir: Path) -> dict[str, list[int]]:
 
 def default_targets(method: str, model_dir: Path) -> list[str]:
     """peft's default target modules of `method` for the model's architecture (config.json's model_type)."""
-    import peft.utils.constants as peft_defaults
-
     configs = [json.loads(p.read_text()) for p in sorted(model_dir.rglob("config.json"))]
     model_type = next((c["model_type"] for c in configs if "model_type" in c), None)
-    kind = "IA3_FEEDFORWARD_MODULES" if method == "ia3_feedforward" else f"{method.upper()}_TARGET_MODULES"
-    table = getattr(peft_defaults, f"TRANSFORMERS_MODELS_TO_{kind}_MAPPING", None)
-    if table is None:
-        table = peft_defaults.TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING  # DoRA and rsLoRA are LoRA's
-    return list(table.get(model_type, []))
+    return peft_default_targets(method, model_type)
 
 
 def trainable_count(shapes: dict[str, list[int]], finetune: DictConfig, model_dir: Path) -> int:
@@ -89,15 +84,21 @@ def trainable_count(shapes: dict[str, list[int]], finetune: DictConfig, model_di
     per_weight = METHODS[Method(finetune.method)].per_weight
     if per_weight is None:  # the full fine-tune
         return sum(math.prod(shape) for shape in shapes.values())
-    targets = finetune.get("target_modules") or default_targets(finetune.method, model_dir)
-    linear = {n[: -len(".weight")]: s for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2}
-    linear = {n: s for n, s in linear.items() if "embeddings" not in n}
-    chosen = {n: s for n, s in linear.items() if isinstance(targets, str) or _matches(n, targets)}  # str: all-linear
+    chosen = adapted_weights(shapes, finetune, model_dir)
     feedforward = []  # IA3's: a scale per input, not per output
     if "feedforward_modules" in finetune:
         feedforward = finetune.feedforward_modules or default_targets("ia3_feedforward", model_dir)
     rank = finetune.get("r", 8)
     return sum(per_weight(out, inp, rank, _matches(n, feedforward)) for n, (out, inp) in chosen.items())
+
+
+def adapted_weights(shapes: dict[str, list[int]], finetune: DictConfig, model_dir: Path) -> dict[str, list[int]]:
+    """The 2-D weights an adapter method targets, by module name: (out, in). Targets null: peft's default for the
+    architecture, all-linear where it has none; all-linear: every Linear layer but the embeddings."""
+    targets = finetune.get("target_modules") or default_targets(finetune.method, model_dir) or "all-linear"
+    linear = {n[: -len(".weight")]: s for n, s in shapes.items() if n.endswith(".weight") and len(s) == 2}
+    linear = {n: s for n, s in linear.items() if "embeddings" not in n}
+    return {n: s for n, s in linear.items() if isinstance(targets, str) or _matches(n, targets)}  # str: all-linear
 
 
 def _matches(module: str, targets) -> bool:
@@ -126,14 +127,18 @@ def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
     return Estimate(weights, weights + ADAMW_STATES * FP32 * trainable, checkpoints)
 
 
-def check_disk(cfg: DictConfig) -> None:
-    """Raise a one-line `DiskSpaceError` when the fine-tune's estimate does not fit the free space under
-    paths.outputs; say nothing when the model's weights cannot be read without loading it."""
+def local_model_dir(cfg: DictConfig) -> Path | None:
+    """The base model's files on this machine: a local dir, the packaged copy, or the Hub cache's snapshot (None)."""
     from pipeline.fingerprint import cached_snapshot
     from pipeline.models import model_source
 
     source = Path(model_source(cfg.model.name))
-    model_dir = source if source.is_dir() else cached_snapshot(cfg.model.name, "model", cfg.model.revision)
+    return source if source.is_dir() else cached_snapshot(cfg.model.name, "model", cfg.model.revision)
+
+
+def check_disk(cfg: DictConfig, model_dir: Path | None) -> None:
+    """Raise a one-line `DiskSpaceError` when the fine-tune's estimate does not fit the free space under
+    paths.outputs; say nothing when the model's weights cannot be read without loading it (`model_dir` None)."""
     need = estimate(cfg, model_dir) if model_dir is not None else None
     if need is None:
         return

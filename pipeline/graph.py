@@ -31,6 +31,7 @@ _NOT_WEIGHTS = (  # train keys that do not change the trained weights
     "eval_batch_size",  # only the in-training evaluation loss
     "mini_batch_size",  # CachedMNRL's gradient cache: the same gradients in less memory
     "precision",  # replaced by the resolved precision (auto -> bf16 / fp16 / fp32)
+    "gradient_checkpointing",  # activations recomputed in backward: the same gradients in less memory
 )
 
 
@@ -80,6 +81,11 @@ def nanobeir(values: Values) -> Values:
     return {**scored, "device": device_and_precision()[0]}
 
 
+def prompts(values: Values) -> Values:
+    """An evaluation reads one training key: the prompts it encodes queries and documents with (as training did)."""
+    return {"prompts": values["prompts"]}
+
+
 def dev_encoding(values: Values) -> Values:
     """The dev set is upstream (prepare_dev's key): only how it is encoded."""
     return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}
@@ -122,13 +128,14 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "baseline",
-        keys={"model": model_loaded, "eval": nanobeir},
+        keys={"model": model_loaded, "eval": nanobeir, "train": prompts},
         inputs=(),
         code=("pipeline.stages.evaluate",),
     ),
     Stage(
         "dev_baseline",
-        keys={"model": model_loaded, "eval": dev_encoding},  # the dev set is prepare_dev's output: its key is upstream
+        # the dev set is prepare_dev's output: its key is upstream
+        keys={"model": model_loaded, "eval": dev_encoding, "train": prompts},
         inputs=("prepare_dev",),
         code=("pipeline.stages.evaluate",),
         reads=("model",),  # eval: its batch size only, not the NanoBEIR sets
@@ -151,13 +158,13 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "evaluate",
-        keys={"model": model_loaded, "eval": lambda v: {**nanobeir(v), "precision": v["precision"]}},
+        keys={"model": model_loaded, "eval": lambda v: {**nanobeir(v), "precision": v["precision"]}, "train": prompts},
         inputs=("finetune",),
         code=("pipeline.stages.evaluate",),
     ),
     Stage(
         "dev_evaluate",
-        keys={"model": model_loaded, "eval": dev_encoding},
+        keys={"model": model_loaded, "eval": dev_encoding, "train": prompts},
         inputs=("prepare_dev", "finetune"),
         code=("pipeline.stages.evaluate",),
         reads=("model",),

@@ -81,14 +81,38 @@ def _meminfo_bytes(key: str) -> int:
 
 
 def activation_bytes_per_token(model, seq_len: int, dtype_bytes: int) -> float:
-    """Activation memory a transformer keeps for backward, per token of a sequence of `seq_len`: Korthikanti et al.
-    (2022, eq. 2) per layer, sbh(34 + 5as/h) bytes at 2-byte activations, scaled to `dtype_bytes`, times
-    `ESTIMATE_MARGIN`."""
+    """Activation memory a transformer keeps for backward, per token of a sequence of `seq_len` (`activation_bytes`
+    for the loaded model's config)."""
     config = model[0].auto_model.config
-    hidden = getattr(config, "hidden_size", 768)
-    layers = getattr(config, "num_hidden_layers", 12)
-    heads = getattr(config, "num_attention_heads", max(1, hidden // 64))
-    return ESTIMATE_MARGIN * layers * hidden * (34 + 5 * heads * seq_len / hidden) * dtype_bytes / 2
+    arch = architecture_of(config.to_dict(), getattr(config, "_attn_implementation", None), model.device.type)
+    gated = any(name.endswith("gate_proj") for name, _ in model[0].auto_model.named_modules())
+    return activation_bytes(arch, seq_len, dtype_bytes, gated)
+
+
+def architecture_of(config: dict, attn_implementation: str | None, device: str) -> dict:
+    """What the activation estimate reads of a transformers config (a config.json's dict): widths, layers, heads, and
+    whether attention keeps its s x s probabilities for backward. Eager attention does; SDPA's fused kernels keep a
+    log-sum-exp instead, except on CPU with attention dropout, where SDPA falls back to its math path."""
+    hidden = config.get("hidden_size", config.get("d_model", 768))
+    dropout = config.get("attention_probs_dropout_prob", config.get("attention_dropout", 0.0)) or 0.0
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": config.get("num_hidden_layers", 12),
+        "num_attention_heads": config.get("num_attention_heads", max(1, hidden // 64)),
+        "intermediate_size": config.get("intermediate_size", 4 * hidden),
+        "scores_kept": attn_implementation == "eager" or (device == "cpu" and dropout > 0),
+    }
+
+
+def activation_bytes(arch: dict, seq_len: int, dtype_bytes: int, gated: bool = False) -> float:
+    """Korthikanti et al. (2022, eq. 2) per layer and token, sbh(34 + 5as/h) bytes at 2-byte activations, written for
+    any MLP width I: attention and layer norms 15h + 5as (5as only where attention keeps its probabilities:
+    `architecture_of`), the MLP 3h + 4I (8I when gated, as SwiGLU: gate, up, their activation and product), which is
+    34h at I = 4h; scaled to `dtype_bytes`, times `ESTIMATE_MARGIN`."""
+    hidden, heads = arch["hidden_size"], arch["num_attention_heads"]
+    mlp = 3 * hidden + (8 if gated else 4) * arch["intermediate_size"]
+    per_layer = 15 * hidden + mlp + (5 * heads * seq_len if arch.get("scores_kept", True) else 0)
+    return ESTIMATE_MARGIN * arch["num_hidden_layers"] * per_layer * dtype_bytes / 2
 
 
 class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):

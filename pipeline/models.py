@@ -78,6 +78,47 @@ def device_name(device: str) -> str:
     return platform.processor() or platform.machine()
 
 
+def model_kwargs(model_cfg: ModelConfig) -> dict:
+    """What `AutoModel.from_pretrained` gets, in training and in every evaluation alike: the weights' dtype (transformers
+    5 would keep the checkpoint's, bf16 for most current embedders) and the attention implementation when asked."""
+    import torch
+
+    from pipeline.config import ModelDtype
+
+    kwargs = {"dtype": getattr(torch, ModelDtype(model_cfg.dtype).value)}
+    if model_cfg.attn_implementation:
+        kwargs["attn_implementation"] = model_cfg.attn_implementation
+    return kwargs
+
+
+PROMPT_NAMES = {  # the model's own prompt for each side, by the names sentence-transformers' encode_* look up
+    "query": ("query",),
+    "document": ("document", "passage", "corpus"),  # encode_document's order
+}
+
+
+def prompts_of(setting, model: SentenceTransformer) -> dict[str, str]:
+    """`train.prompts` resolved for `model`: {"query": ..., "document": ...}, the strings that training prepends to the
+    question and to the answer (and negative) columns and that every evaluator passes as query and corpus prompts.
+
+    "auto": the model's own prompts (`model.prompts`, from its config_sentence_transformers.json), "" where it has
+    none; "none": no prompt; a mapping {query, document}: those strings. Validation refused anything else."""
+    if setting == "none":
+        return {"query": "", "document": ""}
+    if setting == "auto":
+        own = model.prompts or {}
+        return {side: next((own[n] for n in names if own.get(n)), "") for side, names in PROMPT_NAMES.items()}
+    return {side: str(setting.get(side) or "") for side in PROMPT_NAMES}
+
+
+def training_prompts(prompts: dict[str, str], columns: list[str]) -> dict[str, str] | None:
+    """The trainer's `prompts` argument: the query prompt on the first column (the question), the document prompt on
+    every other (the answer, the negatives); None where both are empty."""
+    by_column = {column: prompts["query" if i == 0 else "document"] for i, column in enumerate(columns)}
+    by_column = {column: prompt for column, prompt in by_column.items() if prompt}
+    return by_column or None
+
+
 def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = False) -> SentenceTransformer:
     """The base model (`path` None), a saved full fine-tune, or a saved LoRA adapter on the base model.
 
@@ -102,6 +143,7 @@ def load_model(model_cfg: ModelConfig, path: str | None = None, merge: bool = Fa
         path or model_source(model_cfg.name),
         revision=None if path else model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
+        model_kwargs=model_kwargs(model_cfg),
     )
     if model_cfg.max_seq_length:
         model.max_seq_length = model_cfg.max_seq_length

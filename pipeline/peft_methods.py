@@ -15,7 +15,7 @@ from peft import PeftConfig, TaskType
 from peft.utils.constants import TRANSFORMERS_MODELS_TO_IA3_FEEDFORWARD_MODULES_MAPPING
 from torch import nn
 
-from pipeline.adapter_configs import ALL_LINEAR, METHODS, Method
+from pipeline.adapter_configs import ALL_LINEAR, METHODS, Method, peft_default_targets
 
 # peft types whose adapters `merge_and_unload()` folds into the base weights (checked by tests/test_adapter_methods.py
 # and by `python -m pipeline.tools.method_table`, which merges each method and compares embeddings)
@@ -25,7 +25,7 @@ MERGEABLE = {info.peft_type for info in METHODS.values() if info.mergeable}  # L
 def peft_config(ft, model: nn.Module) -> PeftConfig:
     """The PeftConfig of `ft` (a finetune config of an adapter method) for `model` (the transformers model)."""
     method = Method(ft.method)
-    targets = _targets(ft.target_modules)
+    targets = _targets(ft.target_modules, method, model)
     common = {"task_type": TaskType.FEATURE_EXTRACTION, "inference_mode": False, "target_modules": targets}
     info = METHODS[method]  # the method's peft class and arguments
     if info.peft_class is None:
@@ -41,10 +41,12 @@ def peft_config(ft, model: nn.Module) -> PeftConfig:
     return getattr(peft, info.peft_class)(**options, **common)
 
 
-def _targets(value):
-    if value is None or isinstance(value, str):
-        return value  # None: peft's default for the architecture; "all-linear"
-    return list(value)
+def _targets(value, method: Method, model: nn.Module):
+    """The targets as peft takes them: a list, "all-linear", or None for peft's default for the architecture, which
+    becomes all-linear where peft has none (ModernBERT in peft 0.21): a run, not a peft error."""
+    if value is None:
+        return None if peft_default_targets(method.value, model.config.model_type) else ALL_LINEAR
+    return value if isinstance(value, str) else list(value)
 
 
 def _matches(name: str, suffix: str) -> bool:

@@ -157,6 +157,23 @@ def _check_train(cfg: DictConfig) -> None:
         raise ConfigError(f"train.warmup_ratio={train.warmup_ratio} is not allowed: must be in [0, 1)")
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} is not allowed: must be > 0")
+    _check_prompts(train.prompts)
+
+
+def _check_prompts(value) -> None:
+    """auto, none, or {query: ..., document: ...} (strings; a side left out gets no prompt)."""
+    if value in ("auto", "none"):
+        return
+    if (
+        OmegaConf.is_dict(value)
+        and set(value) <= {"query", "document"}
+        and all(isinstance(v, str) or v is None for v in value.values())
+    ):
+        return
+    raise ConfigError(
+        f"train.prompts={value} is not allowed: use auto (the model's own prompts), none, or "
+        '{query:"...",document:"..."}'
+    )
 
 
 def _check_data(cfg: DictConfig) -> None:
@@ -287,7 +304,32 @@ def _check_eval(cfg: DictConfig) -> None:
         )
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def _check_attn_implementation(value: str | None) -> None:
+    """One of transformers' attention implementations, and one this machine can run."""
+    if value is None:
+        return
+    if value not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"model.attn_implementation={value} is not allowed: use null (the library's default) or one of "
+            f"{', '.join(ATTN_IMPLEMENTATIONS)}"
+        )
+    if value.startswith("flash_attention"):
+        import torch
+        from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+        available = is_flash_attn_2_available() if value.endswith("2") else is_flash_attn_3_available()
+        if not (torch.cuda.is_available() and available):
+            raise ConfigError(
+                f"model.attn_implementation={value} is not available here (it needs a CUDA GPU and the flash-attn "
+                "package): use null or sdpa"
+            )
+
+
 def _check_model(cfg: DictConfig) -> None:
+    _check_attn_implementation(cfg.model.attn_implementation)
     name = cfg.model.name
     local = model_source(name)
     if os.path.isdir(local):

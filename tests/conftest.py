@@ -186,3 +186,17 @@ def _offline(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("PIPELINE_OUTPUTS", str(ROOT / "outputs"))
+
+
+def build_tiny_decoder(path: Path, dtype: str = "bfloat16", prompts: dict[str, str] | None = None) -> Path:
+    """A 2-layer, 64-wide Qwen3 with last-token pooling and query/document prompts, saved in bf16 (current embedders'
+    shape, pipeline.tools.tiny_models)."""
+    from pipeline.tools.tiny_models import build_decoder
+
+    return build_decoder(path, dtype=dtype, prompts=prompts)
+
+
+def build_tiny_modernbert(path: Path) -> Path:
+    from pipeline.tools.tiny_models import build_modernbert
+
+    return build_modernbert(path)

@@ -119,7 +119,8 @@ def test_all_linear_targets_every_linear_layer(method, tiny_model, tiny_qa, tiny
     config = model.transformers_model.peft_config["default"]
     if method == "ia3":  # peft's BERT default for feedforward (output.dense), among every linear layer
         assert config.feedforward_modules == {n for n in linear if n.endswith("output.dense")}
-    assert run_name(cfg.finetune).endswith("-all-linear") and run_name(cfg.finetune).startswith(method)
+    expected = method if method == "ia3" else f"{method}-r4-a8"  # all-linear: the LoRA family's default, unnamed
+    assert run_name(cfg.finetune) == (f"{expected}-all-linear" if method == "ia3" else expected)
 
 
 def test_run_names_and_schemas(tiny_model, tiny_qa, tiny_nanobeir, tmp_path):

@@ -64,7 +64,7 @@ def test_a_disk_that_fills_fails_the_run_in_one_line_and_leaves_no_cache_entry(
     from pipeline.app import run
     from tests.conftest import compose_config
 
-    monkeypatch.setattr(dag, "check_disk", lambda cfg: None)  # the estimate would stop it: the disk fills anyway
+    monkeypatch.setattr(dag, "check_disk", lambda cfg, model_dir: None)  # the estimate would stop it: the disk fills
     outputs = small_disk / "outputs"
     cfg = compose_config(full_finetune(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, outputs))
     with pytest.raises(SystemExit) as exit_:

@@ -42,7 +42,7 @@ LORA = {
     "finetune.r": 64,
     "finetune.alpha": 128,
     "finetune.dropout": 0.1,
-    "finetune.target_modules": None,
+    "finetune.target_modules": ["query", "value"],  # the recipe's: peft's BERT default, not the protocol's all-linear
 }
 
 
@@ -61,8 +61,8 @@ def _values(cfg, keys):
     "experiment, expected",
     [
         (
-            "paper_lora",
-            {**PAPER, **LORA, "model.card_model_name": None},  # named by method: one experiment serves both arms
+            "paper_lora",  # named by method: one experiment serves both arms; a sweep's command line gives the targets
+            {**PAPER, **LORA, "finetune.target_modules": "all-linear", "model.card_model_name": None},
         ),
         (
             "paper_full",
@@ -93,7 +93,7 @@ def test_lora_with_default_targets_adapts_query_and_value(tiny_model):
     from peft import LoraConfig, TaskType
     from sentence_transformers import SentenceTransformer
 
-    cfg = compose_config(["experiment=paper_lora"])
+    cfg = compose_config(["experiment=paper_lora_mnrl"])
     model = SentenceTransformer(str(tiny_model))
     target = list(cfg.finetune.target_modules) if cfg.finetune.target_modules else None
     model.add_adapter(LoraConfig(task_type=TaskType.FEATURE_EXTRACTION, r=4, lora_alpha=8, target_modules=target))
@@ -103,6 +103,15 @@ def test_lora_with_default_targets_adapts_query_and_value(tiny_model):
         if name.endswith(("query", "value", "key", "dense")) and any("lora_A" in n for n, _ in _.named_children())
     }
     assert adapted == {"query", "value"}
+
+
+def test_the_reproductions_train_the_recipes_lora_targets():
+    """paper_lora and mini_paper_lora serve both arms of a sweep (a full job cannot take finetune.* keys from them):
+    make reproduce and make reproduce-mini give the recipe's targets on their command lines, where full jobs drop them."""
+    makefile = (ROOT / "Makefile").read_text()
+    for target in ("reproduce:", "reproduce-mini:"):
+        recipe = makefile.split("\n" + target, 1)[1].split("\n\n", 1)[0]
+        assert "finetune.target_modules=[query,value]" in recipe, target
 
 
 @pytest.mark.parametrize("experiment", ["mini_paper_lora", "mini_paper_full", "demo"])

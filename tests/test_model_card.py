@@ -32,6 +32,9 @@ TRAINED = {
     "weights_mb": 0.1,
     "device": "cpu",
     "precision": "fp32",
+    "dtype": "float32",
+    "trainable_dtype": "float32",
+    "prompts": {"query": "Instruct: find\nQuery: ", "document": ""},
     "target_modules": ["query", "value"],
 }
 BASELINE = {"ndcg_at_10": 0.5, "per_dataset_ndcg_at_10": {"scifact": 0.5}}
@@ -150,3 +153,9 @@ def test_a_reused_fine_tunes_card_gets_this_runs_card_text(tmp_path, tiny_cfg):
     assert "language:\n- de\n" in card and "license: mit\n" in card and "# Mein Adapter\n" in card
     assert "- en\n" not in card and "apache-2.0" not in card and "finetuned on qa pairs" not in card
     assert "c" * 40 in card  # the base model's pinned revision
+
+
+def test_the_card_says_the_trained_dtype_and_the_prompts(tmp_path):
+    card, _ = _card(tmp_path, ModelConfig(name="org/model"), Method.lora)
+    assert "| Trained weights' dtype | float32 (loaded as `model.dtype=float32`) |" in card.text
+    assert "| Prompts (training and evaluation) | query: `'Instruct: find\\nQuery: '` |" in card.text

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from pipeline.config import register_configs
 from pipeline.dag import inputs_of, stage_key, stages_until
@@ -25,7 +26,11 @@ with initialize_config_dir(str(CONF), version_base=None):
         for method in methods:
             base = ([f"experiment={experiment}"] if experiment else []) + ([f"finetune={method}"] if method else [])
             for extra in ([], ["train.max_steps=null"], ["train.precision=bf16"]):
-                cfg = compose("config", overrides=base + extra)
+                try:
+                    cfg = compose("config", overrides=base + extra)
+                except ConfigCompositionException as error:  # a LoRA recipe's targets on another method: no config
+                    print(f"skipped {' '.join(base + extra)}: {str(error).splitlines()[0]}")
+                    continue
                 keys: dict[str, str] = {}
                 for stage in stages_until(None, cfg):
                     keys[stage.name] = stage_key(stage, cfg, {n: keys[n] for n in inputs_of(stage, cfg)}, FOUND)

@@ -73,8 +73,9 @@ def load_dev_set(data_dir: Path) -> dict:
     return json.loads((data_dir / DEV_FILE).read_text())
 
 
-def dev_evaluator(dev: dict, batch_size: int, **kwargs):
-    """sentence-transformers' InformationRetrievalEvaluator on the dev set (NDCG@10 is its primary metric)."""
+def dev_evaluator(dev: dict, batch_size: int, prompts: dict[str, str] | None = None, **kwargs):
+    """sentence-transformers' InformationRetrievalEvaluator on the dev set (NDCG@10 is its primary metric), with the
+    query and document prompts training used (None: the model's own)."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(
@@ -84,17 +85,19 @@ def dev_evaluator(dev: dict, batch_size: int, **kwargs):
         batch_size=batch_size,
         name="dev",
         write_csv=False,
+        query_prompt=prompts["query"] if prompts else None,
+        corpus_prompt=prompts["document"] if prompts else None,
         **kwargs,
     )
 
 
-def evaluate_dev(model, data_dir: Path, out: Path, batch_size: int) -> dict:
+def evaluate_dev(model, data_dir: Path, out: Path, batch_size: int, prompts: dict[str, str] | None = None) -> dict:
     """Dev NDCG@10 of `model` (mean and per query, pytrec_eval on the evaluator's own ranking); writes metrics.json
     and per_query.json under `out`."""
     from pipeline.evaluation.st_backend import per_query_ndcg10
 
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = dev_evaluator(load_dev_set(data_dir), batch_size, write_predictions=True)
+    evaluator = dev_evaluator(load_dev_set(data_dir), batch_size, prompts, write_predictions=True)
     metrics = evaluator(model, output_path=str(out))
     score_function = evaluator.primary_metric[len("dev_") :].split("_ndcg@")[0]
     ndcg = metrics[evaluator.primary_metric]

@@ -20,8 +20,11 @@ from pipeline.evaluation.nanobeir import dataset_table
 from pipeline.fingerprint import datasets_cache
 
 
-def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
+def build_evaluator(eval_cfg: EvalConfig, prompts: dict[str, str] | None = None, **kwargs) -> NanoBEIREvaluator:
     """NanoBEIREvaluator on the Hub's NanoBEIR-en (or a local dir in its layout) for the configured datasets.
+
+    `prompts`: {"query": ..., "document": ...} as training used them (`pipeline.models.prompts_of`; "" is no prompt);
+    None: the model's own prompts, the evaluator's default.
 
     A local dir may hold sets beyond NanoBEIR's 13 (the offline demo's `pydocs`): their names are registered with
     the evaluator's name table, which is how it finds a dataset's `Nano<Name>` split.
@@ -32,6 +35,8 @@ def build_evaluator(eval_cfg: EvalConfig, **kwargs) -> NanoBEIREvaluator:
         dataset_names=list(eval_cfg.datasets) if eval_cfg.datasets else None,
         dataset_id=eval_cfg.dataset_id,
         batch_size=eval_cfg.batch_size,
+        query_prompts=prompts["query"] if prompts else None,  # a string: every dataset's queries
+        corpus_prompts=prompts["document"] if prompts else None,
         **kwargs,
     )
 
@@ -42,20 +47,24 @@ def evaluate(
     out: Path,
     cache_dir: Path | None = None,
     evaluator: NanoBEIREvaluator | None = None,
+    prompts: dict[str, str] | None = None,
 ) -> dict:
     """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers.
 
     `evaluator`: one built by `build_evaluator(eval_cfg, write_predictions=True)`, to reuse across models.
     `eval_cfg.backend=mteb`: the same numbers and files through mteb (`pipeline.evaluation.mteb_backend`).
+    `prompts`: the query and document prompts training used (see `build_evaluator`).
     """
     if EvalBackend(getattr(eval_cfg, "backend", EvalBackend.sentence_transformers)) == EvalBackend.mteb:
         from pipeline.evaluation.mteb_backend import evaluate_mteb
 
+        if prompts is not None:  # mteb encodes through encode_query / encode_document: the model's own prompts
+            model.prompts = {**model.prompts, **prompts}
         return evaluate_mteb(model, eval_cfg, out, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         with datasets_cache(cache_dir) if cache_dir else nullcontext():
-            evaluator = build_evaluator(eval_cfg, write_predictions=True)  # ranked lists, for per-query scores
+            evaluator = build_evaluator(eval_cfg, prompts, write_predictions=True)  # ranked lists, for per-query scores
     metrics = evaluator(model, output_path=str(out))
     # e.g. "NanoBEIR_mean_cosine_ndcg@10": the model's own similarity function
     primary = evaluator.primary_metric
@@ -76,6 +85,7 @@ def evaluate(
         "ndcg_at_10": metrics[primary],
         "per_dataset_ndcg_at_10": per_dataset,
         "score_function": score_function,
+        "prompts": prompts,  # None: the model's own
         "dataset_id": eval_cfg.dataset_id,
         "queries": {k: len(v) for k, v in per_query.items()},
         "backend": EvalBackend.sentence_transformers.value,

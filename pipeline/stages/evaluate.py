@@ -12,32 +12,39 @@ from pipeline.config import EvalConfig, ModelConfig
 from pipeline.evaluation.dev import evaluate_dev
 from pipeline.evaluation.precision import merged_for, scoring_precision
 from pipeline.evaluation.st_backend import evaluate
-from pipeline.models import load_model
+from pipeline.models import load_model, prompts_of
 
 
-def evaluate_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, out: Path, cache_dir: Path | None = None) -> dict:
-    """The base model before any training: the reference every fine-tune is compared with."""
-    return evaluate(load_model(model_cfg), eval_cfg, out, cache_dir)
+def evaluate_baseline(
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, out: Path, cache_dir: Path | None = None
+) -> dict:
+    """The base model before any training: the reference every fine-tune is compared with.
+
+    `prompts`: train.prompts, resolved against the loaded model as training resolves it (`prompts_of`): every
+    evaluation encodes queries and documents with the prompts the fine-tunes trained with."""
+    model = load_model(model_cfg)
+    return evaluate(model, eval_cfg, out, cache_dir, prompts=prompts_of(prompts, model))
 
 
 def evaluate_finetuned(
-    model_cfg: ModelConfig, eval_cfg: EvalConfig, finetune_dir: Path, out: Path, cache_dir: Path | None = None
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, finetune_dir: Path, out: Path, cache_dir: Path | None = None
 ) -> dict:
     """The fine-tuned model (full) or base + adapter merged (LoRA), loaded from the finetune stage's output, scored in
     fp32 or under bf16 autocast (eval.precision; an adapter then stays attached, as in a training script's memory)."""
     model = load_model(model_cfg, str(finetune_dir / "model"), merge=merged_for(eval_cfg.precision))
     with scoring_precision(eval_cfg.precision, model.device):
-        return evaluate(model, eval_cfg, out, cache_dir)
+        return evaluate(model, eval_cfg, out, cache_dir, prompts=prompts_of(prompts, model))
 
 
-def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, dev_dir: Path, out: Path) -> dict:
+def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, out: Path) -> dict:
     """The base model on the in-domain dev set (prepare_dev's output: the pairs prepare_data held out)."""
-    return evaluate_dev(load_model(model_cfg), dev_dir, out, eval_cfg.batch_size)
+    model = load_model(model_cfg)
+    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model))
 
 
 def evaluate_dev_finetuned(
-    model_cfg: ModelConfig, eval_cfg: EvalConfig, dev_dir: Path, finetune_dir: Path, out: Path
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, finetune_dir: Path, out: Path
 ) -> dict:
     """The fine-tuned model (LoRA merged) on the same dev set."""
     model = load_model(model_cfg, str(finetune_dir / "model"), merge=True)
-    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size)
+    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model))

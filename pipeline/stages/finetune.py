@@ -35,6 +35,8 @@ from pipeline.config import (
     LossName,
     Method,
     ModelConfig,
+    ModelDtype,
+    RunError,
     TrainConfig,
     mini_batch_size,
 )
@@ -42,7 +44,15 @@ from pipeline.console import CompactProgress
 from pipeline.evaluation.st_backend import build_evaluator
 from pipeline.fingerprint import datasets_cache
 from pipeline.losses import AutoCachedMNRL
-from pipeline.models import adapter_facts, device_and_precision, load_model, model_source
+from pipeline.models import (
+    adapter_facts,
+    device_and_precision,
+    load_model,
+    model_kwargs,
+    model_source,
+    prompts_of,
+    training_prompts,
+)
 from pipeline.peft_methods import peft_config, save_adapter_fixes
 from pipeline.stages.model_card import card_values
 
@@ -70,30 +80,37 @@ def finetune(
         trust_remote_code=model_cfg.trust_remote_code,
         device=device,
         model_card_data=SentenceTransformerModelCardData(**card),
+        model_kwargs=model_kwargs(model_cfg),  # model.dtype (fp32 master weights by default), attn_implementation
     )
     if model_cfg.max_seq_length:
         model.max_seq_length = model_cfg.max_seq_length
     total_params = sum(p.numel() for p in model.parameters())
+    prompts = prompts_of(train.prompts, model)  # the strings every evaluator prepends too
 
     # 3. Create an adapter (LoraConfig, IA3Config, ... from finetune.method) & add it (the full arm trains every weight)
     if adapter:
         model.add_adapter(peft_config(ft, model.transformers_model))
+    initial_adapter = {k: v.detach().clone() for k, v in model.get_adapter_state_dict().items()} if adapter else {}
     trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    # 4. Load the prepared (question, answer) pairs
+    # 4. Load the prepared (question, answer[, negatives]) rows; a few of them probe whether training changed anything
     dataset = load_from_disk(str(data_dir / "dataset"))
     train_dataset, eval_dataset = dataset["train"], dataset["eval"]
+    probe = probe_texts(train_dataset)
+    initial_embeddings = model.encode(probe, convert_to_tensor=True)  # every adapter here starts as the identity
 
     # 5. Define a loss function: in-batch negatives
     mini_batch = mini_batch_size(train.mini_batch_size)
     if train.loss == LossName.cached_mnrl and mini_batch is None:  # auto: cache only where memory needs it
-        loss = AutoCachedMNRL(model, dtype_bytes=4 if precision == "fp32" else 2)
+        fp32 = precision == "fp32" and ModelDtype(model_cfg.dtype) == ModelDtype.float32  # activations' width
+        loss = AutoCachedMNRL(model, dtype_bytes=4 if fp32 else 2)
     elif train.loss == LossName.cached_mnrl:
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch)
     else:
         loss = MultipleNegativesRankingLoss(model)
 
     # 6. Specify training arguments
+    column_prompts = training_prompts(prompts, train_dataset.column_names)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=train.epochs,
@@ -113,6 +130,9 @@ def finetune(
         logging_steps=train.logging_steps,
         logging_first_step=True,
         seed=train.seed,
+        prompts=column_prompts,  # the query prompt on questions, the document prompt on answers and negatives
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant would leave LoRA untrained (peft #1142)
         dataloader_pin_memory=device == "cuda",  # pinning only helps host-to-GPU copies
         report_to="none",  # tracking is the pipeline's (MLflow), through `callbacks`
     )
@@ -121,7 +141,7 @@ def finetune(
     evaluator = None
     if eval_cfg.during_training and train.eval_steps:
         with datasets_cache(cache_dir) if cache_dir else nullcontext():
-            evaluator = build_evaluator(eval_cfg)
+            evaluator = build_evaluator(eval_cfg, prompts)
 
     # 8. Create a trainer & train (resuming from the last checkpoint of an interrupted run)
     trainer = SentenceTransformerTrainer(
@@ -137,6 +157,8 @@ def finetune(
         trainer.add_callback(CompactProgress)  # the bar, with short log lines instead of raw metric dicts
     last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
+
+    check_trained(model, initial_adapter, probe, initial_embeddings)  # a run that changed nothing ends FAILED
 
     # 9. Save the trained model: the adapter alone for an adapter method, every weight for the full arm
     model.save_pretrained(str(out / "model"))  # safetensors
@@ -156,6 +178,12 @@ def finetune(
         "base_revision": model_cfg.revision,  # the commit SHA a Hub base model was pinned to; None: a local dir
         "device": device,
         "precision": precision,
+        "dtype": ModelDtype(model_cfg.dtype).value,
+        "trainable_dtype": ",".join(
+            sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
+        ),
+        "prompts": prompts,
+        "gradient_checkpointing": train.gradient_checkpointing,
         "total_params": total_params,
         "trainable_params": trainable_params,
         "trainable_percent": 100.0 * trainable_params / total_params,
@@ -189,6 +217,36 @@ def finetune(
             hyperparameters=hyperparameters(ft),
         )
     return summary
+
+
+class NotTrainedError(RunError):
+    """Training ran and changed nothing that matters: the message names what did not change."""
+
+
+def probe_texts(dataset) -> list[str]:
+    """A few training texts (the first two rows, every column): what `check_trained` compares before and after."""
+    rows = dataset[: min(2, len(dataset))]
+    return [text for column in rows.values() for text in column if isinstance(text, str)]
+
+
+def check_trained(model: SentenceTransformer, initial_adapter: dict, probe: list[str], initial_embeddings) -> None:
+    """Refuse a fine-tune that did not train: an adapter none of whose weights moved from their initial values (a
+    learning rate that rounds away, a frozen path), or a model whose embeddings of `probe` equal those it started with
+    (the base model's: every adapter here starts as the identity)."""
+    if initial_adapter:
+        state = model.get_adapter_state_dict()
+        unchanged = [name for name, before in initial_adapter.items() if torch.equal(state[name].cpu(), before.cpu())]
+        if len(unchanged) == len(initial_adapter):
+            raise NotTrainedError(
+                f"the adapter did not train: all {len(unchanged)} of its weight tensors still equal their initial "
+                "values (check train.lr, train.max_steps and the warmup, model.dtype, the target modules)"
+            )
+    after = model.encode(probe, convert_to_tensor=True)
+    if torch.equal(after.float().cpu(), initial_embeddings.float().cpu()):
+        raise NotTrainedError(
+            f"the fine-tune did not train: its embeddings of {len(probe)} training texts equal the base model's "
+            "exactly (check train.lr, train.max_steps and the warmup, model.dtype)"
+        )
 
 
 def portable_adapter_config(model_dir: Path, model_cfg: ModelConfig) -> None:

@@ -91,6 +91,8 @@ def model_card(
         f"{trained['total_params']:,}) |",
         f"| `{trained['weights_file']}` | {trained['weights_mb']:.2f} MB |",
         f"| Device / precision | {trained['device']} / {trained['precision']} |",
+        f"| Trained weights' dtype | {trained['trainable_dtype']} (loaded as `model.dtype={trained['dtype']}`) |",
+        f"| Prompts (training and evaluation) | {_prompts(trained['prompts'])} |",
     ]
     # 3. The evaluation: the in-domain dev set, NanoBEIR before and after, and how it was measured
     lines += evaluation_section(baseline, finetuned, dev_baseline, dev_finetuned)
@@ -159,3 +161,9 @@ def _value(value) -> str:
     if value is None:
         return "peft's default for the architecture"
     return ", ".join(value) if isinstance(value, list) else str(value)
+
+
+def _prompts(prompts: dict | None) -> str:
+    """The query and document prompts a run trained and was evaluated with, as the card shows them."""
+    shown = {side: text for side, text in (prompts or {}).items() if text}
+    return "; ".join(f"{side}: `{text!r}`" for side, text in shown.items()) or "none"

@@ -231,8 +231,10 @@ class PipelineRun:
                 if other_eval:
                     entry = {k: v for k, v in entry.items() if not k.startswith(IN_TRAINING_EVAL)}
                 log_step(self.client, self.run_id, entry, int(entry.get("step", 0)))
-        for key in ("device", "precision", "resumed_from"):
+        for key in ("device", "precision", "resumed_from", "trainable_dtype", "gradient_checkpointing"):
             self.client.set_tag(self.run_id, key, str(r.get(key)))
+        for side, prompt in (r.get("prompts") or {}).items():  # what training and every evaluation prepended
+            self.client.set_tag(self.run_id, f"prompt.{side}", prompt or "(none)")
         cost = ("train_seconds", "train_samples_per_second", "peak_memory_mb")  # what the run cost
         sizes = ("total_params", "trainable_params", "trainable_percent", "weights_mb", "adapter_params")
         self._metrics({k: r[k] for k in sizes + cost if r.get(k) is not None})
