@@ -305,6 +305,8 @@ def test_the_memory_estimate_counts_what_trains(tmp_path, tiny_model, tiny_qa, t
     adapter = trainable_count(weight_shapes(tiny_model), lora_cfg.finetune, tiny_model)
     lora = of("train.loss=mnrl")
     assert (lora.gradients, lora.optimizer) == (4 * adapter, 8 * adapter) and 0 < adapter < params
+    assert lora.weights == 4 * params + 4 * adapter  # the frozen base and the adapter beside it
+    assert lora.activations > full.activations  # LoRA's dropout keeps a copy of each adapted layer's input
     assert full.tokens == 8 * 2 * 32  # batch 8 x (question, answer) x max_seq_length
     assert of("finetune=full", "train.loss=mnrl", "train.gradient_checkpointing=true").activations <= full.activations
     deep = build_tiny_model(tmp_path / "deep", num_hidden_layers=12)  # checkpointing pays off past a few layers
