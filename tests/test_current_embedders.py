@@ -340,3 +340,24 @@ def test_make_decide_on_a_bf16_decoder_with_prompts_and_mined_negatives(tmp_path
         assert tags["trainable_dtype"] == "float32" and tags["prompt.query"] == QUERY_PROMPT, run.info.run_name
         if params["finetune.method"] == "lora":
             assert params["finetune.target_modules"] == "all-linear"
+    # the report says which prompts and dtype every run trained and was evaluated with
+    from pipeline.report.compare import main as report
+
+    sweep = parent.data.tags["sweep_id"]
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert report(["--sweep-id", sweep, "--tracking-uri", uri, "--out", str(tmp_path / "report"), "--no-log"]) == 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert f"(`train.prompts`): query {QUERY_PROMPT!r}; document '(none)'." in text
+    assert "Trained parameters' dtype (`model.dtype`): float32." in text
+
+
+def test_the_report_says_which_prompts_and_dtype_the_runs_had():
+    from pipeline.report.load import Arm
+    from pipeline.report.render import _inputs_line
+
+    prompts = {"query": QUERY_PROMPT, "document": "(none)"}
+    rows = [Arm(m, m, "FINISHED", prompts=prompts, trainable_dtype="float32") for m in ("lora", "full")]
+    line = _inputs_line([*rows, Arm("baseline", "none", "")])
+    assert f"(`train.prompts`): query {QUERY_PROMPT!r}; document '(none)'. Trained" in line and "float32." in line
+    rows[1].prompts = {"query": "(none)", "document": "(none)"}
+    assert " | " in _inputs_line(rows)  # runs that differ are all named

@@ -67,6 +67,10 @@ class Arm:
     ndcg: Estimate | None = None
     delta: PairedTest | None = None  # run vs run: the selected full fine-tune's run at the same seed, same queries
     train_loss: float | None = None  # the final train loss (a diverged run: not finite, or huge)
+    prompts: dict[str, str] = field(default_factory=dict)  # query / document prompt of training and every evaluation
+    trainable_dtype: str | None = (
+        None  # the dtype its trained parameters had (model.dtype float32: fp32 master weights)
+    )
 
     def to_json(self) -> dict:
         return {
@@ -220,6 +224,8 @@ def _arm(run: Run) -> Arm:
         nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
         cost={k: metrics[k] for k in COST if k in metrics},
         train_loss=metrics.get("train_loss"),
+        prompts={side: tags[f"prompt.{side}"] for side in ("query", "document") if f"prompt.{side}" in tags},
+        trainable_dtype=tags.get("trainable_dtype"),
     )
     if arm.status == "FINISHED":
         arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist

@@ -111,12 +111,23 @@ def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: fl
         f"- Configurations: p (seeds) is Welch's t over per-seed means against the selected full fine-tune (a one-seed "
         f"configuration borrows its method's pooled seed sd); p (Holm): adjusted over the grid's adapter "
         f"configurations{grid}.",
+        _inputs_line(rows),
         "- Learn vs forget (`learn_vs_forget.png`): each run's change from the base model in domain (dev) against "
         "out of domain (NanoBEIR).",
         f"- Parent run `{result['parent_run_id']}` in `{result['tracking_uri']}`.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _inputs_line(rows: list[Arm]) -> str:
+    """Which prompts training and every evaluation used, and the dtype the weights trained in, over the runs."""
+    prompts = sorted({"; ".join(f"{side} {text!r}" for side, text in a.prompts.items()) for a in rows if a.prompts})
+    dtypes = sorted({a.trainable_dtype for a in rows if a.trainable_dtype})
+    return (
+        f"- Prompts, the same in training and every evaluation (`train.prompts`): {' | '.join(prompts) or 'not recorded'}"
+        f". Trained parameters' dtype (`model.dtype`): {', '.join(dtypes) or 'not recorded'}."
+    )
 
 
 def _answer(rows: list[Arm], protocol: Protocol) -> list[str]:
