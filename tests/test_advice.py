@@ -10,33 +10,46 @@ import pytest
 
 from pipeline.statistics.advice import advice, seeds_needed
 from pipeline.statistics.family import configuration_test, holm, pooled_variance
-from pipeline.statistics.generator import Benchmark, Scenario
+from pipeline.statistics.generator import Scenario
 from pipeline.statistics.rank import smallest_rank, unsettled
 from pipeline.statistics.sequential import DECIDED, benchmark_difference, fixed, look
 
 MOST = 50  # seeds drawn per arm: advice beyond it counts as followed with these many
 
 
-@pytest.mark.parametrize("delta", [0.0, -0.005], ids=["equal", "half a margin worse"])
-def test_following_the_advice_decides_at_least_80_percent_of_the_time(delta):
-    """Three seeds per arm, inconclusive: train up to the advised count; the fixed-sample verdict then decides."""
-    rng = np.random.default_rng(11)
-    bench = Benchmark(Scenario(seed_sd=(0.03, 0.03)), 200, rng)
-    shift_a, shift_f = bench.shift_for(delta)
-    adapter = bench.nanobeir(bench.scores(0, shift_a, MOST, rng))
-    full = bench.nanobeir(bench.scores(1, shift_f, MOST, rng))
-    followed, decided = 0, 0
-    for a, f in zip(adapter, full, strict=True):
-        now = benchmark_difference(a[:3], f[:3])
-        if look(fixed(), now, 1).label in DECIDED:
-            continue
-        n = seeds_needed(now, 0.01)
-        assert n is None or n > 3  # never below what was run
-        n = min(n or MOST, MOST)
-        followed += 1
-        decided += look(fixed(), benchmark_difference(a[:n], f[:n]), 1).label in DECIDED
-    assert followed >= 150
-    assert decided / followed >= 0.8 - 2.33 * math.sqrt(0.8 * 0.2 / followed)
+def test_following_the_advice_decides_80_to_90_percent_of_the_time_near_the_smallest_n():
+    """Three seeds per arm, inconclusive: make decide's sequential design run to the advised budget decides 0.8-0.9
+    of the time (pooled over Δ = 0 and half a margin worse), and the median advice is near the smallest single
+    budget that decides 80% of the same replicates: within 1.25x at half a margin, above it at Δ = 0 (1.14-1.42x
+    measured: the observed |Δ| is never below the true 0), so the bound here is 1.5x (docs/protocol.md)."""
+    from pipeline.statistics.advice import follow
+
+    scenario = Scenario(datasets=13, seed_sd=(0.015, 0.015))
+    runs = [follow(scenario, delta, reps=60, seed=5, run=3, most=20) for delta in (0.0, -0.005)]
+    followed = sum(r.inconclusive for r in runs)
+    rate = sum(r.decided * r.inconclusive for r in runs) / followed
+    tolerance = 2.33 * math.sqrt(0.85 * 0.15 / followed)
+    print(
+        f"followed {followed}, decided {rate:.2f}, median / smallest", [np.median(r.advised) / r.smallest for r in runs]
+    )
+    assert followed >= 40
+    assert 0.8 - tolerance <= rate <= 0.9 + tolerance
+    for r in runs:
+        assert r.smallest is not None and 1 / 1.25 <= np.median(r.advised) / r.smallest <= 1.5
+
+
+def test_the_simulated_looks_are_make_decides_looks():
+    """`decided` (the advice's vectorised looks) says decided exactly where `replay` stops on a decided label."""
+    from pipeline.statistics.advice import decided
+    from pipeline.statistics.sequential import Design, replay
+
+    rng = np.random.default_rng(3)
+    for budget in (3, 4, 7):
+        design = Design(budget=budget)
+        adapter, full = 0.5 + rng.normal(0.0, 0.004, (budget, 300)), 0.5 + rng.normal(0.004, 0.004, (budget, 300))
+        replayed = [replay(design, a, f)[-1].label in DECIDED for a, f in zip(adapter.T, full.T, strict=True)]
+        assert 0 < sum(replayed) < 300
+        assert decided(design, adapter, full).tolist() == replayed
 
 
 def test_the_advice_has_a_power_term():
@@ -55,7 +68,7 @@ def test_the_advice_has_a_power_term():
 
 def test_advice_grows_with_the_spread_and_says_why_it_cannot():
     narrow = benchmark_difference([0.5, 0.504, 0.497], [0.5, 0.49, 0.51])
-    wide = benchmark_difference([0.5, 0.524, 0.477], [0.5, 0.47, 0.53])
+    wide = benchmark_difference([0.5, 0.508, 0.493], [0.5, 0.49, 0.51])
     assert 3 < seeds_needed(narrow, 0.01) < seeds_needed(wide, 0.01)
     assert "seeds per arm would decide it" in advice(narrow, 0.01)
     assert seeds_needed(benchmark_difference([0.5, 0.5, 0.5], [0.5, 0.49, 0.51]), 0.01) is None  # not measured
