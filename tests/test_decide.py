@@ -320,7 +320,7 @@ def _fake_sweeper(dev_of_lr):
                 "model": {"name": "/no/such/model"},
                 "finetune": {"method": values["finetune"], "r": int(values.get("finetune.r", 8)), "alpha": 16,
                              "target_modules": None},
-                "train": {"lr": float(values["train.lr"]), "seed": int(values["train.seed"])},
+                "train": {"lr": float(values["train.lr"]), "seed": int(values["train.seed"]), "loss": "cached_mnrl"},
                 "tracking": {"run_name": None},
             }))  # fmt: skip
         return configs

@@ -54,7 +54,7 @@ def run_name(cfg: DictConfig) -> str:
     with `published` numbers: `recipe-lora-r64-a128-lr2e-5-mnrl-s42`), never confused with the protocol's runs."""
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    method = method_run_name(cfg.finetune)  # lora-r16-a32, dora-r8-a8, ia3, lokr-r8-a8-all-linear, full
+    method = method_run_name(cfg.finetune)  # lora-r16-a32, lora-r64-a128-query+value, ia3, full
     loss = LossName(cfg.train.loss)
     loss_part = "" if loss == LossName.cached_mnrl else f"-{loss.value}"
     recipe = "recipe-" if cfg.get("published") is not None else ""
