@@ -85,7 +85,6 @@ def evaluate(
         "ndcg_at_10": metrics[primary],
         "per_dataset_ndcg_at_10": per_dataset,
         "score_function": score_function,
-        "prompts": prompts,  # None: the model's own
         "dataset_id": eval_cfg.dataset_id,
         "queries": {k: len(v) for k, v in per_query.items()},
         "backend": EvalBackend.sentence_transformers.value,
