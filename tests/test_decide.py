@@ -413,7 +413,9 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
         Path(client.download_artifacts(parent.info.run_id, "decide/looks.json", str(tmp_path))).read_text()
     )
     n = int(tags["verdict.looks"])
-    assert n == len(looks["looks"]) == 2 and "budget spent" in tags["verdict.reason"]  # seeds this noisy: undecided
+    # at lr 5e-2 the tiny model's full fine-tune collapses at fresh seed 3 (0.35 against its arm's median 0.65): the
+    # divergence rule ends the rounds at the budget's last look with no verdict, not a decision on a collapsed seed
+    assert n == len(looks["looks"]) == 2 and "no verdict: a seed diverged" in tags["verdict.reason"]
     assert [look["stop"] for look in looks["looks"]] == [False, True]
     assert tags["verdict.reason"] == looks["reason"] == looks["looks"][-1]["reason"]
     assert tags["verdict"] == looks["looks"][-1]["label"] and tags["verdict.target"] == "benchmark"
