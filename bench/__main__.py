@@ -33,7 +33,7 @@ QUICK = {
     "training": {"steps": 3, "batch": 8, "mini_batch": 8},
     "evaluation": {"docs": 16, "reps": 1, "adapters": 2, "docs_per_adapter": 8},
     "overhead": {"reps": 1, "steps": 2, "batch": 8, "docs": 40, "queries": 4},
-    "sweep_reuse": {"jobs": 2, "steps": 1, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},
+    "sweep_reuse": {"jobs": 2, "steps": 2, "batch": 8, "docs": 40, "queries": 4, "reruns": 1},  # 1 step: lr 0
     "speed": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "steps": 2, "arms": "auto,tokens256,reference"},
     "profile": {"batch": 16, "mini_batch": 4, "max_seq_length": 64, "doc": RESULTS / "quick" / "profile_cpu.md"},
     "memory": {"batch": 4, "seq": 32, "steps": 1, "decoder_hidden": 64, "decoder_layers": 2},
