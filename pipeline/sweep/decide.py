@@ -107,14 +107,14 @@ def sequential(
     on_look: Callable[[Look], None] | None = None,
     estimate: Callable[[Arm, Arm], Estimate] = by_means,
     goes_on: Callable[[int], str | None] | None = None,
+    target: str = "benchmark",
 ) -> Outcome:
     """Round after round, train each arm at the round's seeds (`train`: jobs -> NanoBEIR mean per job, nan for a
     failed one), then take the look on `estimate`(adapter, full); stop when the look says so or the budget is
     spent. `goes_on`(look index): why the rounds go on past a look that decided the verdict (the rank answer not yet
-    settled), or None."""
+    settled), or None. `target`: what `estimate` estimates, named on a no-verdict look, which takes no estimate."""
     by_name = {arm.name: arm for arm in arms}
     looks: list[Look] = []
-    target = ""
     for index, new in enumerate(rounds(design, seeds)):
         jobs = list({tuple(arm.job(seed)): arm.job(seed) for arm in arms for seed in new}.values())  # an arm twice
         scores = {tuple(job): score for job, score in zip(jobs, train(jobs), strict=True)}
@@ -128,7 +128,7 @@ def sequential(
                                  reason=why))  # fmt: skip
             if on_look is not None:
                 on_look(looks[-1])
-            return Outcome(looks, arms, looks[-1].reason, "benchmark")
+            return Outcome(looks, arms, looks[-1].reason, target)
         difference = estimate(adapter, full)
         looks.append(look(design, difference, index + 1))  # looks count from 1
         target = difference.target
@@ -260,7 +260,9 @@ class Decider:
         self._tag("decide.seeds", ",".join(map(str, seeds)))  # the training order, for the report's replay
         ranked = self.ranks and any(a.name.startswith("r=") for a in arms)
         goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
-        outcome = sequential(self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on)
+        outcome = sequential(
+            self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on, self.target
+        )
         self._finish(outcome)
         if ranked and outcome.looks:
             rank, labels = rank_that_suffices(self.design, outcome, self.estimate)
