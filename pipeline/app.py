@@ -72,9 +72,11 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
 def run(cfg: DictConfig, store: Store | None = None) -> float | None:
     """Run the DAG in one MLflow run, in `store` (opened by `python -m pipeline` after validation), else the config's."""
     store = store or open_store(tracking_uri(cfg), cfg.tracking.experiment)
-    # A local sweep job takes a GPU of its own before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
+    # A local sweep job takes its GPUs (one per process) before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
     with (
-        gpu_of_this_job(Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None),
+        gpu_of_this_job(
+            Path(cfg.paths.outputs) / "locks", sweep_of_this_job() is not None, cfg.launch.processes_per_job
+        ),
         requeue_when_interrupted(),
     ):
         return _run(cfg, store)

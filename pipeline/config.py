@@ -197,6 +197,25 @@ class PublishedConfig:
     recipe: dict[str, Any] = field(default_factory=dict)
 
 
+class Fsdp(str, Enum):
+    """Which arms shard their weights, gradients and AdamW states across a job's processes (FSDP full shard) instead of
+    replicating them (DDP): for models whose full fine-tune (~16 bytes per parameter) does not fit one device."""
+
+    off = "off"  # DDP for both arms
+    full = "full"  # the full arm sharded, the adapter (whose trainable state is small) under DDP
+    both = "both"
+
+
+@dataclass
+class LaunchConfig:
+    """How a job runs, not what it computes: no stage key or run identity depends on it (pipeline.launch.torchrun)."""
+
+    # Processes per job (one per GPU), under torchrun: train.batch_size stays the global batch (each process takes
+    # batch_size / N rows; in-batch negatives are gathered across all of them), so results do not depend on N
+    processes_per_job: int = 1
+    fsdp: Fsdp = Fsdp.off  # with processes_per_job > 1: which arms train fully sharded (FSDP) instead of under DDP
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -208,6 +227,7 @@ class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     run: RunConfig = field(default_factory=RunConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     published: PublishedConfig | None = None  # a recipe's published numbers (conf/published/); None: a protocol run
 
 

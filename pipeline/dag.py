@@ -23,6 +23,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig
 
+from pipeline.config import Fsdp
 from pipeline.disk import check_disk, disk_full_fails_the_stage, local_model_dir
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
 from pipeline.graph import DAG as DAG  # the table and its graph, for pipeline.dag's callers
@@ -30,6 +31,7 @@ from pipeline.graph import STAGES as STAGES
 from pipeline.graph import Stage, inputs_of, require_every_stage, stages_until
 from pipeline.graph import forced_stages as forced_stages
 from pipeline.graph import runs as runs
+from pipeline.launch.torchrun import run_processes
 from pipeline.manifest import is_complete, read_result, write_manifest
 from pipeline.memory import check_memory
 from pipeline.stages.evaluate import (
@@ -38,7 +40,7 @@ from pipeline.stages.evaluate import (
     evaluate_dev_finetuned,
     evaluate_finetuned,
 )
-from pipeline.stages.finetune import finetune
+from pipeline.stages.finetune import finetune, last_complete_checkpoint
 from pipeline.stages.mine_negatives import mine_negatives
 from pipeline.stages.model_card import card_values, model_card
 from pipeline.stages.prepare_data import prepare_data, prepare_dev
@@ -69,20 +71,33 @@ class StageOutput:
 
 
 def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
-    result = finetune(
-        cfg.model,
-        cfg.data,
-        cfg.finetune,
-        cfg.train,
-        cfg.eval,
-        up.get("mine_negatives", up["prepare_data"]).dir,  # the mined rows where mining is on
-        out,
-        list(ctx.callbacks),
-        ctx.datasets_cache("eval"),
+    arguments = dict(
+        model_cfg=cfg.model,
+        data_cfg=cfg.data,
+        ft=cfg.finetune,
+        train=cfg.train,
+        eval_cfg=cfg.eval,
+        data_dir=up.get("mine_negatives", up["prepare_data"]).dir,  # the mined rows where mining is on
+        out=out,
+        callbacks=list(ctx.callbacks),
+        cache_dir=ctx.datasets_cache("eval"),
+        fsdp=sharded(cfg),
     )
+    processes = cfg.launch.processes_per_job
+    if processes == 1:
+        result = finetune(**arguments)
+    else:  # the same call in each of the job's processes, under torchrun; the first one's summary
+        last_complete_checkpoint(out / "checkpoints")  # a killed save's half-written checkpoint goes, once, here
+        result = run_processes(finetune, arguments, processes, out / "processes")
     # Which evaluation its in-training metrics are of: the key leaves `eval` out (it does not change the weights), so a
     # run that reuses this output with another evaluation must not log those metrics as its own
     return {**result, "in_training_eval": eval_identity(cfg, ctx.sources)}
+
+
+def sharded(cfg: DictConfig) -> bool:
+    """Whether this run's arm trains under FSDP (`launch.fsdp`: the full arm, or both arms) rather than DDP."""
+    scope = Fsdp(cfg.launch.fsdp)
+    return scope == Fsdp.both or (scope == Fsdp.full and cfg.finetune.method == "full")
 
 
 # How each stage of the table runs: (cfg, upstream outputs by name, out dir, context) -> its summary. Every stage

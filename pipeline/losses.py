@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
-from sentence_transformers.base.losses.gradcache import _minibatch_ranges  # the library's token packing
+from sentence_transformers.base.losses.gradcache import _ddp_replay_context, _minibatch_ranges  # the library's
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 from torch import Tensor
 
@@ -83,6 +83,7 @@ def _meminfo_bytes(key: str) -> int:
 def activation_bytes_per_token(model, seq_len: int, dtype_bytes: int) -> float:
     """Activation memory a transformer keeps for backward, per token of a sequence of `seq_len` (`activation_bytes`
     for the loaded model's config)."""
+    model = getattr(model, "module", model)  # under DDP the trainer hands the loss its wrapper
     config = model[0].auto_model.config
     arch = architecture_of(config.to_dict(), getattr(config, "_attn_implementation", None), model.device.type)
     gated = any(name.endswith("gate_proj") for name, _ in model[0].auto_model.named_modules())
@@ -128,7 +129,12 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     ) -> None:
         auto = mini_batch_size is None
         tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"]) if auto else None
-        super().__init__(model, mini_batch_size=mini_batch_size or 32, mini_batch_num_tokens=tokens)
+        super().__init__(
+            model,
+            mini_batch_size=mini_batch_size or 32,
+            mini_batch_num_tokens=tokens,
+            gather_across_devices=True,  # in-batch negatives from every process of the job (one process: no-op)
+        )
         self.auto = auto
         self.dtype_bytes = dtype_bytes
         self.plan = Plan(memory_budget(model) if budget_bytes is None else budget_bytes)
@@ -182,28 +188,41 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
         return loss
 
     def _backward_hook(self, grad_output: Tensor, features, ranges, graphs, cache, states) -> None:
-        """Back-propagates each mini-batch's cached embedding gradient (times `grad_output`) through its kept graph,
-        or through a second embedding with the first pass's dropout draws (the parent's `_backward_hook`, without
-        its DDP handling: the pipeline trains one process per GPU)."""
+        """Back-propagates each mini-batch's cached embedding gradient (times `grad_output`): first through every kept
+        graph at once, then through each mini-batch not kept, embedded again with the first pass's dropout draws.
+
+        Under DDP (several processes per job), gradients synchronise once per backward pass: the kept graphs' pass
+        averages their part across processes, the re-embedded mini-batches accumulate locally (`no_sync`) and the
+        last one's pass averages the sum again, which leaves the kept part as it was (it is already equal on every
+        process) and averages the rest: the same gradients as one process, as the library's `_backward_hook`."""
+        model = getattr(self.model, "_orig_mod", self.model)
+        kept, again = [], []
+        for feature, column_ranges, column_graphs, column_cache, column_states in zip(
+            features, ranges, graphs, cache, states, strict=True
+        ):
+            for index, (begin, end) in enumerate(column_ranges):
+                graph, column_graphs[index] = column_graphs[index], None  # freed once back-propagated
+                if graph is None:
+                    again.append((feature, begin, end, column_cache[index], column_states[index]))
+                elif graph.requires_grad:
+                    kept.append((graph, column_cache[index]))
         with torch.enable_grad():
-            for feature, column_ranges, column_graphs, column_cache, column_states in zip(
-                features, ranges, graphs, cache, states, strict=True
-            ):
-                for index, (begin, end) in enumerate(column_ranges):
-                    graph, column_graphs[index] = column_graphs[index], None  # freed once back-propagated
-                    if graph is None:  # not kept: embed again, with the first pass's dropout draws
-                        graph, _ = self.embed_minibatch(
-                            feature,
-                            begin,
-                            end,
-                            with_grad=True,
-                            copy_random_state=False,
-                            random_state=column_states[index],
-                        )
+            if kept:
+                sum(_surrogate(graph, grad) for graph, grad in kept).mul(grad_output).backward()
+            for position, (feature, begin, end, grad, random_state) in enumerate(again):
+                with _ddp_replay_context(model, synchronize=position == len(again) - 1):
+                    graph, _ = self.embed_minibatch(
+                        feature, begin, end, with_grad=True, copy_random_state=False, random_state=random_state
+                    )
                     if graph.requires_grad:
-                        grad = column_cache[index]
-                        dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
-                        (torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype)) * grad_output).backward()
+                        (_surrogate(graph, grad) * grad_output).backward()
+
+
+def _surrogate(graph: Tensor, grad: Tensor) -> Tensor:
+    """<embeddings, their cached gradient>: back-propagating it sends that gradient through the graph (in fp32 at
+    least: a bf16 dot product would round the gradient)."""
+    dtype = torch.promote_types(torch.promote_types(graph.dtype, grad.dtype), torch.float32)
+    return torch.dot(graph.flatten().to(dtype), grad.flatten().to(dtype))
 
 
 def memory_budget(model) -> float:

@@ -39,6 +39,7 @@ AT_LEAST_ONE = (  # integer keys that must be >= 1 where set (None means "the de
     "train.save_total_limit",
     "train.logging_steps",
     "eval.batch_size",
+    "launch.processes_per_job",
 )
 
 
@@ -46,6 +47,7 @@ def validate(cfg: DictConfig) -> None:
     _check_ranges(cfg)
     _check_finetune(cfg)
     _check_train(cfg)
+    _check_launch(cfg)
     _check_run(cfg)
     _check_data(cfg)
     _check_eval(cfg)
@@ -158,6 +160,30 @@ def _check_train(cfg: DictConfig) -> None:
     if train.lr <= 0:
         raise ConfigError(f"train.lr={train.lr} is not allowed: must be > 0")
     _check_prompts(train.prompts)
+
+
+def _check_launch(cfg: DictConfig) -> None:
+    """Several processes per job split the global batch evenly, one GPU each where there are GPUs."""
+    from pipeline.config import Fsdp
+    from pipeline.launch.gpus import visible_gpus
+
+    processes, batch = cfg.launch.processes_per_job, cfg.train.batch_size
+    if batch % processes:
+        raise ConfigError(
+            f"launch.processes_per_job={processes} does not divide train.batch_size={batch}: the global batch is split "
+            f"evenly across the processes; use a batch size that is a multiple of {processes}"
+        )
+    if Fsdp(cfg.launch.fsdp) != Fsdp.off and processes == 1:
+        raise ConfigError(
+            f"launch.fsdp={Fsdp(cfg.launch.fsdp).value} is not allowed with launch.processes_per_job=1: sharding "
+            "needs several processes; set launch.processes_per_job, or launch.fsdp=off"
+        )
+    gpus = visible_gpus()
+    if gpus and processes > len(gpus):
+        raise ConfigError(
+            f"launch.processes_per_job={processes} is more than the {len(gpus)} GPUs visible here "
+            f"({','.join(gpus)}): one process per GPU"
+        )
 
 
 def _check_prompts(value) -> None:

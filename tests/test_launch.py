@@ -85,13 +85,13 @@ def test_a_sweep_computes_its_prefix_before_its_jobs(tmp_path, tiny_model, tiny_
 
 def test_each_job_takes_a_free_gpu_and_waits_when_all_are_busy(tmp_path):
     pool = ["0", "1"]
-    first, lock1 = gpus.acquire_gpu(pool, tmp_path)
-    second, lock2 = gpus.acquire_gpu(pool, tmp_path)
+    (first,), (lock1,) = gpus.acquire_gpus(pool, tmp_path)
+    (second,), (lock2,) = gpus.acquire_gpus(pool, tmp_path)
     assert {first, second} == {"0", "1"}
     got, waited = [], threading.Event()
 
     def third_job():
-        got.append(gpus.acquire_gpu(pool, tmp_path, poll_s=0.02, on_wait=waited.set))
+        got.append(gpus.acquire_gpus(pool, tmp_path, poll_s=0.02, on_wait=waited.set))
 
     thread = threading.Thread(target=third_job)
     thread.start()
@@ -100,9 +100,31 @@ def test_each_job_takes_a_free_gpu_and_waits_when_all_are_busy(tmp_path):
     assert not got
     lock2.release()  # the job on `second` ends
     thread.join(5)
-    assert got and got[0][0] == second
-    got[0][1].release()
+    assert got and got[0][0] == [second]
+    got[0][1][0].release()
     lock1.release()
+
+
+def test_a_job_of_several_processes_takes_that_many_gpus_and_holds_none_while_it_waits(tmp_path):
+    pool = ["0", "1", "2"]
+    (one,), (lock1,) = gpus.acquire_gpus(pool, tmp_path)  # another job holds one GPU
+    got, waited = [], threading.Event()
+
+    def job_of_three():
+        got.append(gpus.acquire_gpus(pool, tmp_path, count=3, poll_s=0.02, on_wait=waited.set))
+
+    thread = threading.Thread(target=job_of_three)
+    thread.start()
+    assert waited.wait(5) and not got  # two of the three are free: it waits
+    # meanwhile it holds neither free GPU: a job of two takes them
+    pair, locks = gpus.acquire_gpus(pool, tmp_path, count=2, poll_s=0.02)
+    assert sorted(pair) == sorted(set(pool) - {one})
+    for lock in [*locks, lock1]:
+        lock.release()
+    thread.join(5)
+    assert got and sorted(got[0][0]) == pool
+    for lock in got[0][1]:
+        lock.release()
 
 
 def test_sweep_jobs_are_pinned_to_their_gpu_and_cpu_machines_are_left_alone(tmp_path, monkeypatch):

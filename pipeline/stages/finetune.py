@@ -6,6 +6,7 @@ Reads like sentence-transformers' training_gooaq_lora.py, with the values from t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -67,10 +68,15 @@ def finetune(
     out: Path,
     callbacks: list | None = None,
     cache_dir: Path | None = None,
+    fsdp: bool = False,
 ) -> dict:
+    """Train and save; returns the run's summary. Under torchrun (pipeline.launch.torchrun) each of the job's
+    processes calls it: the first one saves and returns the summary, the others return None."""
     set_seed(train.seed)  # the adapter's initialisation and the data order
     adapter = ft.method != Method.full
     device, precision = device_and_precision(train.precision.value)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's: the job's processes, one per GPU
+    gpu = f"cuda:{os.environ['LOCAL_RANK']}" if device == "cuda" and processes > 1 else device  # this process's
     card = card_values(model_cfg, data_cfg, ft)  # language, license, title: the model_card stage can change them
 
     # 1. Load a model to finetune with 2. model card data
@@ -78,7 +84,7 @@ def finetune(
         model_source(model_cfg.name),
         revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
-        device=device,
+        device=gpu,
         model_card_data=SentenceTransformerModelCardData(**card),
         model_kwargs=model_kwargs(model_cfg),  # model.dtype (fp32 master weights by default), attn_implementation
     )
@@ -99,15 +105,15 @@ def finetune(
     probe = probe_texts(train_dataset)
     initial_embeddings = model.encode(probe, convert_to_tensor=True)  # every adapter here starts as the identity
 
-    # 5. Define a loss function: in-batch negatives
+    # 5. Define a loss function: in-batch negatives, gathered from every process of the job (one process: no-op)
     mini_batch = mini_batch_size(train.mini_batch_size)
     if train.loss == LossName.cached_mnrl and mini_batch is None:  # auto: cache only where memory needs it
         fp32 = precision == "fp32" and ModelDtype(model_cfg.dtype) == ModelDtype.float32  # activations' width
         loss = AutoCachedMNRL(model, dtype_bytes=4 if fp32 else 2)
     elif train.loss == LossName.cached_mnrl:
-        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch)
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch, gather_across_devices=True)
     else:
-        loss = MultipleNegativesRankingLoss(model)
+        loss = MultipleNegativesRankingLoss(model, gather_across_devices=True)
 
     # 6. Specify training arguments
     column_prompts = training_prompts(prompts, train_dataset.column_names)
@@ -115,8 +121,8 @@ def finetune(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=train.epochs,
         max_steps=train.max_steps or -1,  # -1: the epochs decide
-        per_device_train_batch_size=train.batch_size,
-        per_device_eval_batch_size=train.eval_batch_size or train.batch_size,
+        per_device_train_batch_size=train.batch_size // processes,  # train.batch_size is the job's global batch
+        per_device_eval_batch_size=-(-(train.eval_batch_size or train.batch_size) // processes),
         learning_rate=train.lr,
         warmup_steps=train.warmup_ratio,  # a float < 1 is a fraction of the training steps
         fp16=precision == "fp16",
@@ -134,6 +140,8 @@ def finetune(
         gradient_checkpointing=train.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant would leave LoRA untrained (peft #1142)
         dataloader_pin_memory=device == "cuda",  # pinning only helps host-to-GPU copies
+        use_cpu=device == "cpu",  # several CPU processes (tests) train under DDP with gloo only when this says CPU
+        **fsdp_arguments(fsdp, model),  # the full shard of weights, gradients and AdamW states, or DDP
         report_to="none",  # tracking is the pipeline's (MLflow), through `callbacks`
     )
 
@@ -157,6 +165,10 @@ def finetune(
         trainer.add_callback(CompactProgress)  # the bar, with short log lines instead of raw metric dicts
     last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
+    if fsdp:  # every process takes part in gathering the shards; the first one gets the whole trained model
+        model = unsharded(trainer, model, ft, model_cfg)
+    if not trainer.is_world_process_zero():
+        return None  # the first process checks, saves and reports
 
     check_trained(model, initial_adapter, probe, initial_embeddings)  # a run that changed nothing ends FAILED
 
@@ -178,6 +190,8 @@ def finetune(
         "base_revision": model_cfg.revision,  # the commit SHA a Hub base model was pinned to; None: a local dir
         "device": device,
         "precision": precision,
+        "processes": processes,
+        "fsdp": fsdp,
         "dtype": ModelDtype(model_cfg.dtype).value,
         "trainable_dtype": ",".join(
             sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters() if p.requires_grad})
@@ -217,6 +231,32 @@ def finetune(
             hyperparameters=hyperparameters(ft),
         )
     return summary
+
+
+def fsdp_arguments(fsdp: bool, model: SentenceTransformer) -> dict:
+    """The Trainer's FSDP arguments (FSDP2, full shard: each process keeps 1/N of the weights, gradients and AdamW
+    states), each transformer layer a unit; none for DDP. The layer class is the model's own `_no_split_modules`:
+    the Trainer's fallback looks for it on the SentenceTransformer, which has none."""
+    if not fsdp:
+        return {}
+    layers = list(getattr(model.transformers_model, "_no_split_modules", None) or [])
+    return {
+        "fsdp": True,
+        "fsdp_config": {"version": 2, "reshard_after_forward": True, "transformer_layer_cls_to_wrap": layers},
+    }
+
+
+def unsharded(trainer: SentenceTransformerTrainer, model: SentenceTransformer, ft: FinetuneConfig, model_cfg):
+    """After FSDP training: the whole trained model on the first process (the shards gathered, a collective call
+    every process makes), loaded into a fresh copy of the model (with the same adapter); `model` elsewhere."""
+    state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # the full state dict, on rank 0 only
+    if not trainer.is_world_process_zero():
+        return model
+    whole = load_model(model_cfg)
+    if ft.method != Method.full:
+        whole.add_adapter(peft_config(ft, whole.transformers_model))
+    whole.load_state_dict(state)
+    return whole.to(trainer.args.device)
 
 
 class NotTrainedError(RunError):

@@ -9,10 +9,12 @@ from pipeline.tracking.store import log_step
 
 
 class MLflowTrainerCallback(TrainerCallback):
-    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step."""
+    """Training loss, learning rate and in-training NanoBEIR metrics, logged to the run at each logging step, by one
+    process (the first) of a job that trains in several (pipeline.launch.torchrun pickles it to each)."""
 
     def __init__(self, client: MlflowClient, run_id: str):
         self.client, self.run_id = client, run_id
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        log_step(self.client, self.run_id, logs or {}, state.global_step)
+        if state.is_world_process_zero:
+            log_step(self.client, self.run_id, logs or {}, state.global_step)

@@ -44,7 +44,7 @@ SELECTION_METRIC = "dev_ndcg_at_10"  # the in-domain dev metric: what sweeps sel
 IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training evaluator's metrics
 # how to run, not what: not its identity; nor a recipe's published numbers (`published`, None on a protocol run)
 RUN_ONLY = ("run.skip_finished", "run.force", "tracking.system_metrics", "published")
-RUN_ONLY_GROUPS = ("hub.", "published.")  # publishing a result does not change it
+RUN_ONLY_GROUPS = ("hub.", "published.", "launch.")  # publishing a result, or how many processes train it
 PACKAGES = ("torch", "transformers", "sentence-transformers", "peft", "mteb", "datasets", "mlflow", "hydra-core")
 
 

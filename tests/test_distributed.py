@@ -1,0 +1,143 @@
+"""Several processes per job (`launch.processes_per_job`, pipeline/launch/torchrun.py), on CPU with gloo: the same
+weights as one process with the same global batch, one MLflow run and one cache entry, a failing process's line, a
+killed job that resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from pipeline.app import run
+from pipeline.launch.torchrun import ProcessFailed, run_processes
+from pipeline.manifest import read_result
+from pipeline.validate import ConfigError, validate
+from tests.conftest import ROOT, compose_config, tiny_method, tiny_overrides
+from tests.distributed_calls import fail_on_rank_one
+from tests.test_faults import _all_gone, _assert_no_step_before_the_checkpoint_ran_twice, wait_for_checkpoint
+
+
+def test_the_first_process_returns_and_a_failing_process_is_named(tmp_path):
+    with pytest.raises(ProcessFailed, match=r"^process 1 of 2: planted failure of run$"):
+        run_processes(fail_on_rank_one, {"kind": "run"}, 2, tmp_path / "a")
+    with pytest.raises(ProcessFailed, match=r"^process 1 of 2: ValueError: planted failure of bug$"):
+        run_processes(fail_on_rank_one, {"kind": "bug"}, 2, tmp_path / "b")
+    assert run_processes(fail_on_rank_one, {"kind": "none"}, 1, tmp_path / "c") == "rank 0 done"
+
+
+def _trained(cfg) -> tuple[dict[str, torch.Tensor], dict]:
+    run(cfg)
+    (entry,) = [p for p in (Path(cfg.paths.outputs) / "cache" / "finetune").iterdir() if p.is_dir()]
+    (weights,) = (entry / "model").glob("*.safetensors")
+    return load_file(weights), entry
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, loss",
+    [("full", "train.mini_batch_size=auto"), ("lora", "train.loss=mnrl"), ("full", "train.mini_batch_size=2")],
+    ids=["full-auto-cached", "lora-mnrl", "full-cached-2"],
+)
+def test_two_processes_train_what_one_trains_with_one_run_and_one_cache_entry(
+    method, loss, tmp_path, tiny_no_dropout_model, tiny_qa, tiny_nanobeir
+):
+    """DDP on 2 gloo processes, each taking half of the global batch with in-batch negatives gathered from both: the
+    weights equal one process's within 1e-5 (no dropout: the two would draw differently)."""
+    trained = {}
+    for processes in (1, 2):
+        out = tmp_path / f"p{processes}"
+        overrides = tiny_overrides(out, tiny_no_dropout_model, tiny_qa, tiny_nanobeir) + [
+            f"finetune={method}",
+            *tiny_method([f"finetune={method}"]),
+            loss,
+            "train.max_steps=3",
+            "train.warmup_ratio=0",
+            "train.eval_steps=null",
+            "run.until=finetune",
+            f"launch.processes_per_job={processes}",
+        ]
+        cfg = compose_config(overrides + (["finetune.dropout=0"] if method == "lora" else []))
+        weights, entry = _trained(cfg)
+        trained[processes] = weights
+        client = MlflowClient(cfg.tracking.uri)
+        (mlflow_run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+        assert mlflow_run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")] == [1, 2, 3]
+        summary = read_result(entry)  # the first process's summary, written once to the one cache entry
+        assert summary["processes"] == processes and summary["global_step"] == 3
+    assert trained[1].keys() == trained[2].keys()
+    worst = max(float((trained[1][k] - trained[2][k]).abs().max()) for k in trained[1])
+    assert worst < 1e-5, worst
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_ends_the_run_failed_with_its_line(tiny_cfg, capsys):
+    cfg = tiny_cfg(["finetune=full", "train.lr=1e-30", "train.warmup_ratio=0", "run.until=finetune"])
+    cfg.launch.processes_per_job = 2
+    with pytest.raises(SystemExit):
+        run(cfg)
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: process 0 of 2: the fine-tune did not train"), line
+    client = MlflowClient(cfg.tracking.uri)
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert mlflow_run.info.status == "FAILED"
+    assert mlflow_run.data.tags["error"].startswith("ProcessFailed: process 0 of 2: the fine-tune did not train")
+
+
+def test_processes_must_divide_the_batch_and_sharding_needs_several(tiny_cfg):
+    with pytest.raises(ConfigError, match=r"^launch.processes_per_job=3 does not divide train.batch_size=8"):
+        validate(tiny_cfg(["launch.processes_per_job=3"]))
+    with pytest.raises(ConfigError, match=r"^launch.fsdp=full is not allowed with launch.processes_per_job=1"):
+        validate(tiny_cfg(["launch.fsdp=full"]))
+    with pytest.raises(ConfigError, match=r"^launch.processes_per_job=0 is not allowed: must be >= 1"):
+        validate(tiny_cfg(["launch.processes_per_job=0"]))
+    validate(tiny_cfg(["launch.processes_per_job=2", "launch.fsdp=full"]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
+def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
+    sig, tmp_path, tiny_model, tiny_qa, tiny_nanobeir
+):
+    """SIGKILL to the job's process (torchrun and its workers follow it), or Ctrl-C (the run ends KILLED, exit 130,
+    after torchrun stopped its workers); then the same command resumes from the last checkpoint into the same run."""
+    overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + [
+        "finetune=full",
+        "train.max_steps=120",
+        "train.save_steps=10",
+        "train.eval_steps=null",
+        "train.logging_steps=10",
+        "launch.processes_per_job=2",
+    ]
+    cmd = [sys.executable, "-m", "pipeline", *overrides]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
+    wait_for_checkpoint(proc, finetune_cache, "checkpoint-20")
+    children = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two workers
+    assert len([c for c in children if "pipeline.launch.torchrun" in " ".join(c.cmdline())]) >= 2
+    os.killpg(proc.pid, sig)  # the job's process group, as a terminal's Ctrl-C; torchrun has a session of its own
+    assert proc.wait(timeout=120) == (130 if sig == signal.SIGINT else -signal.SIGKILL)
+    assert _all_gone(children, timeout=60), [c.pid for c in children if c.is_running()]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (interrupted,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert interrupted.info.status == ("KILLED" if sig == signal.SIGINT else "RUNNING")
+
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
+    assert mlflow_run.info.run_id == interrupted.info.run_id
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.data.tags["resumed"] == "true"
+    assert int(mlflow_run.data.tags["resumed_from"].split("-")[1]) >= 10, mlflow_run.data.tags
+    assert client.get_metric_history(mlflow_run.info.run_id, "loss")[-1].step == 120
+    _assert_no_step_before_the_checkpoint_ran_twice(client, mlflow_run)  # nor logged by two processes
