@@ -216,6 +216,12 @@ class LaunchConfig:
     fsdp: Fsdp = Fsdp.off  # with processes_per_job > 1: which arms train fully sharded (FSDP) instead of under DDP
 
 
+def sharded(cfg) -> bool:
+    """Whether this run's arm trains under FSDP (`launch.fsdp`: the full arm, or both arms) rather than DDP."""
+    scope = Fsdp(cfg.launch.fsdp)
+    return scope == Fsdp.both or (scope == Fsdp.full and Method(cfg.finetune.method) == Method.full)
+
+
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)

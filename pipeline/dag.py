@@ -23,7 +23,7 @@ from typing import Any
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from pipeline.config import Fsdp
+from pipeline.config import sharded
 from pipeline.disk import check_disk, disk_full_fails_the_stage, local_model_dir
 from pipeline.fingerprint import code_version, config_hash, eval_identity, pinned_config, sources
 from pipeline.graph import DAG as DAG  # the table and its graph, for pipeline.dag's callers
@@ -92,12 +92,6 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
     # Which evaluation its in-training metrics are of: the key leaves `eval` out (it does not change the weights), so a
     # run that reuses this output with another evaluation must not log those metrics as its own
     return {**result, "in_training_eval": eval_identity(cfg, ctx.sources)}
-
-
-def sharded(cfg: DictConfig) -> bool:
-    """Whether this run's arm trains under FSDP (`launch.fsdp`: the full arm, or both arms) rather than DDP."""
-    scope = Fsdp(cfg.launch.fsdp)
-    return scope == Fsdp.both or (scope == Fsdp.full and cfg.finetune.method == "full")
 
 
 # How each stage of the table runs: (cfg, upstream outputs by name, out dir, context) -> its summary. Every stage

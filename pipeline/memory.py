@@ -11,6 +11,10 @@ has: a run that cannot fit is refused in one line instead of ending in an out-of
   caches whatever else does not fit); an adapter's own layers add what peft's LoRA keeps (its dropout's copy and
   mask). With gradient checkpointing, each layer's input is kept, and backward holds a few layers' activations.
 
+With several processes per job (`launch.processes_per_job` = N), each process embeds batch_size / N rows; under FSDP
+(`launch.fsdp`) it keeps 1/N of the weights, gradients and AdamW states, plus two layers' weights gathered at once
+(not yet measured on GPUs: bench/scaling.py does). The check is per process, against one device.
+
 Token counts use `max_seq_length` (the longest a text is padded or cut to): an upper bound for short texts.
 Parameter counts come from the safetensors headers (`pipeline.disk`), without torch.
 """
@@ -19,12 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from pipeline.config import LossName, ModelDtype, RunError, mini_batch_size
+from pipeline.config import LossName, ModelDtype, RunError, mini_batch_size, sharded
 from pipeline.disk import FP32, adapted_weights, human, trainable_count, weight_shapes
 
 DTYPE_BYTES = {ModelDtype.float32: 4, ModelDtype.bfloat16: 2, ModelDtype.float16: 2}
@@ -33,6 +38,7 @@ ADAMW_BYTES = 2 * FP32  # exp_avg and exp_avg_sq
 # the layer inputs it keeps (the recomputed layer, the gradients flowing through it, the other text column's branch):
 # measured as peak RSS on CPU, 2.6-3.1 layers for MiniLM and for a Qwen3 decoder (python -m bench --only memory)
 CHECKPOINTED_LIVE_LAYERS = 3
+LAYER = re.compile(r"\.(?:layers?|h|blocks?)\.(\d+)\.")  # a transformer layer's weights, by index
 
 
 class MemoryLimitError(RunError):
@@ -76,7 +82,7 @@ def tokens_with_gradients(cfg: DictConfig, seq_len: int, device: str) -> int:
     from pipeline.losses import CHUNK_TOKENS
 
     train = cfg.train
-    texts = train.batch_size * columns(cfg)
+    texts = train.batch_size // cfg.launch.processes_per_job * columns(cfg)  # each process embeds its share
     if train.loss == LossName.mnrl:
         return texts * seq_len
     chunk = mini_batch_size(train.mini_batch_size)
@@ -114,7 +120,23 @@ def estimate(cfg: DictConfig, model_dir: Path, device: str, precision: str) -> M
         live = layers * arch["hidden_size"] * act_bytes + min(layers, CHECKPOINTED_LIVE_LAYERS) * per_token / layers
         per_token = min(per_token, live)  # a model of a few layers saves nothing by it
     activations = int(tokens * per_token)
-    return MemoryEstimate(weights, trainable * trained_bytes, trainable * ADAMW_BYTES, activations, tokens)
+    gradients, optimizer = trainable * trained_bytes, trainable * ADAMW_BYTES
+    if sharded(cfg):  # FSDP: each process keeps 1/N of the weights, gradients and AdamW states (plus a layer gathered)
+        shards = cfg.launch.processes_per_job
+        # two layers gathered at once (the one computing, the next prefetched), never more than the whole model
+        weights = min(weights, weights // shards + 2 * largest_layer(shapes) * dtype_bytes)
+        gradients, optimizer = gradients // shards, optimizer // shards
+    return MemoryEstimate(weights, gradients, optimizer, activations, tokens)
+
+
+def largest_layer(shapes: dict[str, list[int]]) -> int:
+    """Parameters of the largest transformer layer (`...layer.3.` / `...layers.3.` in the weight names)."""
+    sizes: dict[str, int] = {}
+    for name, shape in shapes.items():
+        found = LAYER.search(name)
+        if found:
+            sizes[found.group(1)] = sizes.get(found.group(1), 0) + math.prod(shape)
+    return max(sizes.values(), default=0)
 
 
 def adapter_activation_bytes(

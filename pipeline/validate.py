@@ -166,6 +166,7 @@ def _check_launch(cfg: DictConfig) -> None:
     """Several processes per job split the global batch evenly, one GPU each where there are GPUs."""
     from pipeline.config import Fsdp
     from pipeline.launch.gpus import visible_gpus
+    from pipeline.models import device_and_precision
 
     processes, batch = cfg.launch.processes_per_job, cfg.train.batch_size
     if batch % processes:
@@ -177,6 +178,11 @@ def _check_launch(cfg: DictConfig) -> None:
         raise ConfigError(
             f"launch.fsdp={Fsdp(cfg.launch.fsdp).value} is not allowed with launch.processes_per_job=1: sharding "
             "needs several processes; set launch.processes_per_job, or launch.fsdp=off"
+        )
+    if Fsdp(cfg.launch.fsdp) != Fsdp.off and device_and_precision()[0] != "cuda":
+        raise ConfigError(
+            f"launch.fsdp={Fsdp(cfg.launch.fsdp).value} needs GPUs: accelerate shards (FSDP) only across GPUs, and CPU "
+            "processes would train under DDP instead; use launch.fsdp=off here"
         )
     gpus = visible_gpus()
     if gpus and processes > len(gpus):

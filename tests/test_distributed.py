@@ -99,7 +99,9 @@ def test_processes_must_divide_the_batch_and_sharding_needs_several(tiny_cfg):
         validate(tiny_cfg(["launch.fsdp=full"]))
     with pytest.raises(ConfigError, match=r"^launch.processes_per_job=0 is not allowed: must be >= 1"):
         validate(tiny_cfg(["launch.processes_per_job=0"]))
-    validate(tiny_cfg(["launch.processes_per_job=2", "launch.fsdp=full"]))
+    with pytest.raises(ConfigError, match=r"^launch.fsdp=both needs GPUs: accelerate shards \(FSDP\) only across GPUs"):
+        validate(tiny_cfg(["launch.processes_per_job=2", "launch.fsdp=both"]))  # on this CPU machine
+    validate(tiny_cfg(["launch.processes_per_job=2", "launch.fsdp=off"]))
 
 
 @pytest.mark.slow
@@ -141,3 +143,17 @@ def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
     assert int(mlflow_run.data.tags["resumed_from"].split("-")[1]) >= 10, mlflow_run.data.tags
     assert client.get_metric_history(mlflow_run.info.run_id, "loss")[-1].step == 120
     _assert_no_step_before_the_checkpoint_ran_twice(client, mlflow_run)  # nor logged by two processes
+
+
+def test_the_memory_check_is_per_process_and_sharding_divides_the_trained_state(tiny_cfg, tiny_model):
+    from pipeline.memory import estimate
+
+    def need(*extra: str):
+        cfg = tiny_cfg(["finetune=full", "train.loss=mnrl", *extra])
+        return estimate(cfg, tiny_model.parent, "cpu", "fp32")
+
+    one, ddp, fsdp = need(), need("launch.processes_per_job=2"), need("launch.processes_per_job=2", "launch.fsdp=full")
+    assert ddp.tokens * 2 == one.tokens and ddp.activations * 2 == one.activations  # half the batch each
+    assert (ddp.weights, ddp.gradients, ddp.optimizer) == (one.weights, one.gradients, one.optimizer)  # replicated
+    assert fsdp.gradients * 2 == one.gradients and fsdp.optimizer * 2 == one.optimizer
+    assert one.weights / 2 < fsdp.weights < one.weights  # a half, plus the layers gathered at once

@@ -163,6 +163,8 @@ def finetune(
     )
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(CompactProgress)  # the bar, with short log lines instead of raw metric dicts
+    if fsdp and not trainer.is_fsdp_enabled:  # accelerate shards across GPUs only; never DDP in its place, unsaid
+        raise RunError(f"FSDP was asked for and accelerate did not enable it ({trainer.accelerator.distributed_type})")
     last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     if fsdp:  # every process takes part in gathering the shards; the first one gets the whole trained model
