@@ -123,9 +123,10 @@ def test_scaled_experiments_keep_the_recipe_but_the_size(experiment):
 
 
 def hydra_config(*overrides: str):
-    """The `hydra` node the CLI composes for these overrides (`--cfg hydra`): launchers and sweepers included."""
+    """The `hydra` node the CLI composes for these overrides (`--cfg all`: launchers and sweepers included, and the
+    job's config beside it, which the launcher's interpolations such as `${launch.processes_per_job}` read)."""
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline", *overrides, "--cfg", "hydra"],
+        [sys.executable, "-m", "pipeline", *overrides, "--cfg", "all"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -141,11 +142,13 @@ def hydra_config(*overrides: str):
     [
         ("submitit_slurm", "_target_", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
         ("slurm", "gpus_per_node", "1"),
+        ("slurm launch.processes_per_job=2", "gpus_per_node", "2"),  # one task, N GPUs for torchrun's N processes
         ("joblib", "_target_", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ],
 )
 def test_launcher_configs_compose(launcher, key, value):
-    hydra = hydra_config("sweep=lora_grid", f"hydra/launcher={launcher}")
+    launcher, *overrides = launcher.split()
+    hydra = hydra_config("sweep=lora_grid", f"hydra/launcher={launcher}", *overrides)
     assert str(hydra["launcher"][key]) == value
     assert hydra["sweeper"]["_target_"].endswith("LoraVsFullSweeper")
 

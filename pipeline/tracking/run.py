@@ -233,6 +233,9 @@ class PipelineRun:
                 log_step(self.client, self.run_id, entry, int(entry.get("step", 0)))
         for key in ("device", "precision", "resumed_from", "trainable_dtype", "gradient_checkpointing"):
             self.client.set_tag(self.run_id, key, str(r.get(key)))
+        # how many processes trained it (one per GPU), sharded or not; a summary from before either key: one, DDP
+        self.client.set_tag(self.run_id, "processes", str(r.get("processes", 1)))
+        self.client.set_tag(self.run_id, "fsdp", str(r.get("fsdp", False)))
         for side, prompt in (r.get("prompts") or {}).items():  # what training and every evaluation prepended
             self.client.set_tag(self.run_id, f"prompt.{side}", prompt or "(none)")
         cost = ("train_seconds", "train_samples_per_second", "peak_memory_mb")  # what the run cost
