@@ -207,12 +207,13 @@ def test_sweep_through_slurm_to_the_tracking_server_then_compare(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("processes", [1, 2])  # 2: the job's process stops torchrun's workers, then requeues
 def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
-    tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
+    processes, tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
 ):
     tiny = (tiny_model, tiny_qa, tiny_nanobeir)
     training = ["train.max_steps=50", "train.save_steps=10", "train.eval_steps=null", "train.logging_steps=10"]
-    experiment = ["tracking.experiment=requeue"]
+    experiment = [f"tracking.experiment=requeue-{processes}"]  # the tracking server is shared by the module
     proc = _slurm_sweep(
         tmp_path,
         tiny,
@@ -223,6 +224,7 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
         "finetune.alpha=8",
         *training,
         *experiment,
+        f"launch.processes_per_job={processes}",
     )
     finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
     deadline = time.monotonic() + 300
@@ -243,10 +245,12 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
     _finish(proc, tmp_path, slurm)
 
     client = MlflowClient(tracking_server)
-    exp_id = client.get_experiment_by_name("requeue").experiment_id
+    exp_id = client.get_experiment_by_name(f"requeue-{processes}").experiment_id
     jobs = [r for r in client.search_runs([exp_id]) if r.data.tags.get("pipeline.role") != "sweep"]
-    (run,) = jobs  # one run, not two
+    assert len(jobs) == 1, [(r.info.status, r.data.tags) for r in jobs]  # one run, not two
+    (run,) = jobs
     assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert run.data.tags["processes"] == str(processes)
     assert run.data.tags["slurm.job_id"] == job and run.data.tags["slurm.restart_count"] == "1"
     assert int(run.data.tags["resumed_from"].split("-")[1]) >= 10
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]

@@ -157,3 +157,28 @@ def test_the_memory_check_is_per_process_and_sharding_divides_the_trained_state(
     assert (ddp.weights, ddp.gradients, ddp.optimizer) == (one.weights, one.gradients, one.optimizer)  # replicated
     assert fsdp.gradients * 2 == one.gradients and fsdp.optimizer * 2 == one.optimizer
     assert one.weights / 2 < fsdp.weights < one.weights  # a half, plus the layers gathered at once
+
+
+@pytest.mark.slow
+def test_make_decide_in_two_processes_per_job_gives_one_process_scores_and_verdict(
+    tmp_path, tiny_no_dropout_model, tiny_qa, tiny_nanobeir
+):
+    """`make decide` shrunk (the grid, then one look of fresh seeds) with every job in two processes: each run's
+    NanoBEIR score and the verdict are one process's (no dropout, the same global batch)."""
+    from tests.test_decide import _decide
+
+    tiny = (tiny_no_dropout_model, tiny_qa, tiny_nanobeir)
+    shrunk = ("finetune.dropout=0", "hydra.sweeper.decide.extend=0", "hydra.sweeper.decide.budget=2")
+    results = {}
+    for processes in (1, 2):
+        out = tmp_path / f"x{processes}"
+        out.mkdir()
+        _, _, parent, runs = _decide(out, tiny, *shrunk, f"launch.processes_per_job={processes}")
+        scores = {r.info.run_name: r.data.metrics["nanobeir_mean_ndcg_at_10"] for r in runs}
+        verdict = {k: v for k, v in parent.data.tags.items() if k.startswith("verdict")}
+        results[processes] = scores, verdict, {r.data.tags.get("processes") for r in runs}
+    (one, one_verdict, one_tags), (two, two_verdict, two_tags) = results[1], results[2]
+    assert one_tags == {"1"} and two_tags == {"2"}  # each run says how it trained
+    assert sorted(two) == sorted(one) and len(one) == 6  # 2 grid jobs, then 2 fresh seeds per arm
+    assert two == pytest.approx(one, abs=1e-4)
+    assert two_verdict == one_verdict
