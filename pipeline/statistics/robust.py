@@ -38,11 +38,10 @@ def outlier_seeds(arms: Mapping[str, Sequence[float]], floor: float, z: float = 
     flagged = {}
     for name, res in residuals.items():
         found = []
+        qn = float(qn_scale(res)) if res.size >= 5 else None  # Qn: two collapsed seeds of five cannot inflate it
         for i in range(res.size):
-            if res.size >= 5:  # Qn: two collapsed seeds of five cannot inflate it
-                own = float(qn_scale(res))
-            else:  # three or four seeds: the others' MAD (the arm's own MAD would count the outlier's residual)
-                own = MAD_TO_SD * _mad(np.delete(res, i))
+            # three or four seeds: the others' MAD (the arm's own MAD would count the outlier's residual)
+            own = qn if qn is not None else MAD_TO_SD * _mad(np.delete(res, i))
             scale = max(pooled, own)  # an arm noisier than the others is judged by its own spread
             if abs(res[i]) > max(floor, z * scale):  # above too: where most seeds collapsed, the stable ones
                 found.append(i)
