@@ -116,39 +116,40 @@ def spent(t: float, alpha: float, gamma: float | None = None) -> float:
     return alpha * -math.expm1(-gamma * min(t, 1.0)) / -math.expm1(-gamma)
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=65536)  # the advice's search meets ~1,500 designs over a simulation
 def boundaries(fractions: tuple[float, ...], alpha: float, gamma: float | None = None) -> tuple[float, ...]:
     """Upper z boundaries c_1..c_K for looks at these information fractions (one-sided level alpha).
 
     The look statistics are Z_k = B(t_k) / sqrt(t_k), B a standard Brownian motion (corr(Z_i, Z_j) =
-    sqrt(t_i / t_j)); `gamma`: the spending function (`spent`); the density of B(t_k) on the paths that crossed no earlier boundary is carried from look to
-    look on a grid (Armitage, McPherson & Rowe 1969; Jennison & Turnbull 2000, section 19.2), and c_k is the root of
-    P(no earlier crossing, Z_k >= c_k) = a(t_k) - a(t_{k-1})."""
-    cs: list[float] = []
-    grid = weights = density = None  # B(t_{k-1}) on the paths still going: Simpson nodes, weights and density
-    previous = 0.0
-    for t in fractions:
-        increment = spent(t, alpha, gamma) - spent(previous, alpha, gamma)
-        if density is None:
-            c = float(stats.norm.isf(increment))
-        else:
-            s = math.sqrt(t - previous)
+    sqrt(t_i / t_j)); `gamma`: the spending function (`spent`); the density of B(t_k) on the paths that crossed no
+    earlier boundary is carried from look to look on a grid (Armitage, McPherson & Rowe 1969; Jennison & Turnbull
+    2000, section 19.2), and c_k is the root of P(no earlier crossing, Z_k >= c_k) = a(t_k) - a(t_{k-1})."""
+    return _carried(tuple(fractions), alpha, gamma)[0]
 
-            def excess(c: float, grid=grid, mass=weights * density, s=s, t=t, increment=increment) -> float:
-                return float(mass @ stats.norm.sf((c * math.sqrt(t) - grid) / s)) - increment
 
-            c = float(optimize.brentq(excess, -10, 40, xtol=1e-10))
-        new_grid, new_weights = _simpson(-10 * math.sqrt(t), min(c, 10.0) * math.sqrt(t))
-        if density is None:
-            density = stats.norm.pdf(new_grid, scale=math.sqrt(t))
-        else:
-            gap = (new_grid[:, None] - grid[None, :]) / s  # the normal density by hand: 5x faster than norm.pdf
-            kernel = np.exp(-0.5 * gap * gap) / (s * math.sqrt(2 * math.pi))
-            density = kernel @ (weights * density)
-        grid, weights = new_grid, new_weights
-        cs.append(c)
-        previous = t
-    return tuple(cs)
+@lru_cache(maxsize=4096)  # ~10 kB each; the looks 1..k of a design share looks 1..k-1's, computed once
+def _carried(fractions: tuple[float, ...], alpha: float, gamma: float | None) -> tuple[tuple[float, ...], np.ndarray]:
+    """(c_1..c_K, the density of B(t_K) on the paths still going, on `_simpson`'s grid below c_K): look K's step
+    from looks 1..K-1's."""
+    t = fractions[-1]
+    previous = fractions[-2] if len(fractions) > 1 else 0.0
+    increment = spent(t, alpha, gamma) - spent(previous, alpha, gamma)
+    if len(fractions) == 1:
+        c = float(stats.norm.isf(increment))
+        grid, _ = _simpson(-10 * math.sqrt(t), min(c, 10.0) * math.sqrt(t))
+        return (c,), stats.norm.pdf(grid, scale=math.sqrt(t))
+    cs, density = _carried(fractions[:-1], alpha, gamma)
+    grid, weights = _simpson(-10 * math.sqrt(previous), min(cs[-1], 10.0) * math.sqrt(previous))
+    mass, s = weights * density, math.sqrt(t - previous)
+
+    def excess(c: float) -> float:
+        return float(mass @ stats.norm.sf((c * math.sqrt(t) - grid) / s)) - increment
+
+    c = float(optimize.brentq(excess, -10, 40, xtol=1e-10))
+    new_grid, _ = _simpson(-10 * math.sqrt(t), min(c, 10.0) * math.sqrt(t))
+    gap = (new_grid[:, None] - grid[None, :]) / s  # the normal density by hand: 5x faster than norm.pdf
+    kernel = np.exp(-0.5 * gap * gap) / (s * math.sqrt(2 * math.pi))
+    return (*cs, c), kernel @ mass
 
 
 def _simpson(low: float, high: float, points: int = 1201) -> tuple[np.ndarray, np.ndarray]:
