@@ -240,3 +240,16 @@ def test_an_error_ends_the_run_failed_with_its_line_and_traceback(tiny_cfg, tmp_
     assert r.info.status == "FAILED" and r.data.tags["error"] == "ValueError: boom in the run's process"
     trace = Path(client.download_artifacts(r.info.run_id, "error.txt", str(tmp_path))).read_text()
     assert "failing_stage" in trace and "Traceback" in trace
+
+
+@pytest.mark.parametrize("until", ["evaluate", "dev_evaluate"])
+def test_a_run_until_an_evaluation_logs_its_score_without_the_base_models(tiny_cfg, until):
+    """run.until=evaluate (docs/reproducing.md re-scores at another eval.precision so) runs no baseline: the run logs
+    its score and no change from the base model, and finishes (it ended in a KeyError)."""
+    cfg = tiny_cfg([f"run.until={until}"])
+    run(cfg)
+    client = MlflowClient(tracking_uri(cfg))
+    (r,) = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    score = "nanobeir_mean_ndcg_at_10" if until == "evaluate" else "dev_ndcg_at_10"
+    assert r.info.status == "FINISHED" and score in r.data.metrics
+    assert not [k for k in r.data.metrics if "delta_vs_base" in k]

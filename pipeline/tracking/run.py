@@ -214,8 +214,10 @@ class PipelineRun:
 
     def _log_dev_evaluate(self, output: StageOutput) -> None:
         """Dev NDCG@10 (what a sweep selects on) and what fine-tuning learned in-domain: the change from the base."""
-        dev = output.result["ndcg_at_10"]
-        self._metrics({"dev_ndcg_at_10": dev, "dev_delta_vs_base": dev - self.base["dev"]["ndcg_at_10"]})
+        dev = {"dev_ndcg_at_10": output.result["ndcg_at_10"]}
+        if "dev" in self.base:  # run.until=dev_evaluate runs it; otherwise the base model's dev score is there
+            dev["dev_delta_vs_base"] = dev["dev_ndcg_at_10"] - self.base["dev"]["ndcg_at_10"]
+        self._metrics(dev)
         self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), "evaluation/dev")
 
     def _log_finetune(self, output: StageOutput) -> None:
@@ -246,6 +248,8 @@ class PipelineRun:
     def _log_evaluate(self, output: StageOutput) -> None:
         """NanoBEIR NDCG@10, and what fine-tuning forgot (or gained) out of domain: the change from the base."""
         self._log_evaluation(output, prefix="", artifact_path="evaluation")
+        if "nanobeir" not in self.base:  # run.until=evaluate: the base model was not evaluated in this run
+            return
         r, base = output.result, self.base["nanobeir"]
         deltas = {"nanobeir_delta_vs_base": r["ndcg_at_10"] - base["ndcg_at_10"]}
         for name, value in r["per_dataset_ndcg_at_10"].items():
