@@ -49,9 +49,12 @@ def _trained(cfg) -> tuple[dict[str, torch.Tensor], dict]:
 def test_two_processes_train_what_one_trains_with_one_run_and_one_cache_entry(
     method, loss, tmp_path, tiny_no_dropout_model, tiny_qa, tiny_nanobeir
 ):
-    """DDP on 2 gloo processes, each taking half of the global batch with in-batch negatives gathered from both: the
-    weights equal one process's within 1e-5 (no dropout: the two would draw differently)."""
-    trained = {}
+    """DDP on 2 gloo processes, each taking half of the global batch with in-batch negatives gathered from both: every
+    step's loss and gradient norm are one process's, and so are the weights, within 1e-5 (no dropout: the two would
+    draw differently). A few weights may differ more: AdamW divides a gradient by its own size plus eps (1e-8), so an
+    element whose gradient is about eps (LoRA's A at step 2, while B is ~lr) turns a rounding difference into up to
+    a few 1e-5 of its update (one weight of 3,840 in the LoRA arm, 4.7e-5, with equal losses and gradient norms)."""
+    trained, logged = {}, {}
     for processes in (1, 2):
         out = tmp_path / f"p{processes}"
         overrides = tiny_overrides(out, tiny_no_dropout_model, tiny_qa, tiny_nanobeir) + [
@@ -70,12 +73,15 @@ def test_two_processes_train_what_one_trains_with_one_run_and_one_cache_entry(
         client = MlflowClient(cfg.tracking.uri)
         (mlflow_run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
         assert mlflow_run.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")] == [1, 2, 3]
+        history = {m: client.get_metric_history(mlflow_run.info.run_id, m) for m in ("loss", "grad_norm")}
+        assert [m.step for m in history["loss"]] == [1, 2, 3]
+        logged[processes] = {name: [m.value for m in values] for name, values in history.items()}
         summary = read_result(entry)  # the first process's summary, written once to the one cache entry
         assert summary["processes"] == processes and summary["global_step"] == 3
+    assert logged[2] == {name: pytest.approx(values, rel=1e-5) for name, values in logged[1].items()}
     assert trained[1].keys() == trained[2].keys()
-    worst = max(float((trained[1][k] - trained[2][k]).abs().max()) for k in trained[1])
-    assert worst < 1e-5, worst
+    differences = torch.cat([(trained[1][k] - trained[2][k]).abs().flatten() for k in trained[1]])
+    assert float(differences.quantile(0.999)) < 1e-5 and float(differences.max()) < 1e-4, float(differences.max())
 
 
 @pytest.mark.slow
