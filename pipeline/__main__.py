@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from pipeline.config import register_configs
 from pipeline.overrides import check_group_options, precompose, relative_alpha_as_sweep
+from pipeline.signals import interrupt
 from pipeline.validate import ConfigError, validate
 
 register_configs()
@@ -96,12 +97,8 @@ def interrupted(stop: KeyboardInterrupt) -> None:
     sys.exit(130)
 
 
-def _sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _sigterm)  # `kill` or a scheduler ends the run (and a sweep) as Ctrl-C does
+    signal.signal(signal.SIGTERM, interrupt)  # `kill` or a scheduler ends the run (and a sweep) as Ctrl-C does
     try:
         check_group_options(CONF, sys.argv[1:])
         precompose(CONF, sys.argv[1:])

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import LossName, Method
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.graph import require_every_stage
+from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
 from pipeline.tracking.store import Store, _now_ms, end_killed, log_step, metric_name, open_store
 from pipeline.tracking.system_metrics import system_metrics
@@ -344,7 +343,7 @@ def pipeline_run(
             run_id = _create_run(client, store.experiment_id, cfg, key, found, params, tags)
         monitor = system_metrics(store.uri, run_id, cfg.tracking.system_metrics, resumed=interrupted is not None)
         try:
-            with _sigterm_as_interrupt(), monitor:
+            with sigterm_as_interrupt(), monitor:
                 yield PipelineRun(client, run_id, cfg, found)
         except (KeyboardInterrupt, SystemExit) as stop:  # SystemExit: submitit's requeue before a SLURM time limit
             end_killed(client, run_id, "interrupted (Ctrl-C, SIGTERM or a requeue)")
@@ -390,23 +389,6 @@ def _create_run(
         resolved.write_text(OmegaConf.to_yaml(without_secrets(cfg)))
         client.log_artifact(run_id, str(resolved))
     return run_id
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """A scheduler's SIGTERM (preemption, scancel) ends the run KILLED, like Ctrl-C, instead of leaving it RUNNING."""
-    if threading.current_thread() is not threading.main_thread():  # only the main thread may set a handler
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _newest_run(client: MlflowClient, exp_id: str, key: str, statuses: tuple[str, ...]) -> Run | None:
