@@ -90,6 +90,11 @@ class Cluster:
         slurmstepd (its environment cleared) by the file of this cluster it holds open (slurmd's log)."""
         conf, root = self.env["SLURM_CONF"], str(self.root) + os.sep
         mine = {os.getpid(), *(proc.pid for proc in self.processes)}
+        for proc in self.processes:  # slurmctld's own helper (slurmscriptd) is a daemon, not a job: it ends with it
+            try:
+                mine.update(child.pid for child in psutil.Process(proc.pid).children() if "slurmd" not in proc.args[0])
+            except psutil.NoSuchProcess:
+                pass
         found = []
         for process in psutil.process_iter():
             try:
