@@ -91,10 +91,11 @@ class Cluster:
         conf, root = self.env["SLURM_CONF"], str(self.root) + os.sep
         mine = {os.getpid(), *(proc.pid for proc in self.processes)}
         for proc in self.processes:  # slurmctld's own helper (slurmscriptd) is a daemon, not a job: it ends with it
-            try:
-                mine.update(child.pid for child in psutil.Process(proc.pid).children() if "slurmd" not in proc.args[0])
-            except psutil.NoSuchProcess:
-                pass
+            if Path(proc.args[0]).name == "slurmctld":
+                try:
+                    mine.update(child.pid for child in psutil.Process(proc.pid).children())
+                except psutil.NoSuchProcess:  # slurmctld already stopped: its helper goes with the jobs' SIGKILL
+                    pass
         found = []
         for process in psutil.process_iter():
             try:
