@@ -125,7 +125,12 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
     """
 
     def __init__(
-        self, model, mini_batch_size: int | None = None, budget_bytes: float | None = None, dtype_bytes: int = 4
+        self,
+        model,
+        mini_batch_size: int | None = None,
+        budget_bytes: float | None = None,
+        dtype_bytes: int = 4,
+        gather_across_devices: bool = False,
     ) -> None:
         auto = mini_batch_size is None
         tokens = CHUNK_TOKENS.get(model.device.type, CHUNK_TOKENS["cpu"]) if auto else None
@@ -133,7 +138,7 @@ class AutoCachedMNRL(CachedMultipleNegativesRankingLoss):
             model,
             mini_batch_size=mini_batch_size or 32,
             mini_batch_num_tokens=tokens,
-            gather_across_devices=True,  # in-batch negatives from every process of the job (one process: no-op)
+            gather_across_devices=gather_across_devices,  # in-batch negatives from every process of the job
         )
         self.auto = auto
         self.dtype_bytes = dtype_bytes

@@ -105,15 +105,16 @@ def finetune(
     probe = probe_texts(train_dataset)
     initial_embeddings = model.encode(probe, convert_to_tensor=True)  # every adapter here starts as the identity
 
-    # 5. Define a loss function: in-batch negatives, gathered from every process of the job (one process: no-op)
+    # 5. Define a loss function: in-batch negatives, gathered from every process of the job when it has several
+    gather = processes > 1  # one process: nothing to gather (the library warns when asked to)
     mini_batch = mini_batch_size(train.mini_batch_size)
     if train.loss == LossName.cached_mnrl and mini_batch is None:  # auto: cache only where memory needs it
         fp32 = precision == "fp32" and ModelDtype(model_cfg.dtype) == ModelDtype.float32  # activations' width
-        loss = AutoCachedMNRL(model, dtype_bytes=4 if fp32 else 2)
+        loss = AutoCachedMNRL(model, dtype_bytes=4 if fp32 else 2, gather_across_devices=gather)
     elif train.loss == LossName.cached_mnrl:
-        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch, gather_across_devices=True)
+        loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch, gather_across_devices=gather)
     else:
-        loss = MultipleNegativesRankingLoss(model, gather_across_devices=True)
+        loss = MultipleNegativesRankingLoss(model, gather_across_devices=gather)
 
     # 6. Specify training arguments
     column_prompts = training_prompts(prompts, train_dataset.column_names)
