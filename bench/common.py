@@ -248,6 +248,7 @@ def pipeline_overrides(eval_dir: Path, outputs: Path, uri: str, steps: int, batc
         f"data.path={MEDQUAD}",
         f"data.train_size={steps * batch}",
         "data.eval_size=64",
+        "data.test_size=0",  # no in-domain test set: the same work as the bare script it is measured against
         f"eval.dataset_id={eval_dir}",
         "eval.datasets=[msmarco]",
         f"train.max_steps={steps}",

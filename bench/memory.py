@@ -49,6 +49,7 @@ def overrides(model: str, data: Path, work: Path, batch: int, seq: int, steps: i
         f"model.max_seq_length={seq}",
         f"data.path={data}",
         "data.eval_size=8",
+        "data.test_size=0",  # training only: no in-domain test set
         f"data.train_size={batch * steps}",
         "train.loss=mnrl",  # every text's graph kept: the estimate's activations are the whole batch
         f"train.batch_size={batch}",

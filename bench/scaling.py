@@ -37,6 +37,7 @@ def train(model: Path, data: Path, work: Path, method: str, processes: int, fsdp
         f"model.max_seq_length={args.seq}",
         f"data.path={data}",
         "data.eval_size=8",
+        "data.test_size=0",  # training only: no in-domain test set
         f"data.train_size={args.batch * args.steps}",
         f"eval.dataset_id={NANOBEIR_MINI}",  # not evaluated (run.until=finetune), but checked before the run
         "eval.datasets=[msmarco]",

@@ -103,6 +103,9 @@ class DataConfig:
     dev_queries: int = 1_000  # held-out questions used as dev queries (capped: 10,000 would slow every evaluation)
     dev_corpus: int = 5_000  # held-out answers in the dev corpus: the dev queries' own answers first, then others
     dev_distractors: int = 0  # training answers sampled (seed `seed`) into the dev corpus as extra distractors
+    # The in-domain test set: the last test_size held-out pairs, built as the dev set is (its sizes, its distractors),
+    # disjoint from training and dev by content; never selected on; the in-domain verdict's data. 0: none
+    test_size: int = 1_000
     # Hard negatives (pipeline.negatives): the dataset's own columns, in order; a column of lists gives one negative per
     # item (each row the same count). They become negative_1..n after the answer; None: pairs only
     negative_columns: list[str] | None = None

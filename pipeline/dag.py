@@ -43,7 +43,7 @@ from pipeline.stages.evaluate import (
 from pipeline.stages.finetune import finetune, last_complete_checkpoint
 from pipeline.stages.mine_negatives import mine_negatives
 from pipeline.stages.model_card import card_values, model_card
-from pipeline.stages.prepare_data import prepare_data, prepare_dev
+from pipeline.stages.prepare_data import prepare_data, prepare_dev, prepare_test
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,17 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
 RUNNERS: dict[str, Callable[..., dict]] = {
     "prepare_data": lambda cfg, up, out, ctx: prepare_data(cfg.data, out, ctx.datasets_cache("data")),
     "prepare_dev": lambda cfg, up, out, ctx: prepare_dev(cfg.data, up["prepare_data"].dir, out),
+    "prepare_test": lambda cfg, up, out, ctx: prepare_test(
+        cfg.data, up["prepare_data"].dir, up["prepare_dev"].dir, out
+    ),
     "baseline": lambda cfg, up, out, ctx: evaluate_baseline(
         cfg.model, cfg.eval, cfg.train.prompts, out, ctx.datasets_cache("eval")
     ),
     "dev_baseline": lambda cfg, up, out, ctx: evaluate_dev_baseline(
         cfg.model, cfg.eval, cfg.train.prompts, up["prepare_dev"].dir, out
+    ),
+    "test_baseline": lambda cfg, up, out, ctx: evaluate_dev_baseline(
+        cfg.model, cfg.eval, cfg.train.prompts, up["prepare_test"].dir, out, split="test"
     ),
     "mine_negatives": lambda cfg, up, out, ctx: mine_negatives(cfg.model, cfg.data, up["prepare_data"].dir, out),
     "finetune": _finetune,
@@ -112,6 +118,9 @@ RUNNERS: dict[str, Callable[..., dict]] = {
     ),
     "dev_evaluate": lambda cfg, up, out, ctx: evaluate_dev_finetuned(
         cfg.model, cfg.eval, cfg.train.prompts, up["prepare_dev"].dir, up["finetune"].dir, out
+    ),
+    "test_evaluate": lambda cfg, up, out, ctx: evaluate_dev_finetuned(
+        cfg.model, cfg.eval, cfg.train.prompts, up["prepare_test"].dir, up["finetune"].dir, out, split="test"
     ),
     "model_card": lambda cfg, up, out, ctx: model_card(
         cfg.model,

@@ -44,9 +44,9 @@ def _only(values: Values, prefix: str) -> Values:
 
 
 def pairs(values: Values) -> Values:
-    """What prepare_data reads: not the dev set's sizes (prepare_dev's), not the mining (mine_negatives'), the negative
+    """What prepare_data reads: not the held-out sets' sizes (prepare_dev's, prepare_test's), not the mining (mine_negatives'), the negative
     columns only where set, so that a config without negatives keys as it did before they existed."""
-    values = _without(values, "path", "revision", "mine", prefix="dev_")
+    values = _without(values, "path", "revision", "mine", "test_size", prefix="dev_")
     return values if values.get("negative_columns") is not None else _without(values, "negative_columns")
 
 
@@ -86,6 +86,16 @@ def prompts(values: Values) -> Values:
     return {"prompts": values["prompts"]}
 
 
+def held_out(values: Values) -> Values:
+    """Which held-out rows and how many (test_size splits them), the dev_* sizes, the seed that samples distractors."""
+    return {**_only(values, prefix="dev_"), "seed": values["seed"], "test_size": values["test_size"]}
+
+
+def has_test_set(cfg: DictConfig) -> bool:
+    """The in-domain test set's stages run where data.test_size > 0."""
+    return OmegaConf.select(cfg, "data.test_size", default=0) > 0
+
+
 def dev_encoding(values: Values) -> Values:
     """The dev set is upstream (prepare_dev's key): only how it is encoded."""
     return {"batch_size": values["batch_size"], "device": device_and_precision()[0]}
@@ -109,8 +119,9 @@ class Stage:
         }
 
 
-# The DAG: prepare_data -> finetune -> evaluate (NanoBEIR, the test set) and dev_evaluate (the in-domain dev set that
-# prepare_data held out) -> model_card, with the base model's evaluations (baseline, dev_baseline) beside them.
+# The DAG: prepare_data -> finetune -> evaluate (NanoBEIR, the general test set), dev_evaluate (the in-domain dev set
+# that prepare_data held out) and test_evaluate (the in-domain test set, the last held-out rows) -> model_card, with
+# the base model's evaluations (baseline, dev_baseline, test_baseline) beside them.
 # prepare_data and the baselines do not depend on the method or its hyper-parameters, so a sweep computes them once.
 DAG: tuple[Stage, ...] = (
     Stage(
@@ -121,10 +132,16 @@ DAG: tuple[Stage, ...] = (
     ),
     Stage(
         "prepare_dev",
-        # which held-out pairs: upstream; the dev_* sizes, and the seed that samples distractors
-        keys={"data": lambda v: {**_only(v, prefix="dev_"), "seed": v["seed"]}},
+        keys={"data": held_out},  # which held-out pairs: upstream
         inputs=("prepare_data",),
         code=("pipeline.stages.prepare_data",),
+    ),
+    Stage(
+        "prepare_test",  # the in-domain test set: disjoint from the dev set's texts, so built after it
+        keys={"data": held_out},
+        inputs=("prepare_data", "prepare_dev"),
+        code=("pipeline.stages.prepare_data",),
+        when=has_test_set,
     ),
     Stage(
         "baseline",
@@ -139,6 +156,14 @@ DAG: tuple[Stage, ...] = (
         inputs=("prepare_dev",),
         code=("pipeline.stages.evaluate",),
         reads=("model",),  # eval: its batch size only, not the NanoBEIR sets
+    ),
+    Stage(
+        "test_baseline",
+        keys={"model": model_loaded, "eval": dev_encoding, "train": prompts},
+        inputs=("prepare_test",),
+        code=("pipeline.stages.evaluate",),
+        reads=("model",),
+        when=has_test_set,
     ),
     Stage(
         "mine_negatives",  # optional: data.mine.enabled=true; finetune then trains on its rows
@@ -168,6 +193,14 @@ DAG: tuple[Stage, ...] = (
         inputs=("prepare_dev", "finetune"),
         code=("pipeline.stages.evaluate",),
         reads=("model",),
+    ),
+    Stage(
+        "test_evaluate",  # as dev_evaluate: the same evaluator, prompts and precision
+        keys={"model": model_loaded, "eval": dev_encoding, "train": prompts},
+        inputs=("prepare_test", "finetune"),
+        code=("pipeline.stages.evaluate",),
+        reads=("model",),
+        when=has_test_set,
     ),
     Stage(
         "model_card",

@@ -214,6 +214,12 @@ def _check_data(cfg: DictConfig) -> None:
         raise ConfigError(f"data.train_size={data.train_size} is not allowed: use a row count >= 1, or null for all")
     if data.eval_size <= 0:
         raise ConfigError(f"data.eval_size={data.eval_size} is not allowed: must be >= 1")
+    if not 0 <= data.test_size < data.eval_size:
+        raise ConfigError(
+            f"data.test_size={data.test_size} is not allowed: use 0 (no in-domain test set) up to "
+            f"{data.eval_size - 1}, fewer than the data.eval_size={data.eval_size} held-out pairs (the rest are the "
+            "dev set's)"
+        )
     problem = mine_problem(data, cfg.run.until, cfg.run.get("force"))
     if problem:
         raise ConfigError(problem)

@@ -140,6 +140,7 @@ def tiny_overrides(tmp_path: Path, tiny_model: Path, tiny_qa: Path, tiny_nanobei
         "model.max_seq_length=32",
         f"data.path={tiny_qa}",
         "data.eval_size=8",
+        "data.test_size=2",  # the last 2 held-out pairs: the in-domain test set
         "data.train_size=32",
         f"eval.dataset_id={tiny_nanobeir}",
         "eval.datasets=[scifact,msmarco]",

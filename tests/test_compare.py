@@ -52,6 +52,7 @@ def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict],
         exp_id, start_time=start, run_name=f"sweep-{sweep_id}", tags={"sweep_id": sweep_id, "pipeline.role": "sweep"}
     ).info.run_id
     baseline = per_query(rng, None, 0)
+    base_test = {"test": {f"t{i}": float(rng.uniform(0.3, 0.6)) for i in range(40)}}  # the in-domain test set
     for i, job in enumerate(jobs):
         run_id = client.create_run(
             exp_id,
@@ -86,6 +87,13 @@ def make_sweep(client, exp_id: str, sweep_id: str, start: int, jobs: list[dict],
         if not job.get("no_artifacts"):
             log_json(client, run_id, pq, "evaluation", tmp)
             log_json(client, run_id, baseline, "evaluation/baseline", tmp)
+        if "in_domain_gain" in job:  # scored on an in-domain test set (data.test_size) too
+            test = per_query(rng, base_test, job["in_domain_gain"])
+            log_json(client, run_id, test, "evaluation/test", tmp)
+            log_json(client, run_id, base_test, "evaluation/test_baseline", tmp)
+            delta = nanobeir_mean(test) - nanobeir_mean(base_test)
+            client.log_batch(run_id, metrics=[Metric("test_delta_vs_base", delta, 0, 0)])
+            job["in_domain"] = test
         client.set_terminated(run_id, "FINISHED")
         job["per_query"], job["baseline"] = pq, baseline
     client.set_terminated(parent, "FINISHED")
@@ -433,3 +441,54 @@ def test_the_rank_sequence_starts_at_the_selected_rank_not_the_grids_largest():
     labels = {row.rank: row.label for row in protocol.ranks}
     assert labels == {16: "no verdict", 8: "equivalent", 4: "equivalent"}  # r=16 is drawn, above the selection
     assert protocol.rank == 4
+
+
+def test_learn_and_forget_get_two_verdicts_that_can_disagree(tmp_path):
+    """Full learns the domain far better (in-domain gain 0.20 vs 0.05) while both keep NanoBEIR alike (0.10 each): the
+    in-domain verdict says inferior, the general one equivalent, on the same selection and fresh seeds; the answer for
+    both halves is inferior, and each is tagged on the parent run. Selection reads dev alone: lora r=8 has the best
+    in-domain test score of the grid and the lower dev score, and is selected by neither verdict."""
+    uri = f"sqlite:///{tmp_path}/m.db"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("halves", artifact_location=(tmp_path / "artifacts").as_uri())
+    jobs = [
+        job("full", 12, dev=0.80, gain=0.10, in_domain_gain=0.20),
+        job("lora", 12, dev=0.70, gain=0.10, r=16, alpha=32, in_domain_gain=0.05),
+        job("lora", 12, dev=0.65, gain=0.10, r=8, alpha=16, in_domain_gain=0.3),
+    ]
+    # fmt: skip
+    for seed in (13, 14, 15, 16):
+        jobs += [job("full", seed, dev=0.80, gain=0.10, in_domain_gain=0.20),
+                 job("lora", seed, dev=0.70, gain=0.10, r=16, alpha=32, in_domain_gain=0.05)]  # fmt: skip
+    parent = make_sweep(client, exp, "halves", 1_000, jobs, tmp_path, seed=4)
+    client.set_tag(parent, "sweep.grid_seeds", "12")
+    # each half its own margin: 0.03 in general, 0.01 in domain
+    result = compare(
+        uri, sweep_id="halves", out_dir=tmp_path / "report", n_resamples=N, margin=0.03, in_domain_margin=0.01
+    )
+    assert result["verdicts"] == {"general": "equivalent", "in_domain": "inferior", "combined": "inferior"}
+    general, in_domain = result["verdict"], result["in_domain_verdict"]
+    assert general["adapter"] == in_domain["adapter"] == SELECTED_LORA and general["full"] == in_domain["full"]
+    assert general["fresh_seeds"] == in_domain["fresh_seeds"] == {"adapter": [13, 14, 15, 16], "full": [13, 14, 15, 16]}
+    # the in-domain Δ is the difference of the fresh seeds' in-domain test means, not NanoBEIR's
+    fresh = {m: [j for j in jobs if j["method"] == m and j["seed"] != 12] for m in ("lora", "full")}
+    expected = np.mean([nanobeir_mean(j["in_domain"]) for j in fresh["lora"]]) - np.mean(
+        [nanobeir_mean(j["in_domain"]) for j in fresh["full"]]
+    )
+    assert in_domain["delta"] == pytest.approx(expected) and in_domain["delta"] < -0.1
+    tags = client.get_run(parent).data.tags
+    # each half's label, and `verdict` the answer for both
+    assert (tags["verdict.in_domain"], tags["verdict.general"], tags["verdict"]) == (
+        "inferior",
+        "equivalent",
+        "inferior",
+    )
+    report = (tmp_path / "report" / "report.md").read_text()
+    opening = report.splitlines()[2:6]
+    assert opening[0].startswith("**Both halves: inferior**")
+    assert opening[2].startswith("- **In domain**") and in_domain["sentence"] in opening[2]
+    assert opening[3].startswith("- **General** (NanoBEIR)") and general["sentence"] in opening[3]
+    evidence = report[report.index("## The verdict's evidence (in domain)") :]
+    assert "selection run (won on dev, not in Δ): full-lr2e-05-s12, in-domain test 0." in evidence
+    assert "Cochran" not in evidence.split("## The rank")[0]  # one set: no heterogeneity across datasets
+    assert (general["margin"], in_domain["margin"]) == (0.03, 0.01)

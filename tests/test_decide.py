@@ -12,12 +12,13 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from hydra.core.utils import JobStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from pipeline.statistics.sequential import Design, replay
+from pipeline.statistics.sequential import Design, combined, replay
 from pipeline.sweep.decide import (
     ADAPTER,
     FULL,
@@ -188,8 +189,9 @@ def _report_arm(arm: str, seed: int, score: float, start: int, dev: float = 0.8)
                r=r, seed=seed, configuration=method, dev=dev if arm == ADAPTER else dev - 0.1, per_query=per_query)  # fmt: skip
 
 
-def _both(design: Design, scores: dict[str, list[float]], listed: list[int], order: bool = True):
-    """The same scores through make decide's rounds and through the report: (rounds' outcome, report's protocol)."""
+def _both(design: Design, scores: dict[str, list[float]], listed: list[int], order: bool = True, losses=None):
+    """The same scores through make decide's rounds and through the report: (rounds' outcome, report's protocol).
+    `losses`: {arm: each seed's final train loss} (default 0.5 for every run)."""
     from pipeline.report.protocol import apply
 
     seeds = fresh_seeds([12], listed, design.looks()[-1])
@@ -198,12 +200,84 @@ def _both(design: Design, scores: dict[str, list[float]], listed: list[int], ord
     def train(jobs):
         return [by_seed[job_values(job)["arm"]][int(job_values(job)["train.seed"])] for job in jobs]
 
-    outcome = sequential(design, _arms(), seeds, train)
+    lost = {arm: dict(zip(seeds, (losses or {}).get(arm, [0.5] * len(seeds)), strict=False)) for arm in scores}
+
+    def loss(jobs):
+        return [lost[job_values(job)["arm"]][int(job_values(job)["train.seed"])] for job in jobs]
+
+    outcome = sequential(design, _arms(), seeds, train, losses=loss)
     trained = list(outcome.arms[0].scores)
     runs = [_report_arm(arm, 12, 0.6, 0) for arm in (ADAPTER, FULL)]  # the grid: selection, never in Δ
     runs += [_report_arm(arm, s, by_seed[arm][s], i + 1) for i, s in enumerate(trained) for arm in (ADAPTER, FULL)]
+    for run in runs[2:]:
+        run.train_loss = lost[FULL if run.method == "full" else ADAPTER][run.seed]
     protocol = apply(runs, n_resamples=50, grid_seeds={12}, design=design, order=seeds if order else None)
     return outcome, protocol
+
+
+def _halves(design: Design, general: dict[str, list[float]], in_domain: dict[str, list[float]], in_design=None):
+    """Both halves through make decide's rounds and through the report (compare's in-domain arms): (outcome, general
+    protocol, in-domain protocol)."""
+    from pipeline.report.compare import in_domain_arms
+    from pipeline.report.protocol import apply
+
+    seeds = fresh_seeds([12], [], design.looks()[-1])
+    by_seed = {half: {arm: dict(zip(seeds, v, strict=False)) for arm, v in scores.items()}
+               for half, scores in (("general", general), ("in_domain", in_domain))}  # fmt: skip
+
+    def score(half):
+        return lambda jobs: [by_seed[half][job_values(j)["arm"]][int(job_values(j)["train.seed"])] for j in jobs]
+
+    outcome = sequential(design, _arms(), seeds, score("general"), in_domain=score("in_domain"),
+                         in_domain_design=in_design)  # fmt: skip
+    runs = [_report_arm(arm, 12, 0.6, 0) for arm in (ADAPTER, FULL)]
+    for i, s in enumerate(outcome.arms[0].scores):
+        for arm in (ADAPTER, FULL):
+            runs.append(_report_arm(arm, s, by_seed["general"][arm][s], i + 1))
+            value = by_seed["in_domain"][arm][s]
+            runs[-1].in_domain = {"test": {"t1": value + 0.01, "t2": value - 0.01}}
+    for run in runs[:2]:
+        run.in_domain = {"test": {"t1": 0.7, "t2": 0.7}}
+    common = {"n_resamples": 50, "grid_seeds": {12}, "order": seeds}
+    return (
+        outcome,
+        apply(runs, design=design, **common),
+        apply(in_domain_arms(runs), design=in_design or design, margin=(in_design or design).margin, **common),
+    )
+
+
+def test_the_rounds_go_on_until_both_halves_are_decided_and_the_report_replays_each():
+    """General: equivalent at look 1 (spread 0.0005). In domain: full learns 0.03 more with a spread of 0.01, not
+    decided at look 1: the rounds go on (the general look marked so) until the in-domain verdict stops; the report's
+    replay of each half gives the same looks, and each half's label is its last look's."""
+    rng = random.Random(5)
+    general = {arm: [0.5 + rng.gauss(0, 0.0005) for _ in range(10)] for arm in (ADAPTER, FULL)}
+    in_domain = {ADAPTER: [0.70 + rng.gauss(0, 0.01) for _ in range(10)],
+                 FULL: [0.73 + rng.gauss(0, 0.01) for _ in range(10)]}  # fmt: skip
+    outcome, general_protocol, in_domain_protocol = _halves(Design(), general, in_domain)
+    first = outcome.looks[0]
+    assert first.label == "equivalent" and not first.stop and "in-domain verdict is not yet decided" in first.reason
+    assert len(outcome.looks) == len(outcome.in_domain) > 1 and outcome.in_domain[-1].stop
+    assert outcome.in_domain[-1].label == "inferior" and outcome.in_domain[0].label != "inferior"
+    fields = ("index", "seeds_adapter", "label")
+    for mine, report in ((outcome.looks, general_protocol.looks), (outcome.in_domain, in_domain_protocol.looks)):
+        assert [[getattr(x, f) for f in fields] for x in mine] == [[getattr(x, f) for f in fields] for x in report]
+        numbers = [v for x in report for v in (x.delta, x.low, x.high)]
+        assert numbers == pytest.approx([v for x in mine for v in (x.delta, x.low, x.high)], abs=1e-12)
+    assert in_domain_protocol.verdict.label == "inferior" and general_protocol.verdict.label == outcome.looks[-1].label
+
+
+def test_a_diverged_in_domain_seed_stops_the_rounds_without_a_verdict_for_both():
+    """The adapter's seed 15 collapses in domain alone: the rounds stop at look 1, the in-domain half says no verdict,
+    and so does the answer for both halves."""
+    from pipeline.statistics.sequential import combined
+
+    general = {arm: [0.5, 0.5004, 0.4996, 0.5, 0.5] for arm in (ADAPTER, FULL)}
+    in_domain = {ADAPTER: [0.730, 0.732, 0.65, 0.73, 0.73], FULL: [0.729, 0.733, 0.727, 0.73, 0.73]}
+    outcome, _, in_domain_protocol = _halves(Design(), general, in_domain)
+    assert len(outcome.looks) == 1 and outcome.in_domain[-1].label == in_domain_protocol.verdict.label == "no verdict"
+    assert outcome.reason.startswith("in domain: no verdict") and "adapter seed 15" in outcome.reason
+    assert combined(outcome.in_domain[-1].label, outcome.looks[-1].label) == "no verdict"
 
 
 def test_a_failed_seed_gets_the_same_answer_from_make_decide_and_the_report():
@@ -225,6 +299,20 @@ def test_a_diverged_seed_gets_the_same_answer_from_make_decide_and_the_report():
     assert "adapter seed 15 scores 0.5500" in outcome.reason and "adapter diverged in 1 of 3 seeds" in outcome.reason
     assert outcome.reason.removeprefix("no verdict: ") == protocol.verdict.reason
     assert protocol.divergence == {"adapter": (1, 3), "full": (0, 3)}
+
+
+def test_a_seed_whose_training_blew_up_is_a_diverged_seed_for_make_decide_and_the_report():
+    """Full seed 14 ends training at an infinite loss while its NanoBEIR mean looks ordinary: a diverged seed by its
+    training (the loss rule), so both stop at look 1 with no verdict and the same reason, naming its loss."""
+    rng = random.Random(3)
+    scores = {arm: [0.63 + rng.gauss(0, 0.002) for _ in range(10)] for arm in (ADAPTER, FULL)}
+    losses = {ADAPTER: [0.5] * 10, FULL: [0.6, math.inf] + [0.58] * 8}
+    outcome, protocol = _both(Design(), scores, [12, 13, 14, 15], losses=losses)
+    assert outcome.looks[-1].label == protocol.verdict.label == "no verdict" and len(outcome.looks) == 1
+    assert "full seed 14 ended training at loss inf" in outcome.reason and "full diverged in 1 of 3" in outcome.reason
+    assert outcome.reason.removeprefix("no verdict: ") == protocol.verdict.reason
+    # the same scores with ordinary losses decide
+    assert _both(Design(), scores, [12, 13, 14, 15])[0].looks[-1].label != "no verdict"
 
 
 def test_seeds_trained_out_of_order_are_replayed_in_the_order_trained():
@@ -384,7 +472,7 @@ def test_the_ranks_arms_are_each_ranks_best_on_dev():
 def _decide(tmp_path, tiny, *args: str):
     """`make decide`, shrunk: LoRA r=2 and the full fine-tune, each at one learning rate high enough (4 steps) that
     seeds differ on the tiny NanoBEIR, grid seed 1, then fresh seeds 2, 3, ... in rounds of a small design (looks at
-    2 and 3 seeds per arm)."""
+    2 and 3 seeds per arm); no in-domain test set unless `args` asks for one (`data.test_size=...`)."""
     shrunk = ("finetune.", "train.lr=", "train.max_steps=", "train.eval_steps=")
     overrides = [o for o in tiny_overrides(tmp_path, *tiny) if not o.startswith(shrunk)]
     cmd = [
@@ -392,7 +480,7 @@ def _decide(tmp_path, tiny, *args: str):
         "train.max_steps=4", "train.eval_steps=null", "finetune.r=2", "finetune.alpha=4",
         "hydra.sweeper.lr.lora=[5e-2]", "hydra.sweeper.lr.full=[5e-2]",
         "hydra.sweeper.seeds=[1]", "hydra.sweeper.decide.enabled=true", "hydra.sweeper.decide.first=2",
-        "hydra.sweeper.decide.step=1", "hydra.sweeper.decide.budget=3", *args,
+        "hydra.sweeper.decide.step=1", "hydra.sweeper.decide.budget=3", "data.test_size=0", *args,
     ]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
@@ -436,7 +524,6 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
     adapter = next(a for a in looks["arms"] if a["name"] == ADAPTER)
     assert {int(s): v for s, v in adapter["scores"].items()} == {s: by_name[f"lora-r2-a4-lr5e-2-s{s}"] for s in seeds}
     assert len(set(adapter["scores"].values())) > 1  # the seeds differ: a look with a measured spread
-
     # interrupted or not, running it again reuses every finished run and takes the same looks
     again, client, parent2, runs2 = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")
     assert parent2.info.run_id != parent.info.run_id and len(runs2) == len(runs)
@@ -463,3 +550,69 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
             break
         expected = r
     assert tags["verdict.rank"] == ("none" if expected is None else str(expected)), labels
+
+    # with an in-domain test set (the last 4 of the 8 held-out pairs) its half is looked at too: on 4 queries the
+    # adapter's two seeds score identically, so the in-domain half has no verdict, the rounds stop at look 1, and
+    # `verdict` (the answer for both halves) says so
+    halves, client, parent4, runs4 = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0", "data.test_size=4")
+    tags = parent4.data.tags
+    looks = json.loads(
+        Path(client.download_artifacts(parent4.info.run_id, "decide/looks.json", str(tmp_path / "4"))).read_text()
+    )
+    by_name = {
+        r.info.run_name: r.data.metrics["test_ndcg_at_10"] for r in runs4 if r.data.params["data.test_size"] == "4"
+    }
+    adapter = next(a for a in looks["arms"] if a["name"] == ADAPTER)
+    assert {int(s): v for s, v in adapter["in_domain"].items()} == {
+        s: by_name[f"lora-r2-a4-lr5e-2-s{s}"] for s in (2, 3)
+    }
+    assert tags["verdict.in_domain"] == looks["in_domain_looks"][-1]["label"] == "no verdict"
+    assert tags["verdict.general"] == looks["looks"][-1]["label"] and len(looks["looks"]) == 1
+    assert tags["verdict"] == combined(tags["verdict.in_domain"], tags["verdict.general"]) == "no verdict"
+    assert (
+        tags["verdict.reason"]
+        == "in domain: the adapter's seeds scored identically: seed variation not measured (is the seed applied?)"
+    )
+    assert tags["verdict.in_domain.sentence"].startswith("No verdict: the adapter's seeds scored identically")
+
+
+def _half_means(scenario, delta: float, reps: int, seed: int):
+    """(adapter, full) per-seed means of one half, (reps, 10): the project's NDCG@10-like generator, true Δ exact."""
+    from pipeline.statistics.generator import Benchmark
+
+    rng = np.random.default_rng(seed)
+    bench = Benchmark(scenario, reps, rng)
+    adapter, full = bench.shift_for(delta)
+    return bench.nanobeir(bench.scores(0, adapter, 10, rng)), bench.nanobeir(bench.scores(1, full, 10, rng))
+
+
+@pytest.mark.parametrize(
+    ("in_domain_delta", "general_delta"),
+    [(-0.01, 0.0), (0.0, -0.01), (-0.01, -0.01)],
+    ids=["learns", "forgets", "both"],
+)
+def test_as_good_on_both_halves_is_claimed_at_most_at_alpha_when_one_half_is_on_the_margin(
+    in_domain_delta, general_delta
+):
+    """The answer for both halves through make decide's rounds (both halves' looks, the rounds going on for the
+    undecided one): with one half's true Δ at -margin, "equivalent", "non-inferior" or "superior" on both (the
+    intersection-union claim) is made in at most alpha = 0.05 of replicates (+ simulation slack), without adjustment.
+    In-domain: one set of 200 queries; general: 3 datasets of 20-60 queries; 600 replicates."""
+    from pipeline.statistics.generator import Scenario
+    from pipeline.statistics.sequential import NOT_WORSE, combined
+
+    reps, design = 600, Design()
+    general = _half_means(Scenario(), general_delta, reps, 21)
+    in_domain = _half_means(Scenario(datasets=1, sizes=(200, 201)), in_domain_delta, reps, 22)
+    claims = 0
+    for i in range(reps):
+        scores = {h: {ADAPTER: list(m[0][i]), FULL: list(m[1][i])} for h, m in (("g", general), ("d", in_domain))}
+        seeds = fresh_seeds([12], [], design.budget)
+
+        def score(half, scores=scores, seeds=seeds):
+            return lambda jobs: [scores[half][job_values(j)["arm"]][seeds.index(int(job_values(j)["train.seed"]))]
+                                 for j in jobs]  # fmt: skip
+
+        outcome = sequential(design, _arms(), seeds, score("g"), in_domain=score("d"))
+        claims += combined(outcome.in_domain[-1].label, outcome.looks[-1].label) in NOT_WORSE
+    assert claims / reps <= 0.05 + 2.33 * math.sqrt(0.05 * 0.95 / reps)

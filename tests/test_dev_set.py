@@ -55,3 +55,47 @@ def test_dev_ndcg_is_the_evaluators_and_matches_the_per_query_mean(tmp_path, tin
     assert summary["ndcg_at_10"] == pytest.approx(expected, abs=1e-9)
     assert summary["queries"] == 3 and summary["corpus"] == 3
     assert not list((tmp_path / "out").glob("*predictions*"))
+
+
+def test_the_in_domain_test_set_is_the_last_heldout_rows_disjoint_by_content_from_training_and_dev(tmp_path):
+    """Every pair written twice: many of the last held-out rows repeat a training (or dev) pair by text. The test set
+    keeps only rows whose question and answer are texts neither training nor the dev set holds; both sets are built
+    alike (their sizes, the same sampled training distractors)."""
+    import pandas as pd
+    from datasets import load_from_disk
+    from omegaconf import OmegaConf
+
+    from pipeline.config import DataConfig
+    from pipeline.evaluation.dev import load_dev_set
+    from pipeline.stages.prepare_data import prepare_data, prepare_dev, prepare_test
+
+    pairs = [(f"what is item {i}?", f"item {i} is a thing numbered {i}.") for i in range(60)]
+    (tmp_path / "qa" / "data").mkdir(parents=True)
+    pd.DataFrame(pairs * 2, columns=["question", "answer"]).to_parquet(tmp_path / "qa" / "data" / "train.parquet")
+    data = OmegaConf.structured(DataConfig(path=str(tmp_path / "qa"), eval_size=40, test_size=16, dev_distractors=3))
+    for name in ("data", "dev", "test"):
+        (tmp_path / name).mkdir()
+    prepare_data(data, tmp_path / "data")
+    prepare_dev(data, tmp_path / "data", tmp_path / "dev")
+    summary = prepare_test(data, tmp_path / "data", tmp_path / "dev", tmp_path / "test")
+    dev, test = load_dev_set(tmp_path / "dev"), load_dev_set(tmp_path / "test", "test")
+    split = load_from_disk(str(tmp_path / "data" / "dataset"))
+    train = {*split["train"]["question"], *split["train"]["answer"]}
+    heldout = split["eval"]
+    assert list(dev["queries"].values()) == heldout["question"][:24]  # the first 40 - 16 rows are the dev set's
+    relevant = {test["corpus"][d] for docs in test["relevant_docs"].values() for d in docs}
+    questions = set(test["queries"].values())
+    assert questions and not (questions | relevant) & (
+        train | set(dev["queries"].values()) | set(dev["corpus"].values())
+    )
+    assert summary["test_dropped"] > 0 and summary["test_queries"] + summary["test_dropped"] == 16
+    assert questions <= set(heldout["question"][24:])  # from the last 16 rows alone
+    # the same distractors as dev: the 3 sampled training answers in both corpora
+    assert len(set(dev["corpus"].values()) & set(test["corpus"].values()) & train) == 3
+
+
+def test_a_test_size_leaving_no_dev_rows_is_refused_before_any_work(tiny_cfg):
+    from pipeline.validate import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"data.test_size=8 is not allowed: use 0 .* up to 7"):
+        validate(tiny_cfg(["data.test_size=8"]))

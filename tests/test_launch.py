@@ -18,7 +18,8 @@ from tests.conftest import ROOT, compose_config, tiny_overrides
 
 # --------------------------------------------------------------------------------------------------- shared prefix
 
-SHARED_STAGES = ["prepare_data", "prepare_dev", "baseline", "dev_baseline"]  # what no method or rank reaches
+# what no method or rank reaches (the tiny config has an in-domain test set)
+SHARED_STAGES = ["prepare_data", "prepare_dev", "prepare_test", "baseline", "dev_baseline", "test_baseline"]
 
 
 @pytest.fixture
@@ -36,7 +37,8 @@ def test_prefix_is_what_no_swept_key_reaches(job_cfgs):
     # a swept learning rate changes only training: everything before it is shared
     assert shared_stages(job_cfgs(["train.lr=1e-3"], ["train.lr=1e-4"])) == shared
     # two identical jobs share every stage
-    assert shared_stages(job_cfgs([], [])) == [*shared, "finetune", "evaluate", "dev_evaluate", "model_card"]
+    trained = ["finetune", "evaluate", "dev_evaluate", "test_evaluate", "model_card"]
+    assert shared_stages(job_cfgs([], [])) == [*shared, *trained]
     # only what every job runs: run.until=baseline needs no data
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=baseline", "train.lr=1"])) == ["baseline"]
     assert shared_stages(job_cfgs(["run.until=baseline"], ["run.until=prepare_data"])) == []

@@ -63,6 +63,14 @@ def test_lora_run_end_to_end(tiny_cfg, tmp_path):
     )
     assert len(dev["dev"]) == m["data_dev_queries"] > 0
     np.testing.assert_allclose(sum(dev["dev"].values()) / len(dev["dev"]), m["dev_ndcg_at_10"], rtol=1e-9)
+    # the in-domain test set (the last data.test_size=2 held-out pairs): scored per query, as dev, beside its baseline
+    test = json.loads(
+        open(client.download_artifacts(r.info.run_id, "evaluation/test/per_query.json", str(tmp_path))).read()
+    )
+    assert len(test["test"]) == m["data_test_queries"] == 2 - m["data_test_dropped"]
+    np.testing.assert_allclose(sum(test["test"].values()) / len(test["test"]), m["test_ndcg_at_10"], rtol=1e-9)
+    assert m["test_delta_vs_base"] == m["test_ndcg_at_10"] - m["baseline_test_ndcg_at_10"]
+    assert r.data.tags["stage.test_evaluate"] == "ran"
     # the adapter records its base as configured, and loads with SentenceTransformer(dir) and with load_adapter
     model_dir = client.download_artifacts(r.info.run_id, "model", str(tmp_path / "dl"))
     adapter_config = json.loads(open(f"{model_dir}/adapter_config.json").read())
@@ -89,17 +97,20 @@ def test_second_identical_run_is_cached(tiny_cfg):
     assert {n: o.status for n, o in other_r.items()} == {
         "prepare_data": "cached",
         "prepare_dev": "cached",
+        "prepare_test": "cached",
         "baseline": "cached",
         "dev_baseline": "cached",
+        "test_baseline": "cached",
         "finetune": "ran",
         "evaluate": "ran",
         "dev_evaluate": "ran",
+        "test_evaluate": "ran",
         "model_card": "ran",
     }
     # another evaluation set re-evaluates; it does not retrain
     other_eval = run_dag(tiny_cfg(["finetune=lora", "eval.datasets=[scifact]"]))
     assert other_eval["finetune"].status == "cached" and other_eval["evaluate"].status == "ran"
-    assert other_eval["dev_evaluate"].status == "cached"  # the dev set did not change
+    assert other_eval["dev_evaluate"].status == other_eval["test_evaluate"].status == "cached"  # nor did these sets
     assert list(other_eval["evaluate"].result["per_dataset_ndcg_at_10"]) == ["scifact"]
 
 

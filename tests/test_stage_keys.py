@@ -12,9 +12,12 @@ from pipeline.dag import stage_key
 from pipeline.fingerprint import sources
 from pipeline.graph import forced_stages, inputs_of, stages_until
 
-ALL = {"prepare_data", "prepare_dev", "baseline", "dev_baseline", "finetune", "evaluate", "dev_evaluate", "model_card"}
-TRAINED = {"finetune", "evaluate", "dev_evaluate", "model_card"}
-DEV = {"prepare_dev", "dev_baseline"}  # the dev set is cut from prepare_data's held-out rows: downstream of them
+TRAINED = {"finetune", "evaluate", "dev_evaluate", "test_evaluate", "model_card"}
+# the dev set and the in-domain test set are cut from prepare_data's held-out rows (the test set disjoint from the dev
+# set's texts: downstream of it too)
+DEV = {"prepare_dev", "dev_baseline", "prepare_test", "test_baseline"}
+BASELINES = {"baseline", "dev_baseline", "test_baseline"}
+ALL = {"prepare_data", *DEV, "baseline", *TRAINED}
 EVALUATED = {"baseline", "evaluate", "model_card"}  # NanoBEIR
 
 # override -> the stages whose output it can change (from the tiny base config, LoRA arm)
@@ -26,16 +29,18 @@ PERTURBATIONS = {
     "data.question_column=answer": {"prepare_data", *DEV, *TRAINED},
     "data.split=other": {"prepare_data", *DEV, *TRAINED},
     # the dev set's size: the dev numbers and the card, never the training
-    "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
-    "data.dev_corpus=3": {*DEV, "dev_evaluate", "model_card"},
-    "data.dev_distractors=4": {*DEV, "dev_evaluate", "model_card"},
+    "data.dev_queries=2": {*DEV, "dev_evaluate", "test_evaluate", "model_card"},
+    "data.dev_corpus=3": {*DEV, "dev_evaluate", "test_evaluate", "model_card"},
+    "data.dev_distractors=4": {*DEV, "dev_evaluate", "test_evaluate", "model_card"},
+    # which held-out rows are the test set's: both held-out sets, never the training
+    "data.test_size=3": {*DEV, "dev_evaluate", "test_evaluate", "model_card"},
     # hard negatives: the dataset's own are training data; mining keys do nothing while mining is off
     "data.negative_columns=[negative]": {"prepare_data", *DEV, *TRAINED},
     "data.mine.num_negatives=2": set(),
     "data.mine.relative_margin=0.1": set(),
     # the model: everything; its card text only the card
-    "model.max_seq_length=16": {"baseline", "dev_baseline", *TRAINED},
-    "model.trust_remote_code=true": {"baseline", "dev_baseline", *TRAINED},
+    "model.max_seq_length=16": {*BASELINES, *TRAINED},
+    "model.trust_remote_code=true": {*BASELINES, *TRAINED},
     "model.card_language=de": {"model_card"},
     "model.card_license=mit": {"model_card"},
     "model.card_model_name=mine": {"model_card"},
@@ -63,7 +68,7 @@ PERTURBATIONS = {
     "train.mini_batch_size=2": set(),
     # evaluation: the numbers, never the trained weights
     "eval.datasets=[scifact]": EVALUATED,
-    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
+    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate", "test_baseline", "test_evaluate"},
     "eval.backend=mteb": EVALUATED,
     "eval.during_training=false": set(),
     "eval.precision=autocast": {"evaluate", "model_card"},  # the fine-tuned model's scoring, not the base model's
@@ -107,7 +112,7 @@ def test_the_content_of_each_input_is_in_the_keys(tiny_cfg):
     expected = {
         "data": {"prepare_data", *DEV, *TRAINED},
         "eval": EVALUATED,
-        "model": ALL - {"prepare_data", "prepare_dev"},
+        "model": ALL - {"prepare_data", "prepare_dev", "prepare_test"},
     }
     for group, stages in expected.items():
         other = keys(cfg, {**found, group: "local:0123456789abcdef"})
@@ -121,7 +126,7 @@ def test_the_resolved_device_and_precision_are_in_the_finetune_key(tiny_cfg, mon
     cpu = keys(cfg)
     monkeypatch.setattr(graph, "device_and_precision", lambda precision="auto": ("cuda", "bf16"))
     gpu = keys(cfg)
-    assert {n for n in cpu if cpu[n] != gpu[n]} == {"baseline", "dev_baseline", *TRAINED}
+    assert {n for n in cpu if cpu[n] != gpu[n]} == {*BASELINES, *TRAINED}
 
 
 def test_the_code_of_a_stage_is_in_its_key(tiny_cfg, monkeypatch):
@@ -161,7 +166,8 @@ def test_force_recomputes_a_stage_and_what_depends_on_it():
     assert forced_stages(["baseline"]) == {"baseline", "model_card"}
     # mine_negatives, downstream of prepare_data, is forced too: it recomputes where it runs (data.mine.enabled)
     assert forced_stages("prepare_data") == {"prepare_data", *DEV, "mine_negatives", *TRAINED}
-    assert forced_stages("prepare_dev") == {*DEV, "dev_evaluate", "model_card"}
+    assert forced_stages("prepare_dev") == {*DEV, "dev_evaluate", "test_evaluate", "model_card"}
+    assert forced_stages("prepare_test") == {"prepare_test", "test_baseline", "test_evaluate"}
     assert forced_stages("mine_negatives") == {"mine_negatives", *TRAINED}
     assert forced_stages("all") == {*ALL, "mine_negatives"}
     with pytest.raises(ValueError, match="nosuch"):
@@ -187,12 +193,12 @@ MINING_PERTURBATIONS = {
     },
     "data.seed=3": {"prepare_data", *DEV, *MINING},
     "data.train_size=24": {"prepare_data", *DEV, *MINING},
-    "data.dev_queries=2": {*DEV, "dev_evaluate", "model_card"},
-    "model.max_seq_length=16": {"baseline", "dev_baseline", *MINING},
+    "data.dev_queries=2": {*DEV, "dev_evaluate", "test_evaluate", "model_card"},
+    "model.max_seq_length=16": {*BASELINES, *MINING},
     "model.card_language=de": {"model_card"},
     "train.lr=2e-3": TRAINED,
     "finetune=full": TRAINED,
-    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate"},
+    "eval.batch_size=8": {*EVALUATED, "dev_baseline", "dev_evaluate", "test_baseline", "test_evaluate"},
 }
 
 

@@ -124,7 +124,7 @@ def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_p
     exp = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
     (r,) = client.search_runs([exp])
     inputs = {i["context"]: i for i in logged_inputs(r)}
-    assert set(inputs) == {"training", "dev", "evaluation"}
+    assert set(inputs) == {"training", "dev", "test", "evaluation"}
     training, evaluation = inputs["training"], inputs["evaluation"]
     assert inputs["dev"]["profile"] == {"num_rows": r.data.metrics["data_dev_queries"]}  # held out of the same source
     assert inputs["dev"]["digest"] != training["digest"]
@@ -151,6 +151,9 @@ def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_p
     data_cfg = OmegaConf.to_object(cfg.data)
     assert dev_input(data_cfg, "local:x", 8).digest != training_input(data_cfg, "local:x", 8).digest
     assert dev_input(data_cfg, "local:x", 8).context == "dev"
+    # and the in-domain test set (its last rows) a third
+    assert inputs["test"]["profile"] == {"num_rows": r.data.metrics["data_test_queries"]}
+    assert len({inputs[c]["digest"] for c in ("training", "dev", "test")}) == 3
 
 
 def test_a_run_logs_system_metrics(tiny_cfg, monkeypatch):

@@ -65,7 +65,7 @@ CASES = {
     "model dir not a model": (["model.name={qa}"], "is a dir but not a model", "modules.json"),
     "lora targets": (["finetune.target_modules=[nosuch]"], "['nosuch']", "its layers: "),
     "lora targets empty": (["finetune.target_modules=[]"], "finetune.target_modules=[]", "null for peft's default"),
-    "force unknown": (["run.force=nosuch"], "['nosuch']", "allowed: prepare_data, prepare_dev, baseline"),
+    "force unknown": (["run.force=nosuch"], "['nosuch']", "allowed: prepare_data, prepare_dev, prepare_test, baseline"),
     "eval batch zero": (["eval.batch_size=0"], "eval.batch_size=0", ">= 1"),
     "logging steps zero": (["train.logging_steps=0"], "train.logging_steps=0", ">= 1"),
     "max seq length zero": (["model.max_seq_length=0"], "model.max_seq_length=0", ">= 1"),
@@ -106,6 +106,7 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
         f"model.name={tiny_model}",
         f"data.path={tiny_qa}",
         "data.eval_size=8",
+        "data.test_size=2",
         "data.train_size=16",
         "train.batch_size=8",
         f"eval.dataset_id={tiny_nanobeir}",
@@ -151,7 +152,7 @@ def test_bf16_on_a_cpu_fails_in_one_line_before_any_stage(tmp_path, tiny_model, 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: bf16 may be allowed")
     outputs = tmp_path / "outputs"
-    args = [f"model.name={tiny_model}", f"data.path={tiny_qa}", "data.eval_size=8", "data.train_size=16"]
+    args = [f"model.name={tiny_model}", f"data.path={tiny_qa}", "data.eval_size=8", "data.test_size=2", "data.train_size=16"]
     args += ["train.batch_size=8", f"eval.dataset_id={tiny_nanobeir}", "eval.datasets=[scifact]"]
     args += [f"paths.outputs={outputs}", "train.precision=bf16"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}

@@ -48,6 +48,7 @@ class DecideConf:  # make decide; null: pipeline.statistics.sequential.Design's 
     first: Optional[int] = None  # noqa: UP045 - fresh seeds per arm at the first look
     step: Optional[int] = None  # noqa: UP045 - seeds added per arm at each later look
     margin: Optional[float] = None  # noqa: UP045 - NDCG@10 within which the two count as equivalent
+    in_domain_margin: Optional[float] = None  # noqa: UP045 - the in-domain verdict's margin; null: margin
     alpha: Optional[float] = None  # noqa: UP045 - error rate over all the looks
     target: str = "benchmark"  # what the verdict claims: this benchmark's fixed queries, over training randomness
     ranks: bool = False  # also fresh seeds for each rank's best configuration on dev (the rank that suffices)
@@ -78,10 +79,10 @@ class LoraVsFullSweeper(BasicSweeper):
     def setup(self, *, hydra_context, task_function, config):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if self.decide.enabled:  # a bad setting stops here, before any job; the sweep's parent run ends FAILED with it
-            from pipeline.sweep.decide import design_of, fail_parent
+            from pipeline.sweep.decide import design_of, fail_parent, in_domain_design_of
 
             try:
-                design_of(self.decide)
+                in_domain_design_of(self.decide, design_of(self.decide))
             except ValueError as error:
                 fail_parent(config.hydra.sweep.dir, str(error))
                 raise ConfigCompositionException(str(error)) from None  # Hydra prints its message alone

@@ -9,7 +9,12 @@ answer text appears twice has one relevant document, never a relevant twin ranke
 is another dev query's answer is that answer's document, relevant to that query alone. Mined negatives
 (`mine_negatives`) never enter: they are the base model's own confusions, and would tilt the dev set against it.
 
-NanoBEIR stays the test set: a configuration is chosen on dev NDCG@10, and reported on NanoBEIR.
+The in-domain test set (`data.test_size`) is built the same way from the last `test_size` held-out pairs, which the
+dev set never sees (`held_out_split`): its queries, its relevant answers and the dev set's are disjoint by content, and
+its distractors are the dev set's kind (its own rows' negatives, the same sampled training answers). Selection never
+reads it: it is the in-domain verdict's data, as NanoBEIR is the general verdict's.
+
+A configuration is chosen on dev NDCG@10, and reported on the in-domain test set and on NanoBEIR.
 """
 
 from __future__ import annotations
@@ -18,7 +23,20 @@ import json
 import random
 from pathlib import Path
 
-DEV_FILE = "dev.json"
+SPLITS = ("dev", "test")  # the held-out retrieval sets: what selection reads, what the in-domain verdict reads
+
+
+def held_out_split(rows: int, test_size: int) -> tuple[range, range]:
+    """The held-out rows' indices for the dev set (the first ones) and the in-domain test set (the last `test_size`)."""
+    if not 0 <= test_size < rows:
+        raise ValueError(f"data.test_size={test_size} must leave held-out rows for the dev set: {rows} are held out")
+    return range(rows - test_size), range(rows - test_size, rows)
+
+
+def unseen_rows(questions, answers, seen: set[str]) -> list[int]:
+    """The rows whose question and answer are both texts not in `seen` (training's and the dev set's): the test set is
+    disjoint from them by content, not only by index (a data set can repeat a pair)."""
+    return [i for i, (q, a) in enumerate(zip(questions, answers, strict=True)) if q not in seen and a not in seen]
 
 
 def build_dev_set(
@@ -63,19 +81,19 @@ def build_dev_set(
     }
 
 
-def write_dev_set(dev: dict, out: Path) -> Path:
-    path = out / DEV_FILE
+def write_dev_set(dev: dict, out: Path, split: str = "dev") -> Path:
+    path = out / f"{split}.json"
     path.write_text(json.dumps(dev, ensure_ascii=False))
     return path
 
 
-def load_dev_set(data_dir: Path) -> dict:
-    return json.loads((data_dir / DEV_FILE).read_text())
+def load_dev_set(data_dir: Path, split: str = "dev") -> dict:
+    return json.loads((data_dir / f"{split}.json").read_text())
 
 
-def dev_evaluator(dev: dict, batch_size: int, prompts: dict[str, str] | None = None, **kwargs):
-    """sentence-transformers' InformationRetrievalEvaluator on the dev set (NDCG@10 is its primary metric), with the
-    query and document prompts training used (None: the model's own)."""
+def dev_evaluator(dev: dict, batch_size: int, prompts: dict[str, str] | None = None, split: str = "dev", **kwargs):
+    """sentence-transformers' InformationRetrievalEvaluator on a held-out set (`split`: dev or test; NDCG@10 is its
+    primary metric), with the query and document prompts training used (None: the model's own)."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
     return InformationRetrievalEvaluator(
@@ -83,7 +101,7 @@ def dev_evaluator(dev: dict, batch_size: int, prompts: dict[str, str] | None = N
         corpus=dev["corpus"],
         relevant_docs={q: set(docs) for q, docs in dev["relevant_docs"].items()},
         batch_size=batch_size,
-        name="dev",
+        name=split,
         write_csv=False,
         query_prompt=prompts["query"] if prompts else None,
         corpus_prompt=prompts["document"] if prompts else None,
@@ -91,24 +109,26 @@ def dev_evaluator(dev: dict, batch_size: int, prompts: dict[str, str] | None = N
     )
 
 
-def evaluate_dev(model, data_dir: Path, out: Path, batch_size: int, prompts: dict[str, str] | None = None) -> dict:
-    """Dev NDCG@10 of `model` (mean and per query, pytrec_eval on the evaluator's own ranking); writes metrics.json
-    and per_query.json under `out`."""
+def evaluate_dev(
+    model, data_dir: Path, out: Path, batch_size: int, prompts: dict[str, str] | None = None, split: str = "dev"
+) -> dict:
+    """NDCG@10 of `model` on the held-out set `split` (dev or test; mean and per query, pytrec_eval on the evaluator's
+    own ranking); writes metrics.json and per_query.json ({split: {query id: NDCG@10}}) under `out`."""
     from pipeline.evaluation.st_backend import per_query_ndcg10
 
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = dev_evaluator(load_dev_set(data_dir), batch_size, prompts, write_predictions=True)
+    evaluator = dev_evaluator(load_dev_set(data_dir, split), batch_size, prompts, split, write_predictions=True)
     metrics = evaluator(model, output_path=str(out))
-    score_function = evaluator.primary_metric[len("dev_") :].split("_ndcg@")[0]
+    score_function = evaluator.primary_metric[len(f"{split}_") :].split("_ndcg@")[0]
     ndcg = metrics[evaluator.primary_metric]
     per_query = per_query_ndcg10(evaluator, out, score_function)
     pytrec_mean = sum(per_query.values()) / len(per_query)
     if abs(pytrec_mean - ndcg) > 1e-6:
-        raise RuntimeError(f"pytrec_eval dev NDCG@10 {pytrec_mean:.6f} != the evaluator's {ndcg:.6f}")
+        raise RuntimeError(f"pytrec_eval {split} NDCG@10 {pytrec_mean:.6f} != the evaluator's {ndcg:.6f}")
     for predictions in out.glob("*_predictions*.jsonl"):
         predictions.unlink()  # rankings of every dev query: large, and per_query.json holds what is needed
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "per_query.json").write_text(json.dumps({"dev": per_query}, indent=2))
+    (out / "per_query.json").write_text(json.dumps({split: per_query}, indent=2))
     return {
         "ndcg_at_10": ndcg,
         "score_function": score_function,

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from mlflow.entities import Metric
@@ -25,6 +26,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.report.load import (
     COST,
+    Arm,
     SweepNotFound,
     default_tracking_uri,
     find_sweep,
@@ -43,7 +45,7 @@ from pipeline.report.protocol import Protocol, apply
 from pipeline.report.published import published_table, recipe_report, recipe_sweep, render_published
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci
-from pipeline.statistics.sequential import TARGETS, Design
+from pipeline.statistics.sequential import TARGETS, Design, combined
 from pipeline.sweep.callbacks import SWEEP_FILE, end_gone_sweeps, sweep_info
 from pipeline.tracking.uri import default_outputs
 
@@ -70,11 +72,16 @@ def compare(
     cost: str = "trainable_params",
     target: str | None = None,
     published_sweep_id: str | None = None,
+    in_domain_margin: float | None = None,
 ) -> dict:
     """Build the report of one sweep; write it to `out_dir`, log it on the sweep's parent run; return comparison.json.
 
     `published_sweep_id`: a sweep of published-recipe runs (make reproduce's first step) whose published-vs-ours table
     opens the report (pipeline.report.published). A sweep that holds only such runs gets that table alone, no verdict.
+
+    Two verdicts where the runs were scored on an in-domain test set (`data.test_size`): in domain (that set, margin
+    `in_domain_margin`, None: `margin`) and general (NanoBEIR), each the same protocol on the same selection and fresh
+    seeds, and their combination (`verdicts`).
 
     `out_dir` defaults to <PIPELINE_OUTPUTS or outputs>/reports/<sweep_id>/. Raises SweepNotFound when there is no
     sweep to report on. `target`: what the verdict claims, "benchmark" (this benchmark's fixed queries, over training
@@ -108,6 +115,15 @@ def compare(
         fresh_order_of(parent),
     )  # fmt: skip
     warnings += protocol.notes
+    in_domain = None  # the same protocol on the in-domain test set's scores: the in-domain verdict
+    if any(a.in_domain for a in arms):
+        in_domain_margin = margin if in_domain_margin is None else in_domain_margin
+        design = design_of(parent, in_domain_margin, 1 - level, "decide.in_domain_margin")
+        in_domain = apply(
+            in_domain_arms(arms), design.margin if design else in_domain_margin, level, n_resamples, seed, target,
+            grid_seeds_of(parent), design, fresh_order_of(parent),
+        )  # fmt: skip
+        warnings += [f"in domain: {note}" for note in in_domain.notes]
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
 
     result = {
@@ -133,6 +149,8 @@ def compare(
         },
         "datasets": datasets,
         "verdict": _verdict_json(protocol),
+        "verdicts": verdicts(protocol, in_domain),
+        "in_domain_verdict": None if in_domain is None else _verdict_json(in_domain),
         "configurations": [_configuration_json(c) for c in protocol.configurations],
         "rows": [arm.to_json() for arm in rows],
         "warnings": warnings,
@@ -140,13 +158,13 @@ def compare(
     }
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     opening = "\n".join(render_published(published)) + "\n" if published else ""  # published vs ours, then the verdict
-    (out / "report.md").write_text(opening + render_markdown(result, rows, protocol, level))
+    (out / "report.md").write_text(opening + render_markdown(result, rows, protocol, level, in_domain))
     plot_ndcg_vs_r(out / "ndcg_vs_r.png", protocol, baseline, level)
     plot_ndcg_vs_cost(out / "ndcg_vs_cost.png", protocol, baseline, cost, level)
     plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level)
-    plot_learn_forget(out / "learn_vs_forget.png", arms, datasets)
+    plot_learn_forget(out / "learn_vs_forget.png", protocol, datasets, level)
     if log_to_mlflow:
-        _log_on_parent(client, parent.info.run_id, out, protocol)
+        _log_on_parent(client, parent.info.run_id, out, protocol, result["verdicts"])
     result["out_dir"] = str(out)
     return result
 
@@ -171,17 +189,33 @@ def recorded_sweeps(args: argparse.Namespace) -> tuple[str | None, str | None, s
     return uri, ids["sweep"], ids["published"]
 
 
-def design_of(parent, margin: float, alpha: float) -> Design | None:
+def design_of(parent, margin: float, alpha: float, margin_key: str = "decide.margin") -> Design | None:
     """The sequential design `make decide` recorded on the parent run (`decide.first`, `decide.step`,
-    `decide.budget`; `decide.margin` and `decide.alpha` where recorded, as the looks were taken with them), None
-    for a sweep without looks."""
+    `decide.budget`; `margin_key` (`decide.margin`, or the in-domain verdict's `decide.in_domain_margin`) and
+    `decide.alpha` where recorded, as the looks were taken with them), None for a sweep without looks."""
     values = [recorded(parent, f"decide.{k}") for k in ("first", "step", "budget")]
     if any(v is None for v in values):
         return None
     first, step, budget = (int(float(v)) for v in values)
-    margin = float(recorded(parent, "decide.margin") or margin)
+    margin = float(recorded(parent, margin_key) or margin)
     alpha = float(recorded(parent, "decide.alpha") or alpha)
     return Design(margin=margin, alpha=alpha, first=first, step=step, budget=budget)
+
+
+def in_domain_arms(arms: list[Arm]) -> list[Arm]:
+    """The same runs scored on the in-domain test set instead of NanoBEIR (one "dataset", `test`): the protocol applied
+    to them selects on the same dev scores and reads the same fresh seeds. A run without test scores has none."""
+    return [replace(a, per_query=a.in_domain, per_dataset={}, ndcg=None, delta=None) for a in arms]
+
+
+def verdicts(general: Protocol, in_domain: Protocol | None) -> dict[str, str]:
+    """{"general", "in_domain", "combined"}: each half's label and the answer for both (`combined`); without an
+    in-domain test set, the general verdict alone."""
+    label = {name: p.verdict.label if p is not None and p.verdict is not None else "no verdict"
+             for name, p in (("general", general), ("in_domain", in_domain))}  # fmt: skip
+    if in_domain is None:
+        return {"general": label["general"]}
+    return {**label, "combined": combined(label["in_domain"], label["general"])}
 
 
 def _verdict_json(protocol: Protocol) -> dict | None:
@@ -231,13 +265,16 @@ def _configuration_json(c) -> dict:
     }
 
 
-def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Protocol) -> None:
+def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Protocol, halves: dict[str, str]) -> None:
     for name in REPORT_FILES:
         client.log_artifact(run_id, str(out / name), "report")
     now = int(time.time() * 1000)
     metrics = []
+    if "in_domain" in halves:  # each half's label; `verdict` (below) is the answer for both
+        client.set_tag(run_id, "verdict.in_domain", halves["in_domain"])
+        client.set_tag(run_id, "verdict.general", halves["general"])
     if protocol.verdict is not None:
-        client.set_tag(run_id, "verdict", protocol.verdict.label)
+        client.set_tag(run_id, "verdict", halves.get("combined", protocol.verdict.label))
         client.set_tag(run_id, "mlflow.note.content", verdict_sentence(protocol))  # the run's description in the UI
         client.set_tag(run_id, "verdict_adapter", protocol.adapter.name)
         client.set_tag(run_id, "verdict_adapter_run_ids", ",".join(a.run_id for a in protocol.adapter.finished))
@@ -280,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
         "--margin", type=float, default=0.01, help="equivalence margin in NDCG@10 points (default 0.01)"
     )
     parser.add_argument(
+        "--in-domain-margin", type=float, default=None, help="the in-domain verdict's margin (default: --margin)"
+    )
+    parser.add_argument(
         "--target",
         choices=list(TARGETS),
         default=None,
@@ -298,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.margin > 0:
         parser.error(f"--margin {args.margin} is not allowed: the equivalence margin must be > 0 NDCG@10 (e.g. 0.01)")
+    if args.in_domain_margin is not None and not args.in_domain_margin > 0:
+        parser.error(f"--in-domain-margin {args.in_domain_margin} is not allowed: it must be > 0 NDCG@10 (e.g. 0.01)")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         uri, sweep_id, published_sweep_id = recorded_sweeps(args)
@@ -313,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             cost=args.cost,
             target=args.target,
             published_sweep_id=published_sweep_id,
+            in_domain_margin=args.in_domain_margin,
         )
     except SweepNotFound as error:
         print(f"error: {error}", file=sys.stderr)

@@ -28,6 +28,8 @@ DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
 DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")
 PER_QUERY = "evaluation/per_query.json"
 BASELINE_PER_QUERY = "evaluation/baseline/per_query.json"
+IN_DOMAIN_PER_QUERY = "evaluation/test/per_query.json"  # the in-domain test set ({"test": {query: NDCG@10}})
+IN_DOMAIN_BASELINE_PER_QUERY = "evaluation/test_baseline/per_query.json"
 SHOWN_SWEEP_IDS = 5
 NOT_CONFIGURATION = ("train.seed", "tracking.run_name")  # runs that differ only here are seeds of one configuration
 COST = ("trainable_params", "train_seconds", "train_samples_per_second", "peak_memory_mb", "weights_mb")
@@ -58,7 +60,9 @@ class Arm:
     seed: int | None = None
     configuration: str = ""  # the same for runs that differ only by seed
     dev: float = math.nan  # in-domain dev NDCG@10: what selection reads
-    dev_delta: float = math.nan  # dev - base model's dev: what fine-tuning learned in domain
+    dev_delta: float = math.nan  # dev - base model's dev: what fine-tuning learned in domain (selection read it)
+    in_domain: dict | None = None  # per-query NDCG@10 on the in-domain test set: what the in-domain verdict reads
+    test_delta: float = math.nan  # in-domain test - base model's: what fine-tuning learned, never selected on
     nanobeir_delta: float = math.nan  # NanoBEIR - base model's: what it forgot (or gained) out of domain
     dataset_deltas: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)  # train_seconds, samples/s, peak_memory_mb, ...
@@ -91,6 +95,7 @@ class Arm:
             "configuration": self.configuration,
             "dev_ndcg_at_10": none_if_nan(self.dev),
             "dev_delta_vs_base": none_if_nan(self.dev_delta),
+            "test_delta_vs_base": none_if_nan(self.test_delta),
             "nanobeir_delta_vs_base": none_if_nan(self.nanobeir_delta),
             "cost": self.cost,
             "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
@@ -159,7 +164,7 @@ def open_client(uri: str) -> MlflowClient:
 def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[list[Arm], Arm | None]:
     """The sweep's child runs as arms, and the base model's arm from their baseline artifacts and metrics."""
     children = sweep_runs(client, parent.info.run_id)  # its jobs, and the finished runs it reused
-    arms, baselines, baseline_metrics, baseline_dev = [], [], {}, math.nan
+    arms, baselines, baseline_metrics, baseline_dev, baseline_in_domain = [], [], {}, math.nan, None
     for run in children:
         arm = _arm(run)
         arms.append(arm)
@@ -170,9 +175,12 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
             warnings.append(f"{arm.name}: no {PER_QUERY} artifact; mean from its metrics, without CI or test")
         else:
             arm.per_dataset = _per_dataset(arm.per_query)
+        arm.in_domain = _read_json(client, run.info.run_id, IN_DOMAIN_PER_QUERY)  # None: no in-domain test set
         baseline_pq = _read_json(client, run.info.run_id, BASELINE_PER_QUERY)
         if baseline_pq is not None:
             baselines.append((arm.name, baseline_pq))
+        if baseline_in_domain is None:
+            baseline_in_domain = _read_json(client, run.info.run_id, IN_DOMAIN_BASELINE_PER_QUERY)
         baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, "baseline_")
         if math.isnan(baseline_dev):
             baseline_dev = run.data.metrics.get("baseline_dev_ndcg_at_10", math.nan)
@@ -187,7 +195,7 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
         baseline = Arm("baseline", "none", "", per_dataset=baseline_metrics)
         warnings.append(f"no {BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
     if baseline is not None:
-        baseline.dev = baseline_dev
+        baseline.dev, baseline.in_domain = baseline_dev, baseline_in_domain
     if baseline is not None and baseline.per_query is None and METRIC in baseline.per_dataset:
         baseline.ndcg = Estimate(baseline.per_dataset.pop(METRIC), math.nan, math.nan)
     for arm in arms:
@@ -221,6 +229,7 @@ def _arm(run: Run) -> Arm:
         configuration=config_hash({k: v for k, v in params.items() if k not in NOT_CONFIGURATION}),
         dev=metrics.get("dev_ndcg_at_10", math.nan),
         dev_delta=metrics.get("dev_delta_vs_base", math.nan),
+        test_delta=metrics.get("test_delta_vs_base", math.nan),
         nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
         cost={k: metrics[k] for k in COST if k in metrics},
         train_loss=metrics.get("train_loss"),

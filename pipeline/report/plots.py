@@ -1,6 +1,6 @@
 """The report's plots, one point per configuration (its NanoBEIR mean over seeds, seed + query CI): NDCG@10 against
 LoRA rank, against a cost (trainable parameters, training time, memory) with the frontier, per dataset, and what each
-run learned in domain (dev) against what it forgot out of domain (NanoBEIR)."""
+configuration learned in domain (the held-out test set) against what it kept in general (NanoBEIR)."""
 
 from __future__ import annotations
 
@@ -177,33 +177,65 @@ def plot_per_dataset(
     _finish(fig, ax, path)
 
 
-def plot_learn_forget(path: Path, arms: list[Arm], datasets: list[str]) -> None:
-    """Δ dev (learned in domain) against Δ NanoBEIR (kept out of domain) per run, and per NanoBEIR dataset."""
+def plot_learn_forget(path: Path, protocol: Protocol, datasets: list[str], level: float = 0.95) -> None:
+    """The trade-off (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"): what each configuration learned in
+    domain (Δ on the held-out test set vs the base model; dev where the runs have no test set, which selection read)
+    against what it kept in general (Δ NanoBEIR vs the base model, and per dataset). Each seed a point, each
+    configuration its mean over seeds with a t interval on both axes (`level`), the selected ones ringed in black."""
     panels = ["NanoBEIR mean", *datasets]
-    fig = Figure(figsize=(4.2 * len(panels) + 2, 4.2))
+    fig = Figure(figsize=(4.2 * len(panels) + 3.5, 4.4))
     FigureCanvasAgg(fig)
-    done = [a for a in arms if a.status == "FINISHED" and not math.isnan(a.dev_delta)]
-    methods = sorted({a.method for a in done}, key=lambda m: (m == "full", m))
+    configs = [c for c in protocol.configurations if c.finished]
+    test_set = any(math.isfinite(a.test_delta) for c in configs for a in c.finished)
+    learned = (lambda a: a.test_delta) if test_set else (lambda a: a.dev_delta)
+    configs.sort(key=lambda c: (c.method == "full", c.method, c.name))
     for i, panel in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
-        for method in methods:
-            group = [a for a in done if a.method == method]
-            y = [a.nanobeir_delta if panel == "NanoBEIR mean" else a.dataset_deltas.get(panel, math.nan) for a in group]
-            ax.scatter([a.dev_delta for a in group], y, label=method, color="tab:red" if method == "full" else None)
+        for n, config in enumerate(configs):
+            kept = [a.nanobeir_delta if i == 0 else a.dataset_deltas.get(panel, math.nan) for a in config.finished]
+            points = [(x, y) for x, y in zip(map(learned, config.finished), kept, strict=True) if
+                      math.isfinite(x) and math.isfinite(y)]  # fmt: skip
+            if not points:
+                continue
+            color = "tab:red" if config.method == "full" else f"C{n % 10}" if n % 10 != 3 else "C9"
+            xs, ys = zip(*points, strict=True)
+            ax.scatter(xs, ys, color=color, alpha=0.35, s=12, linewidths=0)
+            shown = config.selected or len(configs) <= 12  # a large grid: only the selected ones named
+            ax.errorbar(
+                sum(xs) / len(xs), sum(ys) / len(ys), xerr=_t_half(xs, level), yerr=_t_half(ys, level), fmt="o",
+                color=color, markersize=7 if config.selected else 4, capsize=2,
+                markeredgecolor="black" if config.selected else color, markeredgewidth=1.5 if config.selected else 1,
+                label=f"{config.name}{' (selected)' if config.selected else ''}" if shown and i == 0 else None,
+            )  # fmt: skip
         ax.axhline(0, color="gray", linewidth=0.8)
         ax.axvline(0, color="gray", linewidth=0.8)
         ax.set_title(panel, fontsize=9)
-        ax.set_xlabel("Δ dev NDCG@10 vs base (learned)")
+        ax.set_xlabel(f"Δ {'in-domain test' if test_set else 'dev (selected on)'} NDCG@10 vs base (learned)")
         if i == 0:
-            ax.set_ylabel("Δ NDCG@10 vs base (out of domain)")
+            ax.set_ylabel("Δ NDCG@10 vs base (kept in general)")
         ax.grid(True, alpha=0.3)
-    if not done:
-        fig.text(0.5, 0.5, "no finished runs with dev scores", ha="center")
-    elif methods:
-        fig.axes[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    fig.suptitle("Learn vs forget: each run's change from the base model", fontsize=10)
+    if not configs:
+        fig.text(0.5, 0.5, "no finished runs", ha="center")
+    else:
+        fig.axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.18), ncols=2, borderaxespad=0)
+    fig.suptitle(
+        f"Learn vs forget: seeds (points), configurations (mean, {level:.0%} t interval over seeds), selected ringed",
+        fontsize=10,
+    )
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def _t_half(values, level: float) -> float:
+    """Half the width of the t interval of the mean of `values` over seeds (0 for one seed: no spread to show)."""
+    from scipy import stats
+
+    n = len(values)
+    if n < 2:
+        return 0.0
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
 
 
 def _yerr(estimates: list) -> list[list[float]]:

@@ -181,7 +181,8 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
         runs = sorted({**trained[0], **trained[1]}.values(), key=trained_order(protocol.order))
         seeds = list(dict.fromkeys(a.seed for a in runs))
         means = [[_mean(arm.get(s)) for s in seeds] for arm in trained]
-        protocol.design, protocol.looks = design, replay(design, *means, done=True, seeds=seeds)
+        losses = tuple([_loss(arm.get(s)) for s in seeds] for arm in trained)
+        protocol.design, protocol.looks = design, replay(design, *means, done=True, seeds=seeds, losses=losses)
         if not protocol.looks:
             protocol.notes.append(
                 f"no verdict: {len(seeds)} fresh seeds trained, the first look needs {design.first} per arm "
@@ -197,7 +198,8 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
         protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
         protocol.verdict = decide(estimate, margin, alpha)
         means = {"adapter": [_mean(a) for a in fresh_a], "full": [_mean(a) for a in fresh_f]}
-        why = unresolved(means, margin) if protocol.verdict.label != "no verdict" else ""
+        losses = {"adapter": [a.train_loss for a in fresh_a], "full": [a.train_loss for a in fresh_f]}
+        why = unresolved(means, margin, losses=losses) if protocol.verdict.label != "no verdict" else ""
         if why:  # a diverged seed: no verdict at one look too, as make decide's looks
             protocol.looks = [replace(protocol.looks[0], label="no verdict", stop=True, reason=why)]
             protocol.verdict = from_looks(protocol.looks, fixed(margin, alpha))
@@ -209,6 +211,11 @@ def _mean(run: Arm | None) -> float:
     """A run's NanoBEIR mean, nan for a run without scores (failed, or not trained)."""
     finished = run is not None and run.status == "FINISHED" and run.per_query is not None
     return nanobeir_means([run.per_query])[0] if finished else math.nan
+
+
+def _loss(run: Arm | None) -> float | None:
+    """A finished run's final train loss (None: unknown, or no finished run)."""
+    return run.train_loss if run is not None and run.status == "FINISHED" else None
 
 
 def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: float) -> None:
@@ -236,7 +243,8 @@ def _edges(protocol: Protocol, fresh_a: list[Arm], fresh_f: list[Arm], margin: f
     for arm, scores in means.items():
         i, value = worst_seed(scores)
         protocol.worst[arm] = (runs[arm][i].name, value)
-    if len(fresh_a) > 1 and len(fresh_f) > 1 and protocol.verdict.label != "no verdict":
+    several = bool(fresh_a) and len(fresh_a[0].per_query) > 1  # one set (the in-domain test set): no heterogeneity
+    if several and len(fresh_a) > 1 and len(fresh_f) > 1 and protocol.verdict.label != "no verdict":
         one = fixed(protocol.verdict.margin, protocol.verdict.alpha)
 
         def judge(e) -> str:  # the headline's rule: make decide's design at its last look, or one fixed look

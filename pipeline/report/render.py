@@ -8,6 +8,7 @@ from pipeline.report.load import Arm
 from pipeline.report.protocol import Protocol
 from pipeline.report.stats import Estimate, PairedTest
 from pipeline.report.verdict import sentence
+from pipeline.statistics.seeds import nanobeir_means
 
 
 def verdict_sentence(protocol: Protocol) -> str:
@@ -83,12 +84,21 @@ def _table(header: list[str], body: list[list[str]], left: int = 2) -> list[str]
     return lines + ["| " + " | ".join(_cell(c) for c in line) + " |" for line in body]
 
 
-def render_markdown(result: dict, rows: list[Arm], protocol: Protocol, level: float) -> str:
+def render_markdown(
+    result: dict, rows: list[Arm], protocol: Protocol, level: float, in_domain: Protocol | None = None
+) -> str:
+    """The report; `in_domain`: the protocol on the in-domain test set's scores (its verdict beside the general one)."""
     stats = result["statistics"]
-    lines = [f"# Sweep {result['sweep_id']}: adapter vs full fine-tune", "", verdict_sentence(protocol), ""]
-    lines += _answer(rows, protocol) + ["", "## Selected configurations (chosen on dev, reported on NanoBEIR)", ""]
+    lines = [f"# Sweep {result['sweep_id']}: adapter vs full fine-tune", ""]
+    lines += (
+        [verdict_sentence(protocol)] if in_domain is None else _two_verdicts(result["verdicts"], protocol, in_domain)
+    )
+    lines += [""] + _answer(rows, protocol)
+    lines += ["", "## Selected configurations (chosen on dev, reported on NanoBEIR)", ""]
     lines += _table(*configuration_rows(protocol, level), left=3)
     lines += _verdict_detail(protocol) + _rank_section(protocol)
+    if in_domain is not None:
+        lines += _verdict_detail(in_domain, "in domain", "in-domain test") + _rank_section(in_domain, "in domain")
     lines += ["", "## Every run", ""] + _table(*table_rows(rows, result["datasets"], level))
     failed = [a for a in rows if a.status not in ("FINISHED", "")]
     if failed:
@@ -179,19 +189,37 @@ def _cell(text: str) -> str:
     return (text[:300] + "…" if len(text) > 300 else text).replace("|", "\\|")
 
 
-def _verdict_detail(protocol: Protocol) -> list[str]:
+def _two_verdicts(halves: dict[str, str], general: Protocol, in_domain: Protocol) -> list[str]:
+    """The first lines: the answer for both halves, then each half's verdict."""
+    both = {
+        "equivalent": "as good as the full fine-tune on both halves (equivalent on each)",
+        "superior": "better than the full fine-tune on both halves",
+        "non-inferior": "not worse than the full fine-tune on either half (non-inferior on both)",
+        "inferior": "worse than the full fine-tune on at least one half",
+        "inconclusive": "not shown as good as the full fine-tune on both halves (see each)",
+        "no verdict": "no answer for both halves yet (see each)",
+    }[halves["combined"]]
+    return [
+        f"**Both halves: {halves['combined']}**: the adapter is {both}.",
+        "",
+        f"- **In domain** (the held-out test set of your pairs, never selected on): {verdict_sentence(in_domain)}",
+        f"- **General** (NanoBEIR): {verdict_sentence(general)}",
+    ]
+
+
+def _verdict_detail(protocol: Protocol, half: str = "", scored_on: str = "NanoBEIR") -> list[str]:
     """What the verdict rests on: fresh seeds, the selection runs beside, looks, worst seeds, per-dataset Δ."""
     if protocol.verdict is None:
         return []
-    lines = ["", "## The verdict's evidence", ""]
+    lines = ["", f"## The verdict's evidence{f' ({half})' if half else ''}", ""]
     for arm, config in (("adapter", protocol.adapter), ("full", protocol.full)):
         seeds = ", ".join(str(a.seed) for a in protocol.in_delta[arm])
         lines.append(f"- {config.name}: Δ from fresh seeds {seeds}.")
         for run in config.selection_runs(protocol.grid_seeds):
-            lines.append(f"  - selection run (won on dev, not in Δ): {run.name}, NanoBEIR {_mean(run)}")
+            lines.append(f"  - selection run (won on dev, not in Δ): {run.name}, {scored_on} {_mean(run)}")
         if arm in protocol.worst:
             name, value = protocol.worst[arm]
-            lines.append(f"  - worst fresh seed: {name}, NanoBEIR {value:.4f}")
+            lines.append(f"  - worst fresh seed: {name}, {scored_on} {value:.4f}")
     for x in protocol.looks if len(protocol.looks) > 1 else []:
         lines.append(
             f"- look {x.index}: {x.seeds_adapter} + {x.seeds_full} seeds, Δ {x.delta:+.4f}, repeated CI "
@@ -210,11 +238,11 @@ def _verdict_detail(protocol: Protocol) -> list[str]:
     return lines
 
 
-def _rank_section(protocol: Protocol) -> list[str]:
+def _rank_section(protocol: Protocol, half: str = "") -> list[str]:
     if not protocol.ranks:
         return []
     answer = "none" if protocol.rank is None else str(protocol.rank)
-    lines = ["", "## The rank that suffices", ""]
+    lines = ["", f"## The rank that suffices{f' ({half})' if half else ''}", ""]
     lines.append(
         f"Smallest rank not worse than the full fine-tune by more than the margin (non-inferior, equivalent or "
         f"superior; fixed-sequence testing from the selected rank down): **{answer}**."
@@ -234,4 +262,5 @@ def _rank_section(protocol: Protocol) -> list[str]:
 
 
 def _mean(run: Arm) -> str:
-    return "" if run.ndcg is None else f"{run.ndcg.mean:.4f}"
+    """A run's mean over its sets' means (NanoBEIR's, or the in-domain test set's), from its per-query scores."""
+    return "" if run.per_query is None else f"{nanobeir_means([run.per_query])[0]:.4f}"

@@ -1,5 +1,5 @@
-"""Stage 3: NDCG@10 of the base model (baseline) and of the fine-tuned one, on NanoBEIR (the test set: mean, per
-dataset and per query) and on the in-domain dev set (what a sweep selects on).
+"""Stage 3: NDCG@10 of the base model (baseline) and of the fine-tuned one, on NanoBEIR (the general test set: mean,
+per dataset and per query), on the in-domain dev set (what a sweep selects on) and on the in-domain test set.
 
 The numbers come from `pipeline.evaluation` (sentence-transformers' NanoBEIREvaluator, or mteb with eval.backend=mteb).
 """
@@ -36,15 +36,18 @@ def evaluate_finetuned(
         return evaluate(model, eval_cfg, out, cache_dir, prompts=prompts_of(prompts, model))
 
 
-def evaluate_dev_baseline(model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, out: Path) -> dict:
-    """The base model on the in-domain dev set (prepare_dev's output: the pairs prepare_data held out)."""
+def evaluate_dev_baseline(
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, out: Path, split: str = "dev"
+) -> dict:
+    """The base model on an in-domain held-out set: the dev set (prepare_dev's output: the pairs prepare_data held out)
+    or, `split="test"`, the in-domain test set (prepare_test's)."""
     model = load_model(model_cfg)
-    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model))
+    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model), split)
 
 
 def evaluate_dev_finetuned(
-    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, finetune_dir: Path, out: Path
+    model_cfg: ModelConfig, eval_cfg: EvalConfig, prompts, dev_dir: Path, finetune_dir: Path, out: Path, split="dev"
 ) -> dict:
-    """The fine-tuned model (LoRA merged) on the same dev set."""
+    """The fine-tuned model (LoRA merged) on the same held-out set: the evaluator, prompts and precision of dev."""
     model = load_model(model_cfg, str(finetune_dir / "model"), merge=True)
-    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model))
+    return evaluate_dev(model, dev_dir, out, eval_cfg.batch_size, prompts_of(prompts, model), split)

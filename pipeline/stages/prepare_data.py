@@ -1,5 +1,6 @@
 """Stage 1: question/answer pairs (and the dataset's hard negatives, `data.negative_columns`) from the Hub or a local
-dir, split as the reference recipe does; the held-out rows as an in-domain dev set."""
+dir, split as the reference recipe does; the held-out rows as an in-domain dev set (what selection reads) and an
+in-domain test set (the last `data.test_size` held-out rows: what the in-domain verdict reads)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 from datasets import DatasetDict, load_from_disk
 
 from pipeline.config import DataConfig
-from pipeline.evaluation.dev import build_dev_set, write_dev_set
+from pipeline.evaluation.dev import build_dev_set, held_out_split, load_dev_set, unseen_rows, write_dev_set
 from pipeline.fingerprint import source_fingerprint
 from pipeline.inputs import load_source
 from pipeline.negatives import negative_columns, negatives_problem, unused_negative_like, with_negatives
@@ -57,13 +58,49 @@ def prepare_data(data: DataConfig, out: Path, cache_dir: Path | None = None) -> 
 
 
 def prepare_dev(data: DataConfig, data_dir: Path, out: Path) -> dict:
-    """The held-out rows as an in-domain retrieval dev set, their negatives as distractors: what a sweep selects on
-    (NanoBEIR stays the test set).
+    """The held-out rows before the test set's as an in-domain retrieval dev set, their negatives as distractors: what
+    a sweep selects on.
 
     A stage of its own, so that its sizes never change the training data's key (nor retrain anything)."""
     dataset = load_from_disk(str(data_dir / "dataset"))
     heldout, train = dataset["eval"], dataset["train"]
-    dev = build_dev_set(
+    dev = _retrieval_set(data, heldout.select(held_out_split(len(heldout), data.test_size)[0]), train)
+    write_dev_set(dev, out)
+    return {"dev_queries": len(dev["queries"]), "dev_corpus": len(dev["corpus"])}
+
+
+def prepare_test(data: DataConfig, data_dir: Path, dev_dir: Path, out: Path) -> dict:
+    """The last `data.test_size` held-out rows as the in-domain test set, built as the dev set is (same sizes, same
+    kind of distractors), less every row whose question or answer is a training or dev text: disjoint by content."""
+    dataset = load_from_disk(str(data_dir / "dataset"))
+    heldout, train = dataset["eval"], dataset["train"]
+    rows = heldout.select(held_out_split(len(heldout), data.test_size)[1])
+    dev = dev_texts(dev_dir)
+    seen = {*train[data.question_column], *train[data.answer_column], *dev}
+    kept = rows.select(unseen_rows(rows[data.question_column], rows[data.answer_column], seen))
+    if len(kept) == 0:
+        raise ValueError(
+            f"data.test_size={data.test_size}: every one of its held-out rows repeats a training or dev text; "
+            "raise data.eval_size and data.test_size, or set data.test_size=0 (no in-domain test set)"
+        )
+    test = _retrieval_set(data, kept, train)
+    write_dev_set(test, out, "test")
+    return {
+        "test_queries": len(test["queries"]),
+        "test_corpus": len(test["corpus"]),
+        "test_dropped": len(rows) - len(kept),
+    }
+
+
+def dev_texts(dev_dir: Path) -> set[str]:
+    """The dev set's query and document texts."""
+    dev = load_dev_set(dev_dir)
+    return {*dev["queries"].values(), *dev["corpus"].values()}
+
+
+def _retrieval_set(data: DataConfig, heldout, train) -> dict:
+    """A held-out retrieval set of `heldout`'s rows with the dev sizes (`data.dev_*`) and distractors."""
+    return build_dev_set(
         heldout[data.question_column],
         heldout[data.answer_column],
         train[data.answer_column] if data.dev_distractors else [],
@@ -73,5 +110,3 @@ def prepare_dev(data: DataConfig, data_dir: Path, out: Path) -> dict:
         seed=data.seed,
         heldout_negatives=[heldout[column] for column in negative_columns(heldout.column_names)],
     )
-    write_dev_set(dev, out)
-    return {"dev_queries": len(dev["queries"]), "dev_corpus": len(dev["corpus"])}

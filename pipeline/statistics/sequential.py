@@ -42,10 +42,15 @@ from typing import NamedTuple
 import numpy as np
 from scipy import optimize, stats
 
-from pipeline.statistics.robust import diverged_seeds, rate_text
+from pipeline.statistics.robust import diverged, diverged_seeds, rate_text
 
 LABELS = ("equivalent", "non-inferior", "superior", "inferior", "inconclusive", "no verdict")
 DECIDED = ("equivalent", "superior", "inferior")  # a look with one of these stops
+NOT_WORSE = ("equivalent", "non-inferior", "superior")  # the adapter not worse than full by the margin
+HALVES = {  # the two verdicts of a fine-tune on the user's data: what it learned, what it kept
+    "in_domain": "in domain (the held-out test set of the user's pairs)",
+    "general": "in general (the general benchmark)",
+}
 TARGETS = {  # what a verdict claims, by target: its name and the words the report and the sweep's tag use
     "benchmark": "on this benchmark (its fixed queries, over training seeds)",
     "queries": "for queries like these (over training seeds and queries)",
@@ -223,6 +228,20 @@ class Look:
     final: bool = False  # it spent all the alpha left (the budget's look, or one taken as final)
 
 
+def combined(in_domain: str, general: str) -> str:
+    """The answer to "is the adapter as good as the full fine-tune on both halves": an intersection-union test (Berger
+    1982, Technometrics 24:295): "equivalent", "superior" or "non-inferior" on both holds where each half's verdict
+    claims it at its own alpha, with no adjustment. "inferior" (worse on either half) is a claim about either one: as a
+    family of two claims each at alpha it errs with probability <= 2 alpha (Bonferroni), as docs/protocol.md says.
+    Either half without a verdict: "no verdict"; else "inconclusive"."""
+    labels = (in_domain, general)
+    if "no verdict" in labels:
+        return "no verdict"
+    if all(label in NOT_WORSE for label in labels):
+        return in_domain if in_domain == general else "non-inferior"
+    return "inferior" if "inferior" in labels else "inconclusive"
+
+
 def label_of(low: float, high: float, low_two_sided: float, high_two_sided: float, margin: float) -> str:
     """The verdict of a pair of intervals (see the module docstring)."""
     if -margin < low and high < margin:
@@ -291,13 +310,15 @@ def replay(
     full: Sequence[float],
     done: bool = False,
     seeds: Sequence[int] | None = None,
+    losses: tuple[Sequence[float | None], Sequence[float | None]] | None = None,
 ) -> list[Look]:
     """The looks the design takes on fresh seeds' scores (per-seed NanoBEIR means) given in the order they were
     trained, both arms at the same seeds (nan for a run that failed): a look at each planned count the seeds reach,
     up to the first that stops. A failed run in a look's seeds stops there with no verdict (`failed_reason`, named by
     `seeds`, the seed at each position), as `make decide` stops; never is an arm cut to the other's count. Seeds short
     of the next planned look (a round not finished) add no look. With `done`, seeds past a stopping look (make decide
-    going on until the rank answer is settled) are looked at too, as the rounds did."""
+    going on until the rank answer or the other verdict is settled) are looked at too, as the rounds did. `losses`:
+    each run's final train loss, (adapter, full) in the same order (None: unknown), for the divergence rule."""
     if len(adapter) != len(full):
         raise ValueError(
             f"{len(adapter)} adapter and {len(full)} full fine-tune seeds: the looks need both arms at the same "
@@ -309,13 +330,16 @@ def replay(
             break
         taken = [x.seeds_adapter for x in looks]
         looks.append(look(design, benchmark_difference(adapter[:planned], full[:planned]), len(looks) + 1, taken))
-        why = unresolved({"adapter": adapter[:planned], "full": full[:planned]}, design.margin, seeds)
+        cut = None if losses is None else {"adapter": losses[0][:planned], "full": losses[1][:planned]}
+        why = unresolved({"adapter": adapter[:planned], "full": full[:planned]}, design.margin, seeds, cut)
         if why:
             looks[-1] = replace(looks[-1], label="no verdict", stop=True, reason=why)
         if looks[-1].stop and (not done or planned >= len(adapter) or looks[-1].label == "no verdict"):
             break
-        if looks[-1].stop:  # seeds trained past a stopping look: make decide went on for its rank answer
-            looks[-1] = went_on(looks[-1], "more fresh seeds were trained (the rank answer was not settled)")
+        if looks[-1].stop:  # seeds trained past a stopping look: make decide went on for its rank answer or other half
+            looks[-1] = went_on(
+                looks[-1], "more fresh seeds were trained (the rank answer or the other verdict was open)"
+            )
     return looks
 
 
@@ -329,21 +353,46 @@ def failed_runs(arms: Mapping[str, Sequence[float]], seeds: Sequence[int] | None
     ]
 
 
-def unresolved(arms: Mapping[str, Sequence[float]], margin: float, seeds: Sequence[int] | None = None) -> str:
+def unresolved(
+    arms: Mapping[str, Sequence[float]],
+    margin: float,
+    seeds: Sequence[int] | None = None,
+    losses: Mapping[str, Sequence[float | None]] | None = None,
+) -> str:
     """Why a look cannot decide although its interval might: a failed run (`failed_reason`) or a diverged seed
-    (`diverged_reason`); empty when neither. `make decide` and the report's replay both stop on it."""
+    (`diverged_reason`: by its score, `diverged_seeds`, or by its training, a final train loss not finite or over 10x
+    the median of the look's runs, `blown_up`; `losses` per arm as `arms`, None: unknown); empty when neither.
+    `make decide` and the report's replay both stop on it."""
     failed = failed_runs(arms, seeds)
     if failed:
         return failed_reason(failed)
-    flagged = diverged_seeds(arms, margin)
-    return diverged_reason(arms, flagged, seeds) if flagged else ""
+    by_score, by_loss = diverged_seeds(arms, margin), blown_up(losses or {})
+    flagged = {arm: sorted({*by_score.get(arm, []), *by_loss.get(arm, [])}) for arm in {*by_score, *by_loss}}
+    return diverged_reason(arms, flagged, seeds, losses) if flagged else ""
 
 
-def diverged_reason(arms: Mapping[str, Sequence[float]], flagged: Mapping[str, list[int]], seeds=None) -> str:
+def blown_up(losses: Mapping[str, Sequence[float | None]]) -> dict[str, list[int]]:
+    """{arm: positions of its seeds whose final train loss diverged} (`robust.diverged`, over both arms' runs)."""
+    named = {(arm, i): loss for arm, values in losses.items() for i, loss in enumerate(values)}
+    found: dict[str, list[int]] = {}
+    for arm, i in diverged(named):
+        found.setdefault(arm, []).append(i)
+    return found
+
+
+def diverged_reason(
+    arms: Mapping[str, Sequence[float]], flagged: Mapping[str, list[int]], seeds=None, losses=None
+) -> str:
     """The one reason `make decide` and the report give for a look with a diverged seed, each arm's rate with it."""
+    lost = blown_up(losses or {})
+
+    def why(arm: str, i: int) -> str:
+        if i in lost.get(arm, []):
+            return f"ended training at loss {losses[arm][i]:.4g}"
+        return f"scores {arms[arm][i]:.4f} (its arm's median {np.median(arms[arm]):.4f})"
+
     named = [
-        f"{arm} seed {seeds[i] if seeds is not None else f'#{i + 1}'} scores {arms[arm][i]:.4f} "
-        f"(its arm's median {np.median(arms[arm]):.4f})"
+        f"{arm} seed {seeds[i] if seeds is not None else f'#{i + 1}'} {why(arm, i)}"
         for arm, positions in flagged.items()
         for i in positions
     ]

@@ -36,7 +36,9 @@ from pipeline.statistics.sequential import (
     Estimate,
     Look,
     benchmark_difference,
+    combined,
     look,
+    replay,
     unresolved,
     went_on,
 )
@@ -46,6 +48,8 @@ from pipeline.sweep.selection import Candidate, config_name, config_rank, job_ca
 
 Job = list[str]
 PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
+LOSS_METRIC = "train_loss"  # a run's final train loss: a blow-up is a diverged seed (the divergence rule)
+IN_DOMAIN_METRIC = "test_ndcg_at_10"  # a run's in-domain test NDCG@10 (data.test_size), what the in-domain half reads
 ADAPTER, FULL = "adapter", "full"
 
 
@@ -56,6 +60,8 @@ class Arm:
     name: str  # "adapter", "full" or "r=<rank>"
     config: tuple[str, ...]  # its overrides without the seed
     scores: dict[int, float] = field(default_factory=dict)
+    in_domain: dict[int, float] = field(default_factory=dict)  # {seed: its in-domain test NDCG@10} (data.test_size)
+    losses: dict[int, float | None] = field(default_factory=dict)  # {seed: its run's final train loss}
 
     def job(self, seed: int) -> Job:
         return [*self.config, f"train.seed={seed}"]
@@ -67,6 +73,7 @@ class Outcome:
     arms: list[Arm]
     reason: str  # why the rounds stopped
     target: str = ""  # what the difference estimates (`Estimate.target`): "benchmark" or "queries"
+    in_domain: list[Look] = field(default_factory=list)  # the in-domain verdict's looks; none without a test set
 
 
 # ----------------------------------------------------------------------------------------------------- seeds, rounds
@@ -108,38 +115,77 @@ def sequential(
     estimate: Callable[[Arm, Arm], Estimate] = by_means,
     goes_on: Callable[[int], str | None] | None = None,
     target: str = "benchmark",
+    in_domain: Callable[[list[Job]], list[float]] | None = None,
+    in_domain_design: Design | None = None,
+    losses: Callable[[list[Job]], list[float | None]] | None = None,
 ) -> Outcome:
     """Round after round, train each arm at the round's seeds (`train`: jobs -> NanoBEIR mean per job, nan for a
     failed one), then take the look on `estimate`(adapter, full); stop when the look says so or the budget is
     spent. `goes_on`(look index): why the rounds go on past a look that decided the verdict (the rank answer not yet
-    settled), or None. `target`: what `estimate` estimates, named on a no-verdict look, which takes no estimate."""
+    settled), or None. `target`: what `estimate` estimates, named on a no-verdict look, which takes no estimate.
+
+    `in_domain` (jobs -> in-domain test mean per job, nan for none): the in-domain verdict beside the general one, its
+    looks those the report replays on the same scores (`replay`, `in_domain_design`: its own margin); the rounds stop
+    when both have stopped, or either has no verdict (a failed run, a diverged seed).
+
+    `losses` (jobs -> each run's final train loss, None unknown): a seed whose training blew up (not finite, or over 10x
+    the median) is a diverged seed too, as the report's replay takes it."""
     by_name = {arm.name: arm for arm in arms}
     looks: list[Look] = []
+    in_looks: list[Look] = []  # the in-domain verdict's looks (its replay on every fresh seed so far)
     for index, new in enumerate(rounds(design, seeds)):
         jobs = list({tuple(arm.job(seed)): arm.job(seed) for arm in arms for seed in new}.values())  # an arm twice
         scores = {tuple(job): score for job, score in zip(jobs, train(jobs), strict=True)}
+        lost = dict(zip(map(tuple, jobs), losses(jobs), strict=True)) if losses is not None else {}
         for arm in arms:
             arm.scores.update({seed: scores[tuple(arm.job(seed))] for seed in new})
+            arm.losses.update({seed: lost.get(tuple(arm.job(seed))) for seed in new})
         adapter, full = by_name[ADAPTER], by_name[FULL]
+        if in_domain is not None:
+            in_looks = _in_domain_looks(in_domain_design or design, jobs, in_domain(jobs), arms, new)
         why = unresolved({arm.name: list(arm.scores.values()) for arm in (adapter, full)}, design.margin,
-                         list(adapter.scores))  # fmt: skip
+                         list(adapter.scores), {arm.name: list(arm.losses.values()) for arm in (adapter, full)})  # fmt: skip
         if why:  # a failed run or a diverged seed: a no-verdict look, as the report's replay takes it
             looks.append(replace(look(design, by_means(adapter, full), index + 1), label="no verdict", stop=True,
                                  reason=why))  # fmt: skip
             if on_look is not None:
                 on_look(looks[-1])
-            return Outcome(looks, arms, looks[-1].reason, target)
+            return Outcome(looks, arms, looks[-1].reason, target, in_looks)
         difference = estimate(adapter, full)
         looks.append(look(design, difference, index + 1))  # looks count from 1
         target = difference.target
         final = index + 1 == len(design.looks())
-        if looks[-1].stop and looks[-1].label in DECIDED and not final and goes_on and (why := goes_on(index + 1)):
-            looks[-1] = went_on(looks[-1], why)
+        other = in_looks[-1] if in_looks else None
+        if other is not None and other.label == "no verdict":  # the in-domain half cannot decide: neither goes on
+            looks[-1] = replace(looks[-1], stop=True)
+            if on_look is not None:
+                on_look(looks[-1])
+            return Outcome(looks, arms, f"in domain: {other.reason}", target, in_looks)
+        pending = None if other is None or other.stop else "the in-domain verdict is not yet decided"
+        if looks[-1].stop and looks[-1].label in DECIDED and not final:
+            why = pending or (goes_on(index + 1) if goes_on else None)
+            if why:
+                looks[-1] = went_on(looks[-1], why)
         if on_look is not None:
             on_look(looks[-1])
-        if looks[-1].stop:
-            return Outcome(looks, arms, looks[-1].reason, target)
-    return Outcome(looks, arms, "budget spent", target)
+        if looks[-1].stop and (other is None or other.stop):
+            return Outcome(looks, arms, looks[-1].reason, target, in_looks)
+    return Outcome(looks, arms, "budget spent", target, in_looks)
+
+
+def _in_domain_looks(design: Design, jobs: list[Job], scores: list[float], arms: list[Arm], new) -> list[Look]:
+    """The in-domain verdict's looks on every fresh seed so far (each arm's in-domain scores updated with the round's
+    `jobs`): the report's replay on the same scores, so the two agree; none where no run has an in-domain score."""
+    by_job = {tuple(job): score for job, score in zip(jobs, scores, strict=True)}
+    for arm in arms:
+        arm.in_domain.update({seed: by_job[tuple(arm.job(seed))] for seed in new})
+    adapter, full = (next(arm for arm in arms if arm.name == name) for name in (ADAPTER, FULL))
+    trained = list(adapter.scores)  # the seeds in training order
+    values = [[arm.in_domain[s] for s in trained] for arm in (adapter, full)]
+    if not any(math.isfinite(v) for v in values[0] + values[1]):
+        return []  # no in-domain test set (data.test_size=0), or every run failed: the general verdict alone
+    losses = tuple([arm.losses.get(s) for s in trained] for arm in (adapter, full))
+    return replay(design, *values, done=True, seeds=trained, losses=losses)
 
 
 # ------------------------------------------------------------------------------------------------------------- arms
@@ -219,7 +265,11 @@ def looks_json(outcome: Outcome) -> str:
     return json.dumps(
         {
             "looks": [asdict(look) for look in outcome.looks],
-            "arms": [{"name": a.name, "config": list(a.config), "scores": a.scores} for a in outcome.arms],
+            "in_domain_looks": [asdict(look) for look in outcome.in_domain],
+            "arms": [
+                {"name": a.name, "config": list(a.config), "scores": a.scores, "in_domain": a.in_domain}
+                for a in outcome.arms
+            ],  # fmt: skip
             "reason": outcome.reason,
         },
         indent=2,
@@ -243,6 +293,8 @@ class Decider:
         self.name_of: dict[tuple[str, ...], str] = {}  # a configuration's run name without the seed
         self.target = str(settings.target)
         self.estimate = by_means if self.target == "benchmark" else self._by_queries
+        self.in_domain_design = in_domain_design_of(settings, self.design)
+        self.metrics: dict[tuple[str, ...], dict[str, float]] = {}  # each job's finished run's metrics ({}: failed)
 
     def run(self, grid: list[Job], results: list) -> Outcome:
         configs = self.compose(grid)
@@ -250,6 +302,7 @@ class Decider:
         self._tag("sweep.grid_seeds", ",".join(map(str, grid_seeds)))
         for key in ("first", "step", "budget", "margin", "alpha"):  # the design, for the report to replay the looks
             self._tag(f"decide.{key}", f"{getattr(self.design, key):g}")
+        self._tag("decide.in_domain_margin", f"{self.in_domain_design.margin:g}")
         self._tag("decide.target", self.target)  # what the looks estimate
         candidates = self._candidates(grid, configs, results)
         rank_cap = full_rank(configs[0].model.name)  # a rank step stops at the model's hidden size
@@ -260,9 +313,13 @@ class Decider:
         self._tag("decide.seeds", ",".join(map(str, seeds)))  # the training order, for the report's replay
         ranked = self.ranks and any(a.name.startswith("r=") for a in arms)
         goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
+        # the in-domain verdict beside the general one, on the benchmark target (with target=queries the report gives
+        # it at one look)
+        in_domain = self._in_domain if self.target == "benchmark" else None
         outcome = sequential(
-            self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on, self.target
-        )
+            self.design, arms, seeds, self._scores, self._log_look, self.estimate, goes_on, self.target, in_domain,
+            self.in_domain_design, self._losses,
+        )  # fmt: skip
         self._finish(outcome)
         if ranked and outcome.looks:
             rank, labels = rank_that_suffices(self.design, outcome, self.estimate)
@@ -301,7 +358,17 @@ class Decider:
 
         self.launch(jobs)
         runs = [finished_run(cfg) for cfg in self.compose(jobs)]
-        return [math.nan if run is None else run.data.metrics.get(METRIC, math.nan) for run in runs]
+        self.metrics.update({tuple(job): {} if run is None else run.data.metrics for job, run in zip(jobs, runs,
+                             strict=True)})  # fmt: skip
+        return [self.metrics[tuple(job)].get(METRIC, math.nan) for job in jobs]
+
+    def _in_domain(self, jobs: list[Job]) -> list[float]:
+        """Each job's in-domain test NDCG@10 (`test_ndcg_at_10`, nan without a test set), from the runs `_scores` read."""
+        return [self.metrics[tuple(job)].get(IN_DOMAIN_METRIC, math.nan) for job in jobs]
+
+    def _losses(self, jobs: list[Job]) -> list[float | None]:
+        """Each job's final train loss (`train_loss`; None where its run has none), from the runs `_scores` read."""
+        return [self.metrics[tuple(job)].get(LOSS_METRIC) for job in jobs]
 
     def _by_queries(self, adapter: Arm, full: Arm) -> Estimate:
         """The target `queries`: queries like these (seed and query variation), from each seed's run's per-query
@@ -342,10 +409,19 @@ class Decider:
             "verdict.seeds_full": seeds_tag(by_name[FULL]),
         }
         if outcome.looks:  # "no verdict" too (a failed run): the report says the same on the same runs
-            tags["verdict"] = outcome.looks[-1].label
+            tags["verdict"] = tags["verdict.general"] = outcome.looks[-1].label
+        if outcome.in_domain:  # each half's label; `verdict` the answer for both (`combined`)
+            tags["verdict.in_domain"] = outcome.in_domain[-1].label
+            tags["verdict"] = combined(tags["verdict.in_domain"], tags.get("verdict.general", "no verdict"))
+            tags["verdict.in_domain.looks"] = str(len(outcome.in_domain))
+            tags["verdict.in_domain.sentence"] = halves_sentence(outcome, self.in_domain_design, self.name_of)
         for key, value in tags.items():
             self._tag(key, value)
         if self.parent is not None:
+            for x in outcome.in_domain:  # the in-domain verdict's looks, as verdict.look.* holds the general one's
+                for name in ("delta", "low", "high"):
+                    self.parent[0].log_metric(self.parent[1], f"verdict.in_domain.look.{name}", getattr(x, name),
+                                              step=x.index)  # fmt: skip
             from pipeline.tracking.ui import describe_experiment
 
             client, run_id = self.parent
@@ -359,7 +435,7 @@ class Decider:
 
 def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]) -> str:
     """The verdict in one sentence (the `verdict.sentence` tag, a column of the MLflow comparison view)."""
-    if not outcome.looks or outcome.reason.startswith("no verdict"):
+    if not outcome.looks or outcome.reason.startswith("no verdict") or outcome.looks[-1].label == "no verdict":
         return f"No verdict: {outcome.reason.removeprefix('no verdict: ')}."
     final = outcome.looks[-1]
     adapter, full = (names.get(arm.config, arm.name) for arm in outcome.arms[:2])
@@ -368,6 +444,21 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
         f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
     )
+
+
+def halves_sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]) -> str:
+    """The in-domain verdict in one sentence (the `verdict.in_domain.sentence` tag)."""
+    return sentence(replace(outcome, looks=outcome.in_domain, reason=outcome.in_domain[-1].reason), design, names)
+
+
+def in_domain_design_of(settings, design: Design) -> Design:
+    """The in-domain verdict's design: the general one's looks and alpha, its own margin (`in_domain_margin`, null:
+    the general margin)."""
+    margin = settings.get("in_domain_margin")
+    try:
+        return design if margin is None else replace(design, margin=float(margin))
+    except ValueError as error:
+        raise ValueError(f"hydra.sweeper.decide.in_domain_margin: {error}") from None
 
 
 def design_of(settings) -> Design:

@@ -25,7 +25,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from pipeline.fingerprint import config_hash
 
-CONTEXTS = ("training", "dev", "evaluation")
+CONTEXTS = ("training", "dev", "test", "evaluation")  # test: the in-domain test set; evaluation: NanoBEIR
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class DataInput:
 
     name: str  # what the UI shows, e.g. "medquad-qa" or "NanoBEIR-en"
     path: str  # a Hub id or a local dir, as `datasets.load_dataset` takes it
-    context: str  # training / dev / evaluation
+    context: str  # training / dev / test / evaluation
     fingerprint: str  # pipeline.fingerprint.source_fingerprint(path, revision)
     revision: str | None = None
     config_name: str | None = None
@@ -78,7 +78,7 @@ def source_of(path: str, revision: str | None = None, config_name: str | None = 
 
 
 def log_data_inputs(client: MlflowClient, run_id: str, inputs: list[DataInput]) -> None:
-    """Log `inputs` on the run as MLflow dataset inputs, each tagged with its context (training / dev / evaluation)."""
+    """Log `inputs` on the run as MLflow dataset inputs, each tagged with its context (training / dev / test / evaluation)."""
     entries = []
     for item in inputs:
         if item.context not in CONTEXTS:
@@ -129,9 +129,12 @@ def training_input(data, fingerprint: str, rows: int) -> DataInput:
     return _split_input(data, fingerprint, rows, part="train", context="training")
 
 
-def dev_input(data, fingerprint: str, rows: int) -> DataInput:
-    """The pairs prepare_data held out of `data.path` (the in-domain dev set): same source, another part of it."""
-    return _split_input(data, fingerprint, rows, part="held-out", context="dev")
+def dev_input(data, fingerprint: str, rows: int, split: str = "dev") -> DataInput:
+    """The pairs prepare_data held out of `data.path` (`split`: the in-domain dev set, or the in-domain test set of
+    the last `data.test_size` of them): same source, another part of it."""
+    return _split_input(
+        data, fingerprint, rows, part="held-out" if split == "dev" else f"held-out {split}", context=split
+    )
 
 
 def _split_input(data, fingerprint: str, rows: int, part: str, context: str) -> DataInput:
@@ -148,6 +151,7 @@ def _split_input(data, fingerprint: str, rows: int, part: str, context: str) -> 
             "columns": [data.question_column, data.answer_column, *(data.negative_columns or [])],
             "eval_size": data.eval_size,
             "train_size": data.train_size,
+            "test_size": data.test_size,  # the last test_size held-out pairs are the test set's, the rest the dev set's
             "seed": data.seed,
         },
         profile={"num_rows": rows},

@@ -201,23 +201,25 @@ class PipelineRun:
         self.base["nanobeir"] = output.result
         self._log_evaluation(output, prefix="baseline_", artifact_path="evaluation/baseline")
 
-    def _log_prepare_dev(self, output: StageOutput) -> None:
+    def _log_prepare_dev(self, output: StageOutput, split: str = "dev") -> None:
         r = output.result
-        self._metrics({"data_dev_queries": r["dev_queries"], "data_dev_corpus": r["dev_corpus"]})
-        log_data_inputs(self.client, self.run_id, [dev_input(self.cfg.data, self.sources["data"], r["dev_queries"])])
+        self._metrics({f"data_{name}": value for name, value in r.items()})  # data_dev_queries, data_test_dropped, ...
+        rows = r[f"{split}_queries"]
+        log_data_inputs(self.client, self.run_id, [dev_input(self.cfg.data, self.sources["data"], rows, split)])
 
-    def _log_dev_baseline(self, output: StageOutput) -> None:
-        self.base["dev"] = output.result
-        self._metrics({"baseline_dev_ndcg_at_10": output.result["ndcg_at_10"]})
-        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), "evaluation/dev_baseline")
+    def _log_dev_baseline(self, output: StageOutput, split: str = "dev") -> None:
+        self.base[split] = output.result
+        self._metrics({f"baseline_{split}_ndcg_at_10": output.result["ndcg_at_10"]})
+        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), f"evaluation/{split}_baseline")
 
-    def _log_dev_evaluate(self, output: StageOutput) -> None:
-        """Dev NDCG@10 (what a sweep selects on) and what fine-tuning learned in-domain: the change from the base."""
-        dev = {"dev_ndcg_at_10": output.result["ndcg_at_10"]}
-        if "dev" in self.base:  # run.until=dev_evaluate runs it; otherwise the base model's dev score is there
-            dev["dev_delta_vs_base"] = dev["dev_ndcg_at_10"] - self.base["dev"]["ndcg_at_10"]
-        self._metrics(dev)
-        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), "evaluation/dev")
+    def _log_dev_evaluate(self, output: StageOutput, split: str = "dev") -> None:
+        """In-domain NDCG@10 on dev (what a sweep selects on) or on the test set (the in-domain verdict's), and what
+        fine-tuning learned in-domain: the change from the base."""
+        scores = {f"{split}_ndcg_at_10": output.result["ndcg_at_10"]}
+        if split in self.base:  # run.until=dev_evaluate runs it; otherwise the base model's score is there
+            scores[f"{split}_delta_vs_base"] = output.result["ndcg_at_10"] - self.base[split]["ndcg_at_10"]
+        self._metrics(scores)
+        self.client.log_artifact(self.run_id, str(output.dir / "per_query.json"), f"evaluation/{split}")
 
     def _log_finetune(self, output: StageOutput) -> None:
         r = output.result
@@ -290,12 +292,15 @@ class PipelineRun:
 STAGE_LOGS: dict[str, Callable[[PipelineRun, StageOutput], None]] = {
     "prepare_data": PipelineRun._log_prepare_data,
     "prepare_dev": PipelineRun._log_prepare_dev,
+    "prepare_test": lambda run, output: run._log_prepare_dev(output, "test"),
     "baseline": PipelineRun._log_baseline,
     "dev_baseline": PipelineRun._log_dev_baseline,
+    "test_baseline": lambda run, output: run._log_dev_baseline(output, "test"),
     "mine_negatives": PipelineRun._log_mine_negatives,
     "finetune": PipelineRun._log_finetune,
     "evaluate": PipelineRun._log_evaluate,
     "dev_evaluate": PipelineRun._log_dev_evaluate,
+    "test_evaluate": lambda run, output: run._log_dev_evaluate(output, "test"),
     "model_card": PipelineRun._log_model_card,
 }
 require_every_stage(STAGE_LOGS, "pipeline.tracking.run.STAGE_LOGS")

@@ -55,6 +55,8 @@ COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across
     "params.`finetune.r`": 80,
     "params.`finetune.alpha`": 100,
     "tags.`verdict`": 95,  # on the sweeps' parent runs: equivalent / non-inferior / superior / inferior / ...
+    "tags.`verdict.in_domain`": 110,  # with an in-domain test set: what it learned (verdict: the answer for both)
+    "tags.`verdict.general`": 110,  # ... and what it kept (NanoBEIR)
     f"metrics.`{DEV}`": 130,
     "params.`train.lr`": 90,
     "params.`train.seed`": 90,
@@ -161,6 +163,8 @@ def latest_verdict(client: MlflowClient, experiment_id: str) -> str:
         f"target: {tags.get('verdict.target', 'not stated')}; fresh seeds: {'; '.join(seeds) or 'not recorded'}"
         + (f"; looks: {tags['verdict.looks']}" if "verdict.looks" in tags else ""),
     ]
+    if "verdict.in_domain" in tags:  # two halves: `verdict` is the answer for both
+        lines.append(f"in domain: {tags['verdict.in_domain']}; in general: {tags.get('verdict.general', 'none')}")
     return "\n\n".join(lines) + "\n\n"
 
 
