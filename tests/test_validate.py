@@ -152,7 +152,13 @@ def test_bf16_on_a_cpu_fails_in_one_line_before_any_stage(tmp_path, tiny_model, 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU: bf16 may be allowed")
     outputs = tmp_path / "outputs"
-    args = [f"model.name={tiny_model}", f"data.path={tiny_qa}", "data.eval_size=8", "data.test_size=2", "data.train_size=16"]
+    args = [
+        f"model.name={tiny_model}",
+        f"data.path={tiny_qa}",
+        "data.eval_size=8",
+        "data.test_size=2",
+        "data.train_size=16",
+    ]
     args += ["train.batch_size=8", f"eval.dataset_id={tiny_nanobeir}", "eval.datasets=[scifact]"]
     args += [f"paths.outputs={outputs}", "train.precision=bf16"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
