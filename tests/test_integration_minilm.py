@@ -31,6 +31,7 @@ def _run(tmp_path):
         f"data.path={SHARED_DATA / 'medquad-qa'}",
         "data.train_size=256",
         "data.eval_size=64",
+        "data.test_size=16",  # the last 16 held-out pairs: the in-domain test set
         f"eval.dataset_id={SHARED_DATA / 'nanobeir-mini'}",
         "eval.datasets=[msmarco]",
         "train.max_steps=4",
@@ -48,7 +49,7 @@ def test_minilm_lora_on_medquad_twice(tmp_path):
     first = _run(tmp_path)
     assert re.search(r"^prepare_data\s+ran\s", first.stdout, re.MULTILINE), first.stdout  # the status table
     second = _run(tmp_path)
-    for stage in ("prepare_data", "baseline", "finetune", "evaluate", "model_card"):
+    for stage in ("prepare_data", "baseline", "finetune", "evaluate", "test_evaluate", "model_card"):
         assert re.search(rf"^{stage}\s+cached\s", second.stdout, re.MULTILINE), second.stdout
 
     client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
@@ -61,6 +62,9 @@ def test_minilm_lora_on_medquad_twice(tmp_path):
     metrics = run.data.metrics
     for name in ("nanobeir_mean_ndcg_at_10", "baseline_nanobeir_mean_ndcg_at_10", "nanobeir_msmarco_ndcg_at_10"):
         assert 0.2 < metrics[name] <= 1.0, (name, metrics[name])
+    # the in-domain test set of real MedQuAD pairs: scored like dev, before and after
+    assert 0.2 < metrics["test_ndcg_at_10"] <= 1.0 and 0.2 < metrics["baseline_test_ndcg_at_10"] <= 1.0
+    assert metrics["data_test_queries"] + metrics["data_test_dropped"] == 16
     # the second, cached run logs the same results
     assert runs[1].data.metrics["nanobeir_mean_ndcg_at_10"] == metrics["nanobeir_mean_ndcg_at_10"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1]
