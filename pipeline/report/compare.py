@@ -123,7 +123,7 @@ def compare(
             in_domain_arms(arms), design.margin if design else in_domain_margin, level, n_resamples, seed, target,
             grid_seeds_of(parent), design, fresh_order_of(parent),
         )  # fmt: skip
-        warnings += [f"in domain: {note}" for note in in_domain.notes]
+        warnings += [f"in domain: {note}" for note in in_domain.notes if note not in protocol.notes]
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
 
     result = {

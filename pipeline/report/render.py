@@ -122,8 +122,8 @@ def render_markdown(
         f"configuration borrows its method's pooled seed sd); p (Holm): adjusted over the grid's adapter "
         f"configurations{grid}.",
         _inputs_line(rows),
-        "- Learn vs forget (`learn_vs_forget.png`): each run's change from the base model in domain (dev) against "
-        "out of domain (NanoBEIR).",
+        "- Learn vs forget (`learn_vs_forget.png`): each configuration's change from the base model in domain (the "
+        "held-out test set; dev where the runs have none) against in general (NanoBEIR), seeds as points.",
         f"- Parent run `{result['parent_run_id']}` in `{result['tracking_uri']}`.",
         "",
     ]
@@ -192,15 +192,15 @@ def _cell(text: str) -> str:
 def _two_verdicts(halves: dict[str, str], general: Protocol, in_domain: Protocol) -> list[str]:
     """The first lines: the answer for both halves, then each half's verdict."""
     both = {
-        "equivalent": "as good as the full fine-tune on both halves (equivalent on each)",
-        "superior": "better than the full fine-tune on both halves",
-        "non-inferior": "not worse than the full fine-tune on either half (non-inferior on both)",
-        "inferior": "worse than the full fine-tune on at least one half",
-        "inconclusive": "not shown as good as the full fine-tune on both halves (see each)",
+        "equivalent": "the adapter is as good as the full fine-tune on both halves (equivalent on each)",
+        "superior": "the adapter is better than the full fine-tune on both halves",
+        "non-inferior": "the adapter is not worse than the full fine-tune on either half (non-inferior on both)",
+        "inferior": "the adapter is worse than the full fine-tune on at least one half",
+        "inconclusive": "the adapter is not shown as good as the full fine-tune on both halves (see each)",
         "no verdict": "no answer for both halves yet (see each)",
     }[halves["combined"]]
     return [
-        f"**Both halves: {halves['combined']}**: the adapter is {both}.",
+        f"**Both halves: {halves['combined']}**: {both}.",
         "",
         f"- **In domain** (the held-out test set of your pairs, never selected on): {verdict_sentence(in_domain)}",
         f"- **General** (NanoBEIR): {verdict_sentence(general)}",
