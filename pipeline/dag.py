@@ -87,7 +87,7 @@ def _finetune(cfg: DictConfig, up: dict, out: Path, ctx: Context) -> dict:
     if processes == 1:
         result = finetune(**arguments)
     else:  # the same call in each of the job's processes, under torchrun; the first one's summary
-        last_complete_checkpoint(out / "checkpoints")  # a killed save's half-written checkpoint goes, once, here
+        last_complete_checkpoint(out / "checkpoints", processes)  # a killed save's half-written checkpoint goes, once
         result = run_processes(finetune, arguments, processes, out / "processes")
     # Which evaluation its in-training metrics are of: the key leaves `eval` out (it does not change the weights), so a
     # run that reuses this output with another evaluation must not log those metrics as its own

@@ -491,4 +491,10 @@ def test_learn_and_forget_get_two_verdicts_that_can_disagree(tmp_path):
     evidence = report[report.index("## The verdict's evidence (in domain)") :]
     assert "selection run (won on dev, not in Δ): full-lr2e-05-s12, in-domain test 0." in evidence
     assert "Cochran" not in evidence.split("## The rank")[0]  # one set: no heterogeneity across datasets
+    table = {line.split("|")[1].strip(): line for line in report.splitlines() if line.startswith("| ")}
+    header = [c.strip() for c in table["run"].strip("|").split("|")]
+    cells = [c.strip() for c in table["full-lr2e-05-s13"].strip("|").split("|")]
+    assert float(cells[header.index("in-domain test NDCG@10")]) == pytest.approx(
+        nanobeir_mean(next(j for j in jobs if j["name"] == "full-lr2e-05-s13")["in_domain"]), abs=5e-5
+    )
     assert (general["margin"], in_domain["margin"]) == (0.03, 0.01)

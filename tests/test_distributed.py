@@ -151,6 +151,30 @@ def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
     _assert_no_step_before_the_checkpoint_ran_twice(client, mlflow_run)  # nor logged by two processes
 
 
+def test_a_checkpoint_whose_other_process_was_killed_while_saving_its_rng_state_is_not_resumed(tmp_path):
+    """Process 0 writes trainer_state.json without waiting for process 1's rng_state_1.pth: a kill between the two
+    left a checkpoint that looked complete and made process 1 fail with EOFError on resuming. It is removed and the
+    one before it resumed; one process needs no other file."""
+    import json as _json
+    import random
+
+    from pipeline.stages.finetune import last_complete_checkpoint
+
+    state = {"python": random.getstate(), "cpu": torch.random.get_rng_state()}
+    for step, cut in ((10, False), (20, True)):
+        checkpoint = tmp_path / f"checkpoint-{step}"
+        checkpoint.mkdir()
+        (checkpoint / "trainer_state.json").write_text(_json.dumps({"global_step": step}))
+        for rank in (0, 1):
+            torch.save(state, checkpoint / f"rng_state_{rank}.pth")
+        if cut:  # process 1 killed half-way through writing its file
+            data = (checkpoint / "rng_state_1.pth").read_bytes()
+            (checkpoint / "rng_state_1.pth").write_bytes(data[: len(data) // 2])
+    assert last_complete_checkpoint(tmp_path, processes=1) == str(tmp_path / "checkpoint-20")  # reads no rng file
+    assert last_complete_checkpoint(tmp_path, processes=2) == str(tmp_path / "checkpoint-10")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-10"]
+
+
 def test_the_memory_check_is_per_process_and_sharding_divides_the_trained_state(tiny_cfg, tiny_model):
     from pipeline.memory import estimate
 

@@ -23,8 +23,6 @@ import json
 import random
 from pathlib import Path
 
-SPLITS = ("dev", "test")  # the held-out retrieval sets: what selection reads, what the in-domain verdict reads
-
 
 def held_out_split(rows: int, test_size: int) -> tuple[range, range]:
     """The held-out rows' indices for the dev set (the first ones) and the in-domain test set (the last `test_size`)."""

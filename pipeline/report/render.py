@@ -21,7 +21,9 @@ def verdict_sentence(protocol: Protocol) -> str:
 
 def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list[str], list[list[str]]]:
     percent = f"{level:.0%}"
+    in_domain = any(arm.in_domain for arm in rows)  # the in-domain test set's column, where the runs have one
     header = ["run", "method", "r", "alpha", "lr", "seed", "trainable params", "weights MB", "dev NDCG@10"]
+    header += ["in-domain test NDCG@10"] if in_domain else []
     header += [f"NDCG@10 [{percent} CI]", *datasets, f"Δ vs full run [{percent} CI]", "p (run vs run)", "status"]
     body = []
     for arm in rows:
@@ -35,6 +37,7 @@ def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list
             f"{arm.trainable_params:,}" if arm.trainable_params is not None else "",
             f"{arm.weights_mb:.1f}" if arm.weights_mb is not None else "",
             "" if math.isnan(arm.dev) else f"{arm.dev:.4f}",
+            *([f"{nanobeir_means([arm.in_domain])[0]:.4f}" if arm.in_domain else ""] if in_domain else []),
             _estimate(arm.ndcg),
         ]
         line += [f"{arm.per_dataset[d]:.4f}" if d in arm.per_dataset else "" for d in datasets]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from contextlib import nullcontext
 from pathlib import Path
@@ -166,7 +167,7 @@ def finetune(
         trainer.add_callback(CompactProgress)  # the bar, with short log lines instead of raw metric dicts
     if fsdp and not trainer.is_fsdp_enabled:  # accelerate shards across GPUs only; never DDP in its place, unsaid
         raise RunError(f"FSDP was asked for and accelerate did not enable it ({trainer.accelerator.distributed_type})")
-    last_checkpoint = last_complete_checkpoint(Path(args.output_dir))
+    last_checkpoint = last_complete_checkpoint(Path(args.output_dir), args.world_size)
     result = trainer.train(resume_from_checkpoint=last_checkpoint)
     if fsdp:  # every process takes part in gathering the shards; the first one gets the whole trained model
         model = unsharded(trainer, model, ft, model_cfg)
@@ -329,10 +330,13 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def last_complete_checkpoint(checkpoints: Path) -> str | None:
-    """The newest checkpoint a kill did not interrupt; half-written ones (no trainer_state.json yet) are removed.
+def last_complete_checkpoint(checkpoints: Path, processes: int = 1) -> str | None:
+    """The newest checkpoint a kill did not interrupt; half-written ones are removed.
 
-    The Trainer writes trainer_state.json last: a process killed while saving leaves a checkpoint dir without it.
+    The Trainer writes trainer_state.json last: a process killed while saving leaves a checkpoint dir without it. With
+    several `processes` each writes its own RNG state (rng_state_<rank>.pth), and the first one writes
+    trainer_state.json without waiting for the others: a kill can leave another process's file missing or cut short
+    (seen as an EOFError in process 1 of 2 on resuming), so each of them must load too.
     """
     if not checkpoints.is_dir():
         return None
@@ -340,7 +344,9 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     for checkpoint in reversed(found):
         try:
             json.loads((checkpoint / "trainer_state.json").read_text())
+            for rank in range(processes if processes > 1 else 0):
+                torch.load(checkpoint / f"rng_state_{rank}.pth", weights_only=False)
             return str(checkpoint)
-        except (OSError, ValueError):  # missing or cut short
+        except (OSError, ValueError, EOFError, RuntimeError, pickle.UnpicklingError):  # missing or cut short
             shutil.rmtree(checkpoint)
     return None

@@ -409,10 +409,11 @@ class Decider:
             "verdict.seeds_full": seeds_tag(by_name[FULL]),
         }
         if outcome.looks:  # "no verdict" too (a failed run): the report says the same on the same runs
-            tags["verdict"] = tags["verdict.general"] = outcome.looks[-1].label
+            tags["verdict"] = outcome.looks[-1].label
         if outcome.in_domain:  # each half's label; `verdict` the answer for both (`combined`)
             tags["verdict.in_domain"] = outcome.in_domain[-1].label
-            tags["verdict"] = combined(tags["verdict.in_domain"], tags.get("verdict.general", "no verdict"))
+            tags["verdict.general"] = tags.get("verdict", "no verdict")
+            tags["verdict"] = combined(tags["verdict.in_domain"], tags["verdict.general"])
             tags["verdict.in_domain.looks"] = str(len(outcome.in_domain))
             tags["verdict.in_domain.sentence"] = halves_sentence(outcome, self.in_domain_design, self.name_of)
         for key, value in tags.items():
