@@ -231,8 +231,9 @@ class Look:
 def combined(in_domain: str, general: str) -> str:
     """The answer to "is the adapter as good as the full fine-tune on both halves": an intersection-union test (Berger
     1982, Technometrics 24:295): "equivalent", "superior" or "non-inferior" on both holds where each half's verdict
-    claims it at its own alpha, with no adjustment. "inferior" (worse on either half) is a claim about either one: as a
-    family of two claims each at alpha it errs with probability <= 2 alpha (Bonferroni), as docs/protocol.md says.
+    claims it at its own alpha, with no adjustment. "inferior" (worse on either half) is a claim about either one: two
+    one-sided claims at alpha/2 each (the 1 - alpha interval below 0), so the family errs with probability <= alpha
+    (Bonferroni), as docs/protocol.md says.
     Either half without a verdict: "no verdict"; else "inconclusive"."""
     labels = (in_domain, general)
     if "no verdict" in labels:
