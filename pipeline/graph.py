@@ -44,8 +44,9 @@ def _only(values: Values, prefix: str) -> Values:
 
 
 def pairs(values: Values) -> Values:
-    """What prepare_data reads: not the held-out sets' sizes (prepare_dev's, prepare_test's), not the mining (mine_negatives'), the negative
-    columns only where set, so that a config without negatives keys as it did before they existed."""
+    """What prepare_data reads: not the held-out sets' sizes (prepare_dev's, prepare_test's), not the mining
+    (mine_negatives'), the negative columns only where set, so that a config without negatives keys as it did before
+    they existed."""
     values = _without(values, "path", "revision", "mine", "test_size", prefix="dev_")
     return values if values.get("negative_columns") is not None else _without(values, "negative_columns")
 

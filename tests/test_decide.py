@@ -23,15 +23,14 @@ from pipeline.sweep.decide import (
     ADAPTER,
     FULL,
     Arm,
-    Decider,
     decided_arms,
-    design_of,
     fresh_seeds,
     rank_pending,
     rank_that_suffices,
     rounds,
     sequential,
 )
+from pipeline.sweep.decider import Decider, design_of
 from pipeline.sweep.edges import beyond_edge, edge_jobs, full_rank, with_value
 from pipeline.sweep.grid import job_values
 from pipeline.sweep.selection import Candidate, tie_key

@@ -79,7 +79,7 @@ class LoraVsFullSweeper(BasicSweeper):
     def setup(self, *, hydra_context, task_function, config):
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         if self.decide.enabled:  # a bad setting stops here, before any job; the sweep's parent run ends FAILED with it
-            from pipeline.sweep.decide import design_of, fail_parent, in_domain_design_of
+            from pipeline.sweep.decider import design_of, fail_parent, in_domain_design_of
 
             try:
                 in_domain_design_of(self.decide, design_of(self.decide))
@@ -121,7 +121,7 @@ class LoraVsFullSweeper(BasicSweeper):
         return [list(config) for config in select(candidates).values()]
 
     def decider(self):
-        from pipeline.sweep.decide import Decider  # the statistics are imported by make decide only
+        from pipeline.sweep.decider import Decider  # the statistics are imported by make decide only
 
         listed = [] if self.seeded_by_user else self.seeds[1:]  # fresh seeds: these first, then counting up
         return Decider(self.decide, self.configs, self.next_batch, self.config.hydra.sweep.dir, listed)

@@ -231,11 +231,7 @@ def _t_half(values, level: float) -> float:
     from scipy import stats
 
     n = len(values)
-    if n < 2:
-        return 0.0
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return float(stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n))
+    return float(stats.t.ppf(0.5 + level / 2, n - 1) * stats.sem(values)) if n > 1 else 0.0
 
 
 def _yerr(estimates: list) -> list[list[float]]:
