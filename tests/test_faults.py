@@ -74,9 +74,16 @@ def _assert_no_step_before_the_checkpoint_ran_twice(client: MlflowClient, run) -
 def wait_for_checkpoint(
     proc: subprocess.Popen, finetune_cache: Path, name: str = "checkpoint-10", runs: int = 1
 ) -> None:
-    """Until `runs` runs trained by `proc` (or its workers) have written checkpoint `name` (they are mid-training)."""
+    """Until `runs` runs trained by `proc` (or its workers) are mid-training at or past checkpoint `name`. A run ahead
+    may already have rotated `name` away (`train.save_total_limit`), so any later checkpoint of it counts."""
+    step = int(name.removeprefix("checkpoint-"))
+
+    def past(run: Path) -> bool:
+        steps = [c.name.removeprefix("checkpoint-") for c in run.glob("checkpoints/checkpoint-*")]
+        return any(int(s) >= step for s in steps if s.isdigit())
+
     deadline = time.time() + 600
-    while len(list(finetune_cache.glob(f"*.partial/checkpoints/{name}"))) < runs:
+    while sum(past(run) for run in finetune_cache.glob("*.partial")) < runs:
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.05)
