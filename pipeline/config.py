@@ -155,6 +155,10 @@ class EvalConfig:
     during_training: bool = True  # run the NanoBEIR evaluator at eval_steps, as the recipe does
     backend: EvalBackend = EvalBackend.sentence_transformers  # which library computes the evaluate stages' NDCG@10
     precision: EvalPrecision = EvalPrecision.fp32  # the fine-tuned model's NanoBEIR scoring (EvalPrecision)
+    # The general benchmark instead of NanoBEIR: MTEB retrieval tasks by mteb's names (e.g. [SciFact, FiQA2018]),
+    # evaluated through mteb on each task's first eval split; None: NanoBEIR (dataset_id, datasets, backend above)
+    tasks: list[str] | None = None
+    task_dirs: dict[str, str] = field(default_factory=dict)  # task -> a local copy of its Hub dataset (offline)
 
 
 @dataclass

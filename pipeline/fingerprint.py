@@ -181,10 +181,26 @@ def sources(cfg: DictConfig, groups: tuple[str, ...] = ("data", "eval", "model")
     if "data" in groups:
         found["data"] = source_fingerprint(cfg.data.path, cfg.data.revision, "dataset", memo)
     if "eval" in groups:
-        found["eval"] = source_fingerprint(cfg.eval.dataset_id, cfg.eval.get("revision"), "dataset", memo)
+        found["eval"] = benchmark_fingerprint(cfg.eval, memo)
     if "model" in groups:
         found["model"] = source_fingerprint(model_source(cfg.model.name), cfg.model.revision, "model", memo)
     return found
+
+
+def benchmark_fingerprint(ev: DictConfig, memo: Path | None = None) -> str:
+    """What the general benchmark's sets hold: NanoBEIR's `dataset_id` (`source_fingerprint`), or per MTEB task its
+    local copy's content or the Hub dataset and revision mteb pins for it."""
+    if not ev.get("tasks"):
+        return source_fingerprint(ev.dataset_id, ev.get("revision"), "dataset", memo)
+    import mteb
+
+    def one(task: str) -> str:
+        if task in ev.task_dirs:
+            return source_fingerprint(ev.task_dirs[task], None, "dataset", memo)
+        dataset = mteb.get_task(task).metadata.dataset
+        return f"hub:{dataset['path']}@{dataset['revision']}"
+
+    return ";".join(f"{task}={one(task)}" for task in ev.tasks)
 
 
 def eval_identity(cfg: DictConfig, found: dict[str, str]) -> str:
@@ -192,7 +208,9 @@ def eval_identity(cfg: DictConfig, found: dict[str, str]) -> str:
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True)
-    values = {k: v for k, v in values.items() if k not in ("backend", "dataset_id", "revision")}
+    values = {k: v for k, v in values.items() if k not in ("backend", "dataset_id", "revision", "task_dirs")}
+    if values.get("tasks", ...) is None:  # NanoBEIR: the identity it had before MTEB task lists existed
+        values.pop("tasks")
     return config_hash({"eval": values, "source": found.get("eval")})
 
 

@@ -78,7 +78,9 @@ def trained_weights(values: Values) -> Values:
 def nanobeir(values: Values) -> Values:
     """The NanoBEIR evaluation on the resolved device (GPU and CPU embeddings differ in rounding); during_training is
     only the finetune stage's log; precision only the fine-tuned model's scoring (the evaluate stage adds it)."""
-    scored = _without(values, "during_training", "dataset_id", "revision", "precision")
+    scored = _without(values, "during_training", "dataset_id", "revision", "task_dirs", "precision")
+    if scored.get("tasks") is None:  # NanoBEIR: keyed as before MTEB task lists existed
+        scored.pop("tasks", None)
     return {**scored, "device": device_and_precision()[0]}
 
 

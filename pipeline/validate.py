@@ -307,6 +307,13 @@ def _check_distinct_questions(cfg: DictConfig, dataset, train_rows: int) -> None
 
 def _check_eval(cfg: DictConfig) -> None:
     ev = cfg.eval
+    if ev.tasks is not None:
+        _check_tasks(ev)
+        return
+    if ev.task_dirs:
+        raise ConfigError(
+            f"eval.task_dirs names {sorted(ev.task_dirs)} but eval.tasks is null (NanoBEIR): list them in eval.tasks"
+        )
     local = os.path.isdir(ev.dataset_id)
     if not local and _looks_local(ev.dataset_id):
         raise ConfigError(
@@ -340,6 +347,33 @@ def _check_eval(cfg: DictConfig) -> None:
         raise ConfigError(
             f"eval.dataset_id={ev.dataset_id} lacks corpus/queries/qrels for {absent}; it holds: {', '.join(found) or 'none'}"
         )
+
+
+def _check_tasks(ev: DictConfig) -> None:
+    """An MTEB task list: at least one task, no NanoBEIR set names beside it, each task a known single-subset retrieval
+    task (mteb names the closest), each local copy an existing dir of a listed task, all before any model loads."""
+    if len(ev.tasks) == 0:
+        raise ConfigError("eval.tasks=[] is not allowed: name at least one MTEB retrieval task, or null for NanoBEIR")
+    if ev.datasets is not None:
+        raise ConfigError(
+            f"eval.datasets={list(ev.datasets)} names NanoBEIR sets, but eval.tasks={list(ev.tasks)} replaces NanoBEIR: "
+            "set eval.datasets=null"
+        )
+    unlisted = sorted(set(ev.task_dirs) - set(ev.tasks))
+    if unlisted:
+        raise ConfigError(f"eval.task_dirs names {unlisted}, which eval.tasks does not list; listed: {list(ev.tasks)}")
+    for task, path in ev.task_dirs.items():
+        if not os.path.isdir(path):
+            raise ConfigError(
+                f"eval.task_dirs.{task}={path} is not a directory: give a local copy of the task's Hub dataset"
+            )
+    from pipeline.evaluation.mteb_backend import retrieval_task
+
+    for task in ev.tasks:
+        try:
+            retrieval_task(task)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

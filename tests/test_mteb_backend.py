@@ -22,9 +22,9 @@ from sentence_transformers import SentenceTransformer
 from pipeline.config import EvalBackend, EvalConfig
 from pipeline.dag import StageOutput
 from pipeline.evaluation import crosscheck
+from pipeline.evaluation.benchmark import evaluate
 from pipeline.evaluation.mteb_backend import HUB_NANOBEIR, MTEB_TASKS, build_tasks, load_layout_split, mteb_version
 from pipeline.evaluation.nanobeir import NANOBEIR
-from pipeline.evaluation.st_backend import evaluate
 from pipeline.tracking.run import PipelineRun
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data, write_nanobeir_dir
 
@@ -34,6 +34,7 @@ SUMMARY_KEYS = {
     "per_dataset_ndcg_at_10",
     "score_function",
     "dataset_id",
+    "benchmark",  # its label: pipeline.evaluation.benchmark
     "queries",
     "backend",
     "backend_version",
@@ -132,7 +133,7 @@ def test_tracking_tags_backend_and_version(tiny_both):
 
     st, mt, out = tiny_both
     client = _Client()
-    cfg = OmegaConf.create({"eval": {"dataset_id": "sentence-transformers/NanoBEIR-en"}})
+    cfg = OmegaConf.create({"eval": {"dataset_id": "sentence-transformers/NanoBEIR-en", "tasks": None}})
     run = PipelineRun(client, "run", cfg=cfg, found_sources={"eval": "hub:sentence-transformers/NanoBEIR-en@main"})
     run._log_evaluation(StageOutput("baseline", "k", out / "st", st, "ran", 0.0), "baseline_", "evaluation/baseline")
     run._log_evaluation(StageOutput("evaluate", "k", out / "mteb", mt, "ran", 0.0), "", "evaluation")

@@ -43,6 +43,21 @@ CASES = {
     "train size zero": (["data.train_size=0"], "data.train_size=0", ">= 1"),
     "eval name": (["eval.datasets=[scifact,nosuchset]"], "['nosuchset']", "allowed: "),
     "eval layout": (["eval.dataset_id={qa}"], "not in the NanoBEIR layout", "corpus"),
+    "mteb task typo": (
+        ["eval.datasets=null", "eval.tasks=[SciFactt]"],
+        "'SciFactt' not found",
+        "Did you mean: 'SciFact'",
+    ),
+    "mteb task type": (
+        ["eval.datasets=null", "eval.tasks=[Banking77Classification]"],
+        "Banking77Classification is an mteb Classification task",
+        "allowed: Retrieval tasks",
+    ),
+    "mteb task copy": (
+        ["eval.tasks=[SciFact]", "eval.datasets=null", "+eval.task_dirs.SciFact=/no/such/copy"],
+        "eval.task_dirs.SciFact=/no/such/copy",
+        "a local copy of the task's Hub dataset",
+    ),
     "batch size one": (["train.batch_size=1"], "train.batch_size=1", "in-batch negatives need a batch size >= 2"),
     "max steps negative": (["train.max_steps=-5"], "train.max_steps=-5", ">= 1"),
     "tracking uri": (["tracking.uri=nosuchscheme://x"], "tracking.uri=nosuchscheme://x", "use one of sqlite://"),

@@ -298,20 +298,12 @@ def _pytrec_order(results: dict[str, float]) -> list[tuple[str, float]]:
     return sorted(results.items(), key=lambda item: (item[1], item[0]), reverse=True)
 
 
-def run_mteb(
-    model,
-    dataset_id: str,
-    datasets: list[str],
-    names: dict[str, str],
-    batch_size: int,
-    source: str = "auto",
-    cache_dir: Path | None = None,
-) -> dict[str, DatasetResult]:
-    """Evaluate `model` (a SentenceTransformer) with `mteb.evaluate` on the given NanoBEIR sets, no result cache."""
+def run_mteb(model, tasks: dict[str, Any], batch_size: int, cache_dir: Path | None = None) -> dict[str, DatasetResult]:
+    """Evaluate `model` (a SentenceTransformer) with `mteb.evaluate` on `tasks` ({name: mteb retrieval task}, each on
+    its first eval split and first subset), no result cache."""
     import mteb
 
     with _rng_preserved(), _quiet_datasets():
-        tasks = build_tasks(dataset_id, datasets, names, source, cache_dir)
         captured = {short: _capture(task) for short, task in tasks.items()}
         with _datasets_cache(cache_dir):
             result = mteb.evaluate(
@@ -327,8 +319,8 @@ def run_mteb(
     by_name = {r.task_name: r for r in result.task_results}
     out = {}
     for short, task in tasks.items():
-        name = task.metadata.name
-        scores = next(s for s in by_name[name].scores[SPLIT] if s["hf_subset"] == SUBSET)
+        name, split, subset = task.metadata.name, task.eval_splits[0], task.hf_subsets[0]
+        scores = next(s for s in by_name[name].scores[split] if s["hf_subset"] == subset)
         got = captured[short]
         ranking = {q: _pytrec_order(docs)[:PREDICTIONS_TOP_K] for q, docs in got["results"].items()}
         res = DatasetResult(short, name, dict(scores), got["per_query"], ranking)
@@ -341,8 +333,8 @@ def run_mteb(
     return out
 
 
-def _flat_metrics(results: dict[str, DatasetResult]) -> dict[str, float]:
-    """mteb's numeric scores per task (`<Task>_<metric>`) and their unweighted mean (`NanoBEIR_mean_<metric>`).
+def _flat_metrics(results: dict[str, DatasetResult], benchmark: str) -> dict[str, float]:
+    """mteb's numeric scores per task (`<Task>_<metric>`) and their unweighted mean (`<benchmark>_mean_<metric>`).
 
     Without mteb's ~90 nAUC (abstention) scores per task: they would be most of the run's MLflow metrics.
     """
@@ -357,7 +349,7 @@ def _flat_metrics(results: dict[str, DatasetResult]) -> dict[str, float]:
             metrics[f"{r.task_name}_{key}"] = float(value)
             per_metric.setdefault(key, []).append(float(value))
     n = len(results)
-    metrics.update({f"NanoBEIR_mean_{k}": sum(v) / n for k, v in per_metric.items() if len(v) == n})
+    metrics.update({f"{benchmark}_mean_{k}": sum(v) / n for k, v in per_metric.items() if len(v) == n})
     return metrics
 
 
@@ -371,22 +363,73 @@ def evaluate_mteb(model, eval_cfg, out: Path, cache_dir: Path | None = None, sou
     out.mkdir(parents=True, exist_ok=True)
     datasets = list(eval_cfg.datasets) if eval_cfg.datasets else list(NANOBEIR_DATASETS)
     names = dataset_table(eval_cfg.dataset_id)
-    results = run_mteb(model, eval_cfg.dataset_id, datasets, names, eval_cfg.batch_size, source, cache_dir)
+    with _rng_preserved(), _quiet_datasets():
+        tasks = build_tasks(eval_cfg.dataset_id, datasets, names, source, cache_dir)
+    results = run_mteb(model, tasks, eval_cfg.batch_size, cache_dir)
+    files = {short: predictions_file(names[short]) for short in results}
+    return _write_results(model, results, files, "NanoBEIR", {"dataset_id": eval_cfg.dataset_id}, out)
 
+
+def retrieval_task(name: str, local_dir: str | None = None):
+    """mteb's registered retrieval task `name` on its first eval split and its one subset; `local_dir`: a local copy
+    of the task's Hub dataset (its `corpus`, `queries` and `default` or `qrels` configs), which mteb's own loader
+    reads in place of the Hub. A typo, a task of another type or one with several language subsets: ValueError."""
+    import mteb
+
+    try:
+        task = mteb.get_task(name)
+    except KeyError as e:  # mteb's message names the closest task ("Did you mean: ...")
+        raise ValueError(f"eval.tasks: {e.args[0]}") from None
+    from mteb.abstasks.retrieval import AbsTaskRetrieval
+
+    if not isinstance(task, AbsTaskRetrieval):
+        raise ValueError(f"eval.tasks: {name} is an mteb {task.metadata.type} task; allowed: Retrieval tasks")
+    if len(task.hf_subsets) != 1:
+        raise ValueError(
+            f"eval.tasks: {name} has {len(task.hf_subsets)} language subsets ({', '.join(task.hf_subsets[:5])}, ...); "
+            "allowed: tasks with one subset"
+        )
+    split = task.metadata.eval_splits[0]
+    if local_dir is None:
+        return mteb.get_task(name, eval_splits=[split])
+    from pipeline.fingerprint import source_fingerprint
+
+    dataset = {**task.metadata.dataset, "path": local_dir, "revision": source_fingerprint(local_dir)}
+    metadata = task.metadata.model_copy(update={"dataset": dataset, "eval_splits": [split]}, deep=True)
+    return type(name, (type(task),), {"metadata": metadata})()  # mteb wants metadata on the class
+
+
+def evaluate_tasks(model, eval_cfg, out: Path, cache_dir: Path | None = None) -> dict:
+    """The general benchmark as a list of MTEB retrieval tasks (`eval.tasks`, local copies from `eval.task_dirs`):
+    the summary, metrics.json and per_query.json of `evaluate_mteb`, one "dataset" per task, keyed by its name."""
+    out.mkdir(parents=True, exist_ok=True)
+    with _rng_preserved(), _quiet_datasets():
+        tasks = {name: retrieval_task(name, eval_cfg.task_dirs.get(name)) for name in eval_cfg.tasks}
+    results = run_mteb(model, tasks, eval_cfg.batch_size, cache_dir)
+    files = {name: f"mteb_predictions_{name}.jsonl" for name in results}
+    sources = {name: task.metadata.dataset["path"] for name, task in tasks.items()}
+    return _write_results(model, results, files, "MTEB", {"tasks": sources}, out)
+
+
+def _write_results(
+    model, results: dict[str, DatasetResult], files: dict[str, str], benchmark: str, source: dict, out: Path
+) -> dict:
+    """metrics.json (`_flat_metrics` under `benchmark`), per_query.json and each set's ranked lists (top 100 per
+    query, to `files[set]`) of `results`; the stage's summary, with `source` saying where the sets came from."""
     per_dataset = {s: r.ndcg_at_10 for s, r in results.items()}
     per_query = {s: r.per_query for s, r in results.items()}
     for s, r in results.items():
-        with open(out / predictions_file(names[s]), "w") as f:
+        with open(out / files[s], "w") as f:
             for q, hits in r.ranking.items():
                 hits_json = [{"corpus_id": d, "score": score} for d, score in hits]
                 f.write(json.dumps({"query_id": q, "results": hits_json}) + "\n")
-    (out / "metrics.json").write_text(json.dumps(_flat_metrics(results), indent=2))
+    (out / "metrics.json").write_text(json.dumps(_flat_metrics(results, benchmark), indent=2))
     (out / "per_query.json").write_text(json.dumps(per_query, indent=2))
     return {
         "ndcg_at_10": sum(per_dataset.values()) / len(per_dataset),
         "per_dataset_ndcg_at_10": per_dataset,
         "score_function": model.similarity_fn_name,
-        "dataset_id": eval_cfg.dataset_id,
+        **source,
         "queries": {s: len(v) for s, v in per_query.items()},
         "backend": "mteb",
         "backend_version": mteb_version(),

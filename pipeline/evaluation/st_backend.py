@@ -52,15 +52,9 @@ def evaluate(
     """Run NanoBEIR on `model`; write metrics.json and per_query.json under `out`; return the headline numbers.
 
     `evaluator`: one built by `build_evaluator(eval_cfg, write_predictions=True)`, to reuse across models.
-    `eval_cfg.backend=mteb`: the same numbers and files through mteb (`pipeline.evaluation.mteb_backend`).
     `prompts`: the query and document prompts training used (see `build_evaluator`).
+    Whatever `eval_cfg.backend` says: `pipeline.evaluation.benchmark.evaluate` is what picks a backend.
     """
-    if EvalBackend(getattr(eval_cfg, "backend", EvalBackend.sentence_transformers)) == EvalBackend.mteb:
-        from pipeline.evaluation.mteb_backend import evaluate_mteb
-
-        if prompts is not None:  # mteb encodes through encode_query / encode_document: the model's own prompts
-            model.prompts = {**model.prompts, **prompts}
-        return evaluate_mteb(model, eval_cfg, out, cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     if evaluator is None:
         with datasets_cache(cache_dir) if cache_dir else nullcontext():

@@ -59,6 +59,18 @@ REPORT_FILES = (
 )
 
 
+def benchmark_of(arms: list) -> str:
+    """The general benchmark every run of the sweep was scored on (its `benchmark` tag); runs scored on different
+    ones are no comparison: ValueError naming them."""
+    found = sorted({arm.benchmark for arm in arms if arm.status == "FINISHED"}) or ["NanoBEIR"]
+    if len(found) > 1:
+        raise ValueError(
+            f"the sweep's runs were scored on different general benchmarks ({'; '.join(found)}): "
+            "compare the runs of one benchmark (one eval.tasks) in a sweep of their own"
+        )
+    return found[0]
+
+
 def compare(
     tracking_uri: str | None = None,
     sweep_id: str | None = None,
@@ -106,6 +118,7 @@ def compare(
     if parent.info.status == "RUNNING":
         warnings.append(f"sweep {sweep} is still running: this report covers the jobs that ended so far")
     arms, baseline = load_arms(client, parent, warnings)
+    benchmark = benchmark_of(arms)
     rows = [baseline, *ordered(arms)] if baseline else ordered(arms)
     for arm in rows:
         if arm.per_query is not None:
@@ -137,7 +150,7 @@ def compare(
             "seed": seed,
             "level": level,
             "margin": margin,
-            "selection": "each method's configuration with the best in-domain dev NDCG@10 (never NanoBEIR)",
+            "selection": "each method's configuration with the best in-domain dev NDCG@10 (never a test set)",
             "ci": "per run: stratified percentile bootstrap over queries within each dataset; per configuration: "
             "Student t with Welch-Satterthwaite df over seed and query variance (pipeline.statistics.seeds)",
             "p_value": "per run (run vs run): two-sided paired sign-flip permutation test vs the selected full "
@@ -147,6 +160,7 @@ def compare(
             "seeds within +-margin; repeated intervals over the looks of make decide (pipeline.statistics.sequential)",
             "target": target,
         },
+        "benchmark": benchmark,
         "datasets": datasets,
         "verdict": _verdict_json(protocol),
         "verdicts": verdicts(protocol, in_domain),
@@ -159,10 +173,10 @@ def compare(
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     opening = "\n".join(render_published(published)) + "\n" if published else ""  # published vs ours, then the verdict
     (out / "report.md").write_text(opening + render_markdown(result, rows, protocol, level, in_domain))
-    plot_ndcg_vs_r(out / "ndcg_vs_r.png", protocol, baseline, level)
-    plot_ndcg_vs_cost(out / "ndcg_vs_cost.png", protocol, baseline, cost, level)
-    plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level)
-    plot_learn_forget(out / "learn_vs_forget.png", protocol, datasets, level)
+    plot_ndcg_vs_r(out / "ndcg_vs_r.png", protocol, baseline, level, benchmark)
+    plot_ndcg_vs_cost(out / "ndcg_vs_cost.png", protocol, baseline, cost, level, benchmark)
+    plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level, benchmark)
+    plot_learn_forget(out / "learn_vs_forget.png", protocol, datasets, level, benchmark)
     if log_to_mlflow:
         _log_on_parent(client, parent.info.run_id, out, protocol, result["verdicts"])
     result["out_dir"] = str(out)

@@ -64,6 +64,7 @@ class Arm:
     in_domain: dict | None = None  # per-query NDCG@10 on the in-domain test set: what the in-domain verdict reads
     test_delta: float = math.nan  # in-domain test - base model's: what fine-tuning learned, never selected on
     nanobeir_delta: float = math.nan  # NanoBEIR - base model's: what it forgot (or gained) out of domain
+    benchmark: str = "NanoBEIR"  # the general benchmark its nanobeir_* metrics hold (the run's `benchmark` tag)
     dataset_deltas: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)  # train_seconds, samples/s, peak_memory_mb, ...
     per_query: dict | None = None
@@ -231,6 +232,7 @@ def _arm(run: Run) -> Arm:
         dev_delta=metrics.get("dev_delta_vs_base", math.nan),
         test_delta=metrics.get("test_delta_vs_base", math.nan),
         nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
+        benchmark=tags.get("benchmark", "NanoBEIR"),
         cost={k: metrics[k] for k in COST if k in metrics},
         train_loss=metrics.get("train_loss"),
         prompts={side: tags[f"prompt.{side}"] for side in ("query", "document") if f"prompt.{side}" in tags},

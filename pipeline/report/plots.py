@@ -32,7 +32,9 @@ def _base(baseline: Arm | None):
     return baseline.ndcg if baseline is not None else None
 
 
-def plot_ndcg_vs_r(path: Path, protocol: Protocol, baseline: Arm | None, level: float) -> None:
+def plot_ndcg_vs_r(
+    path: Path, protocol: Protocol, baseline: Arm | None, level: float, benchmark: str = "NanoBEIR"
+) -> None:
     """Δ vs the selected full fine-tune per rank (each rank at its best learning rate on dev), with the verdict's
     interval and the ±margin band: what the rank verdicts decided. Hollow: the grid run alone (queries only)."""
     fig, ax = _figure()
@@ -71,12 +73,14 @@ def plot_ndcg_vs_r(path: Path, protocol: Protocol, baseline: Arm | None, level: 
         ax.text(0.5, 0.5, "no finished adapter ranks to compare", transform=ax.transAxes, ha="center")
     alpha = protocol.verdict.alpha if protocol.verdict is not None else (1 - level) / 2
     ax.set_xlabel("adapter rank r, at its best learning rate on dev (★: smallest rank that suffices)")
-    ax.set_ylabel("Δ NanoBEIR mean NDCG@10 vs full")
+    ax.set_ylabel(f"Δ {benchmark} mean NDCG@10 vs full")
     ax.set_title(f"Δ vs full fine-tune by rank ({1 - 2 * alpha:.0%} CI, as the verdict reads it)")
     _finish(fig, ax, path)
 
 
-def plot_ndcg_vs_cost(path: Path, protocol: Protocol, baseline: Arm | None, cost: str, level: float) -> None:
+def plot_ndcg_vs_cost(
+    path: Path, protocol: Protocol, baseline: Arm | None, cost: str, level: float, benchmark: str = "NanoBEIR"
+) -> None:
     fig, ax = _figure()
     points = [(c, _cost(c, cost)) for c in _estimated(protocol)]
     points = [(c, x) for c, x in points if x is not None and x > 0]
@@ -114,7 +118,7 @@ def plot_ndcg_vs_cost(path: Path, protocol: Protocol, baseline: Arm | None, cost
     else:
         ax.text(0.5, 0.5, f"no finished runs with {cost}", transform=ax.transAxes, ha="center")
     ax.set_xlabel(f"{COST_LABELS[cost]} (log scale)")
-    ax.set_ylabel("NanoBEIR mean NDCG@10")
+    ax.set_ylabel(f"{benchmark} mean NDCG@10")
     ax.set_title(f"NDCG@10 vs {COST_LABELS[cost]} ({level:.0%} CI over seeds and queries)")
     _finish(fig, ax, path)
 
@@ -144,10 +148,12 @@ def plot_per_dataset(
     n_resamples: int,
     seed: int,
     level: float,
+    benchmark: str = "NanoBEIR",
 ) -> None:
     """Base model, selected adapter and selected full fine-tune per dataset (their first seed's run: the seed the
     grid shares), with stratified bootstrap CIs over queries."""
-    groups = [*datasets, "NanoBEIR mean"]
+    mean = f"{benchmark} mean"
+    groups = [*datasets, mean]
     series = [(baseline, "base model")] if baseline is not None else []
     for config, label in ((protocol.adapter, "selected adapter"), (protocol.full, "selected full fine-tune")):
         if config is not None and config.finished:
@@ -157,7 +163,7 @@ def plot_per_dataset(
     for i, (arm, label) in enumerate(series):
         values, errors = [], [[], []]
         for group in groups:
-            if group == "NanoBEIR mean":
+            if group == mean:
                 estimate = arm.ndcg
             elif arm.per_query is not None and group in arm.per_query:
                 estimate = bootstrap_ci({group: arm.per_query[group]}, n=n_resamples, seed=seed, level=level)
@@ -177,12 +183,14 @@ def plot_per_dataset(
     _finish(fig, ax, path)
 
 
-def plot_learn_forget(path: Path, protocol: Protocol, datasets: list[str], level: float = 0.95) -> None:
+def plot_learn_forget(
+    path: Path, protocol: Protocol, datasets: list[str], level: float = 0.95, benchmark: str = "NanoBEIR"
+) -> None:
     """The trade-off (Biderman et al. 2024, "LoRA Learns Less and Forgets Less"): what each configuration learned in
     domain (Δ on the held-out test set vs the base model; dev where the runs have no test set, which selection read)
     against what it kept in general (Δ NanoBEIR vs the base model, and per dataset). Each seed a point, each
     configuration its mean over seeds with a t interval on both axes (`level`), the selected ones ringed in black."""
-    panels = ["NanoBEIR mean", *datasets]
+    panels = [f"{benchmark} mean", *datasets]
     fig = Figure(figsize=(4.2 * len(panels) + 3.5, 4.4))
     FigureCanvasAgg(fig)
     configs = [c for c in protocol.configurations if c.finished]

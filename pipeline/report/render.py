@@ -49,8 +49,10 @@ def table_rows(rows: list[Arm], datasets: list[str], level: float) -> tuple[list
     return header, body
 
 
-def configuration_rows(protocol: Protocol, level: float) -> tuple[list[str], list[list[str]]]:
-    header = ["configuration", "method", "selected", "seeds", "dev NDCG@10", "NanoBEIR mean ± sd over seeds"]
+def configuration_rows(
+    protocol: Protocol, level: float, benchmark: str = "NanoBEIR"
+) -> tuple[list[str], list[list[str]]]:
+    header = ["configuration", "method", "selected", "seeds", "dev NDCG@10", f"{benchmark} mean ± sd over seeds"]
     header += [f"[{level:.0%} CI: seeds + queries]", "Δ vs full (configuration)", "p (seeds)", "p (Holm)"]
     header += ["trainable params"]
     body = []
@@ -91,15 +93,17 @@ def render_markdown(
     result: dict, rows: list[Arm], protocol: Protocol, level: float, in_domain: Protocol | None = None
 ) -> str:
     """The report; `in_domain`: the protocol on the in-domain test set's scores (its verdict beside the general one)."""
-    stats = result["statistics"]
+    stats, bench = result["statistics"], result["benchmark"]
     lines = [f"# Sweep {result['sweep_id']}: adapter vs full fine-tune", ""]
     lines += (
-        [verdict_sentence(protocol)] if in_domain is None else _two_verdicts(result["verdicts"], protocol, in_domain)
+        [verdict_sentence(protocol)]
+        if in_domain is None
+        else _two_verdicts(result["verdicts"], protocol, in_domain, bench)
     )
-    lines += [""] + _answer(rows, protocol)
-    lines += ["", "## Selected configurations (chosen on dev, reported on NanoBEIR)", ""]
-    lines += _table(*configuration_rows(protocol, level), left=3)
-    lines += _verdict_detail(protocol) + _rank_section(protocol)
+    lines += [""] + _answer(rows, protocol, bench)
+    lines += ["", f"## Selected configurations (chosen on dev, reported on {bench})", ""]
+    lines += _table(*configuration_rows(protocol, level, bench), left=3)
+    lines += _verdict_detail(protocol, scored_on=bench) + _rank_section(protocol)
     if in_domain is not None:
         lines += _verdict_detail(in_domain, "in domain", "in-domain test") + _rank_section(in_domain, "in domain")
     lines += ["", "## Every run", ""] + _table(*table_rows(rows, result["datasets"], level))
@@ -114,7 +118,7 @@ def render_markdown(
         "",
         "## How to read this",
         "",
-        f"- Selection: {stats['selection']}. Test: NanoBEIR (the unweighted mean over datasets of the per-dataset "
+        f"- Selection: {stats['selection']}. Test: {bench} (the unweighted mean over datasets of the per-dataset "
         "mean over queries).",
         f"- Verdict: {stats['verdict']}, margin ±{stats['margin']:g} NDCG@10 (`--margin`). Intervals of a "
         f"configuration: {stats['ci'].split('per configuration: ')[1]}.",
@@ -126,7 +130,7 @@ def render_markdown(
         f"configurations{grid}.",
         _inputs_line(rows),
         "- Learn vs forget (`learn_vs_forget.png`): each configuration's change from the base model in domain (the "
-        "held-out test set; dev where the runs have none) against in general (NanoBEIR), seeds as points.",
+        f"held-out test set; dev where the runs have none) against in general ({bench}), seeds as points.",
         f"- Parent run `{result['parent_run_id']}` in `{result['tracking_uri']}`.",
         "",
     ]
@@ -143,14 +147,14 @@ def _inputs_line(rows: list[Arm]) -> str:
     )
 
 
-def _answer(rows: list[Arm], protocol: Protocol) -> list[str]:
+def _answer(rows: list[Arm], protocol: Protocol, benchmark: str) -> list[str]:
     lines = []
     for config, what in ((protocol.adapter, "Selected adapter"), (protocol.full, "Selected full fine-tune")):
         if config is None:
             lines.append(f"- {what}: none finished.")
             continue
         e = config.estimate
-        est = "" if e is None else f", NanoBEIR {e.mean:.4f} [{e.low:.4f}, {e.high:.4f}] over {e.seeds} seed(s)"
+        est = "" if e is None else f", {benchmark} {e.mean:.4f} [{e.low:.4f}, {e.high:.4f}] over {e.seeds} seed(s)"
         lines.append(f"- {what}: **{config.name}** (dev NDCG@10 {config.dev:.4f}{est}).")
     adapter, full = protocol.adapter, protocol.full
     if adapter is not None and full is not None and not math.isinf(adapter.trainable_params * full.trainable_params):
@@ -160,7 +164,7 @@ def _answer(rows: list[Arm], protocol: Protocol) -> list[str]:
     base = rows[0] if rows and rows[0].name == "baseline" else None
     if base is not None and base.ndcg is not None:
         dev = "" if math.isnan(base.dev) else f", dev NDCG@10 {base.dev:.4f}"
-        lines.append(f"- Base model: NanoBEIR {_estimate(base.ndcg)}{dev}.")
+        lines.append(f"- Base model: {benchmark} {_estimate(base.ndcg)}{dev}.")
     failed = sum(a.status not in ("FINISHED", "") for a in rows)
     if failed:
         lines.append(f"- {failed} job(s) did not finish; see Failed jobs.")
@@ -192,7 +196,7 @@ def _cell(text: str) -> str:
     return (text[:300] + "…" if len(text) > 300 else text).replace("|", "\\|")
 
 
-def _two_verdicts(halves: dict[str, str], general: Protocol, in_domain: Protocol) -> list[str]:
+def _two_verdicts(halves: dict[str, str], general: Protocol, in_domain: Protocol, benchmark: str) -> list[str]:
     """The first lines: the answer for both halves, then each half's verdict."""
     both = {
         "equivalent": "the adapter is as good as the full fine-tune on both halves (equivalent on each)",
@@ -206,7 +210,7 @@ def _two_verdicts(halves: dict[str, str], general: Protocol, in_domain: Protocol
         f"**Both halves: {halves['combined']}**: {both}.",
         "",
         f"- **In domain** (the held-out test set of your pairs, never selected on): {verdict_sentence(in_domain)}",
-        f"- **General** (NanoBEIR): {verdict_sentence(general)}",
+        f"- **General** ({benchmark}): {verdict_sentence(general)}",
     ]
 
 

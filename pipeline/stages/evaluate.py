@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import EvalConfig, ModelConfig
+from pipeline.evaluation.benchmark import evaluate
 from pipeline.evaluation.dev import evaluate_dev
 from pipeline.evaluation.precision import merged_for, scoring_precision
-from pipeline.evaluation.st_backend import evaluate
 from pipeline.models import load_model, prompts_of
 
 

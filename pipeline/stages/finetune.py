@@ -149,7 +149,7 @@ def finetune(
 
     # 7. Create an evaluator & evaluate during training, as the recipe does
     evaluator = None
-    if eval_cfg.during_training and train.eval_steps:
+    if eval_cfg.during_training and train.eval_steps and not eval_cfg.tasks:  # NanoBEIR's: MTEB tasks have none
         with datasets_cache(cache_dir) if cache_dir else nullcontext():
             evaluator = build_evaluator(eval_cfg, prompts)
 

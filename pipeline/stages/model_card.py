@@ -124,16 +124,17 @@ def front_matter_base(card: ModelCard, model_cfg: ModelConfig, relation: str) ->
 
 def evaluation_section(baseline: dict, finetuned: dict, dev_baseline: dict, dev_finetuned: dict) -> list[str]:
     dev, base_dev = dev_finetuned["ndcg_at_10"], dev_baseline["ndcg_at_10"]
+    benchmark = finetuned.get("benchmark", "NanoBEIR")  # the general benchmark (pipeline.evaluation.benchmark.label)
     lines = [
         "",
         "## Evaluation: base model vs fine-tuned",
         "",
         f"In-domain dev set (pairs held out of the training data as a retrieval task: {dev_finetuned['queries']} "
         f"queries, {dev_finetuned['corpus']} documents): NDCG@10 {dev:.4f} (base model {base_dev:.4f}, "
-        f"{dev - base_dev:+.4f}). Sweeps select learning rates and adapter settings on this set; NanoBEIR below is the "
-        "test set.",
+        f"{dev - base_dev:+.4f}). Sweeps select learning rates and adapter settings on this set; {benchmark} below is "
+        "the test set.",
         "",
-        f"### NanoBEIR NDCG@10 ({finetuned['score_function']} similarity)",
+        f"### {benchmark} NDCG@10 ({finetuned['score_function']} similarity)",
         "",
         "| Dataset | Queries | Base model | Fine-tuned | Δ |",
         "|---|---:|---:|---:|---:|",
@@ -146,12 +147,12 @@ def evaluation_section(baseline: dict, finetuned: dict, dev_baseline: dict, dev_
     backend = finetuned.get("backend", "sentence_transformers")
     lines += [
         "",
-        "How this was measured: the base model and the fine-tuned model were evaluated on the same NanoBEIR queries "
+        f"How this was measured: the base model and the fine-tuned model were evaluated on the same {benchmark} queries "
         f"and corpora, with the same evaluator ({backend} {finetuned.get('backend_version', '')}".rstrip()
         + "), by the lora-vs-full pipeline that trained this model. NDCG@10 is the mean over each dataset's "
         "queries, and the mean row is the unweighted mean over datasets. The pipeline's comparison protocol "
         "(`make sweep`, `python -m pipeline.report`) selects each method's learning rate and settings on the dev set, "
-        "trains the selected adapter and the selected full fine-tune with several seeds, and tests their NanoBEIR "
+        f"trains the selected adapter and the selected full fine-tune with several seeds, and tests their {benchmark} "
         "difference within a stated margin, with intervals over seeds and queries.",
     ]
     return lines

@@ -158,13 +158,29 @@ def _split_input(data, fingerprint: str, rows: int, part: str, context: str) -> 
     )
 
 
-def evaluation_input(eval_cfg, fingerprint: str, result: dict) -> DataInput:
-    """The NanoBEIR sets an evaluate stage read (`result`: its summary, per-dataset NDCG@10 and query counts)."""
-    return DataInput(
-        name=dataset_name(eval_cfg.dataset_id),
-        path=eval_cfg.dataset_id,
-        context="evaluation",
-        fingerprint=fingerprint,
-        selection={"datasets": sorted(result["per_dataset_ndcg_at_10"])},
-        profile={"queries": result.get("queries", {})},
-    )
+def evaluation_inputs(eval_cfg, fingerprint: str, result: dict) -> list[DataInput]:
+    """The general benchmark's sets an evaluate stage read (`result`: its summary, per-set NDCG@10 and query counts):
+    the NanoBEIR sets as one dataset, or each MTEB task's data as its own (`fingerprint`: `benchmark_fingerprint`'s)."""
+    if not eval_cfg.tasks:
+        return [
+            DataInput(
+                name=dataset_name(eval_cfg.dataset_id),
+                path=eval_cfg.dataset_id,
+                context="evaluation",
+                fingerprint=fingerprint,
+                selection={"datasets": sorted(result["per_dataset_ndcg_at_10"])},
+                profile={"queries": result.get("queries", {})},
+            )
+        ]
+    prints = dict(part.split("=", 1) for part in fingerprint.split(";"))
+    return [
+        DataInput(
+            name=task,
+            path=result["tasks"][task],
+            context="evaluation",
+            fingerprint=prints[task],
+            selection={"mteb_task": task},
+            profile={"queries": result["queries"][task]},
+        )
+        for task in eval_cfg.tasks
+    ]

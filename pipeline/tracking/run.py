@@ -26,10 +26,11 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline.adapter_configs import hyperparameters
 from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import LossName, Method
+from pipeline.evaluation.benchmark import label
 from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, eval_identity, sources
 from pipeline.graph import require_every_stage
 from pipeline.signals import sigterm_as_interrupt
-from pipeline.tracking.datasets import dev_input, evaluation_input, log_data_inputs, training_input
+from pipeline.tracking.datasets import dev_input, evaluation_inputs, log_data_inputs, training_input
 from pipeline.tracking.store import Store, _now_ms, end_killed, log_step, metric_name, open_store
 from pipeline.tracking.system_metrics import system_metrics
 from pipeline.tracking.uri import sqlite_path, tracking_uri
@@ -268,8 +269,7 @@ class PipelineRun:
     def _log_evaluation(self, output: StageOutput, prefix: str, artifact_path: str) -> None:
         r = output.result
         if not self._eval_input_logged:  # the baseline and the fine-tuned model read the same evaluation sets
-            evaluation = evaluation_input(self.cfg.eval, self.sources["eval"], r)
-            log_data_inputs(self.client, self.run_id, [evaluation])
+            log_data_inputs(self.client, self.run_id, evaluation_inputs(self.cfg.eval, self.sources["eval"], r))
             self._eval_input_logged = True
         metrics = {f"{prefix}nanobeir_mean_ndcg_at_10": r["ndcg_at_10"]}
         metrics.update({f"{prefix}nanobeir_{n}_ndcg_at_10": v for n, v in r["per_dataset_ndcg_at_10"].items()})
@@ -380,6 +380,7 @@ def _create_run(
     run_tags = {
         **method_tags(cfg),
         "base_model": cfg.model.name,
+        "benchmark": label(cfg.eval),  # the general benchmark the nanobeir_* metrics hold: NanoBEIR or MTEB (tasks)
         "pipeline.config_hash": key,
         **{f"source.{group}": value for group, value in found.items()},  # content hash or Hub id@SHA
         **provenance(),
