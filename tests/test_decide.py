@@ -511,6 +511,17 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
     assert design == {"first": "2", "step": "1", "budget": "3", "margin": "0.01", "alpha": "0.05"}  # the report replays
     assert tags["verdict.seeds_adapter"] == tags["verdict.seeds_full"] == "2,3,4"  # 2 seeds at look 1, 3 at look 2
     assert [(look["seeds_adapter"], look["seeds_full"]) for look in looks["looks"]] == [(2, 2), (3, 3)]
+    # what make decide prints when it stops (here one half: the tiny set's 2 test queries leave none): its looks, the
+    # fresh seeds, the verdict as tagged
+    printed = [line for line in proc.stderr.splitlines() if line.startswith("[pipeline] decide")]
+    assert [line.split(":")[0] for line in printed] == [f"[pipeline] decide, look {i}" for i in (1, 2)] + [
+        "[pipeline] decide"
+    ]
+    assert printed[0].startswith("[pipeline] decide, look 1: 2 + 2 fresh seeds, Δ ")
+    assert printed[1].endswith(f": {looks['looks'][-1]['label']}")
+    assert printed[-1] == (
+        f"[pipeline] decide: {tags['verdict']}; fresh seeds: adapter 2,3,4; full 2,3,4. {tags['verdict.sentence']}"
+    )
     names = sorted(r.info.run_name for r in runs)
     seeds = [2, 3, 4]
     arms = ("lora-r2-a4-lr5e-2", "full-lr5e-2")
@@ -573,6 +584,17 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
         == "in domain: the adapter's seeds scored identically: seed variation not measured (is the seed applied?)"
     )
     assert tags["verdict.in_domain.sentence"].startswith("No verdict: the adapter's seeds scored identically")
+    printed = [line for line in halves.stderr.splitlines() if line.startswith("[pipeline] decide")]
+    assert printed[:2] == [
+        f"[pipeline] decide in domain, look 1: 2 + 2 fresh seeds, Δ {looks['in_domain_looks'][0]['delta']:+.4f}, 90% "
+        f"repeated CI [{looks['in_domain_looks'][0]['low']:+.4f}, {looks['in_domain_looks'][0]['high']:+.4f}]: no verdict",
+        f"[pipeline] decide general, look 1: 2 + 2 fresh seeds, Δ {looks['looks'][0]['delta']:+.4f}, 90% repeated CI "
+        f"[{looks['looks'][0]['low']:+.4f}, {looks['looks'][0]['high']:+.4f}]: {tags['verdict.general']}",
+    ]
+    assert printed[2] == (
+        f"[pipeline] decide: both halves no verdict (in domain no verdict, general {tags['verdict.general']}); fresh "
+        f"seeds: adapter 2,3; full 2,3. {tags['verdict.sentence']}"
+    )
 
 
 def _half_means(scenario, delta: float, reps: int, seed: int):

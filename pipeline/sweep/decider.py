@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -193,6 +194,7 @@ class Decider:
             tags["verdict.in_domain.sentence"] = halves_sentence(outcome, self.in_domain_design, self.name_of)
         for key, value in tags.items():
             self._tag(key, value)
+        print("\n".join(console_lines(outcome, tags, self.design)), file=sys.stderr)
         if self.parent is not None:
             for x in outcome.in_domain:  # the in-domain verdict's looks, as verdict.look.* holds the general one's
                 for name in ("delta", "low", "high"):
@@ -220,6 +222,33 @@ def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]
         f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
         f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
     )
+
+
+def console_lines(outcome: Outcome, tags: dict[str, str], design: Design) -> list[str]:
+    """What `make decide` prints when it stops: each half's looks (seeds per arm, Δ, repeated interval, label), the
+    fresh seeds each arm trained, and the verdicts as tagged (the report, `make compare`, says the same at length)."""
+    alpha = f"{1 - 2 * design.alpha:.0%}"
+    halves = (
+        [("in domain", outcome.in_domain), ("general", outcome.looks)] if outcome.in_domain else [("", outcome.looks)]
+    )
+    lines = []
+    for half, looks in halves:
+        for x in looks:
+            lines.append(
+                f"[pipeline] decide{' ' + half if half else ''}, look {x.index}: {x.seeds_adapter} + {x.seeds_full} "
+                f"fresh seeds, Δ {x.delta:+.4f}, {alpha} repeated CI [{x.low:+.4f}, {x.high:+.4f}]: {x.label}"
+            )
+    seeds = (
+        f"fresh seeds: adapter {tags['verdict.seeds_adapter'] or 'none'}; full {tags['verdict.seeds_full'] or 'none'}"
+    )
+    if outcome.in_domain:
+        verdict = (
+            f"both halves {tags['verdict']} (in domain {tags['verdict.in_domain']}, general {tags['verdict.general']})"
+        )
+    else:
+        verdict = tags.get("verdict", "no verdict")
+    lines.append(f"[pipeline] decide: {verdict}; {seeds}. {tags['verdict.sentence']}")
+    return lines
 
 
 def halves_sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]) -> str:
