@@ -371,9 +371,14 @@ def _check_tasks(ev: DictConfig) -> None:
 
     for task in ev.tasks:
         try:
-            retrieval_task(task)
+            dataset = retrieval_task(task).metadata.dataset
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        if task not in ev.task_dirs:  # mteb reads it from the Hub: cached, or the Hub answers
+            try:
+                check_hub("dataset", dataset["path"], f"eval.tasks: {task}'s dataset", revision=dataset["revision"])
+            except ConfigError as e:
+                raise ConfigError(f"{e}; or give a local copy: +eval.task_dirs.{task}=DIR") from None
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

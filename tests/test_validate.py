@@ -53,6 +53,11 @@ CASES = {
         "Banking77Classification is an mteb Classification task",
         "allowed: Retrieval tasks",
     ),
+    "mteb task offline": (
+        ["eval.datasets=null", "eval.tasks=[SciFact]"],
+        "eval.tasks: SciFact's dataset=mteb/scifact is not a local dir and not in the Hugging Face cache",
+        "+eval.task_dirs.SciFact=DIR",
+    ),
     "mteb task copy": (
         ["eval.tasks=[SciFact]", "eval.datasets=null", "+eval.task_dirs.SciFact=/no/such/copy"],
         "eval.task_dirs.SciFact=/no/such/copy",

@@ -8,6 +8,10 @@ Where the tasks come from (`build_tasks`):
   `datasets.load_dataset`, as sentence-transformers reads it) and whose metadata is copied from mteb's registered
   task of that name, so mteb runs exactly its own retrieval evaluation on the local copy.
 
+And `eval.tasks` (`evaluate_tasks`, `retrieval_task`): any registered MTEB retrieval task in place of NanoBEIR, mteb's own
+class on its first eval split, its data from the Hub or, `eval.task_dirs`, from a local copy of its Hub dataset that
+mteb's own loader reads; the same per-query capture, files and summary.
+
 Never stale: mteb's result cache keys on the model's name and revision, which a local or fine-tuned model does not
 have (it is None, or the *base* model's name for a fine-tune), so a second model would be served the first one's
 scores. Every call passes `cache=None` and `overwrite_strategy="always"`: mteb reads and writes no result cache.
