@@ -62,7 +62,7 @@ reproduce: ## the paper recipe as published (LoRA and full, lr 2e-5, seed 42, pl
 # answer joins the dev corpus. Measure a value with: python -m pipeline experiment=mini_paper_lora run.until=dev_baseline
 # data.dev_distractors=N (MLflow metric baseline_dev_ndcg_at_10)
 MINI_DEV ?= data.dev_distractors=719
-MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14]
+MINI_PROTOCOL ?= hydra.sweeper.lr.lora=[5e-4,2e-3] hydra.sweeper.lr.full=[3e-5,1e-4] hydra.sweeper.seeds=[12,13,14] hydra.sweeper.decide.budget=5
 reproduce-mini: ## make decide on the paper recipe scaled to 2 CPU cores (needs ../shared/data), verdict in docs/mini_paper
 	$(BIN)/python -m pipeline -m sweep=lora_grid experiment=mini_paper_lora finetune.r=8,64 finetune.alpha=2r \
 		finetune.target_modules=[query,value] $(MINI_DEV) \
