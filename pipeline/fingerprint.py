@@ -207,11 +207,10 @@ def eval_identity(cfg: DictConfig, found: dict[str, str]) -> str:
     """What the NanoBEIR numbers of a run are of: the evaluation config (its backend aside) and the sets' content."""
     from omegaconf import OmegaConf
 
-    values = OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True)
-    values = {k: v for k, v in values.items() if k not in ("backend", "dataset_id", "revision", "task_dirs")}
-    if values.get("tasks", ...) is None:  # NanoBEIR: the identity it had before MTEB task lists existed
-        values.pop("tasks")
-    return config_hash({"eval": values, "source": found.get("eval")})
+    from pipeline.graph import benchmark_settings
+
+    values = benchmark_settings(OmegaConf.to_container(cfg.eval, resolve=True, enum_to_str=True))
+    return config_hash({"eval": {k: v for k, v in values.items() if k != "backend"}, "source": found.get("eval")})
 
 
 def pinned_config(cfg: DictConfig, found: dict[str, str]) -> DictConfig:

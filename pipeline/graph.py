@@ -75,12 +75,18 @@ def trained_weights(values: Values) -> Values:
     return {**values, "device": device, "resolved_precision": precision}
 
 
+def benchmark_settings(values: Values) -> Values:
+    """The general benchmark's settings (`eval`) without where its sets come from (`dataset_id`, `revision`,
+    `task_dirs`: keyed by content, the `eval` source fingerprint), and without `tasks` when it is null (NanoBEIR), so
+    that a NanoBEIR config keys as it did before MTEB task lists existed."""
+    values = _without(values, "dataset_id", "revision", "task_dirs")
+    return values if values.get("tasks") is not None else _without(values, "tasks")
+
+
 def nanobeir(values: Values) -> Values:
     """The NanoBEIR evaluation on the resolved device (GPU and CPU embeddings differ in rounding); during_training is
     only the finetune stage's log; precision only the fine-tuned model's scoring (the evaluate stage adds it)."""
-    scored = _without(values, "during_training", "dataset_id", "revision", "task_dirs", "precision")
-    if scored.get("tasks") is None:  # NanoBEIR: keyed as before MTEB task lists existed
-        scored.pop("tasks", None)
+    scored = _without(benchmark_settings(values), "during_training", "precision")
     return {**scored, "device": device_and_precision()[0]}
 
 
