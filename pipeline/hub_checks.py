@@ -107,3 +107,8 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def looks_local(name: str) -> bool:
+    """A path-like name (absolute, ./, ../, ~ or more than one '/') cannot be a Hub id."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name

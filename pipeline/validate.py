@@ -13,9 +13,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from pipeline.adapter_configs import ALL_LINEAR, SCHEMAS, Method, keys_of
 from pipeline.config import ConfigError, LossName, Precision, mini_batch_size
-from pipeline.evaluation.nanobeir import dataset_table
+from pipeline.evaluation.checks import check_eval
 from pipeline.graph import STAGE_NAMES  # what run.force may name
-from pipeline.hub_checks import check_hub, check_hub_push
+from pipeline.hub_checks import check_hub, check_hub_push, looks_local
 from pipeline.inputs import (
     DATA_FILE_BUILDERS,
     duplicate_count,
@@ -27,7 +27,6 @@ from pipeline.inputs import (
 from pipeline.models import model_source
 from pipeline.negatives import mine_problem, negatives_problem
 
-NANOBEIR_LAYOUT = ("corpus", "queries", "qrels")
 KNOWN_URI_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "file")
 
 
@@ -50,7 +49,7 @@ def validate(cfg: DictConfig) -> None:
     _check_launch(cfg)
     _check_run(cfg)
     _check_data(cfg)
-    _check_eval(cfg)
+    check_eval(cfg)
     _check_model(cfg)
     check_hub_push(cfg)  # before the tracking check, which creates a sqlite store
     _check_tracking(cfg)
@@ -230,7 +229,7 @@ def _check_data(cfg: DictConfig) -> None:
             "(or a dataset dir, or a Hub dataset id)"
         )
     if not os.path.isdir(data.path) and not is_file:
-        if _looks_local(data.path) or os.path.splitext(data.path)[1].lower() in DATA_FILE_BUILDERS:
+        if looks_local(data.path) or os.path.splitext(data.path)[1].lower() in DATA_FILE_BUILDERS:
             raise ConfigError(
                 f"data.path={data.path} does not exist: give a local dataset dir or data file, or a Hub dataset id"
             )
@@ -305,82 +304,6 @@ def _check_distinct_questions(cfg: DictConfig, dataset, train_rows: int) -> None
         )
 
 
-def _check_eval(cfg: DictConfig) -> None:
-    ev = cfg.eval
-    if ev.tasks is not None:
-        _check_tasks(ev)
-        return
-    if ev.task_dirs:
-        raise ConfigError(
-            f"eval.task_dirs names {sorted(ev.task_dirs)} but eval.tasks is null (NanoBEIR): list them in eval.tasks"
-        )
-    local = os.path.isdir(ev.dataset_id)
-    if not local and _looks_local(ev.dataset_id):
-        raise ConfigError(
-            f"eval.dataset_id={ev.dataset_id} does not exist: give a local NanoBEIR-layout dir or a Hub id"
-        )
-    if local:
-        missing = [sub for sub in NANOBEIR_LAYOUT if not (Path(ev.dataset_id) / sub).is_dir()]
-        if missing:
-            raise ConfigError(
-                f"eval.dataset_id={ev.dataset_id} is not in the NanoBEIR layout: missing {missing} "
-                "(expected corpus/, queries/, qrels/ with one Nano<Name>.parquet each per dataset)"
-            )
-    table = dataset_table(ev.dataset_id)
-    names = [n.lower() for n in ev.datasets] if ev.datasets else None
-    unknown = [n for n in names or [] if n not in table]
-    if unknown:
-        raise ConfigError(f"eval.datasets has unknown name(s) {unknown}; allowed: {', '.join(table)}")
-    if names == []:
-        raise ConfigError("eval.datasets=[] is not allowed: name at least one dataset, or null for all 13")
-    if not local:
-        check_hub("dataset", ev.dataset_id, "eval.dataset_id", revision=ev.get("revision"))
-        return
-    root = Path(ev.dataset_id)
-    absent = [
-        n
-        for n in names or list(table)
-        if not all((root / sub / f"Nano{table[n]}.parquet").is_file() for sub in NANOBEIR_LAYOUT)
-    ]
-    if absent:
-        found = sorted({p.stem for p in (root / "corpus").glob("Nano*.parquet")})
-        raise ConfigError(
-            f"eval.dataset_id={ev.dataset_id} lacks corpus/queries/qrels for {absent}; it holds: {', '.join(found) or 'none'}"
-        )
-
-
-def _check_tasks(ev: DictConfig) -> None:
-    """An MTEB task list: at least one task, no NanoBEIR set names beside it, each task a known single-subset retrieval
-    task (mteb names the closest), each local copy an existing dir of a listed task, all before any model loads."""
-    if len(ev.tasks) == 0:
-        raise ConfigError("eval.tasks=[] is not allowed: name at least one MTEB retrieval task, or null for NanoBEIR")
-    if ev.datasets is not None:
-        raise ConfigError(
-            f"eval.datasets={list(ev.datasets)} names NanoBEIR sets, but eval.tasks={list(ev.tasks)} replaces NanoBEIR: "
-            "set eval.datasets=null"
-        )
-    unlisted = sorted(set(ev.task_dirs) - set(ev.tasks))
-    if unlisted:
-        raise ConfigError(f"eval.task_dirs names {unlisted}, which eval.tasks does not list; listed: {list(ev.tasks)}")
-    for task, path in ev.task_dirs.items():
-        if not os.path.isdir(path):
-            raise ConfigError(
-                f"eval.task_dirs.{task}={path} is not a directory: give a local copy of the task's Hub dataset"
-            )
-    from pipeline.evaluation.mteb_backend import retrieval_task
-
-    for task in ev.tasks:
-        try:
-            dataset = retrieval_task(task).metadata.dataset
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if task not in ev.task_dirs:  # mteb reads it from the Hub: cached, or the Hub answers
-            try:
-                check_hub("dataset", dataset["path"], f"eval.tasks: {task}'s dataset", revision=dataset["revision"])
-            except ConfigError as e:
-                raise ConfigError(f"{e}; or give a local copy: +eval.task_dirs.{task}=DIR") from None
-
-
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
 
 
@@ -415,7 +338,7 @@ def _check_model(cfg: DictConfig) -> None:
             raise ConfigError(problem)
         model_dir = local
     else:
-        if _looks_local(name) or os.path.isfile(name):
+        if looks_local(name) or os.path.isfile(name):
             raise ConfigError(f"model.name={name} is not a local dir (it does not exist) and not a Hub model id")
         check_hub("model", name, "model.name", revision=cfg.model.revision, filename="config.json")
         from pipeline.fingerprint import cached_snapshot
@@ -446,8 +369,3 @@ def _check_tracking(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"tracking.uri={uri} cannot be opened: the MLflow server does not answer ({error})"
             ) from error
-
-
-def _looks_local(name: str) -> bool:
-    """A path-like name (absolute, ./, ../, ~ or more than one '/') cannot be a Hub id."""
-    return name.startswith(("/", "./", "../", "~")) or name.count("/") > 1 or os.sep + os.sep in name
