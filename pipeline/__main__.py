@@ -1,7 +1,8 @@
-"""`python -m pipeline`: compose the config, validate it, run the DAG inside one MLflow run, return the metric.
+"""`python -m pipeline`: compose the config, validate it, run the DAG inside one MLflow run, return its scores.
 
-The return value (the fine-tuned model's in-domain dev NDCG@10, never the NanoBEIR test score) is what Hydra sweepers
-select on and optimise.
+The return value (`pipeline.sweep.scores.JobScores`) is what a sweep's job hands the sweeper: the run id, the dev score
+that sweepers select on and optimise (`float(scores)`, never the benchmark's test score) and the scores the verdict
+compares.
 """
 
 from __future__ import annotations
@@ -28,15 +29,15 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig):  # -> JobScores: what a sweep's job hands the sweeper (`pipeline.sweep.scores`)
     from pipeline.sweep.callbacks import finished_job, sweep_of_this_job
+    from pipeline.tracking.uri import tracking_uri
 
     if (finished := finished_job(cfg)) is not None:  # a sweep's job that already finished: reused, torch not imported
-        from pipeline.tracking.run import SELECTION_METRIC
+        from pipeline.sweep.scores import from_run
 
-        return finished.data.metrics.get(SELECTION_METRIC)
+        return from_run(finished, tracking_uri(cfg))
     from pipeline.tracking.store import open_store
-    from pipeline.tracking.uri import tracking_uri
 
     try:
         validate(cfg)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from pipeline import schema
 from pipeline.config import ModelDtype, RunError
 from pipeline.dag import run_dag, status_table
 from pipeline.fingerprint import sources
@@ -19,6 +20,7 @@ from pipeline.launch.process import process_tags
 from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.sweep.callbacks import sweep_of_this_job
+from pipeline.sweep.scores import JobScores, from_outputs
 from pipeline.tracking.progress import MLflowTrainerCallback
 from pipeline.tracking.run import pipeline_run, run_name
 from pipeline.tracking.store import Store, open_store
@@ -56,7 +58,7 @@ def sweep_tags(sweep: dict | None) -> dict[str, str]:
     return {} if sweep is None else {"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]}
 
 
-def bad_job(cfg: DictConfig, error: Exception) -> float:
+def bad_job(cfg: DictConfig, error: Exception) -> JobScores:
     """A sweep's job whose config failed validation: a FAILED run with the one-line error (no content fingerprints:
     its inputs may not exist), so that the other jobs go on and the sweep's end names this one."""
     message = " ".join(str(error).split())
@@ -66,11 +68,12 @@ def bad_job(cfg: DictConfig, error: Exception) -> float:
             raise error
     except type(error):
         pass
-    return float("nan")
+    return JobScores()
 
 
-def run(cfg: DictConfig, store: Store | None = None) -> float | None:
-    """Run the DAG in one MLflow run, in `store` (opened by `python -m pipeline` after validation), else the config's."""
+def run(cfg: DictConfig, store: Store | None = None) -> JobScores:
+    """Run the DAG in one MLflow run, in `store` (opened by `python -m pipeline` after validation), else the config's;
+    return its scores (what a sweep's job hands the sweeper)."""
     store = store or open_store(tracking_uri(cfg), cfg.tracking.experiment)
     # A local sweep job takes its GPUs (one per process) before CUDA starts; a SLURM job sent SIGTERM is requeued, and resumes
     with (
@@ -82,7 +85,7 @@ def run(cfg: DictConfig, store: Store | None = None) -> float | None:
         return _run(cfg, store)
 
 
-def _run(cfg: DictConfig, store: Store) -> float | None:
+def _run(cfg: DictConfig, store: Store) -> JobScores:
     quiet_libraries()
     device, precision = device_and_precision(cfg.train.precision.value)
     print(f"[pipeline] device {device}, precision {precision}; MLflow {store.uri} (make ui)", file=sys.stderr)
@@ -115,12 +118,10 @@ def _run(cfg: DictConfig, store: Store) -> float | None:
             raise
         # The run is FAILED in MLflow with its error; the other jobs go on, and the sweep's end reports this one
         print(f"error: job {cfg.tracking.run_name or ''} failed: {type(error).__name__}: {error}", file=sys.stderr)
-        return float("nan")
+        return JobScores()
     print(status_table(outputs))
     if "evaluate" in outputs:
-        print(f"nanobeir_mean_ndcg_at_10 = {outputs['evaluate'].result['ndcg_at_10']:.4f} (run {tracked.run_id})")
+        print(f"{schema.BENCHMARK_MEAN} = {outputs['evaluate'].result['ndcg_at_10']:.4f} (run {tracked.run_id})")
     if "dev_evaluate" in outputs:  # what a sweeper selects on: the dev set, never the test set
-        score = outputs["dev_evaluate"].result["ndcg_at_10"]
-        print(f"dev_ndcg_at_10 = {score:.4f}")
-        return score
-    return None
+        print(f"{schema.DEV} = {outputs['dev_evaluate'].result['ndcg_at_10']:.4f}")
+    return from_outputs(tracked.run_id, outputs)

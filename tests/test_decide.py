@@ -33,6 +33,7 @@ from pipeline.sweep.decide import (
 from pipeline.sweep.decider import Decider, design_of
 from pipeline.sweep.edges import beyond_edge, edge_jobs, full_rank, with_value
 from pipeline.sweep.grid import job_values
+from pipeline.sweep.scores import JobScores
 from pipeline.sweep.selection import Candidate, tie_key
 from tests.conftest import ROOT, tiny_overrides
 
@@ -417,7 +418,9 @@ def _fake_sweeper(dev_of_lr):
     def launch(jobs):
         launched.append(jobs)
         return [
-            SimpleNamespace(status=JobStatus.COMPLETED, return_value=dev_of_lr(float(job_values(j)["train.lr"])))
+            SimpleNamespace(
+                status=JobStatus.COMPLETED, return_value=JobScores("run", dev_of_lr(float(job_values(j)["train.lr"])))
+            )
             for j in jobs
         ]
 
@@ -439,6 +442,46 @@ def test_the_edge_is_extended_while_it_keeps_winning(tmp_path):
     assert extended == {("lora", "train.lr", "up"): 2, ("full", "train.lr", "up"): 2, ("full", "train.lr", "down"): 1}
     arms = decided_arms(candidates, decider.rank_of, with_ranks=False)
     assert [a.config for a in arms] == [("finetune=lora", "train.lr=0.0008"), ("finetune=full", "train.lr=4e-05")]
+
+
+def test_the_scores_each_job_returned_reach_the_looks_without_mlflow(tmp_path, monkeypatch):
+    """Hydra's JobReturn carries each job's scores to the rounds: no config composed, no run searched per round."""
+    import pipeline.tracking.run
+
+    def no_database(*_):
+        raise AssertionError("make decide read a run from MLflow")
+
+    monkeypatch.setattr(pipeline.tracking.run, "finished_run", no_database)
+    rng = np.random.default_rng(0)
+    benchmark, per_query = {}, {}
+
+    def launch(jobs):
+        results = []
+        for job in jobs:
+            values = job_values(job)
+            base = 0.60 if values["finetune"] == "lora" else 0.61
+            benchmark[tuple(job)] = base + rng.normal(0, 0.004)
+            per_query[tuple(job)] = {"scifact": {"q1": benchmark[tuple(job)], "q2": benchmark[tuple(job)] - 0.1}}
+            scores = JobScores(f"run-{len(benchmark)}", 0.8, benchmark[tuple(job)], train_loss=0.5,
+                               per_query=per_query[tuple(job)])  # fmt: skip
+            results.append(SimpleNamespace(status=JobStatus.COMPLETED, return_value=scores))
+        return results
+
+    grid = [["finetune=lora", "train.lr=0.001", "train.seed=12"], ["finetune=full", "train.lr=1e-05", "train.seed=12"]]
+    composed = []
+    compose, _, _ = _fake_sweeper(lambda lr: 0.8)
+
+    def counting_compose(jobs):
+        composed.append(jobs)
+        return compose(jobs)
+
+    settings = OmegaConf.create({"target": "queries", "ranks": False, "extend": 0, "first": 3, "step": 2, "budget": 5})
+    decider = Decider(settings, counting_compose, launch, str(tmp_path), [])
+    outcome = decider.run(grid, launch(grid))
+    assert composed == [grid]  # the grid's names and ranks; the rounds compose nothing
+    adapter = next(arm for arm in outcome.arms if arm.name == ADAPTER)
+    assert adapter.scores == {s: benchmark[tuple(adapter.job(s))] for s in adapter.scores} and len(adapter.scores) >= 3
+    assert decider._per_query(adapter) == [per_query[tuple(adapter.job(s))] for s in adapter.scores]
 
 
 def test_the_ranks_arms_are_each_ranks_best_on_dev():

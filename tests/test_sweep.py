@@ -19,6 +19,7 @@ from pipeline.report import compare
 from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
 from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
+from pipeline.sweep.scores import JobScores
 from pipeline.sweep.selection import Candidate, select, tie_key
 from pipeline.validate import ConfigError
 from tests.conftest import ROOT, compose_config, tiny_overrides
@@ -102,7 +103,7 @@ def test_a_dev_tie_goes_to_the_same_configuration_in_the_sweeper_and_the_report(
     dev = [0.9, 0.9, 0.8]
     sweeper = LoraVsFullSweeper(max_batch_size=None)
     monkeypatch.setattr(sweeper, "configs", lambda jobs: [compose_config(list(job)) for job in jobs])
-    returns = [JobReturn(status=JobStatus.COMPLETED, _return_value=d) for d in dev]
+    returns = [JobReturn(status=JobStatus.COMPLETED, _return_value=JobScores(f"run{i}", d)) for i, d in enumerate(dev)]
     replicated = sweeper.selected(grid, returns)
     assert sorted(replicated) == sorted([grid[1][:-1], grid[2][:-1]])
 

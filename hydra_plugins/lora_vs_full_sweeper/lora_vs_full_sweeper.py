@@ -3,8 +3,8 @@
 1. The grid: Hydra's cartesian product turned into adapter jobs plus ONE full fine-tune job per learning rate
    (`pipeline.sweep.grid`), each method with its own learning-rate axis (`lr`: {method: [rates]}), at the first
    of `seeds`.
-2. Selection: each job returns its dev NDCG@10 (never NanoBEIR); the best configuration of each method is chosen
-   on it (`pipeline.sweep.selection`).
+2. Selection: each job returns its scores through Hydra's `JobReturn` (`pipeline.sweep.scores.JobScores`); the best
+   configuration of each method is chosen on its dev NDCG@10 (never the benchmark's) (`pipeline.sweep.selection`).
 3. Replicates: each method's selected configuration is trained again with the other `seeds`, so the verdict
    (`python -m pipeline.report`) sees seed-to-seed variation.
    Or, with `decide.enabled=true` (`make decide`): the grid's edges extended where a selection sits on one, then
@@ -12,19 +12,22 @@
    budget spent (`pipeline.sweep.decide`); each round is one batch of the launcher (local, joblib, SLURM).
 
 A `train.seed=...` override on the command line turns replicates off (the grid then holds the seeds you gave).
+Built on Hydra's public `Sweeper` interface: the cartesian product of the sweep's values is `cartesian` here.
 Lives in the `hydra_plugins` namespace so that Hydra discovers it. (No `from __future__ import annotations`: Hydra
 loads plugin modules outside sys.modules, where string annotations of a dataclass cannot be resolved.)
 """
 
+import itertools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional  # noqa: UP035
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException
+from hydra.core.plugins import Plugins
+from hydra.errors import ConfigCompositionException, HydraException
+from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 
 from pipeline.sweep.grid import (
@@ -36,7 +39,8 @@ from pipeline.sweep.grid import (
     with_seed,
 )
 from pipeline.sweep.prefix import job_configs, run_shared_prefix
-from pipeline.sweep.selection import job_candidate, returned_dev, select
+from pipeline.sweep.scores import returned
+from pipeline.sweep.selection import job_candidate, select
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +72,21 @@ class LoraVsFullSweeperConf:
 ConfigStore.instance().store(group="hydra/sweeper", name="lora_vs_full", node=LoraVsFullSweeperConf)
 
 
-class LoraVsFullSweeper(BasicSweeper):
+class LoraVsFullSweeper(Sweeper):
     def __init__(self, max_batch_size, params=None, lr=None, seeds=None, decide=None):
-        super().__init__(max_batch_size, params)
+        super().__init__()
+        self.max_batch_size, self.params = max_batch_size, dict(params or {})
         self.lr = {k: list(v) for k, v in (lr or {}).items()}
         self.seeds = list(seeds or [])
         self.decide = decide if decide is not None else OmegaConf.structured(DecideConf)
         self.launched = 0
+        self.hydra_context = self.config = self.launcher = None
 
     def setup(self, *, hydra_context, task_function, config):
-        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
         if self.decide.enabled:  # a bad setting stops here, before any job; the sweep's parent run ends FAILED with it
             from pipeline.sweep.decider import design_of, fail_parent, in_domain_design_of
 
@@ -89,8 +98,8 @@ class LoraVsFullSweeper(BasicSweeper):
 
     def grid(self, arguments: List[str]) -> List[List[str]]:  # noqa: UP006
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        overrides = parser.parse_overrides(self._parse_config() + list(arguments))
-        jobs = lora_vs_full_jobs(BasicSweeper.split_arguments(overrides, None)[0])
+        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        jobs = lora_vs_full_jobs(cartesian(overrides))
         jobs = with_learning_rates(jobs, self.lr, self.config.finetune.method)
         self.seeded_by_user = any("train.seed" in job_values(job) for job in jobs)
         return with_seed(jobs, self.seeds[0]) if self.seeds else jobs
@@ -115,7 +124,7 @@ class LoraVsFullSweeper(BasicSweeper):
         """Each method's best configuration by the dev NDCG@10 its job returned (nan for a failed job); a dev tie
         broken by `tie_key`, from each job's composed config, as the report and `make decide` break it."""
         candidates = [
-            job_candidate(configuration(job), cfg, returned_dev(result))
+            job_candidate(configuration(job), cfg, returned(result).dev)
             for job, cfg, result in zip(jobs, self.configs(jobs), results, strict=True)
         ]
         return [list(config) for config in select(candidates).values()]
@@ -141,3 +150,20 @@ class LoraVsFullSweeper(BasicSweeper):
             self.validate_batch_is_legal(batch)
             results.extend(self.launcher.launch(batch, initial_job_idx=initial_job_idx + start))
         return results
+
+
+def cartesian(overrides) -> List[List[str]]:  # noqa: UP006
+    """Hydra's basic sweep: one job per combination of the overrides' values (`a=1,2 b=x,y`: 4 jobs), in the order
+    Hydra's own basic sweeper gives them (the first key varies slowest)."""
+    axes: Dict[str, List[str]] = {}  # noqa: UP006
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override() and not override.is_discrete_sweep():
+            raise HydraException(
+                f"{override.input_line}: make sweep takes lists of values (a=1,2) or range(), not intervals"
+            )
+        values = (
+            override.sweep_string_iterator() if override.is_sweep_override() else [override.get_value_element_as_str()]
+        )
+        axes[key] = [f"{key}={value}" for value in values]
+    return [list(job) for job in itertools.product(*axes.values())]

@@ -1,16 +1,14 @@
-"""`make decide`'s side that touches the sweep: the `Decider` the sweeper runs after the grid (it composes the jobs,
-launches them, reads their runs' scores from MLflow and tags the parent run), the verdict's sentence and the design
-read from `hydra.sweeper.decide`. What the rounds do is `pipeline.sweep.decide`'s (pure).
+"""`make decide`'s side that touches the sweep: the `Decider` the sweeper runs after the grid (it launches the jobs,
+reads the scores each job returned through Hydra's `JobReturn` and tags the parent run), the verdict's sentence and
+the design read from `hydra.sweeper.decide`. What the rounds do is `pipeline.sweep.decide`'s (pure).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from pathlib import Path
 
 from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, combined
 from pipeline.sweep.decide import (
@@ -28,11 +26,8 @@ from pipeline.sweep.decide import (
 )
 from pipeline.sweep.edges import edge_jobs, extended_axes, full_rank
 from pipeline.sweep.grid import configuration
-from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, returned_dev, select
-
-PER_QUERY = "evaluation/per_query.json"  # a run's per-query NDCG@10, what the target `queries` reads
-LOSS_METRIC = "train_loss"  # a run's final train loss: a blow-up is a diverged seed (the divergence rule)
-IN_DOMAIN_METRIC = "test_ndcg_at_10"  # a run's in-domain test NDCG@10 (data.test_size), what the in-domain half reads
+from pipeline.sweep.scores import JobScores, returned
+from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, select
 
 
 def seeds_tag(arm: Arm) -> str:
@@ -57,8 +52,9 @@ def looks_json(outcome: Outcome) -> str:
 
 
 class Decider:
-    """What the sweeper runs after the grid: compose jobs as the launcher will, launch them (`launch`: jobs -> Hydra
-    JobReturns, one launcher batch per call), read their scores from MLflow, log the looks on the parent run."""
+    """What the sweeper runs after the grid: launch jobs (`launch`: jobs -> Hydra JobReturns, one launcher batch per
+    call), read the scores they returned, log the looks on the parent run. `compose` (jobs -> their configs, as the
+    launcher composes them) names and ranks the grid's configurations for selection; the rounds compose nothing."""
 
     def __init__(self, settings, compose, launch, sweep_dir: str, listed_seeds: Sequence[int]):
         self.design = design_of(settings)
@@ -70,7 +66,7 @@ class Decider:
         self.target = str(settings.target)
         self.estimate = by_means if self.target == "benchmark" else self._by_queries
         self.in_domain_design = in_domain_design_of(settings, self.design)
-        self.metrics: dict[tuple[str, ...], dict[str, float]] = {}  # each job's finished run's metrics ({}: failed)
+        self.returned: dict[tuple[str, ...], JobScores] = {}  # what each job of the rounds returned (empty: failed)
 
     def run(self, grid: list[Job], results: list) -> Outcome:
         configs = self.compose(grid)
@@ -106,7 +102,7 @@ class Decider:
     def _candidates(self, jobs: list[Job], configs, results) -> list[Candidate]:
         candidates = []
         for job, cfg, result in zip(jobs, configs, results, strict=True):
-            candidates.append(job_candidate(configuration(job), cfg, returned_dev(result)))  # as the sweeper's
+            candidates.append(job_candidate(configuration(job), cfg, returned(result).dev))  # as the sweeper's
             self.name_of[configuration(job)] = config_name(cfg)
             self.rank_of[configuration(job)] = config_rank(cfg)
         return candidates
@@ -129,42 +125,28 @@ class Decider:
             tried += jobs
 
     def _scores(self, jobs: list[Job]) -> list[float]:
-        """Launch the jobs (one batch), then each job's NanoBEIR mean from its FINISHED MLflow run (nan: failed)."""
-        from pipeline.tracking.run import METRIC, finished_run
-
-        self.launch(jobs)
-        runs = [finished_run(cfg) for cfg in self.compose(jobs)]
-        self.metrics.update({tuple(job): {} if run is None else run.data.metrics for job, run in zip(jobs, runs,
-                             strict=True)})  # fmt: skip
-        return [self.metrics[tuple(job)].get(METRIC, math.nan) for job in jobs]
+        """Launch the jobs (one batch); each job's benchmark mean as it returned it (nan: failed)."""
+        self.returned.update({tuple(job): returned(result) for job, result in zip(jobs, self.launch(jobs),
+                              strict=True)})  # fmt: skip
+        return [self.returned[tuple(job)].benchmark for job in jobs]
 
     def _in_domain(self, jobs: list[Job]) -> list[float]:
-        """Each job's in-domain test NDCG@10 (`test_ndcg_at_10`, nan without a test set), from the runs `_scores` read."""
-        return [self.metrics[tuple(job)].get(IN_DOMAIN_METRIC, math.nan) for job in jobs]
+        """Each job's in-domain test NDCG@10 (nan without a test set), from what `_scores` received."""
+        return [self.returned[tuple(job)].in_domain for job in jobs]
 
     def _losses(self, jobs: list[Job]) -> list[float | None]:
-        """Each job's final train loss (`train_loss`; None where its run has none), from the runs `_scores` read."""
-        return [self.metrics[tuple(job)].get(LOSS_METRIC) for job in jobs]
+        """Each job's final train loss (None where it has none), from what `_scores` received."""
+        return [self.returned[tuple(job)].train_loss for job in jobs]
 
     def _by_queries(self, adapter: Arm, full: Arm) -> Estimate:
         """The target `queries`: queries like these (seed and query variation), from each seed's run's per-query
-        NDCG@10 (its `evaluation/per_query.json`)."""
+        NDCG@10 on the benchmark, as its job returned it."""
         from pipeline.statistics.seeds import queries_difference
 
         return queries_difference(self._per_query(adapter), self._per_query(full))
 
     def _per_query(self, arm: Arm) -> list[dict]:
-        from mlflow.artifacts import download_artifacts
-
-        from pipeline.tracking.run import finished_run
-        from pipeline.tracking.uri import tracking_uri
-
-        found = []
-        for cfg in self.compose([arm.job(seed) for seed in arm.scores]):
-            run = finished_run(cfg)
-            path = download_artifacts(run_id=run.info.run_id, artifact_path=PER_QUERY, tracking_uri=tracking_uri(cfg))
-            found.append(json.loads(Path(path).read_text()))
-        return found
+        return [self.returned[tuple(arm.job(seed))].per_query for seed in arm.scores]
 
     def _log_look(self, result: Look) -> None:
         if self.parent is None:

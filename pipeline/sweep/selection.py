@@ -17,8 +17,6 @@ import math
 from collections.abc import Hashable, Iterable
 from typing import NamedTuple
 
-from hydra.core.utils import JobReturn, JobStatus
-
 from pipeline.adapter_configs import Method
 
 
@@ -81,11 +79,3 @@ def select(candidates: list[Candidate]) -> dict[str, Hashable]:
         if method not in best or rank < best[method][0]:
             best[method] = (rank, config)
     return {method: config for method, (_, config) in best.items()}
-
-
-def returned_dev(result: JobReturn) -> float:
-    """The dev NDCG@10 a sweep job returned (its Hydra JobReturn); nan for a job that raised or returned nothing."""
-    if result.status is not JobStatus.COMPLETED:  # a job that raised: no score, not selectable
-        return math.nan
-    value = result.return_value
-    return math.nan if value is None else float(value)

@@ -1,0 +1,120 @@
+"""The MLflow schema: the metric, tag and artifact names that pipeline runs, a sweep's parent run and the report write
+and read. Writers (`pipeline.tracking`, `pipeline.sweep.decider`, `pipeline.report.compare`) and readers (the report,
+`make decide`, the UI's view) import them from here; no other module spells them. Pure: no MLflow, no Hydra.
+"""
+
+from __future__ import annotations
+
+# ------------------------------------------------------------------------------------------------- a run's metrics
+# The general benchmark (NanoBEIR, or the MTEB tasks of `eval.tasks`: the tag BENCHMARK says which filled them)
+BENCHMARK_PREFIX = "nanobeir"
+BENCHMARK_MEAN = "nanobeir_mean_ndcg_at_10"  # the verdict's score: the mean NDCG@10 over the benchmark's sets
+BENCHMARK_DELTA = "nanobeir_delta_vs_base"  # what fine-tuning forgot (or gained) out of domain
+BASELINE = "baseline_"  # the prefix of the base model's evaluation metrics (baseline_nanobeir_mean_ndcg_at_10, ...)
+DEV = "dev_ndcg_at_10"  # the in-domain dev set: what sweeps select on and Optuna maximises
+IN_DOMAIN = "test_ndcg_at_10"  # the in-domain test set (data.test_size): what the in-domain verdict reads
+TRAIN_LOSS = "train_loss"  # the final train loss: a blow-up is a diverged seed
+IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training evaluator's metrics
+COST = ("trainable_params", "train_seconds", "train_samples_per_second", "peak_memory_mb", "weights_mb")
+_NDCG = "_ndcg_at_10"
+_DELTA = "_delta_vs_base"
+
+
+def split_metric(split: str) -> str:
+    """An in-domain split's NDCG@10 (`dev_ndcg_at_10`, `test_ndcg_at_10`)."""
+    return f"{split}{_NDCG}"
+
+
+def split_delta(split: str) -> str:
+    """An in-domain split's change from the base model (`dev_delta_vs_base`, `test_delta_vs_base`)."""
+    return f"{split}{_DELTA}"
+
+
+def dataset_metric(dataset: str, prefix: str = "") -> str:
+    """One benchmark set's NDCG@10 (`nanobeir_NanoSciFact_ndcg_at_10`; `prefix` BASELINE: the base model's)."""
+    return f"{prefix}{BENCHMARK_PREFIX}_{dataset}{_NDCG}"
+
+
+def dataset_delta(dataset: str) -> str:
+    """One benchmark set's change from the base model (`nanobeir_NanoSciFact_delta_vs_base`)."""
+    return f"{BENCHMARK_PREFIX}_{dataset}{_DELTA}"
+
+
+def dataset_of(metric: str, prefix: str = "") -> str | None:
+    """The set a `dataset_metric(dataset, prefix)` name is of ("mean" for BENCHMARK_MEAN), None for any other name."""
+    head, tail = f"{prefix}{BENCHMARK_PREFIX}_", _NDCG
+    if not metric.startswith(head) or not metric.endswith(tail) or len(metric) <= len(head) + len(tail):
+        return None
+    return metric[len(head) : -len(tail)]
+
+
+def dataset_of_delta(metric: str) -> str | None:
+    """The set a `dataset_delta(dataset)` name is of, None for any other name (BENCHMARK_DELTA included)."""
+    head = f"{BENCHMARK_PREFIX}_"
+    if metric == BENCHMARK_DELTA or not metric.startswith(head) or not metric.endswith(_DELTA):
+        return None
+    return metric[len(head) : -len(_DELTA)] or None
+
+
+# ---------------------------------------------------------------------------------------------------- a run's tags
+CONFIG_HASH = "pipeline.config_hash"  # the run's identity (`pipeline.tracking.run.run_key`)
+BENCHMARK = "benchmark"  # which general benchmark the nanobeir_* metrics hold: "NanoBEIR" or "MTEB (SciFact, ...)"
+METHOD = "method"
+ERROR = "error"
+TRAINABLE_DTYPE = "trainable_dtype"
+SWEEP_ID = "sweep_id"
+PARENT_RUN = "mlflow.parentRunId"
+ROLE = "pipeline.role"  # "sweep" on a sweep's parent run, "report" on the report's
+
+
+def prompt_tag(side: str) -> str:
+    """The prompt training and every evaluation prepended on `side` ("query", "document")."""
+    return f"prompt.{side}"
+
+
+def stage_tag(stage: str) -> str:
+    """A stage's status in the run ("ran", "cached")."""
+    return f"stage.{stage}"
+
+
+# --------------------------------------------------------------------------------------------------- a run's files
+EVALUATION = "evaluation"  # the benchmark's metrics.json and per_query.json ({set: {query id: NDCG@10}})
+BASELINE_EVALUATION = "evaluation/baseline"
+PER_QUERY_FILE = "per_query.json"
+METRICS_FILE = "metrics.json"
+PER_QUERY = f"{EVALUATION}/{PER_QUERY_FILE}"
+BASELINE_PER_QUERY = f"{BASELINE_EVALUATION}/{PER_QUERY_FILE}"
+
+
+def split_evaluation(split: str, baseline: bool = False) -> str:
+    """Where an in-domain split's per_query.json goes (`evaluation/test`, `evaluation/test_baseline`)."""
+    return f"{EVALUATION}/{split}{'_baseline' if baseline else ''}"
+
+
+IN_DOMAIN_PER_QUERY = f"{split_evaluation('test')}/{PER_QUERY_FILE}"  # {"test": {query: NDCG@10}}
+IN_DOMAIN_BASELINE_PER_QUERY = f"{split_evaluation('test', baseline=True)}/{PER_QUERY_FILE}"
+
+# ------------------------------------------------------------------------------------ a sweep's parent run (make decide)
+GRID_SEEDS = "sweep.grid_seeds"  # the seeds the grid trained
+EXTENDED = "sweep.extended"  # the grid edges make decide extended
+FRESH_SEEDS = "decide.seeds"  # the fresh seeds in the order make decide trains them
+DESIGN = "decide."  # + first, step, budget, margin, alpha, in_domain_margin, target: the design, for the replay
+LOOKS_FILE = "decide/looks.json"
+VERDICT = "verdict"  # the answer (for both halves when the in-domain half exists: `combined`)
+VERDICT_GENERAL = "verdict.general"
+VERDICT_IN_DOMAIN = "verdict.in_domain"
+VERDICT_REASON = "verdict.reason"
+VERDICT_SENTENCE = "verdict.sentence"
+VERDICT_IN_DOMAIN_SENTENCE = "verdict.in_domain.sentence"
+VERDICT_LOOKS = "verdict.looks"
+VERDICT_IN_DOMAIN_LOOKS = "verdict.in_domain.looks"
+VERDICT_TARGET = "verdict.target"
+VERDICT_RANK = "verdict.rank"
+VERDICT_RANK_LABELS = "verdict.rank.labels"
+LOOK_METRIC = "verdict.look.{}"  # .format("delta" | "low" | "high"), at step = the look's index
+IN_DOMAIN_LOOK_METRIC = "verdict.in_domain.look.{}"
+
+
+def seeds_tag(arm: str) -> str:
+    """The fresh seeds an arm ("adapter", "full") trained, in training order."""
+    return f"verdict.seeds_{arm}"
