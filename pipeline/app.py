@@ -21,8 +21,9 @@ from pipeline.launch.slurm import requeue_when_interrupted, slurm_tags
 from pipeline.models import device_and_precision
 from pipeline.sweep.callbacks import sweep_of_this_job
 from pipeline.sweep.scores import JobScores, from_outputs
+from pipeline.tracking.identity import run_name
 from pipeline.tracking.progress import MLflowTrainerCallback
-from pipeline.tracking.run import pipeline_run, run_name
+from pipeline.tracking.run import pipeline_run
 from pipeline.tracking.store import Store, open_store
 from pipeline.tracking.uri import tracking_uri
 
@@ -55,7 +56,7 @@ def quiet_libraries() -> None:
 def sweep_tags(sweep: dict | None) -> dict[str, str]:
     """In a job of a multirun (`sweep`: `sweep_of_this_job()`): the tags that make its run a child of the sweep's
     parent run."""
-    return {} if sweep is None else {"sweep_id": sweep["sweep_id"], "mlflow.parentRunId": sweep["parent_run_id"]}
+    return {} if sweep is None else {schema.SWEEP_ID: sweep["sweep_id"], schema.PARENT_RUN: sweep["parent_run_id"]}
 
 
 def bad_job(cfg: DictConfig, error: Exception) -> JobScores:

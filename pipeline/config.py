@@ -195,7 +195,7 @@ class PublishedConfig:
     """A recipe's published NanoBEIR mean NDCG@10, for the report's published-vs-ours table (pipeline.report.published).
 
     Set by the experiments that run a recipe as published (conf/published/); a run with it is a published-recipe run
-    (named `recipe-...`), not a protocol run. It is not part of a run's identity (pipeline.tracking.run.RUN_ONLY)."""
+    (named `recipe-...`), not a protocol run. It is not part of a run's identity (pipeline.tracking.identity.RUN_ONLY)."""
 
     source: str = MISSING  # where the numbers are published
     ndcg: dict[str, float] = field(default_factory=dict)  # finetune.method -> published NanoBEIR mean NDCG@10

@@ -5,7 +5,7 @@ Cheap to import (no torch, no stage module): validation (`run.force` names) and 
 loads. (`pipeline.fingerprint.STAGE_CODE`, the stages' modules a run's identity covers, stays a copy that a test keeps
 equal to the table's `Stage.code`: fingerprint.py's source is part of most stage keys, so importing the table there
 would move every cached key.) How a stage runs is `pipeline.dag`'s (`RUNNERS`), how its result is logged
-`pipeline.tracking.run`'s (`STAGE_LOGS`); both are mappings by stage name, checked against this table when their module
+`pipeline.tracking.stage_logs`' (`STAGE_LOGS`); both are mappings by stage name, checked against this table when their module
 loads (`require_every_stage`), so a stage added here without a runner or a logger fails at import, not after it ran.
 """
 

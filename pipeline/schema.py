@@ -57,7 +57,7 @@ def dataset_of_delta(metric: str) -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------------- a run's tags
-CONFIG_HASH = "pipeline.config_hash"  # the run's identity (`pipeline.tracking.run.run_key`)
+CONFIG_HASH = "pipeline.config_hash"  # the run's identity (`pipeline.tracking.identity.run_key`)
 BENCHMARK = "benchmark"  # which general benchmark the nanobeir_* metrics hold: "NanoBEIR" or "MTEB (SciFact, ...)"
 METHOD = "method"
 ERROR = "error"
@@ -95,11 +95,16 @@ IN_DOMAIN_PER_QUERY = f"{split_evaluation('test')}/{PER_QUERY_FILE}"  # {"test":
 IN_DOMAIN_BASELINE_PER_QUERY = f"{split_evaluation('test', baseline=True)}/{PER_QUERY_FILE}"
 
 # ------------------------------------------------------------------------------------ a sweep's parent run (make decide)
+SWEEP_OVERRIDES = "sweep.overrides"  # the sweep's command-line overrides
+SWEEP_JOBS, SWEEP_REUSED_JOBS, SWEEP_FAILED_JOBS = "sweep.jobs", "sweep.reused_jobs", "sweep.failed_jobs"
+REUSED = "sweep.reused.{parent_run_id}"  # on a FINISHED run that a later sweep reused instead of running it again
+PREFIX_STAGE = "sweep.prefix.{}"  # a shared stage computed before the jobs: its status
 GRID_SEEDS = "sweep.grid_seeds"  # the seeds the grid trained
 EXTENDED = "sweep.extended"  # the grid edges make decide extended
 FRESH_SEEDS = "decide.seeds"  # the fresh seeds in the order make decide trains them
 DESIGN = "decide."  # + first, step, budget, margin, alpha, in_domain_margin, target: the design, for the replay
 LOOKS_FILE = "decide/looks.json"
+REPORT = "report"  # where the report (report.md, comparison.json, the plots) is logged on the parent run
 VERDICT = "verdict"  # the answer (for both halves when the in-domain half exists: `combined`)
 VERDICT_GENERAL = "verdict.general"
 VERDICT_IN_DOMAIN = "verdict.in_domain"
@@ -111,10 +116,26 @@ VERDICT_IN_DOMAIN_LOOKS = "verdict.in_domain.looks"
 VERDICT_TARGET = "verdict.target"
 VERDICT_RANK = "verdict.rank"
 VERDICT_RANK_LABELS = "verdict.rank.labels"
+VERDICT_ADAPTER = "verdict_adapter"  # the report's: the adapter configuration that faced the full fine-tune
+VERDICT_DELTA = "verdict_delta_ndcg_at_10"  # the report's: the verdict's difference, adapter - full
+VERDICT_MARGIN = "verdict_margin"
 LOOK_METRIC = "verdict.look.{}"  # .format("delta" | "low" | "high"), at step = the look's index
-IN_DOMAIN_LOOK_METRIC = "verdict.in_domain.look.{}"
+IN_DOMAIN_VERDICT_ADAPTER = "verdict_adapter"  # the report's: the adapter configuration that faced the full fine-tune
+VERDICT_DELTA = "verdict_delta_ndcg_at_10"  # the report's: the verdict's difference, adapter - full
+VERDICT_MARGIN = "verdict_margin"
+LOOK_METRIC = "verdict.in_domain.look.{}"
 
 
 def seeds_tag(arm: str) -> str:
     """The fresh seeds an arm ("adapter", "full") trained, in training order."""
     return f"verdict.seeds_{arm}"
+
+
+def run_ids_tag(arm: str) -> str:
+    """The report's: the finished runs whose scores made up an arm ("adapter", "full") of the verdict."""
+    return f"verdict_{arm}_run_ids"
+
+
+def arm_mean(arm: str) -> str:
+    """The report's: an arm's ("adapter", "full") benchmark mean over its seeds, on the sweep's parent run."""
+    return f"{arm}_{BENCHMARK_MEAN}"

@@ -446,12 +446,12 @@ def test_the_edge_is_extended_while_it_keeps_winning(tmp_path):
 
 def test_the_scores_each_job_returned_reach_the_looks_without_mlflow(tmp_path, monkeypatch):
     """Hydra's JobReturn carries each job's scores to the rounds: no config composed, no run searched per round."""
-    import pipeline.tracking.run
+    import pipeline.tracking.identity
 
     def no_database(*_):
         raise AssertionError("make decide read a run from MLflow")
 
-    monkeypatch.setattr(pipeline.tracking.run, "finished_run", no_database)
+    monkeypatch.setattr(pipeline.tracking.identity, "finished_run", no_database)
     rng = np.random.default_rng(0)
     benchmark, per_query = {}, {}
 

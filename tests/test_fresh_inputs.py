@@ -99,7 +99,7 @@ def test_hub_ids_resolve_to_the_cached_commit_offline(tmp_path, monkeypatch, tin
     from huggingface_hub import constants
 
     from pipeline.fingerprint import pinned_config, sources
-    from pipeline.tracking.run import run_key
+    from pipeline.tracking.identity import run_key
 
     home = _hub_cache(tmp_path / "hf")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))

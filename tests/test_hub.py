@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.app import run
 from pipeline.dag import run_dag
-from pipeline.tracking.run import run_key
+from pipeline.tracking.identity import run_key
 from pipeline.tracking.uri import tracking_uri
 from tests.conftest import ROOT, tiny_overrides
 

@@ -25,7 +25,7 @@ from pipeline.evaluation import crosscheck
 from pipeline.evaluation.benchmark import evaluate
 from pipeline.evaluation.mteb_backend import HUB_NANOBEIR, MTEB_TASKS, build_tasks, load_layout_split, mteb_version
 from pipeline.evaluation.nanobeir import NANOBEIR
-from pipeline.tracking.run import PipelineRun
+from pipeline.tracking.stage_logs import PipelineRun
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data, write_nanobeir_dir
 
 TOL = crosscheck.TOLERANCE

@@ -50,7 +50,7 @@ def test_a_mapping_must_name_every_stage_and_only_stages():
 
 
 @pytest.mark.parametrize(
-    "module, mapping", [("pipeline/tracking/run.py", "STAGE_LOGS"), ("pipeline/dag.py", "RUNNERS")]
+    "module, mapping", [("pipeline/tracking/stage_logs.py", "STAGE_LOGS"), ("pipeline/dag.py", "RUNNERS")]
 )
 def test_a_stage_without_a_logger_or_runner_fails_when_the_module_loads(module, mapping, monkeypatch):
     """A stage added to the table without an entry in tracking's STAGE_LOGS (or the runner's RUNNERS) stops the import

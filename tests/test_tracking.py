@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.app import run
-from pipeline.tracking.run import finished_run, flat_params, run_key
+from pipeline.tracking.identity import finished_run, flat_params, run_key
 from pipeline.tracking.store import metric_name
 from pipeline.tracking.uri import tracking_uri
 from tests.conftest import write_qa_dir
@@ -96,7 +96,7 @@ def test_finished_run_creates_nothing_and_finds_only_finished_runs(tiny_cfg):
 
 
 def test_a_full_run_logs_only_its_methods_params_but_keeps_its_identity(tiny_cfg, monkeypatch):
-    from pipeline.tracking.run import method_params
+    from pipeline.tracking.identity import method_params
 
     cfg = tiny_cfg(["finetune=full", "run.until=prepare_data"])
     run(cfg)

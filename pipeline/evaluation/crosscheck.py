@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import pytrec_eval
 
+from pipeline import schema
 from pipeline.evaluation.nanobeir import dataset_table
 
 if TYPE_CHECKING:
@@ -193,8 +194,8 @@ def crosscheck(
         mt = evaluate_mteb(model, replace(cfg, backend=EvalBackend.mteb), root / "mteb", cache, source=mteb_source)
 
         names = dataset_table(dataset_id)
-        st_pq = json.loads((root / "sentence_transformers" / "per_query.json").read_text())
-        mt_pq = json.loads((root / "mteb" / "per_query.json").read_text())
+        st_pq = json.loads((root / "sentence_transformers" / schema.PER_QUERY_FILE).read_text())
+        mt_pq = json.loads((root / "mteb" / schema.PER_QUERY_FILE).read_text())
         mt_metrics = json.loads((root / "mteb" / "metrics.json").read_text())
         rows = []
         for short in datasets:
@@ -205,7 +206,7 @@ def crosscheck(
             )
             mt_rank = read_predictions(root / "mteb" / predictions_file(human))
             qrels = load_layout_split(dataset_id, human, cache).qrels
-            rounded = mt_metrics.get(f"{task_name(short, human)}_ndcg_at_10")
+            rounded = mt_metrics.get(f"{task_name(short, human)}_{'ndcg_at_10'}")  # `_flat_metrics`: <Task>_<metric>
             rows.append(compare_dataset(short, st_pq[short], mt_pq[short], st_rank, mt_rank, qrels, tie_eps, rounded))
 
     report = [

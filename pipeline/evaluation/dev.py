@@ -23,6 +23,8 @@ import json
 import random
 from pathlib import Path
 
+from pipeline import schema
+
 
 def held_out_split(rows: int, test_size: int) -> tuple[range, range]:
     """The held-out rows' indices for the dev set (the first ones) and the in-domain test set (the last `test_size`)."""
@@ -126,7 +128,7 @@ def evaluate_dev(
     for predictions in out.glob("*_predictions*.jsonl"):
         predictions.unlink()  # rankings of every dev query: large, and per_query.json holds what is needed
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "per_query.json").write_text(json.dumps({split: per_query}, indent=2))
+    (out / schema.PER_QUERY_FILE).write_text(json.dumps({split: per_query}, indent=2))
     return {
         "ndcg_at_10": ndcg,
         "score_function": score_function,

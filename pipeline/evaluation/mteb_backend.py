@@ -56,6 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import schema
 from pipeline.evaluation.nanobeir import NANOBEIR_DATASETS, dataset_table
 
 HUB_NANOBEIR = "sentence-transformers/NanoBEIR-en"
@@ -428,7 +429,7 @@ def _write_results(
                 hits_json = [{"corpus_id": d, "score": score} for d, score in hits]
                 f.write(json.dumps({"query_id": q, "results": hits_json}) + "\n")
     (out / "metrics.json").write_text(json.dumps(_flat_metrics(results, benchmark), indent=2))
-    (out / "per_query.json").write_text(json.dumps(per_query, indent=2))
+    (out / schema.PER_QUERY_FILE).write_text(json.dumps(per_query, indent=2))
     return {
         "ndcg_at_10": sum(per_dataset.values()) / len(per_dataset),
         "per_dataset_ndcg_at_10": per_dataset,

@@ -15,6 +15,7 @@ import sentence_transformers
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import NanoBEIREvaluator, nano_beir
 
+from pipeline import schema
 from pipeline.config import EvalBackend, EvalConfig
 from pipeline.evaluation.nanobeir import dataset_table
 from pipeline.fingerprint import datasets_cache
@@ -85,7 +86,7 @@ def evaluate(
         "backend_version": sentence_transformers.__version__,
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (out / "per_query.json").write_text(json.dumps(per_query, indent=2))
+    (out / schema.PER_QUERY_FILE).write_text(json.dumps(per_query, indent=2))
     return summary
 
 

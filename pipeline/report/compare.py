@@ -24,8 +24,8 @@ from pathlib import Path
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.report.load import (
-    COST,
     Arm,
     SweepNotFound,
     default_tracking_uri,
@@ -107,7 +107,7 @@ def compare(
     gone = end_gone_sweeps(client)  # parent runs left RUNNING by a sweep process that is gone: KILLED, not running
     parent = find_sweep(client, sweep_id, experiment)
     sweep = sweep_id_of(parent)
-    target = target or parent.data.tags.get("decide.target") or "benchmark"
+    target = target or parent.data.tags.get(schema.DESIGN + "target") or "benchmark"
     out = Path(out_dir) if out_dir is not None else default_outputs() / "reports" / sweep
     out.mkdir(parents=True, exist_ok=True)
     published = published_table(client, find_sweep(client, published_sweep_id)) if published_sweep_id else None
@@ -131,7 +131,7 @@ def compare(
     in_domain = None  # the same protocol on the in-domain test set's scores: the in-domain verdict
     if any(a.in_domain for a in arms):
         in_domain_margin = margin if in_domain_margin is None else in_domain_margin
-        design = design_of(parent, in_domain_margin, 1 - level, "decide.in_domain_margin")
+        design = design_of(parent, in_domain_margin, 1 - level, schema.DESIGN + "in_domain_margin")
         in_domain = apply(
             in_domain_arms(arms), design.margin if design else in_domain_margin, level, n_resamples, seed, target,
             grid_seeds_of(parent), design, fresh_order_of(parent),
@@ -203,16 +203,16 @@ def recorded_sweeps(args: argparse.Namespace) -> tuple[str | None, str | None, s
     return uri, ids["sweep"], ids["published"]
 
 
-def design_of(parent, margin: float, alpha: float, margin_key: str = "decide.margin") -> Design | None:
+def design_of(parent, margin: float, alpha: float, margin_key: str = schema.DESIGN + "margin") -> Design | None:
     """The sequential design `make decide` recorded on the parent run (`decide.first`, `decide.step`,
     `decide.budget`; `margin_key` (`decide.margin`, or the in-domain verdict's `decide.in_domain_margin`) and
     `decide.alpha` where recorded, as the looks were taken with them), None for a sweep without looks."""
-    values = [recorded(parent, f"decide.{k}") for k in ("first", "step", "budget")]
+    values = [recorded(parent, schema.DESIGN + k) for k in ("first", "step", "budget")]
     if any(v is None for v in values):
         return None
     first, step, budget = (int(float(v)) for v in values)
     margin = float(recorded(parent, margin_key) or margin)
-    alpha = float(recorded(parent, "decide.alpha") or alpha)
+    alpha = float(recorded(parent, schema.DESIGN + "alpha") or alpha)
     return Design(margin=margin, alpha=alpha, first=first, step=step, budget=budget)
 
 
@@ -270,7 +270,7 @@ def _configuration_json(c) -> dict:
         "name": c.name,
         "method": c.method,
         "selected": c.selected,
-        "dev_ndcg_at_10": none_if_nan(c.dev),
+        schema.DEV: none_if_nan(c.dev),
         "runs": [a.run_id for a in c.runs],
         "seeds": [a.seed for a in c.runs],
         "nanobeir": None if e is None else no_nan({**e._asdict(), "seed_means": list(e.seed_means)}),
@@ -281,32 +281,32 @@ def _configuration_json(c) -> dict:
 
 def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Protocol, halves: dict[str, str]) -> None:
     for name in REPORT_FILES:
-        client.log_artifact(run_id, str(out / name), "report")
+        client.log_artifact(run_id, str(out / name), schema.REPORT)
     now = int(time.time() * 1000)
     metrics = []
     if "in_domain" in halves:  # each half's label; `verdict` (below) is the answer for both
-        client.set_tag(run_id, "verdict.in_domain", halves["in_domain"])
-        client.set_tag(run_id, "verdict.general", halves["general"])
+        client.set_tag(run_id, schema.VERDICT_IN_DOMAIN, halves["in_domain"])
+        client.set_tag(run_id, schema.VERDICT_GENERAL, halves["general"])
     if protocol.verdict is not None:
-        client.set_tag(run_id, "verdict", halves.get("combined", protocol.verdict.label))
+        client.set_tag(run_id, schema.VERDICT, halves.get("combined", protocol.verdict.label))
         client.set_tag(run_id, "mlflow.note.content", verdict_sentence(protocol))  # the run's description in the UI
-        client.set_tag(run_id, "verdict_adapter", protocol.adapter.name)
-        client.set_tag(run_id, "verdict_adapter_run_ids", ",".join(a.run_id for a in protocol.adapter.finished))
-        client.set_tag(run_id, "verdict_full_run_ids", ",".join(a.run_id for a in protocol.full.finished))
+        client.set_tag(run_id, schema.VERDICT_ADAPTER, protocol.adapter.name)
+        client.set_tag(run_id, schema.run_ids_tag("adapter"), ",".join(a.run_id for a in protocol.adapter.finished))
+        client.set_tag(run_id, schema.run_ids_tag("full"), ",".join(a.run_id for a in protocol.full.finished))
         fresh = [[str(a.seed) for a in protocol.in_delta[arm]] for arm in ("adapter", "full")]
-        client.set_tag(run_id, "verdict.target", protocol.verdict.target)
-        client.set_tag(run_id, "verdict.seeds_adapter", ",".join(fresh[0]))
-        client.set_tag(run_id, "verdict.seeds_full", ",".join(fresh[1]))
-        client.set_tag(run_id, "verdict.looks", str(protocol.verdict.looks))
+        client.set_tag(run_id, schema.VERDICT_TARGET, protocol.verdict.target)
+        client.set_tag(run_id, schema.seeds_tag("adapter"), ",".join(fresh[0]))
+        client.set_tag(run_id, schema.seeds_tag("full"), ",".join(fresh[1]))
+        client.set_tag(run_id, schema.VERDICT_LOOKS, str(protocol.verdict.looks))
         if protocol.ranks:
-            client.set_tag(run_id, "verdict.rank", "none" if protocol.rank is None else str(protocol.rank))
+            client.set_tag(run_id, schema.VERDICT_RANK, "none" if protocol.rank is None else str(protocol.rank))
         metrics += [
-            Metric("verdict_delta_ndcg_at_10", protocol.verdict.delta, now, 0),
-            Metric("verdict_margin", protocol.verdict.margin, now, 0),
+            Metric(schema.VERDICT_DELTA, protocol.verdict.delta, now, 0),
+            Metric(schema.VERDICT_MARGIN, protocol.verdict.margin, now, 0),
         ]
-    for config, prefix in ((protocol.adapter, "adapter"), (protocol.full, "full")):
+    for config, arm in ((protocol.adapter, "adapter"), (protocol.full, "full")):
         if config is not None and config.estimate is not None:
-            metrics.append(Metric(f"{prefix}_nanobeir_mean_ndcg_at_10", config.estimate.mean, now, 0))
+            metrics.append(Metric(schema.arm_mean(arm), config.estimate.mean, now, 0))
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 
@@ -340,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
         help="what the verdict claims: benchmark (this benchmark's fixed queries, over training seeds) or queries "
         "(queries like these: seeds and queries); default: the target make decide looked on, else benchmark",
     )
-    parser.add_argument("--cost", choices=COST, default="trainable_params", help="x axis of the cost frontier plot")
+    parser.add_argument(
+        "--cost", choices=schema.COST, default="trainable_params", help="x axis of the cost frontier plot"
+    )
     parser.add_argument("--no-log", action="store_true", help="write the report files only, log nothing to MLflow")
     parser.add_argument(
         "--register",

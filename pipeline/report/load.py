@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,22 +16,16 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.fingerprint import config_hash
 from pipeline.report.stats import Estimate, PairedTest
 from pipeline.sweep.callbacks import sweep_runs
-from pipeline.tracking.run import METRIC
 from pipeline.tracking.store import all_experiments, search_all_runs
 from pipeline.tracking.uri import default_db_uri
 
-DATASET_METRIC = re.compile(r"^nanobeir_(?P<name>.+)_ndcg_at_10$")
-DATASET_DELTA = re.compile(r"^nanobeir_(?P<name>.+)_delta_vs_base$")
-PER_QUERY = "evaluation/per_query.json"
-BASELINE_PER_QUERY = "evaluation/baseline/per_query.json"
-IN_DOMAIN_PER_QUERY = "evaluation/test/per_query.json"  # the in-domain test set ({"test": {query: NDCG@10}})
-IN_DOMAIN_BASELINE_PER_QUERY = "evaluation/test_baseline/per_query.json"
+MEAN = schema.BENCHMARK_MEAN  # per_dataset's key for the benchmark's mean, where only metrics were logged
 SHOWN_SWEEP_IDS = 5
 NOT_CONFIGURATION = ("train.seed", "tracking.run_name")  # runs that differ only here are seeds of one configuration
-COST = ("trainable_params", "train_seconds", "train_samples_per_second", "peak_memory_mb", "weights_mb")
 
 
 class SweepNotFound(LookupError):
@@ -94,15 +87,15 @@ class Arm:
             "lr": self.lr,
             "seed": self.seed,
             "configuration": self.configuration,
-            "dev_ndcg_at_10": none_if_nan(self.dev),
-            "dev_delta_vs_base": none_if_nan(self.dev_delta),
-            "test_delta_vs_base": none_if_nan(self.test_delta),
-            "nanobeir_delta_vs_base": none_if_nan(self.nanobeir_delta),
+            schema.DEV: none_if_nan(self.dev),  # comparison.json keeps the runs' metric names
+            schema.split_delta("dev"): none_if_nan(self.dev_delta),
+            schema.split_delta("test"): none_if_nan(self.test_delta),
+            schema.BENCHMARK_DELTA: none_if_nan(self.nanobeir_delta),
             "cost": self.cost,
             "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
             "per_dataset_ndcg_at_10": self.per_dataset,
             "delta_vs_full": self.delta._asdict() if self.delta else None,  # run vs run (queries only)
-            "train_loss": self.train_loss,
+            schema.TRAIN_LOSS: self.train_loss,
         }
 
 
@@ -120,12 +113,13 @@ def default_tracking_uri() -> str:
 
 
 def sweep_id_of(run: Run) -> str:
-    return run.data.tags.get("sweep_id") or (run.info.run_name or run.info.run_id).removeprefix("sweep-")
+    return run.data.tags.get(schema.SWEEP_ID) or (run.info.run_name or run.info.run_id).removeprefix("sweep-")
 
 
 def list_sweeps(client: MlflowClient, experiment_ids: list[str] | None = None) -> list[Run]:
     """Parent runs of sweeps (tag `pipeline.role=sweep`), newest first, across all experiments unless given."""
-    return search_all_runs(client, "tags.`pipeline.role` = 'sweep'", experiment_ids, ["attributes.start_time DESC"])
+    query = f"tags.`{schema.ROLE}` = 'sweep'"
+    return search_all_runs(client, query, experiment_ids, ["attributes.start_time DESC"])
 
 
 def find_sweep(client: MlflowClient, sweep_id: str | None = None, experiment: str | None = None) -> Run:
@@ -171,20 +165,20 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
         arms.append(arm)
         if arm.status != "FINISHED":
             continue
-        arm.per_query = _read_json(client, run.info.run_id, PER_QUERY)
+        arm.per_query = _read_json(client, run.info.run_id, schema.PER_QUERY)
         if arm.per_query is None:
-            warnings.append(f"{arm.name}: no {PER_QUERY} artifact; mean from its metrics, without CI or test")
+            warnings.append(f"{arm.name}: no {schema.PER_QUERY} artifact; mean from its metrics, without CI or test")
         else:
             arm.per_dataset = _per_dataset(arm.per_query)
-        arm.in_domain = _read_json(client, run.info.run_id, IN_DOMAIN_PER_QUERY)  # None: no in-domain test set
-        baseline_pq = _read_json(client, run.info.run_id, BASELINE_PER_QUERY)
+        arm.in_domain = _read_json(client, run.info.run_id, schema.IN_DOMAIN_PER_QUERY)  # None: no in-domain test set
+        baseline_pq = _read_json(client, run.info.run_id, schema.BASELINE_PER_QUERY)
         if baseline_pq is not None:
             baselines.append((arm.name, baseline_pq))
         if baseline_in_domain is None:
-            baseline_in_domain = _read_json(client, run.info.run_id, IN_DOMAIN_BASELINE_PER_QUERY)
-        baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, "baseline_")
+            baseline_in_domain = _read_json(client, run.info.run_id, schema.IN_DOMAIN_BASELINE_PER_QUERY)
+        baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, schema.BASELINE)
         if math.isnan(baseline_dev):
-            baseline_dev = run.data.metrics.get("baseline_dev_ndcg_at_10", math.nan)
+            baseline_dev = run.data.metrics.get(schema.BASELINE + schema.DEV, math.nan)
     baseline = None
     if baselines:
         first_name, first = baselines[0]
@@ -194,20 +188,22 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
         baseline = Arm("baseline", "none", "", per_query=first, per_dataset=_per_dataset(first))
     elif baseline_metrics:
         baseline = Arm("baseline", "none", "", per_dataset=baseline_metrics)
-        warnings.append(f"no {BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
+        warnings.append(f"no {schema.BASELINE_PER_QUERY} artifact; baseline from metrics, without CI or test")
     if baseline is not None:
         baseline.dev, baseline.in_domain = baseline_dev, baseline_in_domain
-    if baseline is not None and baseline.per_query is None and METRIC in baseline.per_dataset:
-        baseline.ndcg = Estimate(baseline.per_dataset.pop(METRIC), math.nan, math.nan)
+    if baseline is not None and baseline.per_query is None and MEAN in baseline.per_dataset:
+        baseline.ndcg = Estimate(baseline.per_dataset.pop(MEAN), math.nan, math.nan)
     for arm in arms:
-        if arm.per_query is None and METRIC in arm.per_dataset:
-            arm.ndcg = Estimate(arm.per_dataset.pop(METRIC), math.nan, math.nan)
+        if arm.per_query is None and MEAN in arm.per_dataset:
+            arm.ndcg = Estimate(arm.per_dataset.pop(MEAN), math.nan, math.nan)
     return arms, baseline
 
 
 def _arm(run: Run) -> Arm:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
-    method = tags.get("method") or params.get("finetune.method") or ("full" if run.info.run_name == "full" else "lora")
+    method = (
+        tags.get(schema.METHOD) or params.get("finetune.method") or ("full" if run.info.run_name == "full" else "lora")
+    )
     adapter = is_adapter(method)
     arm = Arm(
         name=run.info.run_name or run.info.run_id,
@@ -221,26 +217,28 @@ def _arm(run: Run) -> Arm:
         params={k.removeprefix("finetune."): v for k, v in sorted(params.items()) if _is_method_param(k)}
         if adapter
         else {},
-        error=tags.get("error"),
+        error=tags.get(schema.ERROR),
         trainable_params=_number(metrics.get("trainable_params"), int),
         total_params=_number(metrics.get("total_params"), int),
         weights_mb=metrics.get("weights_mb"),
         lr=_number(params.get("train.lr"), float),
         seed=_number(params.get("train.seed"), int),
         configuration=config_hash({k: v for k, v in params.items() if k not in NOT_CONFIGURATION}),
-        dev=metrics.get("dev_ndcg_at_10", math.nan),
-        dev_delta=metrics.get("dev_delta_vs_base", math.nan),
-        test_delta=metrics.get("test_delta_vs_base", math.nan),
-        nanobeir_delta=metrics.get("nanobeir_delta_vs_base", math.nan),
-        benchmark=tags.get("benchmark", "NanoBEIR"),
-        cost={k: metrics[k] for k in COST if k in metrics},
-        train_loss=metrics.get("train_loss"),
-        prompts={side: tags[f"prompt.{side}"] for side in ("query", "document") if f"prompt.{side}" in tags},
-        trainable_dtype=tags.get("trainable_dtype"),
+        dev=metrics.get(schema.DEV, math.nan),
+        dev_delta=metrics.get(schema.split_delta("dev"), math.nan),
+        test_delta=metrics.get(schema.split_delta("test"), math.nan),
+        nanobeir_delta=metrics.get(schema.BENCHMARK_DELTA, math.nan),
+        benchmark=tags.get(schema.BENCHMARK, "NanoBEIR"),
+        cost={k: metrics[k] for k in schema.COST if k in metrics},
+        train_loss=metrics.get(schema.TRAIN_LOSS),
+        prompts={
+            side: tags[schema.prompt_tag(side)] for side in ("query", "document") if schema.prompt_tag(side) in tags
+        },
+        trainable_dtype=tags.get(schema.TRAINABLE_DTYPE),
     )
     if arm.status == "FINISHED":
         arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
-        arm.dataset_deltas = {m["name"]: v for k, v in metrics.items() if (m := DATASET_DELTA.match(k))}
+        arm.dataset_deltas = {name: v for k, v in metrics.items() if (name := schema.dataset_of_delta(k))}
     return arm
 
 
@@ -254,12 +252,11 @@ def _is_method_param(key: str) -> bool:
 
 
 def _dataset_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """{dataset: ndcg@10} from `<prefix>nanobeir_<dataset>_ndcg_at_10` metrics, and the mean under METRIC."""
+    """{dataset: ndcg@10} from the `schema.dataset_metric(dataset, prefix)` metrics, and the mean under MEAN."""
     found = {}
     for key, value in metrics.items():
-        match = DATASET_METRIC.match(key[len(prefix) :]) if key.startswith(prefix) else None
-        if match:
-            found[METRIC if match["name"] == "mean" else match["name"]] = value
+        if (name := schema.dataset_of(key, prefix)) is not None:
+            found[MEAN if name == "mean" else name] = value
     return found
 
 
@@ -304,13 +301,13 @@ def recorded(parent: Run, key: str) -> str | None:
 
 def fresh_order_of(parent: Run) -> list[int] | None:
     """The fresh seeds in the order make decide trains them (`decide.seeds`), None when not recorded."""
-    value = recorded(parent, "decide.seeds")
+    value = recorded(parent, schema.FRESH_SEEDS)
     return None if value is None else [int(float(x)) for x in value.split(",") if x.strip()]
 
 
 def grid_seeds_of(parent: Run) -> set[int] | None:
     """The seeds the grid trained (`sweep.grid_seeds`, comma-separated), None when not recorded."""
-    value = recorded(parent, "sweep.grid_seeds")
+    value = recorded(parent, schema.GRID_SEEDS)
     if value is None:
         return None
     return {int(float(x)) for x in value.replace("[", "").replace("]", "").split(",") if x.strip()}

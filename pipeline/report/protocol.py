@@ -20,6 +20,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from pipeline import schema
 from pipeline.report.grid import compare_grid, estimate_of
 from pipeline.report.load import Arm
 from pipeline.report.verdict import Verdict, decide, from_looks
@@ -152,7 +153,7 @@ def apply(
             protocol.notes.append("no grid seeds recorded (sweep.grid_seeds) and no grid to infer them from")
     protocol.grid_seeds = set(grid_seeds)
     if any(math.isnan(a.dev) for a in arms if a.status == "FINISHED"):
-        protocol.notes.append("runs without dev_ndcg_at_10 (logged before the dev set existed) cannot be selected")
+        protocol.notes.append(f"runs without {schema.DEV} (logged before the dev set existed) cannot be selected")
     _verdict(protocol, margin, 1 - level, design)
     compare_grid(protocol, margin, 1 - level, n_resamples, seed, level)
     return protocol

@@ -16,9 +16,9 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.report.load import SweepNotFound, is_adapter, sweep_id_of
 from pipeline.sweep.callbacks import sweep_runs
-from pipeline.tracking.run import METRIC
 
 NDCG = "published.ndcg."  # published.ndcg.<finetune.method>: the published NanoBEIR mean NDCG@10
 RECIPE = "published.recipe."  # published.recipe.<our config key>: the publication's value of that setting
@@ -74,7 +74,7 @@ def _row(run: Run) -> RecipeRun:
     params = run.data.params
     method = params.get("finetune.method", "")
     published = params.get(f"{NDCG}{method}")
-    ours = run.data.metrics.get(METRIC) if run.info.status == "FINISHED" else None
+    ours = run.data.metrics.get(schema.BENCHMARK_MEAN) if run.info.status == "FINISHED" else None
     return RecipeRun(
         name=run.info.run_name or run.info.run_id,
         run_id=run.info.run_id,
@@ -90,7 +90,7 @@ def _row(run: Run) -> RecipeRun:
 
 def differences(params: dict[str, str]) -> list[str]:
     """`key: ours X, published Y` for each published setting the run has (a full fine-tune has no finetune.r) and
-    does not share; both sides are flattened the same way (pipeline.tracking.run.flat_params)."""
+    does not share; both sides are flattened the same way (pipeline.tracking.identity.flat_params)."""
     found = []
     for key, theirs in sorted(params.items()):
         ours_key = key.removeprefix(RECIPE)
@@ -189,6 +189,6 @@ def recipe_report(client: MlflowClient, parent, out: Path, uri: str, log_to_mlfl
     (out / "report.md").write_text("\n".join(render_published(table) + [note, ""]))
     if log_to_mlflow:
         for name in ("report.md", "comparison.json"):
-            client.log_artifact(parent.info.run_id, str(out / name), "report")
+            client.log_artifact(parent.info.run_id, str(out / name), schema.REPORT)
     result["out_dir"] = str(out)
     return result

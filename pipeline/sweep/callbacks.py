@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline import schema
 from pipeline.launch.process import process_gone, process_tags
 from pipeline.sweep.grid import is_relative_alpha
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:  # MLflow is imported where it is used: the finished-job check
     from mlflow.tracking import MlflowClient
 
 SWEEP_FILE = "sweep.json"
-REUSED_TAG = "sweep.reused.{parent_run_id}"  # on a finished run that a later sweep reused
 _open_sweep: dict[str, Any] | None = None  # the sweep whose parent run this process opened, until it ends
 
 
@@ -56,13 +56,13 @@ def finished_job(cfg: DictConfig) -> Run | None:
         return None
     from mlflow.tracking import MlflowClient
 
-    from pipeline.tracking.run import finished_run
+    from pipeline.tracking.identity import finished_run
     from pipeline.tracking.uri import tracking_uri
 
     run = finished_run(cfg)
     if run is None:
         return None
-    MlflowClient(tracking_uri(cfg)).set_tag(run.info.run_id, REUSED_TAG.format(**sweep), sweep["sweep_id"])
+    MlflowClient(tracking_uri(cfg)).set_tag(run.info.run_id, schema.REUSED.format(**sweep), sweep["sweep_id"])
     print(
         f"[pipeline] {run.info.run_name}: this config already finished as MLflow run {run.info.run_id}; "
         "reused (run.skip_finished=false runs it again)",
@@ -75,8 +75,8 @@ def sweep_runs(client: MlflowClient, parent_run_id: str) -> list[Run]:
     """A sweep's runs: its jobs (children of its parent run, in any experiment) and the finished runs it reused."""
     from pipeline.tracking.store import search_all_runs
 
-    jobs = search_all_runs(client, f"tags.mlflow.parentRunId = '{parent_run_id}'")
-    reused = search_all_runs(client, f"tags.`{REUSED_TAG.format(parent_run_id=parent_run_id)}` != ''")
+    jobs = search_all_runs(client, f"tags.`{schema.PARENT_RUN}` = '{parent_run_id}'")
+    reused = search_all_runs(client, f"tags.`{schema.REUSED.format(parent_run_id=parent_run_id)}` != ''")
     job_ids = {job.info.run_id for job in jobs}
     return jobs + [run for run in reused if run.info.run_id not in job_ids]
 
@@ -114,7 +114,7 @@ class MLflowSweepCallback(Callback):
             print(f"[pipeline] {gone}", file=sys.stderr)
         sweep_id = f"{Path(config.hydra.sweep.dir).name}-{uuid.uuid4().hex[:6]}"
         overrides = " ".join(config.hydra.overrides.task)
-        tags = {"sweep_id": sweep_id, "pipeline.role": "sweep", "sweep.overrides": overrides[:5000]}
+        tags = {schema.SWEEP_ID: sweep_id, schema.ROLE: "sweep", schema.SWEEP_OVERRIDES: overrides[:5000]}
         tags.update(process_tags("sweep"))  # host and pid: to tell when it is gone
         parent = client.create_run(
             experiment_id(client, uri, _first_job_experiment(config)), run_name=f"sweep-{sweep_id}", tags=tags
@@ -139,12 +139,12 @@ class MLflowSweepCallback(Callback):
         parent = client.get_run(info["parent_run_id"])
         children = sweep_runs(client, parent.info.run_id)
         failed = [c for c in children if c.info.status != "FINISHED"]
-        reused = [c for c in children if c.data.tags.get("mlflow.parentRunId") != parent.info.run_id]
-        client.set_tag(parent.info.run_id, "sweep.jobs", str(len(children)))
-        client.set_tag(parent.info.run_id, "sweep.reused_jobs", str(len(reused)))
+        reused = [c for c in children if c.data.tags.get(schema.PARENT_RUN) != parent.info.run_id]
+        client.set_tag(parent.info.run_id, schema.SWEEP_JOBS, str(len(children)))
+        client.set_tag(parent.info.run_id, schema.SWEEP_REUSED_JOBS, str(len(reused)))
         if failed:
-            names = ", ".join(f"{c.info.run_name} ({c.data.tags.get('error', c.info.status)})" for c in failed)
-            client.set_tag(parent.info.run_id, "sweep.failed_jobs", names[:5000])
+            names = ", ".join(f"{c.info.run_name} ({c.data.tags.get(schema.ERROR, c.info.status)})" for c in failed)
+            client.set_tag(parent.info.run_id, schema.SWEEP_FAILED_JOBS, names[:5000])
             client.set_terminated(parent.info.run_id, RunStatus.to_string(RunStatus.FAILED))
             print(
                 f"error: sweep {info['sweep_id']}: {len(failed)} of {len(children)} jobs failed: {names}",
@@ -189,7 +189,7 @@ def end_gone_sweeps(client: MlflowClient) -> dict[str, str]:
     from pipeline.tracking.store import end_killed, search_all_runs
 
     ended = {}
-    for parent in search_all_runs(client, "tags.`pipeline.role` = 'sweep' and attributes.status = 'RUNNING'"):
+    for parent in search_all_runs(client, f"tags.`{schema.ROLE}` = 'sweep' and attributes.status = 'RUNNING'"):
         tags = parent.data.tags
         if not process_gone(tags, "sweep"):
             continue

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, replace
 
+from pipeline import schema
 from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, combined
 from pipeline.sweep.decide import (
     ADAPTER,
@@ -71,18 +72,18 @@ class Decider:
     def run(self, grid: list[Job], results: list) -> Outcome:
         configs = self.compose(grid)
         grid_seeds = sorted({int(cfg.train.seed) for cfg in configs})
-        self._tag("sweep.grid_seeds", ",".join(map(str, grid_seeds)))
+        self._tag(schema.GRID_SEEDS, ",".join(map(str, grid_seeds)))
         for key in ("first", "step", "budget", "margin", "alpha"):  # the design, for the report to replay the looks
-            self._tag(f"decide.{key}", f"{getattr(self.design, key):g}")
-        self._tag("decide.in_domain_margin", f"{self.in_domain_design.margin:g}")
-        self._tag("decide.target", self.target)  # what the looks estimate
+            self._tag(schema.DESIGN + key, f"{getattr(self.design, key):g}")
+        self._tag(schema.DESIGN + "in_domain_margin", f"{self.in_domain_design.margin:g}")
+        self._tag(schema.DESIGN + "target", self.target)  # what the looks estimate
         candidates = self._candidates(grid, configs, results)
         rank_cap = full_rank(configs[0].model.name)  # a rank step stops at the model's hidden size
         candidates, extended = self._extend_edges(grid, candidates, grid_seeds, rank_cap)
-        self._tag("sweep.extended", extended_axes(extended))
+        self._tag(schema.EXTENDED, extended_axes(extended))
         arms = decided_arms(candidates, self.rank_of, self.ranks)
         seeds = fresh_seeds(grid_seeds, self.listed, self.design.looks()[-1])
-        self._tag("decide.seeds", ",".join(map(str, seeds)))  # the training order, for the report's replay
+        self._tag(schema.FRESH_SEEDS, ",".join(map(str, seeds)))  # the training order, for the report's replay
         ranked = self.ranks and any(a.name.startswith("r=") for a in arms)
         goes_on = rank_pending(self.design, arms, self.estimate) if ranked else None  # a rank answer: settled too
         # the in-domain verdict beside the general one, on the benchmark target (with target=queries the report gives
@@ -95,8 +96,8 @@ class Decider:
         self._finish(outcome)
         if ranked and outcome.looks:
             rank, labels = rank_that_suffices(self.design, outcome, self.estimate)
-            self._tag("verdict.rank", "none" if rank is None else str(rank))
-            self._tag("verdict.rank.labels", ", ".join(f"r={r}: {label}" for r, label in sorted(labels.items())))
+            self._tag(schema.VERDICT_RANK, "none" if rank is None else str(rank))
+            self._tag(schema.VERDICT_RANK_LABELS, ", ".join(f"r={r}: {label}" for r, label in sorted(labels.items())))
         return outcome
 
     def _candidates(self, jobs: list[Job], configs, results) -> list[Candidate]:
@@ -153,39 +154,39 @@ class Decider:
             return
         client, run_id = self.parent
         for name in ("delta", "low", "high"):
-            client.log_metric(run_id, f"verdict.look.{name}", getattr(result, name), step=result.index)
-        client.set_tag(run_id, "verdict.looks", str(result.index))
+            client.log_metric(run_id, schema.LOOK_METRIC.format(name), getattr(result, name), step=result.index)
+        client.set_tag(run_id, schema.VERDICT_LOOKS, str(result.index))
 
     def _finish(self, outcome: Outcome) -> None:
         by_name = {arm.name: arm for arm in outcome.arms}
         tags = {
-            "verdict.reason": outcome.reason,
-            "verdict.sentence": sentence(outcome, self.design, self.name_of),
-            "verdict.looks": str(len(outcome.looks)),
-            "verdict.target": outcome.target,
-            "verdict.seeds_adapter": seeds_tag(by_name[ADAPTER]),
-            "verdict.seeds_full": seeds_tag(by_name[FULL]),
+            schema.VERDICT_REASON: outcome.reason,
+            schema.VERDICT_SENTENCE: sentence(outcome, self.design, self.name_of),
+            schema.VERDICT_LOOKS: str(len(outcome.looks)),
+            schema.VERDICT_TARGET: outcome.target,
+            schema.seeds_tag(ADAPTER): seeds_tag(by_name[ADAPTER]),
+            schema.seeds_tag(FULL): seeds_tag(by_name[FULL]),
         }
         if outcome.looks:  # "no verdict" too (a failed run): the report says the same on the same runs
-            tags["verdict"] = outcome.looks[-1].label
+            tags[schema.VERDICT] = outcome.looks[-1].label
         if outcome.in_domain:  # each half's label; `verdict` the answer for both (`combined`)
-            tags["verdict.in_domain"] = outcome.in_domain[-1].label
-            tags["verdict.general"] = tags.get("verdict", "no verdict")
-            tags["verdict"] = combined(tags["verdict.in_domain"], tags["verdict.general"])
-            tags["verdict.in_domain.looks"] = str(len(outcome.in_domain))
-            tags["verdict.in_domain.sentence"] = halves_sentence(outcome, self.in_domain_design, self.name_of)
+            tags[schema.VERDICT_IN_DOMAIN] = outcome.in_domain[-1].label
+            tags[schema.VERDICT_GENERAL] = tags.get(schema.VERDICT, "no verdict")
+            tags[schema.VERDICT] = combined(tags[schema.VERDICT_IN_DOMAIN], tags[schema.VERDICT_GENERAL])
+            tags[schema.VERDICT_IN_DOMAIN_LOOKS] = str(len(outcome.in_domain))
+            tags[schema.VERDICT_IN_DOMAIN_SENTENCE] = halves_sentence(outcome, self.in_domain_design, self.name_of)
         for key, value in tags.items():
             self._tag(key, value)
         print("\n".join(console_lines(outcome, tags, self.design)), file=sys.stderr)
         if self.parent is not None:
             for x in outcome.in_domain:  # the in-domain verdict's looks, as verdict.look.* holds the general one's
                 for name in ("delta", "low", "high"):
-                    self.parent[0].log_metric(self.parent[1], f"verdict.in_domain.look.{name}", getattr(x, name),
+                    self.parent[0].log_metric(self.parent[1], schema.IN_DOMAIN_LOOK_METRIC.format(name), getattr(x, name),
                                               step=x.index)  # fmt: skip
             from pipeline.tracking.ui import describe_experiment
 
             client, run_id = self.parent
-            client.log_text(run_id, looks_json(outcome), "decide/looks.json")
+            client.log_text(run_id, looks_json(outcome), schema.LOOKS_FILE)
             describe_experiment(client, client.get_run(run_id).info.experiment_id)  # the verdict pinned in the view
 
     def _tag(self, key: str, value: str) -> None:
@@ -220,16 +221,15 @@ def console_lines(outcome: Outcome, tags: dict[str, str], design: Design) -> lis
                 f"[pipeline] decide{' ' + half if half else ''}, look {x.index}: {x.seeds_adapter} + {x.seeds_full} "
                 f"fresh seeds, Δ {x.delta:+.4f}, {alpha} repeated CI [{x.low:+.4f}, {x.high:+.4f}]: {x.label}"
             )
-    seeds = (
-        f"fresh seeds: adapter {tags['verdict.seeds_adapter'] or 'none'}; full {tags['verdict.seeds_full'] or 'none'}"
-    )
+    seeds = f"fresh seeds: adapter {tags[schema.seeds_tag(ADAPTER)] or 'none'}; full {tags[schema.seeds_tag(FULL)] or 'none'}"
     if outcome.in_domain:
         verdict = (
-            f"both halves {tags['verdict']} (in domain {tags['verdict.in_domain']}, general {tags['verdict.general']})"
+            f"both halves {tags[schema.VERDICT]} (in domain {tags[schema.VERDICT_IN_DOMAIN]}, "
+            f"general {tags[schema.VERDICT_GENERAL]})"
         )
     else:
-        verdict = tags.get("verdict", "no verdict")
-    lines.append(f"[pipeline] decide: {verdict}; {seeds}. {tags['verdict.sentence']}")
+        verdict = tags.get(schema.VERDICT, "no verdict")
+    lines.append(f"[pipeline] decide: {verdict}; {seeds}. {tags[schema.VERDICT_SENTENCE]}")
     return lines
 
 
@@ -277,5 +277,5 @@ def fail_parent(sweep_dir: str, error: str) -> None:
     parent = _parent(sweep_dir)
     if parent is not None:
         client, run_id = parent
-        client.set_tag(run_id, "error", error[:5000])
+        client.set_tag(run_id, schema.ERROR, error[:5000])
         client.set_terminated(run_id, "FAILED")

@@ -22,6 +22,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from pipeline import schema
 from pipeline.config import RunError
 from pipeline.disk import DiskSpaceError
 
@@ -55,7 +56,7 @@ def composable(config: DictConfig, config_loader: Any, jobs: Sequence[Sequence[s
 
 def pending(configs: list[DictConfig]) -> list[DictConfig]:
     """The configs that will run: valid, and (with `run.skip_finished`) without a FINISHED run to reuse."""
-    from pipeline.tracking.run import finished_run
+    from pipeline.tracking.identity import finished_run
     from pipeline.validate import ConfigError, validate
 
     result = []
@@ -143,4 +144,4 @@ def _tag_parent_run(config: DictConfig, statuses: dict[str, str]) -> None:
         return
     client = MlflowClient(info["tracking_uri"])
     for name, status in statuses.items():
-        client.set_tag(info["parent_run_id"], f"sweep.prefix.{name}", status)
+        client.set_tag(info["parent_run_id"], schema.PREFIX_STAGE.format(name), status)

@@ -36,7 +36,7 @@ def tie_key(method: str, r: int | None, name: str) -> tuple:
 
 def config_name(cfg) -> str:
     """A configuration's name, as `tie_key` takes it: its run name without the seed (e.g. `lora-r8-a16-lr2e-4`)."""
-    from pipeline.tracking.run import run_name
+    from pipeline.tracking.identity import run_name
 
     return run_name(cfg).removesuffix(f"-s{cfg.train.seed}")
 

@@ -13,6 +13,7 @@ from mlflow.entities import Experiment, Metric, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.config import ConfigError
 from pipeline.tracking.ui import describe_experiment
 from pipeline.tracking.uri import sqlite_path
@@ -96,7 +97,7 @@ def search_all_runs(
 
 def end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     """End a run KILLED, with why in its `error` tag (what the MLflow UI shows beside the status)."""
-    client.set_tag(run_id, "error", reason)
+    client.set_tag(run_id, schema.ERROR, reason)
     client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))
 
 

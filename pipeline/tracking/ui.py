@@ -35,18 +35,21 @@ import urllib.request
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from pipeline import schema
 from pipeline.tracking.uri import default_db_uri, sqlite_path
 
-NDCG = "nanobeir_mean_ndcg_at_10"
-DEV = "dev_ndcg_at_10"
+NDCG = schema.BENCHMARK_MEAN
+DEV = schema.DEV
 VIEW_KEY = "lora-vs-full"  # the share key in the URL, and the tag suffix
 VIEW_NAME = "LoRA vs full (NDCG@10)"  # as listed under Views
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 NOTE_TAG = "mlflow.note.content"
 KIND_TAG = "mlflow.experimentKind"
 NOTE_HASH_TAG = "pipeline.note_sha1"  # of the note written here: a note the user wrote or edited is never overwritten
-PIPELINE_RUNS = "tags.method LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
-VERDICTS = "tags.`pipeline.role` = 'sweep' AND tags.verdict LIKE '%'"  # the sweeps' parent runs with a verdict
+PIPELINE_RUNS = f"tags.{schema.METHOD} LIKE '%'"  # every pipeline run has a `method` tag; a sweep's parent run has none
+VERDICTS = (
+    f"tags.`{schema.ROLE}` = 'sweep' AND tags.{schema.VERDICT} LIKE '%'"  # the sweeps' parent runs with a verdict
+)
 HEALTH_TIMEOUT_S = 60.0
 COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across the Metrics / Parameters groups
     "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha>-lr<lr>-s<seed> / full-lr<lr>-s<seed>
@@ -54,20 +57,20 @@ COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across
     "params.`finetune.method`": 115,
     "params.`finetune.r`": 80,
     "params.`finetune.alpha`": 100,
-    "tags.`verdict`": 95,  # on the sweeps' parent runs: equivalent / non-inferior / superior / inferior / ...
-    "tags.`verdict.in_domain`": 110,  # with an in-domain test set: what it learned (verdict: the answer for both)
-    "tags.`verdict.general`": 110,  # ... and what it kept (NanoBEIR)
+    f"tags.`{schema.VERDICT}`": 95,  # on the sweeps' parent runs: equivalent / non-inferior / superior / inferior / ...
+    f"tags.`{schema.VERDICT_IN_DOMAIN}`": 110,  # with an in-domain test set: what it learned (verdict: the answer for both)
+    f"tags.`{schema.VERDICT_GENERAL}`": 110,  # ... and what it kept (NanoBEIR)
     f"metrics.`{DEV}`": 130,
     "params.`train.lr`": 90,
     "params.`train.seed`": 90,
     "metrics.`trainable_params`": 130,
-    "tags.`sweep_id`": 110,
-    "tags.`verdict.sentence`": 420,  # what the verdict claims, with its interval and margin
-    "tags.`verdict.target`": 110,  # benchmark: these fixed queries, over training seeds; queries: queries like these
-    "tags.`verdict.seeds_adapter`": 120,  # the fresh seeds whose runs make up the difference
-    "tags.`verdict.seeds_full`": 120,
-    "tags.`verdict.looks`": 90,
-    "tags.`verdict.rank`": 100,  # the smallest rank that sufficed, or none
+    f"tags.`{schema.SWEEP_ID}`": 110,
+    f"tags.`{schema.VERDICT_SENTENCE}`": 420,  # what the verdict claims, with its interval and margin
+    f"tags.`{schema.VERDICT_TARGET}`": 110,  # benchmark: these fixed queries, over training seeds; queries: queries like these
+    f"tags.`{schema.seeds_tag('adapter')}`": 120,  # the fresh seeds whose runs make up the difference
+    f"tags.`{schema.seeds_tag('full')}`": 120,
+    f"tags.`{schema.VERDICT_LOOKS}`": 90,
+    f"tags.`{schema.VERDICT_RANK}`": 100,  # the smallest rank that sufficed, or none
     "runDateAndNestInfo": 115,  # "Created"
     "duration": None,
 }
@@ -157,14 +160,17 @@ def latest_verdict(client: MlflowClient, experiment_id: str) -> str:
     if not runs:
         return ""
     tags = runs[0].data.tags
-    seeds = [f"{arm} {tags[f'verdict.seeds_{arm}']}" for arm in ("adapter", "full") if f"verdict.seeds_{arm}" in tags]
+    seeds = [f"{arm} {tags[schema.seeds_tag(arm)]}" for arm in ("adapter", "full") if schema.seeds_tag(arm) in tags]
     lines = [
-        f"**Latest verdict** (run `{runs[0].info.run_name}`): {tags.get('verdict.sentence') or tags['verdict']}",
-        f"target: {tags.get('verdict.target', 'not stated')}; fresh seeds: {'; '.join(seeds) or 'not recorded'}"
-        + (f"; looks: {tags['verdict.looks']}" if "verdict.looks" in tags else ""),
+        f"**Latest verdict** (run `{runs[0].info.run_name}`): "
+        f"{tags.get(schema.VERDICT_SENTENCE) or tags[schema.VERDICT]}",
+        f"target: {tags.get(schema.VERDICT_TARGET, 'not stated')}; fresh seeds: {'; '.join(seeds) or 'not recorded'}"
+        + (f"; looks: {tags[schema.VERDICT_LOOKS]}" if schema.VERDICT_LOOKS in tags else ""),
     ]
-    if "verdict.in_domain" in tags:  # two halves: `verdict` is the answer for both
-        lines.append(f"in domain: {tags['verdict.in_domain']}; in general: {tags.get('verdict.general', 'none')}")
+    if schema.VERDICT_IN_DOMAIN in tags:  # two halves: `verdict` is the answer for both
+        lines.append(
+            f"in domain: {tags[schema.VERDICT_IN_DOMAIN]}; in general: {tags.get(schema.VERDICT_GENERAL, 'none')}"
+        )
     return "\n\n".join(lines) + "\n\n"
 
 

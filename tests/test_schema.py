@@ -1,0 +1,61 @@
+"""The MLflow schema is one module: names round-trip through it, and no other module spells them."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from pipeline import schema
+
+ROOT = Path(__file__).resolve().parent.parent
+# what only pipeline/schema.py may write: a string without spaces (a name, not a sentence that mentions one) holding
+# the names (or the start of the names) runs are logged under; `ndcg_at_10` / `per_dataset_ndcg_at_10` are the keys of
+# a stage's result, and hydra.sweep.dir, sweep.json and hydra.sweeper.decide.* are Hydra's or the sweep dir's
+SPELLED = re.compile(
+    r"(?<![\w.])(verdict[._]|decide\.|sweep\.(?!json|pid|dir)|nanobeir_|pipeline\.(config_hash|role)|evaluation/"
+    r"|mlflow\.parentRunId)|per_query\.json|looks\.json|(?<!per_dataset)_ndcg_at_10|_delta_vs_base"
+)
+
+
+@pytest.mark.parametrize("name", ["NanoSciFact", "NanoFiQA2018", "Touche_2020", "mean", "a_ndcg_at_10_b"])
+@pytest.mark.parametrize("prefix", ["", schema.BASELINE])
+def test_a_dataset_metric_names_its_set_back(name, prefix):
+    assert schema.dataset_of(schema.dataset_metric(name, prefix), prefix) == name
+    assert schema.dataset_of_delta(schema.dataset_delta(name)) == name
+
+
+def test_names_of_other_things_name_no_set():
+    not_sets = [schema.DEV, schema.IN_DOMAIN, schema.BENCHMARK_DELTA, "nanobeir__ndcg_at_10", "nanobeir/ndcg_at_10"]
+    assert [schema.dataset_of(name) for name in not_sets] == [None] * len(not_sets)
+    assert schema.dataset_of(schema.dataset_metric("NanoSciFact", schema.BASELINE)) is None  # another prefix
+    assert schema.dataset_of_delta(schema.BENCHMARK_DELTA) is None and schema.dataset_of_delta(schema.DEV) is None
+
+
+def _strings(path: Path):
+    """The string constants of a module, f-string parts included, docstrings and comments not."""
+    tree = ast.parse(path.read_text())
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            yield node.lineno, node.value
+
+
+def test_no_module_but_the_schema_spells_an_mlflow_name():
+    found = []
+    for path in sorted([*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]):
+        if path == ROOT / "pipeline" / "schema.py":
+            continue
+        for line, text in _strings(path):
+            if not any(c.isspace() for c in text) and SPELLED.search(text):
+                found.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
+    assert not found, "\n".join(found)
