@@ -12,11 +12,11 @@ from mlflow.tracking import MlflowClient
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
 
+from pipeline.protocol import VERDICTS
 from pipeline.report import REPORT_FILES, compare, main
+from pipeline.report.applied import apply
 from pipeline.report.load import load_arms
-from pipeline.report.protocol import apply
 from pipeline.report.stats import bootstrap_ci, nanobeir_mean, paired_test
-from pipeline.report.verdict import VERDICTS
 from pipeline.statistics.family import SPREAD_BOUND
 
 N = 2000  # resamples: enough for the checks, fast

@@ -192,7 +192,7 @@ def _report_arm(arm: str, seed: int, score: float, start: int, dev: float = 0.8)
 def _both(design: Design, scores: dict[str, list[float]], listed: list[int], order: bool = True, losses=None):
     """The same scores through make decide's rounds and through the report: (rounds' outcome, report's protocol).
     `losses`: {arm: each seed's final train loss} (default 0.5 for every run)."""
-    from pipeline.report.protocol import apply
+    from pipeline.report.applied import apply
 
     seeds = fresh_seeds([12], listed, design.looks()[-1])
     by_seed = {arm: dict(zip(seeds, values, strict=False)) for arm, values in scores.items()}
@@ -218,8 +218,8 @@ def _both(design: Design, scores: dict[str, list[float]], listed: list[int], ord
 def _halves(design: Design, general: dict[str, list[float]], in_domain: dict[str, list[float]], in_design=None):
     """Both halves through make decide's rounds and through the report (compare's in-domain arms): (outcome, general
     protocol, in-domain protocol)."""
+    from pipeline.report.applied import apply
     from pipeline.report.compare import in_domain_arms
-    from pipeline.report.protocol import apply
 
     seeds = fresh_seeds([12], [], design.looks()[-1])
     by_seed = {half: {arm: dict(zip(seeds, v, strict=False)) for arm, v in scores.items()}
@@ -626,7 +626,9 @@ def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_pa
         tags["verdict.reason"]
         == "in domain: the adapter's seeds scored identically: seed variation not measured (is the seed applied?)"
     )
-    assert tags["verdict.in_domain.sentence"].startswith("No verdict: the adapter's seeds scored identically")
+    assert tags["verdict.in_domain.sentence"].startswith(
+        "No verdict: lora-r2-a4-lr5e-2 vs the full fine-tune full-lr5e-2: the adapter's seeds scored identically"
+    )
     printed = [line for line in halves.stderr.splitlines() if line.startswith("[pipeline] decide")]
     assert printed[:2] == [
         f"[pipeline] decide in domain, look 1: 2 + 2 fresh seeds, Δ {looks['in_domain_looks'][0]['delta']:+.4f}, 90% "

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.report.verdict import VERDICTS, decide, sentence
+from pipeline.protocol import VERDICTS, sentence, verdict_of
 from pipeline.statistics.seeds import arm_estimate, difference, queries_difference, stack
 
 SIZES = {"a": 30, "b": 40, "c": 50}
@@ -85,7 +85,7 @@ def verdict_rates(true_delta, margin=0.01, k=3, sd_u=0.004, sd_e=0.03, seed=2, r
         v = query_effects(rng, 0.2)
         a = draw(rng, 0.5 + true_delta, k, v, sd_u, sd_e)
         b = draw(rng, 0.5, k, v, sd_u, sd_e)
-        counts[decide(queries_difference(a, b), margin).label] += 1
+        counts[verdict_of(queries_difference(a, b), margin).label] += 1
     return {label: n / replicates for label, n in counts.items()}
 
 
@@ -111,7 +111,7 @@ def test_one_seed_per_arm_is_inconclusive_and_says_why():
     rng = np.random.default_rng(3)
     v = query_effects(rng, 0.2)
     diff = queries_difference(draw(rng, 0.4, 1, v, 0.01, 0.01), draw(rng, 0.5, 1, v, 0.01, 0.01))
-    verdict = decide(diff, 0.01)
+    verdict = verdict_of(diff, 0.01)
     assert verdict.label == "no verdict" and "seed-to-seed variation is not measured" in verdict.reason
     assert "queries only" in verdict.reason and "No verdict" in sentence(verdict, "lora-r8", "full")
 
@@ -120,7 +120,7 @@ def test_inconclusive_says_how_many_seeds_would_decide_it():
     rng = np.random.default_rng(4)
     v = query_effects(rng, 0.2)
     diff = queries_difference(draw(rng, 0.497, 2, v, 0.02, 0.03), draw(rng, 0.5, 2, v, 0.02, 0.03))
-    verdict = decide(diff, 0.01)
+    verdict = verdict_of(diff, 0.01)
     assert verdict.label == "inconclusive"
     assert "seeds per arm would decide it" in verdict.reason
 
@@ -129,7 +129,7 @@ def test_ninety_percent_interval_is_what_tost_reads():
     rng = np.random.default_rng(5)
     v = query_effects(rng, 0.2)
     diff = queries_difference(draw(rng, 0.5, 3, v, 0.003, 0.02), draw(rng, 0.5, 3, v, 0.003, 0.02))
-    verdict = decide(diff, 0.01)
+    verdict = verdict_of(diff, 0.01)
     low, high = verdict.ci90
     assert (verdict.p_tost < 0.05) == (-0.01 < low and high < 0.01)
     # the 90% interval, computed apart from the code under test
@@ -148,7 +148,7 @@ def test_seeds_must_share_their_queries():
 def test_margin_must_be_positive():
     diff = queries_difference([{"a": {"q1": 0.5, "q2": 0.4}}], [{"a": {"q1": 0.5, "q2": 0.3}}])
     with pytest.raises(ValueError, match="margin=0"):
-        decide(diff, 0.0)
+        verdict_of(diff, 0.0)
 
 
 # --------------------------------------------------------------------- unequal seed counts, TOST's p, the sentence
@@ -182,7 +182,7 @@ def test_the_tost_p_value_is_the_larger_of_the_two_one_sided_ones():
     from pipeline.statistics.sequential import benchmark_difference
 
     adapter, full = [0.508, 0.512, 0.506, 0.511], [0.5, 0.503, 0.498]
-    verdict = decide(benchmark_difference(adapter, full), 0.01)
+    verdict = verdict_of(benchmark_difference(adapter, full), 0.01)
     p, lower, upper = ttost_ind(np.array(adapter), np.array(full), -0.01, 0.01, usevar="unequal")
     assert lower[1] < 0.01 < upper[1]  # the two one-sided p-values differ: min and max are told apart
     assert verdict.p_tost == pytest.approx(p) and verdict.p_noninferiority == pytest.approx(lower[1])
@@ -193,7 +193,7 @@ def test_the_sentence_names_the_level_of_the_interval_it_prints(alpha, level):
     """The sentence prints the (1 - 2 alpha) interval that equivalence reads: at alpha 0.05 a 90% CI, not a 95% one."""
     from pipeline.statistics.sequential import benchmark_difference
 
-    verdict = decide(benchmark_difference([0.5, 0.502, 0.499], [0.5, 0.501, 0.4995]), 0.01, alpha)
+    verdict = verdict_of(benchmark_difference([0.5, 0.502, 0.499], [0.5, 0.501, 0.4995]), 0.01, alpha)
     low, high = verdict.ci90
     text = sentence(verdict, "lora-r8", "full")
     assert f"{level} CI [{low:+.4f}, {high:+.4f}]" in text, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import signal
@@ -15,8 +16,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.overrides import relative_alpha_as_sweep
+from pipeline.protocol import VERDICTS
 from pipeline.report import compare
-from pipeline.report.verdict import VERDICTS
 from pipeline.sweep.callbacks import sweep_runs
 from pipeline.sweep.grid import lora_vs_full_jobs, replicates, with_learning_rates, with_seed
 from pipeline.sweep.scores import JobScores
@@ -92,8 +93,8 @@ def test_a_dev_tie_goes_to_the_same_configuration_in_the_sweeper_and_the_report(
     from hydra.core.utils import JobReturn, JobStatus
 
     from hydra_plugins.lora_vs_full_sweeper.lora_vs_full_sweeper import LoraVsFullSweeper
+    from pipeline.report.applied import apply
     from pipeline.report.load import Arm
-    from pipeline.report.protocol import apply
 
     grid = [
         ["finetune=lora", "finetune.r=16", "finetune.alpha=32", "train.lr=1e-4", "train.seed=12"],
@@ -126,6 +127,42 @@ def test_a_dev_tie_goes_to_the_same_configuration_in_the_sweeper_and_the_report(
     protocol = apply(arms, n_resamples=100)
     assert protocol.adapter.name == names[1] and protocol.full.name == names[2]
     assert {c.name for c in protocol.configurations if c.selected} == {names[1], names[2]}
+
+
+def test_make_decide_and_the_report_send_the_same_adapter_against_full():
+    """Two adapter methods over two grid seeds: LoRA's dev is 0.80 then 0.70 (mean 0.75), DoRA's 0.78 twice. Both sides
+    choose through `pipeline.protocol.facing_full` on the mean: DoRA, though LoRA's first run scored higher."""
+    from pipeline.report.applied import apply
+    from pipeline.report.load import Arm
+    from pipeline.sweep.decide import decided_arms
+
+    dev = {"lora-r8": [0.80, 0.70], "dora-r8": [0.78, 0.78], "full": [0.70, 0.70]}
+    candidates = [
+        Candidate(
+            name.split("-")[0], (name,), seed, score, tie_key(name.split("-")[0], None if name == "full" else 8, name)
+        )  # fmt: skip
+        for name, scores in dev.items()
+        for seed, score in zip((1, 2), scores, strict=True)
+    ]
+    arms = decided_arms(candidates, {(name,): None if name == "full" else 8 for name in dev}, with_ranks=False)
+    runs = [
+        Arm(
+            f"{name}-s{seed}",
+            name.split("-")[0],
+            "FINISHED",
+            run_id=f"{name}{seed}",
+            r=None if name == "full" else 8,
+            seed=seed,
+            configuration=name,
+            dev=score,
+            per_query={"scifact": {"q1": 0.5, "q2": 0.6}},
+        )  # fmt: skip
+        for name, scores in dev.items()
+        for seed, score in zip((1, 2), scores, strict=True)
+    ]
+    protocol = apply(runs, n_resamples=100, grid_seeds={1, 2})
+    assert [arm.config for arm in arms] == [("dora-r8",), ("full",)]
+    assert (protocol.adapter.name, protocol.full.name) == ("dora-r8", "full")
 
 
 def _sweep(
@@ -418,3 +455,16 @@ def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
     assert {client.get_run(parents[s]).info.status for s in ("alive", "elsewhere")} == {"RUNNING"}
     report = compare(uri, "alive", out_dir=tmp_path / "alive", n_resamples=100, log_to_mlflow=False)
     assert "sweep alive is still running: this report covers the jobs that ended so far" in report["warnings"]
+
+
+def test_a_job_hands_its_scores_to_the_sweeper_and_its_dev_score_to_optuna():
+    """A job's JobReturn carries its scores; Hydra's Optuna sweeper takes `float(return_value)`: the dev score."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from pipeline.sweep.scores import returned
+
+    scores = JobScores("run1", dev=0.71, benchmark=0.52, in_domain=0.8, train_loss=0.3, per_query={"s": {"q": 0.5}})
+    assert float(scores) == 0.71
+    assert returned(JobReturn(status=JobStatus.COMPLETED, _return_value=scores)) == scores
+    failed = returned(JobReturn(status=JobStatus.FAILED, _return_value=None))
+    assert failed.run_id is None and math.isnan(failed.dev) and math.isnan(failed.benchmark)

@@ -5,7 +5,7 @@
 
 Reads MLflow only (never the pipeline's cache): the sweep's parent run (tag `pipeline.role=sweep`), its child runs
 (params, dev and NanoBEIR metrics, `evaluation/per_query.json` and `evaluation/baseline/per_query.json`). Applies
-the comparison protocol (`pipeline.report.protocol`: selection on dev, seed + query intervals, the verdict within a
+the comparison protocol (`pipeline.report.applied`: selection on dev, seed + query intervals, the verdict within a
 margin, Holm-adjusted p-values over the adapter configurations). Writes `report.md` (verdict sentence first),
 `comparison.json` and four PNG plots to the output dir, and logs them on the parent run under `report/`, with the
 tag `verdict` and the verdict sentence as the run's description.
@@ -25,6 +25,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from pipeline import schema
+from pipeline.report.applied import Protocol, apply
 from pipeline.report.load import (
     Arm,
     SweepNotFound,
@@ -41,7 +42,6 @@ from pipeline.report.load import (
     sweep_id_of,
 )
 from pipeline.report.plots import plot_learn_forget, plot_ndcg_vs_cost, plot_ndcg_vs_r, plot_per_dataset
-from pipeline.report.protocol import Protocol, apply
 from pipeline.report.published import published_table, recipe_report, recipe_sweep, render_published
 from pipeline.report.render import render_markdown, verdict_sentence
 from pipeline.report.stats import bootstrap_ci

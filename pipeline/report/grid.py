@@ -1,5 +1,5 @@
 """The grid beside the verdict: every adapter configuration against the selected full fine-tune, and the rank that
-suffices. Works on a `pipeline.report.protocol.Protocol` (passed in, never imported: the protocol calls this).
+suffices. Works on a `pipeline.report.applied.Protocol` (passed in, never imported: the protocol calls this).
 
 - Run vs run: each adapter run against the selected full fine-tune's run at the same seed, paired by query
   (`pipeline.report.stats.paired_test`). Queries are its only randomness: it says whether these two runs differ on
@@ -18,14 +18,14 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from pipeline.protocol import rank_choices, verdict_of
 from pipeline.report.load import Arm
 from pipeline.report.stats import paired_test
-from pipeline.report.verdict import decide
 from pipeline.statistics.family import SPREAD_BOUND, configuration_test, holm, pooled_variance
 from pipeline.statistics.rank import smallest_rank
 from pipeline.statistics.seeds import nanobeir_means, queries_difference
 from pipeline.statistics.sequential import Estimate, benchmark_difference, look
-from pipeline.sweep.selection import tie_key
+from pipeline.sweep.selection import Candidate, tie_key
 
 
 class RankDelta(NamedTuple):
@@ -100,13 +100,12 @@ def _configuration_tests(protocol) -> None:
 def _ranks(protocol, margin: float, alpha: float) -> None:
     if protocol.adapter is None:
         return
-    best: dict[int, object] = {}  # each rank's best configuration on dev; ties as the sweeper breaks them (tie_key)
-    for config in protocol.configurations:
-        r = config.runs[0].r
-        if config.method != protocol.adapter.method or r is None or not config.finished or math.isnan(config.dev):
-            continue
-        if r not in best or _order(config) < _order(best[r]):
-            best[r] = config
+    # each rank's best configuration on dev, as make decide chooses it (`rank_choices`; ties by tie_key)
+    finished = [c for c in protocol.configurations if c.finished]
+    candidates = [Candidate(c.method, c.key, 0, c.dev, tie_key(c.method, c.runs[0].r, c.name)) for c in finished]
+    by_key = {c.key: c for c in finished}
+    chosen = rank_choices(candidates, {c.key: c.runs[0].r for c in finished}, protocol.adapter.method)
+    best = {r: by_key[key] for r, key in chosen.items()}
     full_fresh = protocol.full.fresh(protocol.grid_seeds, protocol.order)
     rows = []
     for r, config in sorted(best.items(), reverse=True):
@@ -123,21 +122,17 @@ def _ranks(protocol, margin: float, alpha: float) -> None:
             rows.append(RankDelta(r, config.name, at.delta, at.low, at.high, at.label, last.seeds_adapter, ""))
             continue
         if len(fresh) > 1 and len(full_fresh) > 1:
-            verdict = decide(estimate_of(fresh, full_fresh, protocol.target), margin, alpha)
+            verdict = verdict_of(estimate_of(fresh, full_fresh, protocol.target), margin, alpha)
             rows.append(RankDelta(r, config.name, verdict.delta, *verdict.ci90, verdict.label, len(fresh), ""))
             continue
         grid_full = [a for a in protocol.full.finished if a.seed in {x.seed for x in config.finished}]
         if not grid_full:
             continue
         diff = queries_difference([a.per_query for a in config.finished], [a.per_query for a in grid_full])
-        low, high = decide(diff._replace(note=""), margin, alpha).ci90  # the query-only interval, drawn as such
+        low, high = verdict_of(diff._replace(note=""), margin, alpha).ci90  # the query-only interval, drawn as such
         rows.append(RankDelta(r, config.name, diff.delta, low, high, "no verdict", len(config.finished),
                               "queries only"))  # fmt: skip
     protocol.ranks = rows
     if rows:
         top = protocol.adapter.runs[0].r  # from the selected rank down, as make decide (ranks above it lost on dev)
         protocol.rank, _ = smallest_rank({row.rank: row.label for row in rows if top is None or row.rank <= top})
-
-
-def _order(config) -> tuple:
-    return (-config.dev, tie_key(config.method, config.runs[0].r, config.name))

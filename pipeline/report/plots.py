@@ -11,8 +11,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from pipeline.report.applied import Configuration, Protocol
 from pipeline.report.load import Arm
-from pipeline.report.protocol import Configuration, Protocol
 from pipeline.report.stats import Estimate, bootstrap_ci
 
 COST_LABELS = {

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
+from pipeline.protocol import sentence
+from pipeline.report.applied import Protocol
 from pipeline.report.load import Arm
-from pipeline.report.protocol import Protocol
 from pipeline.report.stats import Estimate, PairedTest
-from pipeline.report.verdict import sentence
 from pipeline.statistics.seeds import nanobeir_means
 
 

@@ -27,6 +27,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
+from pipeline.protocol import ADAPTER, FULL, facing_full, rank_choices
 from pipeline.statistics.rank import SUFFICES, smallest_rank, unsettled
 from pipeline.statistics.sequential import (
     DECIDED,
@@ -42,7 +43,6 @@ from pipeline.statistics.sequential import (
 from pipeline.sweep.selection import Candidate, select
 
 Job = list[str]
-ADAPTER, FULL = "adapter", "full"
 
 
 @dataclass
@@ -184,26 +184,21 @@ def _in_domain_looks(design: Design, jobs: list[Job], scores: list[float], arms:
 
 
 def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int | None], with_ranks: bool) -> list[Arm]:
-    """The arms trained at the fresh seeds: the selected adapter (the best on dev of the adapter methods' selected
-    configurations, ties as `select`), the selected full fine-tune, and with `with_ranks` each rank's best on dev of
-    the adapter's method (`ranks`: {config: its r}) at and below the selected adapter's rank: the question is how far
-    down from the selection the rank can go."""
-    chosen = select(candidates)
-    if FULL not in chosen or len(chosen) < 2:
-        raise ValueError(f"make decide needs an adapter and the full fine-tune in its grid; it has {sorted(chosen)}")
-    adapters = [Candidate(ADAPTER, config, None, _dev(candidates, config), _tie(candidates, config))
-                for method, config in chosen.items() if method != FULL]  # fmt: skip
-    adapter = select(adapters)[ADAPTER]
-    arms = [Arm(ADAPTER, adapter), Arm(FULL, chosen[FULL])]
-    if with_ranks:  # the selected rank and each smaller one: the ranks above it lost on dev
+    """The arms trained at the fresh seeds: the adapter that faces the full fine-tune and the full fine-tune
+    (`pipeline.protocol.facing_full`, as the report chooses them), and with `with_ranks` each rank's best on dev of the
+    adapter's method (`rank_choices`; `ranks`: {config: its r}) at and below the selected adapter's rank: the question
+    is how far down from the selection the rank can go (the ranks above it lost on dev)."""
+    facing = facing_full(candidates)
+    if FULL not in facing or ADAPTER not in facing:
+        raise ValueError(
+            f"make decide needs an adapter and the full fine-tune in its grid; it has {sorted(select(candidates))}"
+        )
+    adapter = facing[ADAPTER]
+    arms = [Arm(ADAPTER, adapter), Arm(FULL, facing[FULL])]
+    if with_ranks:
         method, top = next(c.method for c in candidates if c.config == adapter), ranks.get(adapter)
-        by_rank = [
-            c._replace(method=f"r={ranks[c.config]}")
-            for c in candidates
-            if c.method == method and ranks[c.config] and (top is None or ranks[c.config] <= top)
-        ]
-        if by_rank:  # one rank (the selected one): its answer is the adapter's own verdict
-            arms += [Arm(name, config) for name, config in sorted(select(by_rank).items(), key=_rank_order)]
+        chosen = rank_choices(candidates, ranks, method)
+        arms += [Arm(f"r={r}", config) for r, config in sorted(chosen.items()) if top is None or r <= top]
     return arms
 
 
@@ -234,15 +229,3 @@ def rank_pending(design: Design, arms: list[Arm], estimate: Callable[[Arm, Arm],
         return None if waiting is None else f"r={waiting} is not yet decided against the full fine-tune"
 
     return goes_on
-
-
-def _rank_order(item: tuple[str, tuple]) -> int:
-    return int(item[0].removeprefix("r="))
-
-
-def _dev(candidates: list[Candidate], config) -> float:
-    return next(c.dev for c in candidates if c.config == config)
-
-
-def _tie(candidates: list[Candidate], config) -> tuple:
-    return next(c.tie for c in candidates if c.config == config)

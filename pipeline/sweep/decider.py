@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 
 from pipeline import schema
+from pipeline.protocol import from_looks
+from pipeline.protocol import sentence as protocol_sentence
 from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, combined
 from pipeline.sweep.decide import (
     ADAPTER,
@@ -195,16 +197,13 @@ class Decider:
 
 
 def sentence(outcome: Outcome, design: Design, names: dict[tuple[str, ...], str]) -> str:
-    """The verdict in one sentence (the `verdict.sentence` tag, a column of the MLflow comparison view)."""
-    if not outcome.looks or outcome.reason.startswith("no verdict") or outcome.looks[-1].label == "no verdict":
-        return f"No verdict: {outcome.reason.removeprefix('no verdict: ')}."
-    final = outcome.looks[-1]
+    """The verdict in one sentence (the `verdict.sentence` tag, a column of the MLflow comparison view): the report's
+    opening sentence (`pipeline.protocol.sentence`) on the same looks, without its markdown."""
     adapter, full = (names.get(arm.config, arm.name) for arm in outcome.arms[:2])
-    return (
-        f"{final.label.capitalize()} {TARGETS[outcome.target]}: {adapter} vs {full}, Δ = {final.delta:+.4f} NDCG@10, "
-        f"{1 - 2 * design.alpha:.0%} repeated CI [{final.low:+.4f}, {final.high:+.4f}], margin ±{design.margin:g}; "
-        f"{final.seeds_adapter} fresh seeds per arm, {final.reason.split(':')[0]}."
-    )
+    if not outcome.looks:
+        return f"No verdict: {adapter} vs the full fine-tune {full}: {outcome.reason.removeprefix('no verdict: ')}."
+    verdict = from_looks(outcome.looks, design)
+    return protocol_sentence(verdict, adapter, f"the full fine-tune {full}").replace("**", "")
 
 
 def console_lines(outcome: Outcome, tags: dict[str, str], design: Design) -> list[str]:

@@ -1,4 +1,9 @@
-"""The verdict: is the selected adapter as good as the selected full fine-tune, within a stated margin, for a stated
+"""The protocol, pure (no MLflow, no Hydra): which two arms face each other and which configuration each rank sends
+(`facing_full`, `rank_choices`: `make decide` and the report both choose here, on the candidates of
+`pipeline.sweep.selection`), the verdict (`Verdict`, `verdict_of`, `from_looks`) and its sentence (`sentence`: the
+report's first line and `make decide`'s `verdict.sentence` tag).
+
+The verdict: is the selected adapter as good as the selected full fine-tune, within a stated margin, for a stated
 target?
 
 "p > 0.05" is no evidence of "as good as". With Δ = adapter - full (NanoBEIR mean NDCG@10) on fresh seeds (never the
@@ -22,14 +27,37 @@ all the looks; with a fixed number of seeds, one look, the plain t intervals.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable
 from typing import NamedTuple
 
 from scipy import stats
 
 from pipeline.statistics.advice import advice
 from pipeline.statistics.sequential import LABELS, TARGETS, Design, Estimate, Look, fixed, look
+from pipeline.sweep.selection import Candidate, dev_scores, select
 
 VERDICTS = LABELS
+ADAPTER, FULL = "adapter", "full"  # the verdict's two arms
+
+
+def facing_full(candidates: list[Candidate]) -> dict[str, Hashable]:
+    """{ADAPTER: the adapter configuration that faces the full fine-tune, FULL: the full fine-tune's}: each method's
+    selected configuration on dev (`select`), then the best of the adapter methods' on their dev scores (ties by
+    `tie_key`, as `select`); an arm without a finished configuration is missing."""
+    chosen = select(candidates)
+    scores, ties = dev_scores(candidates), {(c.method, c.config): c.tie for c in candidates}
+    adapters = [Candidate(ADAPTER, config, 0, scores[(method, config)], ties[(method, config)])
+                for method, config in chosen.items() if method != FULL]  # fmt: skip
+    return {**select(adapters), **({FULL: chosen[FULL]} if FULL in chosen else {})}
+
+
+def rank_choices(candidates: list[Candidate], ranks: dict[Hashable, int | None], method: str) -> dict[int, Hashable]:
+    """{rank: the configuration of `method` at that rank with the best dev score} (`ranks`: {config: its r}; ties by
+    `tie_key`): what each rank sends against the full fine-tune in the rank procedure."""
+    by_rank = [
+        c._replace(method=f"r={ranks[c.config]}") for c in candidates if c.method == method and ranks.get(c.config)
+    ]
+    return {int(name.removeprefix("r=")): config for name, config in select(by_rank).items()}
 
 
 class Verdict(NamedTuple):
@@ -49,7 +77,7 @@ class Verdict(NamedTuple):
     stopped: str = ""  # why the sequential rule stopped
 
 
-def decide(estimate: Estimate, margin: float = 0.01, alpha: float = 0.05) -> Verdict:
+def verdict_of(estimate: Estimate, margin: float = 0.01, alpha: float = 0.05) -> Verdict:
     """The verdict of one look at a fixed number of seeds."""
     result = look(fixed(margin, alpha), estimate, 1)
     verdict = from_looks([result], fixed(margin, alpha), estimate)

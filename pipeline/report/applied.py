@@ -7,7 +7,7 @@
 3. Fresh seeds decide: the run that won selection (the selected configuration's run at a grid seed, recorded on the
    parent run as `sweep.grid_seeds`, else the seeds of the grid's other runs) never enters the verdict's Δ; it is
    shown beside, marked as the selection run.
-4. The verdict on the fresh seeds, for a stated target (`pipeline.report.verdict`): one look, or the looks of the
+4. The verdict on the fresh seeds, for a stated target (`pipeline.protocol`): one look, or the looks of the
    group-sequential design when `make decide` added seeds in rounds. Beside it: per-dataset Δ and heterogeneity,
    outlier seeds and diverged losses, each arm's worst seed.
 5. The grid (`pipeline.report.grid`): configuration-level p-values with seed variance, Holm over the grid's adapter
@@ -21,9 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from pipeline import schema
+from pipeline.protocol import ADAPTER, FULL, Verdict, facing_full, from_looks, verdict_of
 from pipeline.report.grid import compare_grid, estimate_of
 from pipeline.report.load import Arm
-from pipeline.report.verdict import Verdict, decide, from_looks
 from pipeline.statistics.heterogeneity import Heterogeneity, heterogeneity
 from pipeline.statistics.robust import diverged, diverged_seeds, rate_text, worst_seed
 from pipeline.statistics.seeds import SeedQueryEstimate, arm_estimate, dataset_means, nanobeir_means
@@ -143,10 +143,8 @@ def apply(
         if config.finished:
             config.estimate = arm_estimate([a.per_query for a in config.finished], level)
     by_key = {c.key: c for c in configs}
-    protocol.full = by_key.get(chosen.get("full"))
-    adapters = [by_key[key] for method, key in chosen.items() if method != "full"]
-    if adapters:  # the best selected adapter by dev score; ties: as the sweeper breaks them (tie_key)
-        protocol.adapter = min(adapters, key=lambda c: (-c.dev, tie_key(c.method, c.runs[0].r, c.name)))
+    facing = facing_full(candidates)  # as make decide chooses them
+    protocol.adapter, protocol.full = by_key.get(facing.get(ADAPTER)), by_key.get(facing.get(FULL))
     if grid_seeds is None:  # the seeds of the grid runs: those of the configurations selection passed over
         grid_seeds = {a.seed for c in configs if not c.selected for a in c.runs if a.seed is not None}
         if not grid_seeds:
@@ -197,7 +195,7 @@ def _verdict(protocol: Protocol, margin: float, alpha: float, design: Design | N
         protocol.verdict = from_looks(protocol.looks, design, looked)
     else:
         protocol.looks = [look(fixed(margin, alpha), estimate, 1)]
-        protocol.verdict = decide(estimate, margin, alpha)
+        protocol.verdict = verdict_of(estimate, margin, alpha)
         means = {"adapter": [_mean(a) for a in fresh_a], "full": [_mean(a) for a in fresh_f]}
         losses = {"adapter": [a.train_loss for a in fresh_a], "full": [a.train_loss for a in fresh_f]}
         why = unresolved(means, margin, losses=losses) if protocol.verdict.label != "no verdict" else ""
