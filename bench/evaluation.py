@@ -222,7 +222,7 @@ def run(docs=96, reps=4, adapters=3, docs_per_adapter=32, batch_size=64, model=M
             None,
             f"≤ {MERGE_TOLERANCE:g}",
             PASS if merge_ok else "MISS",
-            "tests/test_bench.py::test_merged_load_matches_adapter (and tests/test_adapters.py::test_merge_adapter)",
+            "tests/bench/test_common.py::test_merged_load_matches_adapter (and tests/tools/test_adapters.py::test_merge_adapter)",
         ),
         Row(
             "evaluation",

@@ -116,7 +116,7 @@ class LoKrFinetune(AdapterFinetune):
 @dataclass(frozen=True)
 class MethodInfo:
     """What the pipeline knows of a method beside its schema. Adding a method: its schema above, one entry in
-    `METHODS` and `conf/finetune/<method>.yaml` (tests/test_adapter_methods.py checks that nothing else lists them)."""
+    `METHODS` and `conf/finetune/<method>.yaml` (tests/test_adapter_configs.py checks that nothing else lists them)."""
 
     schema: type[FinetuneConfig]
     title: str  # the model card's "Method" row

@@ -32,7 +32,7 @@ class DiskSpaceError(RunError):
 
 
 @dataclass(frozen=True)
-class Estimate:
+class DiskEstimate:
     model: int  # bytes of the saved model (or adapter), with its tokenizer and config files
     checkpoint: int  # bytes of one checkpoint
     checkpoints: int  # how many exist at once, at most
@@ -106,7 +106,7 @@ def _matches(module: str, targets) -> bool:
     return any(module == t or module.endswith("." + t) for t in targets)
 
 
-def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
+def estimate(cfg: DictConfig, model_dir: Path) -> DiskEstimate | None:
     """What the finetune stage writes at its peak; None when the model dir holds no safetensors."""
     shapes = weight_shapes(model_dir)
     if not shapes:
@@ -124,7 +124,7 @@ def estimate(cfg: DictConfig, model_dir: Path) -> Estimate | None:
     saves = 0 if not train.save_steps else math.inf if steps is None else steps // train.save_steps
     at_once = min(saves, train.save_total_limit + 1) if train.save_total_limit else saves
     checkpoints = 1 if at_once == math.inf else int(at_once)  # no limit and no known length: at least one
-    return Estimate(weights, weights + ADAMW_STATES * FP32 * trainable, checkpoints)
+    return DiskEstimate(weights, weights + ADAMW_STATES * FP32 * trainable, checkpoints)
 
 
 def local_model_dir(cfg: DictConfig) -> Path | None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from pipeline.adapter_configs import ALL_LINEAR, METHODS, Method, peft_default_targets
 
-# peft types whose adapters `merge_and_unload()` folds into the base weights (checked by tests/test_adapter_methods.py
+# peft types whose adapters `merge_and_unload()` folds into the base weights (checked by tests/test_adapter_configs.py
 # and by `python -m pipeline.tools.method_table`, which merges each method and compares embeddings)
 MERGEABLE = {info.peft_type for info in METHODS.values() if info.mergeable}  # LORA, IA3, LOHA, LOKR
 
@@ -65,7 +65,7 @@ def save_adapter_fixes(model_dir: Path) -> None:
     peft saves DoRA's magnitude vectors as `<layer>.lora_magnitude_vector`; transformers 5.23's key mapping renames
     that to `...lora_magnitude_vector.default`, while the parameter is `...lora_magnitude_vector.default.weight`, so
     the magnitudes silently stay at their initial values. Saved as `<layer>.lora_magnitude_vector.weight`, they load
-    right through transformers and through peft's own `PeftModel.from_pretrained` (tests/test_adapter_methods.py).
+    right through transformers and through peft's own `PeftModel.from_pretrained` (tests/test_adapter_configs.py).
     """
     config = json.loads((model_dir / "adapter_config.json").read_text())
     weights = model_dir / "adapter_model.safetensors"

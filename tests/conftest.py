@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 import pandas as pd
@@ -178,6 +179,42 @@ def tiny_cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
         return compose_config(base + finetune + tiny_method(extra) + rest)
 
     return make
+
+
+def pytest_collection_modifyitems(items):
+    """A slow test (it trains or evaluates a real model) is an integration test too: `make test-fast` leaves out both."""
+    for item in items:
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _integration_is_marked(request, monkeypatch):
+    """A test that trains a model (a transformers Trainer's `train`) or starts a process (but a quick `git`) fails
+    unless marked `integration`: so `make test-fast` (`-m "not integration"`) holds only the tests that do neither."""
+    if request.node.get_closest_marker("integration") is not None:
+        yield
+        return
+    import transformers
+
+    done: list[str] = []
+    popen_init, train = subprocess.Popen.__init__, transformers.Trainer.train
+
+    def spied_popen(self, args, *rest, **kwargs):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
+        if program != "git":
+            done.append(f"started `{program}`")
+        return popen_init(self, args, *rest, **kwargs)
+
+    def spied_train(self, *rest, **kwargs):
+        done.append("trained a model")
+        return train(self, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spied_popen)
+    monkeypatch.setattr(transformers.Trainer, "train", spied_train)
+    yield
+    if done:
+        pytest.fail(f"{request.node.nodeid} {done[0]}: mark it @pytest.mark.integration", pytrace=False)
 
 
 @pytest.fixture(autouse=True)

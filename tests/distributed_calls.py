@@ -1,4 +1,4 @@
-"""Calls that tests/test_distributed.py runs under torchrun: its workers import them by module path (`tests.…`), which
+"""Calls that tests/launch/test_torchrun.py runs under torchrun: its workers import them by module path (`tests.…`), which
 a pytest test module's own functions do not have."""
 
 from __future__ import annotations

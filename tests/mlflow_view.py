@@ -1,4 +1,4 @@
-"""The MLflow UI's comparison view in headless Chromium: what tests/test_ui.py drives, and the README's screenshot.
+"""The MLflow UI's comparison view in headless Chromium: what tests/tracking/test_ui.py drives, and the README's screenshot.
 
     python -m tests.mlflow_view [--out docs/img/mlflow_view.png]
 

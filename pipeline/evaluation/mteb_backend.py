@@ -17,7 +17,7 @@ have (it is None, or the *base* model's name for a fine-tune), so a second model
 scores. Every call passes `cache=None` and `overwrite_strategy="always"`: mteb reads and writes no result cache.
 
 Systematic differences from the sentence-transformers backend (`NanoBEIREvaluator`), and what is done about each;
-`tests/test_mteb_backend.py` tests every one, and `pipeline.evaluation.crosscheck` reports them:
+`tests/evaluation/test_mteb_backend.py` tests every one, and `pipeline.evaluation.crosscheck` reports them:
 1. Rounding: mteb rounds its aggregate scores to 5 decimals (`parse_metrics_from_scores`). The per-dataset NDCG@10
    here is the unrounded mean of mteb's own per-query pytrec_eval scores (captured through the task's
    `task_specific_scores` hook, which mteb calls with them); it is checked to round to mteb's reported score.

@@ -138,6 +138,14 @@ def compare(
         )  # fmt: skip
         warnings += [f"in domain: {note}" for note in in_domain.notes if note not in protocol.notes]
     datasets = sorted({d for arm in rows for d in arm.per_dataset})
+    halves = verdicts(protocol, in_domain)
+    decided = parent.data.tags.get(schema.VERDICT) if schema.VERDICT_SENTENCE in parent.data.tags else None
+    answer = halves.get("combined", halves["general"])
+    if decided is not None and decided != answer:  # make decide owns the verdict tags; the report checks them
+        warnings.append(
+            f"make decide tagged this sweep {schema.VERDICT}={decided}; this report's replay says {answer} "
+            "(another --target or --margin than make decide's?)"
+        )
 
     result = {
         "sweep_id": sweep,
@@ -163,7 +171,7 @@ def compare(
         "benchmark": benchmark,
         "datasets": datasets,
         "verdict": _verdict_json(protocol),
-        "verdicts": verdicts(protocol, in_domain),
+        "verdicts": halves,
         "in_domain_verdict": None if in_domain is None else _verdict_json(in_domain),
         "configurations": [_configuration_json(c) for c in protocol.configurations],
         "rows": [arm.to_json() for arm in rows],
@@ -178,7 +186,7 @@ def compare(
     plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level, benchmark)
     plot_learn_forget(out / "learn_vs_forget.png", protocol, datasets, level, benchmark)
     if log_to_mlflow:
-        _log_on_parent(client, parent.info.run_id, out, protocol, result["verdicts"])
+        _log_on_parent(client, parent.info.run_id, out, protocol, halves, verdict_tags=decided is None)
     result["out_dir"] = str(out)
     return result
 
@@ -279,31 +287,41 @@ def _configuration_json(c) -> dict:
     }
 
 
-def _log_on_parent(client: MlflowClient, run_id: str, out: Path, protocol: Protocol, halves: dict[str, str]) -> None:
+def _log_on_parent(
+    client: MlflowClient, run_id: str, out: Path, protocol: Protocol, halves: dict[str, str], verdict_tags: bool
+) -> None:
+    """The report's files, its description and metrics on the sweep's parent run; the `verdict*` tags only with
+    `verdict_tags` (a sweep `make decide` did not tag: one writer per tag, make decide's on its own sweeps)."""
     for name in REPORT_FILES:
         client.log_artifact(run_id, str(out / name), schema.REPORT)
     now = int(time.time() * 1000)
     metrics = []
-    if "in_domain" in halves:  # each half's label; `verdict` (below) is the answer for both
-        client.set_tag(run_id, schema.VERDICT_IN_DOMAIN, halves["in_domain"])
-        client.set_tag(run_id, schema.VERDICT_GENERAL, halves["general"])
     if protocol.verdict is not None:
-        client.set_tag(run_id, schema.VERDICT, halves.get("combined", protocol.verdict.label))
         client.set_tag(run_id, "mlflow.note.content", verdict_sentence(protocol))  # the run's description in the UI
         client.set_tag(run_id, schema.VERDICT_ADAPTER, protocol.adapter.name)
         client.set_tag(run_id, schema.run_ids_tag("adapter"), ",".join(a.run_id for a in protocol.adapter.finished))
         client.set_tag(run_id, schema.run_ids_tag("full"), ",".join(a.run_id for a in protocol.full.finished))
-        fresh = [[str(a.seed) for a in protocol.in_delta[arm]] for arm in ("adapter", "full")]
-        client.set_tag(run_id, schema.VERDICT_TARGET, protocol.verdict.target)
-        client.set_tag(run_id, schema.seeds_tag("adapter"), ",".join(fresh[0]))
-        client.set_tag(run_id, schema.seeds_tag("full"), ",".join(fresh[1]))
-        client.set_tag(run_id, schema.VERDICT_LOOKS, str(protocol.verdict.looks))
-        if protocol.ranks:
-            client.set_tag(run_id, schema.VERDICT_RANK, "none" if protocol.rank is None else str(protocol.rank))
         metrics += [
             Metric(schema.VERDICT_DELTA, protocol.verdict.delta, now, 0),
             Metric(schema.VERDICT_MARGIN, protocol.verdict.margin, now, 0),
         ]
+    if verdict_tags:
+        tags = {}
+        if "in_domain" in halves:  # each half's label; `verdict` is the answer for both
+            tags |= {schema.VERDICT_IN_DOMAIN: halves["in_domain"], schema.VERDICT_GENERAL: halves["general"]}
+        if protocol.verdict is not None:
+            fresh = [[str(a.seed) for a in protocol.in_delta[arm]] for arm in ("adapter", "full")]
+            tags |= {
+                schema.VERDICT: halves.get("combined", protocol.verdict.label),
+                schema.VERDICT_TARGET: protocol.verdict.target,
+                schema.seeds_tag("adapter"): ",".join(fresh[0]),
+                schema.seeds_tag("full"): ",".join(fresh[1]),
+                schema.VERDICT_LOOKS: str(protocol.verdict.looks),
+            }
+            if protocol.ranks:
+                tags[schema.VERDICT_RANK] = "none" if protocol.rank is None else str(protocol.rank)
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
     for config, arm in ((protocol.adapter, "adapter"), (protocol.full, "full")):
         if config is not None and config.estimate is not None:
             metrics.append(Metric(schema.arm_mean(arm), config.estimate.mean, now, 0))

@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline import schema
 from pipeline.fingerprint import config_hash
-from pipeline.report.stats import Estimate, PairedTest
+from pipeline.report.stats import MeanCI, PairedTest
 from pipeline.sweep.callbacks import sweep_runs
 from pipeline.tracking.store import all_experiments, search_all_runs
 from pipeline.tracking.uri import default_db_uri
@@ -62,7 +62,7 @@ class Arm:
     cost: dict[str, float] = field(default_factory=dict)  # train_seconds, samples/s, peak_memory_mb, ...
     per_query: dict | None = None
     per_dataset: dict[str, float] = field(default_factory=dict)
-    ndcg: Estimate | None = None
+    ndcg: MeanCI | None = None
     delta: PairedTest | None = None  # run vs run: the selected full fine-tune's run at the same seed, same queries
     train_loss: float | None = None  # the final train loss (a diverged run: not finite, or huge)
     prompts: dict[str, str] = field(default_factory=dict)  # query / document prompt of training and every evaluation
@@ -192,10 +192,10 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
     if baseline is not None:
         baseline.dev, baseline.in_domain = baseline_dev, baseline_in_domain
     if baseline is not None and baseline.per_query is None and MEAN in baseline.per_dataset:
-        baseline.ndcg = Estimate(baseline.per_dataset.pop(MEAN), math.nan, math.nan)
+        baseline.ndcg = MeanCI(baseline.per_dataset.pop(MEAN), math.nan, math.nan)
     for arm in arms:
         if arm.per_query is None and MEAN in arm.per_dataset:
-            arm.ndcg = Estimate(arm.per_dataset.pop(MEAN), math.nan, math.nan)
+            arm.ndcg = MeanCI(arm.per_dataset.pop(MEAN), math.nan, math.nan)
     return arms, baseline
 
 

@@ -13,7 +13,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from pipeline.report.applied import Configuration, Protocol
 from pipeline.report.load import Arm
-from pipeline.report.stats import Estimate, bootstrap_ci
+from pipeline.report.stats import MeanCI, bootstrap_ci
 
 COST_LABELS = {
     "trainable_params": "trainable parameters",
@@ -168,7 +168,7 @@ def plot_per_dataset(
             elif arm.per_query is not None and group in arm.per_query:
                 estimate = bootstrap_ci({group: arm.per_query[group]}, n=n_resamples, seed=seed, level=level)
             else:
-                estimate = Estimate(arm.per_dataset[group], math.nan, math.nan) if group in arm.per_dataset else None
+                estimate = MeanCI(arm.per_dataset[group], math.nan, math.nan) if group in arm.per_dataset else None
             values.append(estimate.mean if estimate else math.nan)
             errors[0].append(_half(estimate, low=True))
             errors[1].append(_half(estimate, low=False))

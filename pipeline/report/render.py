@@ -7,7 +7,7 @@ import math
 from pipeline.protocol import sentence
 from pipeline.report.applied import Protocol
 from pipeline.report.load import Arm
-from pipeline.report.stats import Estimate, PairedTest
+from pipeline.report.stats import MeanCI, PairedTest
 from pipeline.statistics.seeds import nanobeir_means
 
 
@@ -175,7 +175,7 @@ def _text(value) -> str:
     return "" if value is None else str(value)
 
 
-def _estimate(e: Estimate | None) -> str:
+def _estimate(e: MeanCI | None) -> str:
     if e is None:
         return ""
     if math.isnan(e.low):

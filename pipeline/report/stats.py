@@ -20,7 +20,7 @@ PerQuery = Mapping[str, Mapping[str, float]]
 _CHUNK_CELLS = 2_000_000  # floats materialised at once by a resampling step (about 16 MB)
 
 
-class Estimate(NamedTuple):
+class MeanCI(NamedTuple):
     mean: float
     low: float
     high: float
@@ -38,7 +38,7 @@ def nanobeir_mean(per_query: PerQuery) -> float:
     return float(np.mean([v.mean() for v in _arrays(per_query).values()]))
 
 
-def bootstrap_ci(per_query: PerQuery, n: int = 10_000, seed: int = 0, level: float = 0.95) -> Estimate:
+def bootstrap_ci(per_query: PerQuery, n: int = 10_000, seed: int = 0, level: float = 0.95) -> MeanCI:
     """The NanoBEIR mean with a stratified percentile-bootstrap confidence interval.
 
     Each of the `n` resamples draws, independently for every dataset, as many queries as the dataset has, with
@@ -53,7 +53,7 @@ def bootstrap_ci(per_query: PerQuery, n: int = 10_000, seed: int = 0, level: flo
     mean = float(np.mean([v.mean() for v in arrays.values()]))
     boot = _stratified_means(arrays, n, np.random.default_rng(seed))
     low, high = _percentiles(boot, level)
-    return Estimate(mean, low, high)
+    return MeanCI(mean, low, high)
 
 
 def paired_test(

@@ -17,7 +17,7 @@ seeds where 8 decide 80% of the time, and following it decided 93-100% of the ti
 shows as the N at the ends of the spread's 80% chi-square interval (`seeds_range`). `python -m
 pipeline.statistics.advice` measures, with NDCG-like scores (`pipeline.statistics.generator`), how often following
 the advice decides and how its N compares with the smallest fixed N that decides 80% of the time
-(docs/protocol.md); tests/test_advice.py checks it on a small simulation.
+(docs/protocol.md); tests/statistics/test_advice.py checks it on a small simulation.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ DRAWS = 2000  # simulated replicates per budget tried (a probability of 0.8 to +
 def decided(design: Design, adapter: np.ndarray, full: np.ndarray) -> np.ndarray:
     """Whether the design stops decided (equivalent, superior or inferior) by its budget on each column of seed
     means (shape (seeds, draws), seeds in training order, at least the budget): its looks as `look` takes them
-    (the conservative df, Welch's for a one-look design), vectorised; tests/test_advice.py checks it against
+    (the conservative df, Welch's for a one-look design), vectorised; tests/statistics/test_advice.py checks it against
     `replay`."""
     looks, m = design.looks(), design.margin
     going = np.ones(adapter.shape[1], dtype=bool)

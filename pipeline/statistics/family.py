@@ -8,7 +8,7 @@ A configuration the grid trained at one seed has no seed variance of its own: it
 variance (from that method's configurations with several seeds), with that pooled estimate's degrees of freedom
 (Satterthwaite), times SPREAD_BOUND² : the p-value holds for a configuration whose seeds spread up to SPREAD_BOUND
 (2) times the pooled sd (higher learning rates spread more: borrowed as it is, a 2x spread gave 0.235 false
-positives per test and a Holm family-wise error of 0.33, tests/test_advice.py), and the report states that condition. Holm over the family (statsmodels `multipletests`):
+positives per test and a Holm family-wise error of 0.33, tests/statistics/test_advice.py), and the report states that condition. Holm over the family (statsmodels `multipletests`):
 the adapter configurations compared at the sweep's recorded grid seeds.
 """
 

@@ -17,7 +17,7 @@ seeds of each seed's NanoBEIR mean. Its variance has three parts, each estimated
   is estimated from the seed x query residuals (a two-way decomposition without replication, per dataset).
 
 The interval is Student's t with Welch-Satterthwaite degrees of freedom (seed parts: k - 1 each), which keeps near
-nominal coverage with 3 seeds where a bootstrap over 3 seeds would be too narrow (tests/test_seeds.py simulates it).
+nominal coverage with 3 seeds where a bootstrap over 3 seeds would be too narrow (tests/statistics/test_seeds.py simulates it).
 With one seed per arm the seed part cannot be measured: the interval then holds query variation only and says so.
 
 The default target, "benchmark" (this benchmark's fixed queries, over training randomness), needs only each seed's

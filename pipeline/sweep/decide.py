@@ -46,7 +46,7 @@ Job = list[str]
 
 
 @dataclass
-class Arm:
+class FreshArm:
     """A configuration trained at the fresh seeds, with its NanoBEIR mean per seed."""
 
     name: str  # "adapter", "full" or "r=<rank>"
@@ -62,7 +62,7 @@ class Arm:
 @dataclass
 class Outcome:
     looks: list[Look]
-    arms: list[Arm]
+    arms: list[FreshArm]
     reason: str  # why the rounds stopped
     target: str = ""  # what the difference estimates (`Estimate.target`): "benchmark" or "queries"
     in_domain: list[Look] = field(default_factory=list)  # the in-domain verdict's looks; none without a test set
@@ -93,18 +93,18 @@ def rounds(design: Design, seeds: Sequence[int]) -> list[list[int]]:
     return [list(seeds[start:end]) for start, end in zip([0, *planned], planned, strict=False)]
 
 
-def by_means(adapter: Arm, full: Arm) -> Estimate:
+def by_means(adapter: FreshArm, full: FreshArm) -> Estimate:
     """The default target, this benchmark: the difference of the arms' per-seed NanoBEIR means."""
     return benchmark_difference(list(adapter.scores.values()), list(full.scores.values()))
 
 
 def sequential(
     design: Design,
-    arms: list[Arm],
+    arms: list[FreshArm],
     seeds: Sequence[int],
     train: Callable[[list[Job]], list[float]],
     on_look: Callable[[Look], None] | None = None,
-    estimate: Callable[[Arm, Arm], Estimate] = by_means,
+    estimate: Callable[[FreshArm, FreshArm], Estimate] = by_means,
     goes_on: Callable[[int], str | None] | None = None,
     target: str = "benchmark",
     in_domain: Callable[[list[Job]], list[float]] | None = None,
@@ -165,7 +165,7 @@ def sequential(
     return Outcome(looks, arms, "budget spent", target, in_looks)
 
 
-def _in_domain_looks(design: Design, jobs: list[Job], scores: list[float], arms: list[Arm], new) -> list[Look]:
+def _in_domain_looks(design: Design, jobs: list[Job], scores: list[float], arms: list[FreshArm], new) -> list[Look]:
     """The in-domain verdict's looks on every fresh seed so far (each arm's in-domain scores updated with the round's
     `jobs`): the report's replay on the same scores, so the two agree; none where no run has an in-domain score."""
     by_job = {tuple(job): score for job, score in zip(jobs, scores, strict=True)}
@@ -183,7 +183,9 @@ def _in_domain_looks(design: Design, jobs: list[Job], scores: list[float], arms:
 # ------------------------------------------------------------------------------------------------------------- arms
 
 
-def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int | None], with_ranks: bool) -> list[Arm]:
+def decided_arms(
+    candidates: list[Candidate], ranks: dict[tuple[str, ...], int | None], with_ranks: bool
+) -> list[FreshArm]:
     """The arms trained at the fresh seeds: the adapter that faces the full fine-tune and the full fine-tune
     (`pipeline.protocol.facing_full`, as the report chooses them), and with `with_ranks` each rank's best on dev of the
     adapter's method (`rank_choices`; `ranks`: {config: its r}) at and below the selected adapter's rank: the question
@@ -194,16 +196,16 @@ def decided_arms(candidates: list[Candidate], ranks: dict[tuple[str, ...], int |
             f"make decide needs an adapter and the full fine-tune in its grid; it has {sorted(select(candidates))}"
         )
     adapter = facing[ADAPTER]
-    arms = [Arm(ADAPTER, adapter), Arm(FULL, facing[FULL])]
+    arms = [FreshArm(ADAPTER, adapter), FreshArm(FULL, facing[FULL])]
     if with_ranks:
         method, top = next(c.method for c in candidates if c.config == adapter), ranks.get(adapter)
         chosen = rank_choices(candidates, ranks, method)
-        arms += [Arm(f"r={r}", config) for r, config in sorted(chosen.items()) if top is None or r <= top]
+        arms += [FreshArm(f"r={r}", config) for r, config in sorted(chosen.items()) if top is None or r <= top]
     return arms
 
 
 def rank_that_suffices(
-    design: Design, outcome: Outcome, estimate: Callable[[Arm, Arm], Estimate] = by_means
+    design: Design, outcome: Outcome, estimate: Callable[[FreshArm, FreshArm], Estimate] = by_means
 ) -> tuple[int | None, dict[int, str]]:
     """The smallest rank that suffices (not worse than the full fine-tune by the margin: `SUFFICES`) under
     fixed-sequence testing from the selected rank down (`pipeline.statistics.rank`), each rank's arm read at the last
@@ -213,7 +215,7 @@ def rank_that_suffices(
 
 
 def rank_labels(
-    design: Design, arms: list[Arm], index: int, estimate: Callable[[Arm, Arm], Estimate] = by_means
+    design: Design, arms: list[FreshArm], index: int, estimate: Callable[[FreshArm, FreshArm], Estimate] = by_means
 ) -> dict[int, str]:
     """Each rank's verdict label at look `index` (its arm's seeds so far against the full fine-tune's)."""
     full = next(arm for arm in arms if arm.name == FULL)
@@ -221,7 +223,7 @@ def rank_labels(
             for arm in arms if arm.name.startswith("r=")}  # fmt: skip
 
 
-def rank_pending(design: Design, arms: list[Arm], estimate: Callable[[Arm, Arm], Estimate] = by_means):
+def rank_pending(design: Design, arms: list[FreshArm], estimate: Callable[[FreshArm, FreshArm], Estimate] = by_means):
     """`sequential`'s `goes_on` for `ranks=true`: the rounds go on while the fixed sequence waits on a rank."""
 
     def goes_on(index: int) -> str | None:

@@ -17,7 +17,7 @@ from pipeline.statistics.sequential import TARGETS, Design, Estimate, Look, comb
 from pipeline.sweep.decide import (
     ADAPTER,
     FULL,
-    Arm,
+    FreshArm,
     Job,
     Outcome,
     by_means,
@@ -33,7 +33,7 @@ from pipeline.sweep.scores import JobScores, returned
 from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, select
 
 
-def seeds_tag(arm: Arm) -> str:
+def seeds_tag(arm: FreshArm) -> str:
     return ",".join(str(s) for s in arm.scores)
 
 
@@ -141,14 +141,14 @@ class Decider:
         """Each job's final train loss (None where it has none), from what `_scores` received."""
         return [self.returned[tuple(job)].train_loss for job in jobs]
 
-    def _by_queries(self, adapter: Arm, full: Arm) -> Estimate:
+    def _by_queries(self, adapter: FreshArm, full: FreshArm) -> Estimate:
         """The target `queries`: queries like these (seed and query variation), from each seed's run's per-query
         NDCG@10 on the benchmark, as its job returned it."""
         from pipeline.statistics.seeds import queries_difference
 
         return queries_difference(self._per_query(adapter), self._per_query(full))
 
-    def _per_query(self, arm: Arm) -> list[dict]:
+    def _per_query(self, arm: FreshArm) -> list[dict]:
         return [self.returned[tuple(arm.job(seed))].per_query for seed in arm.scores]
 
     def _log_look(self, result: Look) -> None:

@@ -328,7 +328,7 @@ def test_make_decide_on_a_bf16_decoder_with_prompts_and_mined_negatives(tmp_path
     """The issue's end to end: make decide (shrunk) on a Qwen3-style model saved in bf16, with its query prompt and
     negatives mined with the base model: every run trained fp32 parameters with the prompt the evaluators used,
     LoRA on every linear layer, and the memory check let it through."""
-    from tests.test_decide import _decide
+    from tests.sweep.test_decide import _decide
 
     proc, client, parent, runs = _decide(
         tmp_path, (tiny_decoder, tiny_qa, tiny_nanobeir), "hydra.sweeper.decide.extend=0", "data.mine.enabled=true"

@@ -196,7 +196,7 @@ def test_export_refuses_an_adapter_peft_cannot_merge(tiny_model, tmp_path, capsy
 @pytest.mark.slow
 def test_a_mixed_sweep_compares_in_one_report(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     from pipeline.report.compare import compare
-    from tests.test_sweep import _sweep
+    from tests.sweep.test_sweeper import _sweep
 
     args = ("finetune=lora,ia3,dora,full", "finetune.r=4", "finetune.alpha=8", "train.eval_steps=null")
     proc, client, parent, children = _sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *args)

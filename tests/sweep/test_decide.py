@@ -22,7 +22,7 @@ from pipeline.statistics.sequential import Design, combined, replay
 from pipeline.sweep.decide import (
     ADAPTER,
     FULL,
-    Arm,
+    FreshArm,
     decided_arms,
     fresh_seeds,
     rank_pending,
@@ -65,7 +65,7 @@ def _train(means: dict[str, float], sd: float, rng: random.Random, calls: list, 
 
 
 def _arms():
-    return [Arm(ADAPTER, ("arm=adapter",)), Arm(FULL, ("arm=full",))]
+    return [FreshArm(ADAPTER, ("arm=adapter",)), FreshArm(FULL, ("arm=full",))]
 
 
 def test_rounds_stop_at_the_first_decided_look():
@@ -104,7 +104,11 @@ def test_a_failed_seed_stops_the_rounds_without_a_verdict():
 
 def test_rank_arms_share_the_seeds_and_a_shared_configuration_is_trained_once():
     calls = []
-    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))]  # r=8's best is the selected adapter
+    arms = [
+        *_arms(),
+        FreshArm("r=4", ("arm=r4",)),
+        FreshArm("r=8", ("arm=adapter",)),
+    ]  # r=8's best is the selected adapter
     means = {ADAPTER: 0.5, FULL: 0.5, "r4": 0.49}
     outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, 0.0005, random.Random(3), calls))
     assert len(calls[0]) == 6  # 3 distinct configurations x 2 seeds
@@ -123,12 +127,14 @@ def test_design_settings_are_checked_before_any_job():
 def test_the_rank_that_suffices_is_read_from_each_ranks_fresh_seeds():
     rng = random.Random(4)
     means = {ADAPTER: 0.5, FULL: 0.5, "r16": 0.5, "r8": 0.5, "r4": 0.40}  # r=4 far below full; r=8 and 16 equal
-    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=r8",)), Arm("r=16", ("arm=r16",))]
+    arms = [*_arms(), FreshArm("r=4", ("arm=r4",)), FreshArm("r=8", ("arm=r8",)), FreshArm("r=16", ("arm=r16",))]
     outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, 0.0001, rng, []))
     rank, labels = rank_that_suffices(SMALL, outcome)
     assert labels == {4: "inferior", 8: "equivalent", 16: "equivalent"} and rank == 8
     means["r16"] = 0.45  # the largest rank fails: fixed-sequence testing claims no smaller rank after it
-    outcome = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16], _train(means, 0.0001, rng, []))
+    outcome = sequential(
+        SMALL, [FreshArm(a.name, a.config) for a in arms], [13, 14, 15, 16], _train(means, 0.0001, rng, [])
+    )
     assert rank_that_suffices(SMALL, outcome) == (None, {4: "inferior", 8: "equivalent", 16: "inferior"})
 
 
@@ -136,7 +142,7 @@ def test_with_ranks_the_rounds_go_on_until_the_rank_answer_is_settled():
     """The verdict is decided at the first look; a rank whose Δ sits near the margin is not: the rounds go on (the
     decided look says so) until it is decided or the budget is spent, and every arm gets the later seeds."""
     means = {ADAPTER: 0.5, FULL: 0.5, "r4": 0.493}  # r=4 inside the margin, nearer it: decided only with more seeds
-    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))]
+    arms = [*_arms(), FreshArm("r=4", ("arm=r4",)), FreshArm("r=8", ("arm=adapter",))]
     calls = []
     outcome = sequential(
         SMALL, arms, [13, 14, 15, 16], _train(means, 0.0003, random.Random(6), calls),
@@ -147,7 +153,7 @@ def test_with_ranks_the_rounds_go_on_until_the_rank_answer_is_settled():
     assert "the rounds went on: r=4 is not yet decided" in first.reason
     assert len(outcome.looks) > 1 and len(calls) == len(outcome.looks) and outcome.looks[-1].stop
     assert list(arms[2].scores) == list(arms[0].scores) == [13, 14, 15, 16][: outcome.looks[-1].seeds_adapter]
-    alone = sequential(SMALL, [Arm(a.name, a.config) for a in arms], [13, 14, 15, 16],
+    alone = sequential(SMALL, [FreshArm(a.name, a.config) for a in arms], [13, 14, 15, 16],
                        _train(means, 0.0003, random.Random(6), []))  # fmt: skip
     assert len(alone.looks) == 1 and alone.looks[0].stop  # without goes_on: the verdict alone stops the rounds
 
@@ -165,7 +171,7 @@ def test_the_report_replays_the_looks_the_rounds_took(means, sd, seed, ranked):
     """The report rebuilds the looks from the fresh seeds' scores alone (`replay(done=True)`): the same intervals and
     labels as the rounds' own looks, whether they stopped early, went on for a rank or spent the budget. A look that
     stopped early is not the design's final one (it spent all the alpha left: intervals too narrow)."""
-    arms = [*_arms(), Arm("r=4", ("arm=r4",)), Arm("r=8", ("arm=adapter",))] if ranked else _arms()
+    arms = [*_arms(), FreshArm("r=4", ("arm=r4",)), FreshArm("r=8", ("arm=adapter",))] if ranked else _arms()
     goes_on = rank_pending(SMALL, arms) if ranked else None
     outcome = sequential(SMALL, arms, [13, 14, 15, 16], _train(means, sd, random.Random(seed), []), goes_on=goes_on)
     replayed = replay(SMALL, list(arms[0].scores.values()), list(arms[1].scores.values()), done=True)

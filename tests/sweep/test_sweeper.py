@@ -233,7 +233,7 @@ def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_n
         assert run.data.params["finetune.alpha"] == "8"
         assert "nanobeir_mean_ndcg_at_10" in run.data.metrics
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
-    # the shared stages were computed before the parallel jobs started (tests/test_faults.py races two processes
+    # the shared stages were computed before the parallel jobs started (tests/test_app.py races two processes
     # for one stage: the file locks)
     for stage in ("prepare_data", "baseline"):
         assert sorted(r.data.tags[f"stage.{stage}"] for r in children) == ["cached", "cached"]
@@ -397,7 +397,7 @@ def test_ctrl_c_ends_the_sweeps_parent_run_killed_without_a_subprocess(tmp_path,
 def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str):
     """A tiny sweep of `grid` sent SIGINT to its process group once its jobs train: it exits 130 without a traceback;
     its stderr, a client, its parent run and its job runs."""
-    from tests.test_faults import LONG_TRAINING, wait_for_checkpoint
+    from tests.test_app import LONG_TRAINING, wait_for_checkpoint
 
     tiny = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
     args = ["-m", "sweep=lora_grid", *tiny, "hydra.sweeper.seeds=[]", *grid, "finetune.alpha=8", *LONG_TRAINING]
@@ -423,7 +423,7 @@ def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str)
 def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
     """A parent run left RUNNING by a sweep process that is gone (same host, its pid dead) ends KILLED when a report
     finds it, and the report says so; a live sweep's parent, or one on another host, stays RUNNING."""
-    from tests.test_compare import job, make_sweep
+    from tests.report.test_compare import job, make_sweep
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(uri)

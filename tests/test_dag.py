@@ -33,8 +33,11 @@ def test_lora_run_end_to_end(tiny_cfg, tmp_path):
     assert r.data.tags["method"] == "lora"
     assert r.data.params["finetune.r"] == "4" and r.data.params["data.train_size"] == "32"
     m = r.data.metrics
-    # the run returns the dev metric (what sweeps select on), never the NanoBEIR test score
-    assert m["dev_ndcg_at_10"] == score
+    # the run returns its scores as logged (what a sweep's job hands the sweeper); float(): the dev score, what sweeps
+    # select on and Optuna maximises, never the NanoBEIR test score
+    assert float(score) == score.dev == m["dev_ndcg_at_10"] and score.run_id == r.info.run_id
+    assert score.benchmark == m["nanobeir_mean_ndcg_at_10"] and score.in_domain == m["test_ndcg_at_10"]
+    assert score.train_loss == m["train_loss"]
     assert m["dev_delta_vs_base"] == m["dev_ndcg_at_10"] - m["baseline_dev_ndcg_at_10"]
     assert 0.0 <= m["baseline_nanobeir_mean_ndcg_at_10"] <= 1.0
     assert {"nanobeir_scifact_ndcg_at_10", "nanobeir_msmarco_ndcg_at_10"} <= set(m)
@@ -58,6 +61,7 @@ def test_lora_run_end_to_end(tiny_cfg, tmp_path):
         open(client.download_artifacts(r.info.run_id, "evaluation/per_query.json", str(tmp_path))).read()
     )
     assert set(per_query) == {"scifact", "msmarco"} and len(per_query["scifact"]) == 6
+    assert score.per_query == per_query
     dev = json.loads(
         open(client.download_artifacts(r.info.run_id, "evaluation/dev/per_query.json", str(tmp_path))).read()
     )

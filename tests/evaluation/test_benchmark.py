@@ -87,7 +87,7 @@ def test_an_mteb_task_list_enters_the_runs_and_the_report(tmp_path, tiny_model, 
     """A sweep scored on two MTEB tasks: each run's per-task scores and dataset inputs, its `benchmark` tag, and a
     report whose general half, per-task Δ and plots name the tasks."""
     from pipeline.report.compare import compare
-    from tests.test_sweep import _sweep
+    from tests.sweep.test_sweeper import _sweep
 
     dirs = [f"+eval.task_dirs.{task}={path}" for task, path in task_dirs.items()]  # Hydra adds a dict's keys with +
     grid = ("finetune=lora,full", "finetune.r=4", "finetune.alpha=8", "train.eval_steps=null")

@@ -16,7 +16,7 @@ from pipeline.fingerprint import datasets_cache
 from pipeline.stages.prepare_data import prepare_data
 from pipeline.tools import demo_data
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPLIT = demo_data.SPLIT
 
 

@@ -22,7 +22,7 @@ from pipeline.manifest import read_result
 from pipeline.validate import ConfigError, validate
 from tests.conftest import ROOT, compose_config, tiny_method, tiny_overrides
 from tests.distributed_calls import fail_on_rank_one
-from tests.test_faults import _all_gone, _assert_no_step_before_the_checkpoint_ran_twice, wait_for_checkpoint
+from tests.test_app import _all_gone, _assert_no_step_before_the_checkpoint_ran_twice, wait_for_checkpoint
 
 
 def test_the_first_process_returns_and_a_failing_process_is_named(tmp_path):
@@ -198,7 +198,7 @@ def test_make_decide_in_two_processes_per_job_gives_one_process_scores_and_verdi
 ):
     """`make decide` shrunk (the grid, then one look of fresh seeds) with every job in two processes: each run's
     NanoBEIR score and the verdict are one process's (no dropout, the same global batch)."""
-    from tests.test_decide import _decide
+    from tests.sweep.test_decide import _decide
 
     tiny = (tiny_no_dropout_model, tiny_qa, tiny_nanobeir)
     shrunk = ("finetune.dropout=0", "hydra.sweeper.decide.extend=0", "hydra.sweeper.decide.budget=2")

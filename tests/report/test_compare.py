@@ -380,6 +380,28 @@ def test_a_decided_sweep_reports_its_looks_fresh_seeds_and_target(tmp_path):
     )
 
 
+def test_make_decide_owns_the_verdict_tags_and_the_report_checks_them(tmp_path):
+    """One writer per tag: on a sweep make decide tagged, the report leaves its `verdict*` tags as they are and says
+    where its own replay disagrees; it still logs its files, description and metrics."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("decide", artifact_location=(tmp_path / "artifacts").as_uri())
+    jobs = [job(m, s, dev=0.7, gain=0.10, **({"r": 16, "alpha": 32} if m == "lora" else {}))
+            for s in (12, 20, 21, 22) for m in ("full", "lora")]  # fmt: skip
+    parent = make_sweep(client, exp, "s-tagged", 3_000_000, jobs, tmp_path, seed=5)
+    tagged = {"sweep.grid_seeds": "12", "verdict": "inferior", "verdict.sentence": "Inferior: made up.",
+              "verdict.looks": "9", "verdict.seeds_adapter": "20,21,22", "verdict.target": "benchmark"}  # fmt: skip
+    for key, value in tagged.items():
+        client.set_tag(parent, key, value)
+    result = compare(f"sqlite:///{tmp_path}/m.db", out_dir=tmp_path / "r", n_resamples=200)
+    tags = client.get_run(parent).data.tags
+    assert {k: tags[k] for k in tagged} == tagged and result["verdict"]["label"] != "inferior"
+    assert (
+        f"make decide tagged this sweep verdict=inferior; this report's replay says {result['verdict']['label']}"
+        in (" ".join(result["warnings"]))
+    )
+    assert tags["mlflow.note.content"] == result["verdict"]["sentence"]  # the report's own
+
+
 def test_a_decided_sweeps_ranks_are_read_at_its_last_look_as_its_verdict_rank(tmp_path):
     """Under make decide's design every rank is read as the sweeper reads it for `verdict.rank`: its repeated
     interval at the last look taken, on that look's seeds — not a fixed-design interval, which is narrower and would
