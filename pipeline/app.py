@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from pipeline import schema
 from pipeline.config import ModelDtype, RunError
 from pipeline.dag import run_dag, status_table
+from pipeline.evaluation.benchmark import label
 from pipeline.fingerprint import sources
 from pipeline.launch.gpus import gpu_of_this_job
 from pipeline.launch.process import process_tags
@@ -122,7 +123,8 @@ def _run(cfg: DictConfig, store: Store) -> JobScores:
         return JobScores()
     print(status_table(outputs))
     if "evaluate" in outputs:
-        print(f"{schema.BENCHMARK_MEAN} = {outputs['evaluate'].result['ndcg_at_10']:.4f} (run {tracked.run_id})")
+        score = outputs["evaluate"].result["ndcg_at_10"]
+        print(f"{schema.benchmark_mean(label(cfg.eval))} = {score:.4f} (run {tracked.run_id})")
     if "dev_evaluate" in outputs:  # what a sweeper selects on: the dev set, never the test set
         print(f"{schema.DEV} = {outputs['dev_evaluate'].result['ndcg_at_10']:.4f}")
     return from_outputs(tracked.run_id, outputs)

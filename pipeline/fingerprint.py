@@ -31,15 +31,6 @@ from pipeline.models import model_source
 PACKAGE_ROOT = Path(__file__).resolve().parent
 # Libraries whose version can change a stage's numbers
 LIBRARIES = ("torch", "transformers", "sentence-transformers", "peft", "datasets", "mteb", "pytrec-eval-terrier")
-# The modules the DAG's stages run (pipeline.dag's `Stage.code`; a test keeps the two equal): a run's identity covers
-# their code, so a sweep does not reuse a run of older code. Named here so that the check needs no torch.
-STAGE_CODE = (
-    "pipeline.stages.prepare_data",
-    "pipeline.stages.mine_negatives",
-    "pipeline.stages.evaluate",
-    "pipeline.stages.finetune",
-    "pipeline.stages.model_card",
-)
 SHA = re.compile(r"[0-9a-f]{40}")
 _FILE_DIGESTS: dict[str, list] = {}  # in-process memo: abs path -> [size, mtime_ns, ctime_ns, inode, digest]
 

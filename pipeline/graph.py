@@ -2,9 +2,8 @@
 read from it (which stages run, in which order, what `run.until` / `run.force` reach).
 
 Cheap to import (no torch, no stage module): validation (`run.force` names) and tracking read it before any model
-loads. (`pipeline.fingerprint.STAGE_CODE`, the stages' modules a run's identity covers, stays a copy that a test keeps
-equal to the table's `Stage.code`: fingerprint.py's source is part of most stage keys, so importing the table there
-would move every cached key.) How a stage runs is `pipeline.dag`'s (`RUNNERS`), how its result is logged
+loads; `STAGE_CODE`, the stages' modules, is what a run's identity covers (`pipeline.tracking.identity.run_key`). How
+a stage runs is `pipeline.dag`'s (`RUNNERS`), how its result is logged
 `pipeline.tracking.stage_logs`' (`STAGE_LOGS`); both are mappings by stage name, checked against this table when their module
 loads (`require_every_stage`), so a stage added here without a runner or a logger fails at import, not after it ran.
 """
@@ -225,6 +224,7 @@ DAG: tuple[Stage, ...] = (
 )
 STAGES = {stage.name: stage for stage in DAG}
 STAGE_NAMES = tuple(STAGES)  # what run.until and run.force may name (pipeline.validate)
+STAGE_CODE = tuple(sorted({module for stage in DAG for module in stage.code}))  # what a run's identity covers
 
 
 def require_every_stage(mapping: Mapping[str, Any], owner: str) -> None:

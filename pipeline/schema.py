@@ -6,10 +6,9 @@ and read. Writers (`pipeline.tracking`, `pipeline.sweep.decider`, `pipeline.repo
 from __future__ import annotations
 
 # ------------------------------------------------------------------------------------------------- a run's metrics
-# The general benchmark (NanoBEIR, or the MTEB tasks of `eval.tasks`: the tag BENCHMARK says which filled them)
-BENCHMARK_PREFIX = "nanobeir"
-BENCHMARK_MEAN = "nanobeir_mean_ndcg_at_10"  # the verdict's score: the mean NDCG@10 over the benchmark's sets
-BENCHMARK_DELTA = "nanobeir_delta_vs_base"  # what fine-tuning forgot (or gained) out of domain
+# The general benchmark's metrics are named after it (`benchmark_prefix`): `nanobeir_*` for NanoBEIR, `mteb_*` for the
+# MTEB tasks of `eval.tasks`; the run's tag BENCHMARK holds its name, so a reader knows which names to read
+NANOBEIR = "NanoBEIR"  # the default general benchmark's name (`pipeline.evaluation.benchmark.label`)
 BASELINE = "baseline_"  # the prefix of the base model's evaluation metrics (baseline_nanobeir_mean_ndcg_at_10, ...)
 DEV = "dev_ndcg_at_10"  # the in-domain dev set: what sweeps select on and Optuna maximises
 IN_DOMAIN = "test_ndcg_at_10"  # the in-domain test set (data.test_size): what the in-domain verdict reads
@@ -18,6 +17,25 @@ IN_TRAINING_EVAL = "eval_NanoBEIR"  # the trainer's prefix for the in-training e
 COST = ("trainable_params", "train_seconds", "train_samples_per_second", "peak_memory_mb", "weights_mb")
 _NDCG = "_ndcg_at_10"
 _DELTA = "_delta_vs_base"
+
+
+def benchmark_prefix(benchmark: str = NANOBEIR) -> str:
+    """The general benchmark's metric prefix, from its name: "nanobeir" for NanoBEIR, "mteb" for MTEB tasks."""
+    return "nanobeir" if benchmark == NANOBEIR else "mteb"
+
+
+def benchmark_mean(benchmark: str = NANOBEIR, prefix: str = "") -> str:
+    """The verdict's score, the mean NDCG@10 over the benchmark's sets (`nanobeir_mean_ndcg_at_10`); `prefix`
+    BASELINE: the base model's."""
+    return f"{prefix}{benchmark_prefix(benchmark)}_mean{_NDCG}"
+
+
+def benchmark_delta(benchmark: str = NANOBEIR) -> str:
+    """What fine-tuning forgot (or gained) out of domain: the mean's change from the base model."""
+    return f"{benchmark_prefix(benchmark)}{_DELTA}"
+
+
+BENCHMARK_MEAN = benchmark_mean()  # NanoBEIR's, the default benchmark (the published numbers' metric)
 
 
 def split_metric(split: str) -> str:
@@ -30,35 +48,36 @@ def split_delta(split: str) -> str:
     return f"{split}{_DELTA}"
 
 
-def dataset_metric(dataset: str, prefix: str = "") -> str:
+def dataset_metric(dataset: str, prefix: str = "", benchmark: str = NANOBEIR) -> str:
     """One benchmark set's NDCG@10 (`nanobeir_NanoSciFact_ndcg_at_10`; `prefix` BASELINE: the base model's)."""
-    return f"{prefix}{BENCHMARK_PREFIX}_{dataset}{_NDCG}"
+    return f"{prefix}{benchmark_prefix(benchmark)}_{dataset}{_NDCG}"
 
 
-def dataset_delta(dataset: str) -> str:
+def dataset_delta(dataset: str, benchmark: str = NANOBEIR) -> str:
     """One benchmark set's change from the base model (`nanobeir_NanoSciFact_delta_vs_base`)."""
-    return f"{BENCHMARK_PREFIX}_{dataset}{_DELTA}"
+    return f"{benchmark_prefix(benchmark)}_{dataset}{_DELTA}"
 
 
-def dataset_of(metric: str, prefix: str = "") -> str | None:
-    """The set a `dataset_metric(dataset, prefix)` name is of ("mean" for BENCHMARK_MEAN), None for any other name."""
-    head, tail = f"{prefix}{BENCHMARK_PREFIX}_", _NDCG
+def dataset_of(metric: str, prefix: str = "", benchmark: str = NANOBEIR) -> str | None:
+    """The set a `dataset_metric(dataset, prefix, benchmark)` name is of ("mean" for the benchmark's mean), None for
+    any other name."""
+    head, tail = f"{prefix}{benchmark_prefix(benchmark)}_", _NDCG
     if not metric.startswith(head) or not metric.endswith(tail) or len(metric) <= len(head) + len(tail):
         return None
     return metric[len(head) : -len(tail)]
 
 
-def dataset_of_delta(metric: str) -> str | None:
-    """The set a `dataset_delta(dataset)` name is of, None for any other name (BENCHMARK_DELTA included)."""
-    head = f"{BENCHMARK_PREFIX}_"
-    if metric == BENCHMARK_DELTA or not metric.startswith(head) or not metric.endswith(_DELTA):
+def dataset_of_delta(metric: str, benchmark: str = NANOBEIR) -> str | None:
+    """The set a `dataset_delta(dataset, benchmark)` name is of, None for any other name (the mean's delta too)."""
+    head = f"{benchmark_prefix(benchmark)}_"
+    if metric == benchmark_delta(benchmark) or not metric.startswith(head) or not metric.endswith(_DELTA):
         return None
     return metric[len(head) : -len(_DELTA)] or None
 
 
 # ---------------------------------------------------------------------------------------------------- a run's tags
 CONFIG_HASH = "pipeline.config_hash"  # the run's identity (`pipeline.tracking.identity.run_key`)
-BENCHMARK = "benchmark"  # which general benchmark the nanobeir_* metrics hold: "NanoBEIR" or "MTEB (SciFact, ...)"
+BENCHMARK = "benchmark"  # the general benchmark the run was scored on: "NanoBEIR" or "MTEB (SciFact, ...)"
 METHOD = "method"
 ERROR = "error"
 TRAINABLE_DTYPE = "trainable_dtype"
@@ -136,6 +155,6 @@ def run_ids_tag(arm: str) -> str:
     return f"verdict_{arm}_run_ids"
 
 
-def arm_mean(arm: str) -> str:
+def arm_mean(arm: str, benchmark: str = NANOBEIR) -> str:
     """The report's: an arm's ("adapter", "full") benchmark mean over its seeds, on the sweep's parent run."""
-    return f"{arm}_{BENCHMARK_MEAN}"
+    return f"{arm}_{benchmark_mean(benchmark)}"

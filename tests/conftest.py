@@ -181,6 +181,21 @@ def tiny_cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     return make
 
 
+@pytest.fixture(scope="session")
+def tiny_lora_run(tmp_path_factory, tiny_model, tiny_qa, tiny_nanobeir):
+    """One finished run of the tiny pipeline (LoRA, the default tiny config), shared by the tests that only read it
+    (mark them integration: it trains): (its config, the scores it returned)."""
+    from pipeline.app import run
+
+    tmp = tmp_path_factory.mktemp("tiny_lora_run")
+    with pytest.MonkeyPatch.context() as env:  # what `_offline` sets for a test, for this session-wide run
+        env.setenv("HF_HUB_OFFLINE", "1")
+        env.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
+        env.setenv("TOKENIZERS_PARALLELISM", "false")
+        cfg = compose_config(tiny_overrides(tmp, tiny_model, tiny_qa, tiny_nanobeir) + tiny_method([]))
+        return cfg, run(cfg)
+
+
 def pytest_collection_modifyitems(items):
     """A slow test (it trains or evaluates a real model) is an integration test too: `make test-fast` leaves out both."""
     for item in items:
@@ -188,9 +203,12 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+QUICK = {"git", "uname", "ldconfig", "lscpu", "nvidia-smi", "mount", "df", "which"}  # system tools, milliseconds
+
+
 @pytest.fixture(autouse=True)
 def _integration_is_marked(request, monkeypatch):
-    """A test that trains a model (a transformers Trainer's `train`) or starts a process (but a quick `git`) fails
+    """A test that trains a model (a transformers Trainer's `train`) or starts a process (but a QUICK tool) fails
     unless marked `integration`: so `make test-fast` (`-m "not integration"`) holds only the tests that do neither."""
     if request.node.get_closest_marker("integration") is not None:
         yield
@@ -202,7 +220,7 @@ def _integration_is_marked(request, monkeypatch):
 
     def spied_popen(self, args, *rest, **kwargs):
         program = Path(str(args[0] if isinstance(args, (list, tuple)) else str(args).split()[0])).name
-        if program != "git":
+        if program not in QUICK:
             done.append(f"started `{program}`")
         return popen_init(self, args, *rest, **kwargs)
 

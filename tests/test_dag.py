@@ -22,12 +22,11 @@ def _only_run(cfg):
     return client, runs
 
 
-def test_lora_run_end_to_end(tiny_cfg, tmp_path):
-    cfg = tiny_cfg()
-    score = run(cfg)
-    client, runs = _only_run(cfg)
-    assert len(runs) == 1
-    r = runs[0]
+@pytest.mark.integration
+def test_lora_run_end_to_end(tiny_lora_run, tmp_path):
+    cfg, score = tiny_lora_run
+    client = MlflowClient(tracking_uri(cfg))
+    r = client.get_run(score.run_id)
     assert r.info.status == "FINISHED"
     assert r.info.run_name == "lora-r4-a8-lr1e-3-s12"
     assert r.data.tags["method"] == "lora"

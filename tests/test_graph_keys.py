@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline import graph
 from pipeline.dag import stage_key
 from pipeline.fingerprint import sources
 from pipeline.graph import forced_stages, inputs_of, stages_until
@@ -148,12 +149,12 @@ def test_code_version_follows_the_source_of_every_module_a_stage_imports(tmp_pat
     shutil.copytree(fp.PACKAGE_ROOT, copy, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(fp, "PACKAGE_ROOT", copy)
     fp.code_version.cache_clear()
-    before = {m: fp.code_version(m) for m in fp.STAGE_CODE}
+    before = {m: fp.code_version(m) for m in graph.STAGE_CODE}
     # the sentence-transformers evaluation backend is imported by the finetune and evaluate stages, not by model_card
     backend = copy / "evaluation" / "st_backend.py"
     backend.write_text(backend.read_text() + "\n# changed\n")
     fp.code_version.cache_clear()
-    after = {m: fp.code_version(m) for m in fp.STAGE_CODE}
+    after = {m: fp.code_version(m) for m in graph.STAGE_CODE}
     fp.code_version.cache_clear()
     assert before["pipeline.stages.finetune"] != after["pipeline.stages.finetune"]
     assert before["pipeline.stages.evaluate"] != after["pipeline.stages.evaluate"]

@@ -27,11 +27,22 @@ def test_a_dataset_metric_names_its_set_back(name, prefix):
     assert schema.dataset_of_delta(schema.dataset_delta(name)) == name
 
 
+def test_the_benchmarks_metrics_are_named_after_it():
+    mteb = "MTEB (SciFact, FiQA2018)"
+    assert schema.benchmark_mean(schema.NANOBEIR) == schema.BENCHMARK_MEAN == "nanobeir_mean_ndcg_at_10"
+    assert (
+        schema.benchmark_mean(mteb) == "mteb_mean_ndcg_at_10" and schema.benchmark_delta(mteb) == "mteb_delta_vs_base"
+    )
+    assert schema.dataset_of(schema.dataset_metric("SciFact", "", mteb), "", mteb) == "SciFact"
+    assert schema.dataset_of(schema.dataset_metric("SciFact", "", mteb)) is None  # not a NanoBEIR name
+    assert schema.dataset_of_delta(schema.dataset_delta("SciFact", mteb), mteb) == "SciFact"
+
+
 def test_names_of_other_things_name_no_set():
-    not_sets = [schema.DEV, schema.IN_DOMAIN, schema.BENCHMARK_DELTA, "nanobeir__ndcg_at_10", "nanobeir/ndcg_at_10"]
+    not_sets = [schema.DEV, schema.IN_DOMAIN, schema.benchmark_delta(), "nanobeir__ndcg_at_10", "nanobeir/ndcg_at_10"]
     assert [schema.dataset_of(name) for name in not_sets] == [None] * len(not_sets)
     assert schema.dataset_of(schema.dataset_metric("NanoSciFact", schema.BASELINE)) is None  # another prefix
-    assert schema.dataset_of_delta(schema.BENCHMARK_DELTA) is None and schema.dataset_of_delta(schema.DEV) is None
+    assert schema.dataset_of_delta(schema.benchmark_delta()) is None and schema.dataset_of_delta(schema.DEV) is None
 
 
 def _strings(path: Path):

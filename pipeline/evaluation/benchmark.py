@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline import schema
 from pipeline.config import EvalBackend, EvalConfig
 
 
 def label(eval_cfg: EvalConfig) -> str:
     """The benchmark's name in a sentence: "NanoBEIR", or "MTEB (SciFact, FiQA2018)"."""
-    return f"MTEB ({', '.join(eval_cfg.tasks)})" if eval_cfg.tasks else "NanoBEIR"
+    return f"MTEB ({', '.join(eval_cfg.tasks)})" if eval_cfg.tasks else schema.NANOBEIR
 
 
 def evaluate(

@@ -186,7 +186,7 @@ def compare(
     plot_per_dataset(out / "per_dataset.png", baseline, protocol, datasets, n_resamples, seed, level, benchmark)
     plot_learn_forget(out / "learn_vs_forget.png", protocol, datasets, level, benchmark)
     if log_to_mlflow:
-        _log_on_parent(client, parent.info.run_id, out, protocol, halves, verdict_tags=decided is None)
+        _log_on_parent(client, parent.info.run_id, out, protocol, halves, benchmark, verdict_tags=decided is None)
     result["out_dir"] = str(out)
     return result
 
@@ -288,7 +288,13 @@ def _configuration_json(c) -> dict:
 
 
 def _log_on_parent(
-    client: MlflowClient, run_id: str, out: Path, protocol: Protocol, halves: dict[str, str], verdict_tags: bool
+    client: MlflowClient,
+    run_id: str,
+    out: Path,
+    protocol: Protocol,
+    halves: dict[str, str],
+    benchmark: str,
+    verdict_tags: bool,
 ) -> None:
     """The report's files, its description and metrics on the sweep's parent run; the `verdict*` tags only with
     `verdict_tags` (a sweep `make decide` did not tag: one writer per tag, make decide's on its own sweeps)."""
@@ -324,7 +330,7 @@ def _log_on_parent(
             client.set_tag(run_id, key, value)
     for config, arm in ((protocol.adapter, "adapter"), (protocol.full, "full")):
         if config is not None and config.estimate is not None:
-            metrics.append(Metric(schema.arm_mean(arm), config.estimate.mean, now, 0))
+            metrics.append(Metric(schema.arm_mean(arm, benchmark), config.estimate.mean, now, 0))
     if metrics:
         client.log_batch(run_id, metrics=metrics)
 

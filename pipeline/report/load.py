@@ -57,7 +57,7 @@ class Arm:
     in_domain: dict | None = None  # per-query NDCG@10 on the in-domain test set: what the in-domain verdict reads
     test_delta: float = math.nan  # in-domain test - base model's: what fine-tuning learned, never selected on
     nanobeir_delta: float = math.nan  # NanoBEIR - base model's: what it forgot (or gained) out of domain
-    benchmark: str = "NanoBEIR"  # the general benchmark its nanobeir_* metrics hold (the run's `benchmark` tag)
+    benchmark: str = "NanoBEIR"  # the general benchmark it was scored on (the run's `benchmark` tag)
     dataset_deltas: dict[str, float] = field(default_factory=dict)
     cost: dict[str, float] = field(default_factory=dict)  # train_seconds, samples/s, peak_memory_mb, ...
     per_query: dict | None = None
@@ -90,7 +90,7 @@ class Arm:
             schema.DEV: none_if_nan(self.dev),  # comparison.json keeps the runs' metric names
             schema.split_delta("dev"): none_if_nan(self.dev_delta),
             schema.split_delta("test"): none_if_nan(self.test_delta),
-            schema.BENCHMARK_DELTA: none_if_nan(self.nanobeir_delta),
+            schema.benchmark_delta(self.benchmark): none_if_nan(self.nanobeir_delta),
             "cost": self.cost,
             "ndcg_at_10": no_nan(self.ndcg._asdict()) if self.ndcg else None,  # no CI without per-query scores
             "per_dataset_ndcg_at_10": self.per_dataset,
@@ -176,7 +176,8 @@ def load_arms(client: MlflowClient, parent: Run, warnings: list[str]) -> tuple[l
             baselines.append((arm.name, baseline_pq))
         if baseline_in_domain is None:
             baseline_in_domain = _read_json(client, run.info.run_id, schema.IN_DOMAIN_BASELINE_PER_QUERY)
-        baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, schema.BASELINE)
+        benchmark = run.data.tags.get(schema.BENCHMARK, schema.NANOBEIR)
+        baseline_metrics = baseline_metrics or _dataset_metrics(run.data.metrics, schema.BASELINE, benchmark)
         if math.isnan(baseline_dev):
             baseline_dev = run.data.metrics.get(schema.BASELINE + schema.DEV, math.nan)
     baseline = None
@@ -205,6 +206,7 @@ def _arm(run: Run) -> Arm:
         tags.get(schema.METHOD) or params.get("finetune.method") or ("full" if run.info.run_name == "full" else "lora")
     )
     adapter = is_adapter(method)
+    benchmark = tags.get(schema.BENCHMARK, schema.NANOBEIR)  # its metrics are named after it
     arm = Arm(
         name=run.info.run_name or run.info.run_id,
         method=method,
@@ -227,8 +229,8 @@ def _arm(run: Run) -> Arm:
         dev=metrics.get(schema.DEV, math.nan),
         dev_delta=metrics.get(schema.split_delta("dev"), math.nan),
         test_delta=metrics.get(schema.split_delta("test"), math.nan),
-        nanobeir_delta=metrics.get(schema.BENCHMARK_DELTA, math.nan),
-        benchmark=tags.get(schema.BENCHMARK, "NanoBEIR"),
+        nanobeir_delta=metrics.get(schema.benchmark_delta(benchmark), math.nan),
+        benchmark=benchmark,
         cost={k: metrics[k] for k in schema.COST if k in metrics},
         train_loss=metrics.get(schema.TRAIN_LOSS),
         prompts={
@@ -237,8 +239,8 @@ def _arm(run: Run) -> Arm:
         trainable_dtype=tags.get(schema.TRAINABLE_DTYPE),
     )
     if arm.status == "FINISHED":
-        arm.per_dataset = _dataset_metrics(metrics, "")  # replaced by the per-query means when those exist
-        arm.dataset_deltas = {name: v for k, v in metrics.items() if (name := schema.dataset_of_delta(k))}
+        arm.per_dataset = _dataset_metrics(metrics, "", benchmark)  # replaced by the per-query means where they exist
+        arm.dataset_deltas = {name: v for k, v in metrics.items() if (name := schema.dataset_of_delta(k, benchmark))}
     return arm
 
 
@@ -251,11 +253,12 @@ def _is_method_param(key: str) -> bool:
     return key.startswith("finetune.") and key != "finetune.method"
 
 
-def _dataset_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
-    """{dataset: ndcg@10} from the `schema.dataset_metric(dataset, prefix)` metrics, and the mean under MEAN."""
+def _dataset_metrics(metrics: dict[str, float], prefix: str, benchmark: str) -> dict[str, float]:
+    """{dataset: ndcg@10} from the `schema.dataset_metric(dataset, prefix, benchmark)` metrics, and the mean under
+    MEAN."""
     found = {}
     for key, value in metrics.items():
-        if (name := schema.dataset_of(key, prefix)) is not None:
+        if (name := schema.dataset_of(key, prefix, benchmark)) is not None:
             found[MEAN if name == "mean" else name] = value
     return found
 

@@ -74,7 +74,11 @@ def _row(run: Run) -> RecipeRun:
     params = run.data.params
     method = params.get("finetune.method", "")
     published = params.get(f"{NDCG}{method}")
-    ours = run.data.metrics.get(schema.BENCHMARK_MEAN) if run.info.status == "FINISHED" else None
+    ours = (
+        run.data.metrics.get(schema.benchmark_mean(run.data.tags.get(schema.BENCHMARK, schema.NANOBEIR)))
+        if run.info.status == "FINISHED"
+        else None
+    )
     return RecipeRun(
         name=run.info.run_name or run.info.run_id,
         run_id=run.info.run_id,

@@ -61,7 +61,7 @@ def from_run(run: Run, tracking_uri: str) -> JobScores:
     return JobScores(
         run.info.run_id,
         metrics.get(schema.DEV, math.nan),
-        metrics.get(schema.BENCHMARK_MEAN, math.nan),
+        metrics.get(schema.benchmark_mean(run.data.tags.get(schema.BENCHMARK, schema.NANOBEIR)), math.nan),
         metrics.get(schema.IN_DOMAIN, math.nan),
         metrics.get(schema.TRAIN_LOSS),
         per_query,

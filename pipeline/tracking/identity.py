@@ -15,7 +15,8 @@ from pipeline import schema
 from pipeline.adapter_configs import hyperparameters
 from pipeline.adapter_configs import run_name as method_run_name
 from pipeline.config import LossName, Method
-from pipeline.fingerprint import STAGE_CODE, code_version, config_hash, sources
+from pipeline.fingerprint import code_version, config_hash, sources
+from pipeline.graph import STAGE_CODE
 from pipeline.tracking.uri import sqlite_path, tracking_uri
 
 SECRET = re.compile(r"token|secret|password|passwd|api_?key|credential", re.IGNORECASE)

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 from pipeline import schema
+from pipeline.evaluation.benchmark import label
 from pipeline.fingerprint import eval_identity, sources
 from pipeline.graph import require_every_stage
 from pipeline.tracking.datasets import dev_input, evaluation_inputs, log_data_inputs, training_input
@@ -122,9 +123,10 @@ class PipelineRun:
         if "nanobeir" not in self.base:  # run.until=evaluate: the base model was not evaluated in this run
             return
         r, base = output.result, self.base["nanobeir"]
-        deltas = {schema.BENCHMARK_DELTA: r["ndcg_at_10"] - base["ndcg_at_10"]}
+        benchmark = label(self.cfg.eval)
+        deltas = {schema.benchmark_delta(benchmark): r["ndcg_at_10"] - base["ndcg_at_10"]}
         for name, value in r["per_dataset_ndcg_at_10"].items():
-            deltas[schema.dataset_delta(name)] = value - base["per_dataset_ndcg_at_10"][name]
+            deltas[schema.dataset_delta(name, benchmark)] = value - base["per_dataset_ndcg_at_10"][name]
         self._metrics(deltas)
 
     def _log_model_card(self, output: StageOutput) -> None:
@@ -140,10 +142,12 @@ class PipelineRun:
         if not self._eval_input_logged:  # the baseline and the fine-tuned model read the same evaluation sets
             log_data_inputs(self.client, self.run_id, evaluation_inputs(self.cfg.eval, self.sources["eval"], r))
             self._eval_input_logged = True
-        metrics = {prefix + schema.BENCHMARK_MEAN: r["ndcg_at_10"]}
-        metrics.update({schema.dataset_metric(n, prefix): v for n, v in r["per_dataset_ndcg_at_10"].items()})
+        benchmark = label(self.cfg.eval)  # the metrics are named after it: nanobeir_*, mteb_*
+        metrics = {schema.benchmark_mean(benchmark, prefix): r["ndcg_at_10"]}
+        metrics.update({schema.dataset_metric(n, prefix, benchmark): v for n, v in r["per_dataset_ndcg_at_10"].items()})
         all_metrics = json.loads((output.dir / schema.METRICS_FILE).read_text())
-        metrics.update({f"{prefix}{schema.BENCHMARK_PREFIX}/{metric_name(k)}": v for k, v in all_metrics.items()})
+        group = f"{prefix}{schema.benchmark_prefix(benchmark)}"
+        metrics.update({f"{group}/{metric_name(k)}": v for k, v in all_metrics.items()})
         self._metrics(metrics)
         for key in ("backend", "backend_version"):  # which library computed these numbers, at which version
             self.client.set_tag(self.run_id, f"{prefix}eval.{key}", str(r.get(key, "unknown")))

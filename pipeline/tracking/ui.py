@@ -54,6 +54,7 @@ HEALTH_TIMEOUT_S = 60.0
 COLUMNS = {  # column id: width in pixels (None: MLflow's), in this order across the Metrics / Parameters groups
     "attributes.`Run Name`": 160,  # lora-r<r>-a<alpha>-lr<lr>-s<seed> / full-lr<lr>-s<seed>
     f"metrics.`{NDCG}`": 190,
+    f"metrics.`{schema.benchmark_mean('MTEB')}`": 170,  # a sweep scored on MTEB tasks (eval.tasks) instead
     "params.`finetune.method`": 115,
     "params.`finetune.r`": 80,
     "params.`finetune.alpha`": 100,

@@ -96,7 +96,9 @@ def test_an_mteb_task_list_enters_the_runs_and_the_report(tmp_path, tiny_model, 
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     for run in children:
         assert run.data.tags["benchmark"] == "MTEB (SciFact, MSMARCO)"
-        assert {f"nanobeir_{t}_ndcg_at_10" for t in TASKS} <= set(run.data.metrics)
+        # the metrics are named after the benchmark: mteb_*, never nanobeir_*
+        assert {f"mteb_{t}_ndcg_at_10" for t in TASKS} | {"mteb_mean_ndcg_at_10"} <= set(run.data.metrics)
+        assert not [name for name in run.data.metrics if name.startswith(("nanobeir", "baseline_nanobeir"))]
         inputs = {(d.dataset.name, t.value) for d in run.inputs.dataset_inputs for t in d.tags}
         assert {(task, "evaluation") for task in TASKS} <= inputs
     report = compare(f"sqlite:///{tmp_path}/mlflow.db", parent.data.tags["sweep_id"], out_dir=tmp_path / "report")

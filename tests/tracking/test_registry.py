@@ -3,11 +3,13 @@ with MLflow's API alone; `python -m pipeline.report --register` registers the sw
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow.sentence_transformers
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.app import run
 from pipeline.models import load_model
 from pipeline.report import main
 from pipeline.report.compare import winning_arm
@@ -16,13 +18,13 @@ from pipeline.tracking.uri import tracking_uri
 TEXTS = ["what is heart pain?", "blood pressure and stroke"]
 
 
-def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_cfg, tmp_path, capsys, monkeypatch):
-    cfg = tiny_cfg()  # a LoRA run: its adapter is merged into the base for the registry
-    run(cfg)
+@pytest.mark.integration
+def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_lora_run, tmp_path, capsys, monkeypatch):
+    cfg, scores = tiny_lora_run  # a LoRA run: its adapter is merged into the base for the registry
     uri = tracking_uri(cfg)
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(cfg.tracking.experiment).experiment_id
-    (child,) = client.search_runs([exp])
+    child = client.get_run(scores.run_id)
     # make it the one arm of a sweep, as a multirun would
     parent = client.create_run(exp, run_name="sweep-s1", tags={"sweep_id": "s1", "pipeline.role": "sweep"})
     client.set_tag(child.info.run_id, "sweep_id", "s1")
@@ -35,7 +37,7 @@ def test_report_register_registers_the_winning_arm_and_it_loads_back(tiny_cfg, t
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # where models:/ URIs resolve
     registered = mlflow.sentence_transformers.load_model("models:/tiny/1")  # MLflow's API, no peft, no base
-    trained = load_model(cfg.model, str(next((tmp_path / "outputs" / "cache" / "finetune").glob("*/model"))))
+    trained = load_model(cfg.model, str(next((Path(cfg.paths.outputs) / "cache" / "finetune").glob("*/model"))))
     np.testing.assert_allclose(registered.encode(TEXTS), trained.encode(TEXTS), atol=1e-5)
     assert not hasattr(registered.transformers_model, "peft_config")  # one standalone model, no adapter to attach
     base = load_model(cfg.model).encode(TEXTS)
