@@ -76,8 +76,8 @@ bench: ## benchmarks -> docs/benchmarks.md + docs/profile_cpu.md: training, eval
 test: ## the whole test suite (the CI command), then its 25 slowest tests
 	$(BIN)/python -m pytest -q --durations=25
 
-test-fast: ## the tests that train nothing and start no process (not marked integration)
-	$(BIN)/python -m pytest -q -m "not integration" --durations=25
+test-fast: ## the tests that train nothing, start no process and take seconds (neither integration nor slow)
+	$(BIN)/python -m pytest -q -m "not integration and not slow" --durations=25
 
 test-cluster: ## tracking server, sweep through a live single-node SLURM cluster, requeue (needs slurm-wlm, munge)
 	$(BIN)/python -m pytest -q tests/launch/test_cluster.py tests/launch/test_launch.py

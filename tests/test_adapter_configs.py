@@ -194,6 +194,7 @@ def test_export_refuses_an_adapter_peft_cannot_merge(tiny_model, tmp_path, capsy
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_mixed_sweep_compares_in_one_report(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     from pipeline.report.compare import compare
     from tests.sweep.test_sweeper import _sweep

@@ -21,6 +21,7 @@ from tests.conftest import ROOT, tiny_method, tiny_overrides
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + [
@@ -93,6 +94,7 @@ LONG_TRAINING = ["train.max_steps=400", "train.save_steps=10", "train.eval_steps
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_an_interrupted_run_ends_killed_with_one_line_and_exit_130(sig, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM mid-training: the run KILLED with
@@ -159,6 +161,7 @@ def test_damaged_cache_entry_is_rebuilt(tiny_cfg):
     assert not (rebuilt.dir / "junk").exists() and not partial.exists()  # started afresh, not from the leftover
 
 
+@pytest.mark.integration
 def test_two_processes_never_both_compute_a_stage(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """Two processes start the same baseline stage at once: one computes it, the other waits and reuses it.
 

@@ -146,6 +146,7 @@ def hydra_config(*overrides: str):
         ("joblib", "_target_", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
     ],
 )
+@pytest.mark.integration
 def test_launcher_configs_compose(launcher, key, value):
     launcher, *overrides = launcher.split()
     hydra = hydra_config("sweep=lora_grid", f"hydra/launcher={launcher}", *overrides)
@@ -153,6 +154,7 @@ def test_launcher_configs_compose(launcher, key, value):
     assert hydra["sweeper"]["_target_"].endswith("LoraVsFullSweeper")
 
 
+@pytest.mark.integration
 def test_optuna_search_maximises_ndcg():
     hydra = hydra_config("hparams_search=optuna")
     sweeper = hydra["sweeper"]

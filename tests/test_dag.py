@@ -88,6 +88,7 @@ def test_lora_run_end_to_end(tiny_lora_run, tmp_path):
     assert "Trainable parameters" in card and "| scifact |" in card
 
 
+@pytest.mark.integration
 def test_second_identical_run_is_cached(tiny_cfg):
     cfg = tiny_cfg(["finetune=lora"])
     first = run_dag(cfg)
@@ -117,6 +118,7 @@ def test_second_identical_run_is_cached(tiny_cfg):
     assert list(other_eval["evaluate"].result["per_dataset_ndcg_at_10"]) == ["scifact"]
 
 
+@pytest.mark.integration
 def test_full_output_is_a_plain_model_dir(tiny_cfg):
     outputs = run_dag(tiny_cfg(["finetune=full", "run.until=finetune"]))
     assert list(outputs) == ["prepare_data", "finetune"]
@@ -145,6 +147,7 @@ def test_keys_depend_only_on_what_changes_a_stage(tiny_cfg):
     assert stage_key(STAGES["finetune"], lora, {}) == stage_key(STAGES["finetune"], tiny_cfg(same_card), {})
 
 
+@pytest.mark.integration
 def test_a_reused_fine_tune_logs_no_in_training_numbers_of_another_evaluation(tiny_cfg):
     """The finetune stage is reused across evaluation configs; its in-training NanoBEIR metrics are of the one it
     was trained with, so a run with other evaluation sets logs its loss history but not those metrics."""

@@ -40,6 +40,7 @@ def full_finetune(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, outputs) -> list
     return [*overrides, f"paths.outputs={outputs}", "finetune=full", "train.save_steps=1", "train.eval_steps=null"]
 
 
+@pytest.mark.integration
 def test_a_run_that_does_not_fit_stops_before_any_model_loads(small_disk, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     outputs = small_disk / "outputs"
     cmd = [sys.executable, "-m", "pipeline", *full_finetune(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, outputs)]
@@ -57,6 +58,7 @@ def test_a_run_that_does_not_fit_stops_before_any_model_loads(small_disk, tmp_pa
     assert run.info.status == "FAILED"
 
 
+@pytest.mark.integration
 def test_a_disk_that_fills_fails_the_run_in_one_line_and_leaves_no_cache_entry(
     small_disk, tmp_path, tiny_model, tiny_qa, tiny_nanobeir, capsys, monkeypatch
 ):

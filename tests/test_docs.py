@@ -167,6 +167,7 @@ def test_the_docs_show_the_commands_this_test_composes():
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c[:70] for c in COMMANDS])
+@pytest.mark.integration
 def test_every_command_the_docs_show_composes(command):
     argvs = pipeline_argvs(command)
     assert argvs, f"{command} runs no python -m pipeline"

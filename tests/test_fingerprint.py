@@ -120,6 +120,7 @@ def test_hub_ids_resolve_to_the_cached_commit_offline(tmp_path, monkeypatch, tin
     assert run_key(cfg, moved) != run_key(cfg, found)
 
 
+@pytest.mark.integration
 def test_a_predownloaded_hub_dataset_trains_offline(tmp_path, tiny_model, tiny_nanobeir):
     home = _hub_cache(tmp_path / "hf")
     outputs = tmp_path / "outputs"
@@ -152,6 +153,7 @@ def test_a_predownloaded_hub_dataset_trains_offline(tmp_path, tiny_model, tiny_n
     shutil.rmtree(outputs)
 
 
+@pytest.mark.integration
 def test_a_hub_model_is_pinned_to_its_commit_in_the_run_the_card_and_the_adapter(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir
 ):

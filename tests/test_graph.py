@@ -16,6 +16,7 @@ import pipeline.graph as graph
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.integration
 def test_the_table_validation_and_fingerprints_import_without_torch_or_a_stage():
     code = (
         "import sys; import pipeline.graph, pipeline.fingerprint, pipeline.validate; "

@@ -164,6 +164,7 @@ def _finetune(model_dir, data_dir, out, mini_batch_size: str) -> list[float]:
     return summary, [entry["loss"] for entry in history if "loss" in entry]
 
 
+@pytest.mark.integration
 def test_auto_mini_batch_trains_as_mini_batch_32(tiny_no_dropout_model, tmp_path, monkeypatch):
     """The finetune stage's loss curve in fp32: auto (no cache here), auto forced to cache, and mini-batch 32."""
     from tests.conftest import write_qa_dir

@@ -19,7 +19,7 @@ from pipeline.models import model_source
 from pipeline.tools.adapters import load_with_local_base
 from tests.conftest import ROOT, SHARED_DATA, requires_shared_data
 
-pytestmark = [pytest.mark.slow, requires_shared_data("medquad-qa", "nanobeir-mini")]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, requires_shared_data("medquad-qa", "nanobeir-mini")]
 
 
 def _run(tmp_path):

@@ -52,6 +52,7 @@ def _cfg(tmp_path, model, tiny_qa, tiny_nanobeir, extra=()):
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.integration
 def test_bf16_checkpoint_trains_fp32_master_weights(tmp_path, tiny_bf16_bert, tiny_qa, tiny_nanobeir, method):
     """transformers 5 loads a bf16 checkpoint in bf16 and add_adapter makes LoRA bf16 too: model.dtype=float32 (the
     default) trains every trainable parameter in fp32, in both arms."""
@@ -68,6 +69,7 @@ def _saved_dtypes(model_dir):
     return list(load_file(next(model_dir.rglob("model.safetensors"))).values())
 
 
+@pytest.mark.integration
 def test_model_dtype_bfloat16_is_what_trains_when_asked(tmp_path, tiny_bf16_bert, tiny_qa, tiny_nanobeir):
     cfg = _cfg(tmp_path, tiny_bf16_bert, tiny_qa, tiny_nanobeir, ["model.dtype=bfloat16", "run.until=finetune"])
     assert run_dag(cfg)["finetune"].result["trainable_dtype"] == "bfloat16"
@@ -113,6 +115,7 @@ def encoded(monkeypatch) -> list[tuple[str, str | None]]:
     return seen
 
 
+@pytest.mark.integration
 def test_training_and_every_evaluation_encode_with_the_same_prompts(
     tmp_path, tiny_decoder, tiny_qa, tiny_nanobeir, encoded
 ):
@@ -128,6 +131,7 @@ def test_training_and_every_evaluation_encode_with_the_same_prompts(
     assert outputs["finetune"].result["prompts"] == {"query": QUERY_PROMPT, "document": ""}
 
 
+@pytest.mark.integration
 def test_prompts_none_reaches_training_and_evaluation(tmp_path, tiny_decoder, tiny_qa, tiny_nanobeir, encoded):
     run_dag(_cfg(tmp_path, tiny_decoder, tiny_qa, tiny_nanobeir, ["train.prompts=none"]))
     assert encoded and all(not prompt for _, prompt in encoded)
@@ -219,6 +223,7 @@ def test_gradient_checkpointing_keeps_the_loss_and_gradients(tiny_no_dropout_mod
     assert all(grads1[n].abs().sum() > 0 for n in grads1 if "lora_B" in n)
 
 
+@pytest.mark.integration
 def test_gradient_checkpointing_in_the_finetune_stage_trains_the_adapter(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     cfg = _cfg(
         tmp_path, tiny_model, tiny_qa, tiny_nanobeir, ["train.gradient_checkpointing=true", "run.until=finetune"]
@@ -226,6 +231,7 @@ def test_gradient_checkpointing_in_the_finetune_stage_trains_the_adapter(tmp_pat
     assert run_dag(cfg)["finetune"].result["gradient_checkpointing"] is True
 
 
+@pytest.mark.integration
 def test_an_adapter_that_did_not_move_fails(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """One step inside the warmup runs at learning rate 0: nothing moves, and the run says so instead of finishing."""
     cfg = _cfg(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, ["train.max_steps=1", "run.until=finetune"])
@@ -233,6 +239,7 @@ def test_an_adapter_that_did_not_move_fails(tmp_path, tiny_model, tiny_qa, tiny_
         run_dag(cfg)
 
 
+@pytest.mark.integration
 def test_a_full_finetune_that_did_not_move_fails(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     cfg = _cfg(
         tmp_path, tiny_model, tiny_qa, tiny_nanobeir, ["finetune=full", "train.max_steps=1", "run.until=finetune"]
@@ -324,6 +331,7 @@ def test_the_memory_estimate_counts_what_trains(tmp_path, tiny_model, tiny_qa, t
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_decide_on_a_bf16_decoder_with_prompts_and_mined_negatives(tmp_path, tiny_decoder, tiny_qa, tiny_nanobeir):
     """The issue's end to end: make decide (shrunk) on a Qwen3-style model saved in bf16, with its query prompt and
     negatives mined with the base model: every run trained fp32 parameters with the prompt the evaluators used,

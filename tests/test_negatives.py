@@ -260,6 +260,7 @@ def test_mining_gives_negatives_that_are_never_a_positive(strategy, tmp_path, ti
 
 
 @requires_shared_data("scifact-qa")
+@pytest.mark.integration
 def test_the_dag_mines_then_trains_on_the_mined_rows(tmp_path, tiny_cfg):
     """run_dag with data.mine.enabled: mine_negatives runs between prepare_data and finetune, which trains on its
     (question, answer, negative_1) rows through the trainer, sampler and loss; a second run reuses both."""

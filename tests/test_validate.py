@@ -117,6 +117,7 @@ def _bad_data(tmp_path):
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+@pytest.mark.integration
 def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     overrides, names, allowed = CASES[case]
     bad = _bad_data(tmp_path)
@@ -154,6 +155,7 @@ def test_bad_input_fails_in_one_line(case, tmp_path, tiny_model, tiny_qa, tiny_n
     assert not outputs.exists(), sorted(p.name for p in outputs.rglob("*"))
 
 
+@pytest.mark.integration
 def test_the_allowed_nanobeir_names_are_sentence_transformers_own():
     from pipeline.evaluation.nanobeir import NANOBEIR
 
@@ -166,6 +168,7 @@ def test_the_allowed_nanobeir_names_are_sentence_transformers_own():
     assert NANOBEIR == json.loads(proc.stdout.splitlines()[-1])
 
 
+@pytest.mark.integration
 def test_bf16_on_a_cpu_fails_in_one_line_before_any_stage(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     import torch
 

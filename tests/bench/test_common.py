@@ -57,6 +57,7 @@ def test_alternate_reverses_every_other_round_and_drops_warmups():
     assert samples == {"a": [1.0, 1.0], "b": [2.0, 2.0]}
 
 
+@pytest.mark.integration
 def test_run_measured_gives_each_child_its_own_peak_rss():
     big = run_measured(
         [sys.executable, "-c", "x = bytearray(80 * 2**20); x[::4096] = b'1' * len(x[::4096]); print('{\"ok\": 1}')"]
@@ -125,6 +126,7 @@ def test_set_sizes_and_how():
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
+@pytest.mark.integration
 def test_measure_training_on_tiny_bert(method, tiny_model, tiny_qa, tmp_path):
     report = training.measure_training(
         method,

@@ -83,6 +83,7 @@ def test_a_task_copy_is_keyed_on_its_content_not_its_path(tmp_path, tiny_nanobei
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_an_mteb_task_list_enters_the_runs_and_the_report(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, task_dirs):
     """A sweep scored on two MTEB tasks: each run's per-task scores and dataset inputs, its `benchmark` tag, and a
     report whose general half, per-task Δ and plots name the tasks."""

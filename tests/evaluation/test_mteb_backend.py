@@ -366,6 +366,7 @@ def test_local_set_unknown_to_mteb_gets_its_own_task(tmp_path, tiny_model):
     assert "NanoPyDocsRetrieval_ndcg_at_10" in json.loads((tmp_path / "mteb" / "metrics.json").read_text())
 
 
+@pytest.mark.integration
 def test_crosscheck_cli(tmp_path, tiny_model, tiny_nanobeir):
     cmd = [
         sys.executable, "-m", "pipeline.evaluation.crosscheck", "--model", str(tiny_model), "--dataset-id", str(tiny_nanobeir),
@@ -387,6 +388,7 @@ def test_crosscheck_cli(tmp_path, tiny_model, tiny_nanobeir):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @requires_shared_data("nanobeir-mini")
 def test_crosscheck_minilm_on_real_msmarco(tmp_path):
     """The packaged all-MiniLM-L6-v2 (max_seq_length 128) on real NanoMSMARCO: both backends agree (minutes)."""

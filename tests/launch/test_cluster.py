@@ -161,6 +161,7 @@ def _finish(proc: subprocess.Popen, tmp_path: Path, slurm, timeout: float = 1500
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sweep_through_slurm_to_the_tracking_server_then_compare(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
 ):
@@ -207,6 +208,7 @@ def test_sweep_through_slurm_to_the_tracking_server_then_compare(
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 # 2: one task whose training runs in 2 torchrun processes; on SIGTERM the job's process stops them, then requeues
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
@@ -258,6 +260,7 @@ def test_a_slurm_job_sent_sigterm_is_requeued_and_resumes_into_the_same_run(
     assert sorted(set(steps)) == [1, *range(10, 51, 10)]  # every logged step, over both attempts
 
 
+@pytest.mark.integration
 def test_the_cluster_leaves_no_job_process_behind(tmp_path):
     """A job whose script and step ignore SIGTERM (as the SIGTERM-requeue test's do) still running when the cluster
     stops: cancelled, its steps awaited then SIGKILLed, before the daemons go; nothing of it outlives the cluster."""
@@ -280,6 +283,7 @@ def test_the_cluster_leaves_no_job_process_behind(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_decide_through_slurm_one_batch_per_round(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir, slurm, tracking_server
 ):

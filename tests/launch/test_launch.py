@@ -63,6 +63,7 @@ def test_a_demo_like_sweep_computes_its_prefix_instead_of_falling_back(tmp_path,
     assert run_shared_prefix(sweep, loader, jobs) == dict.fromkeys(SHARED_STAGES, "cached")
 
 
+@pytest.mark.integration
 def test_a_sweep_computes_its_prefix_before_its_jobs(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """run.until=baseline keeps it fast: the sweeping process computes the baseline, the jobs reuse it."""
     overrides = [

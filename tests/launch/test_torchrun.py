@@ -25,6 +25,7 @@ from tests.distributed_calls import fail_on_rank_one
 from tests.test_app import _all_gone, _assert_no_step_before_the_checkpoint_ran_twice, wait_for_checkpoint
 
 
+@pytest.mark.integration
 def test_the_first_process_returns_and_a_failing_process_is_named(tmp_path):
     with pytest.raises(ProcessFailed, match=r"^process 1 of 2: planted failure of run$"):
         run_processes(fail_on_rank_one, {"kind": "run"}, 2, tmp_path / "a")
@@ -41,6 +42,7 @@ def _trained(cfg) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize(
     "method, loss",
     [("full", "train.mini_batch_size=auto"), ("lora", "train.loss=mnrl"), ("full", "train.mini_batch_size=2")],
@@ -85,6 +87,7 @@ def test_two_processes_train_what_one_trains_with_one_run_and_one_cache_entry(
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_process_that_fails_ends_the_run_failed_with_its_line(tiny_cfg, capsys):
     cfg = tiny_cfg(["finetune=full", "train.lr=1e-30", "train.warmup_ratio=0", "run.until=finetune"])
     cfg.launch.processes_per_job = 2
@@ -111,6 +114,7 @@ def test_processes_must_divide_the_batch_and_sharding_needs_several(tiny_cfg):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["sigkill", "ctrl-c"])
 def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
     sig, tmp_path, tiny_model, tiny_qa, tiny_nanobeir
@@ -193,6 +197,7 @@ NUMBERED = ("verdict.sentence", "verdict.reason")
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_decide_in_two_processes_per_job_gives_one_process_scores_and_verdict(
     tmp_path, tiny_no_dropout_model, tiny_qa, tiny_nanobeir
 ):

@@ -259,7 +259,7 @@ def test_scrambled_test_scores_leave_the_selection_unchanged(sweeps):
     parent = client.get_run(sweeps["parents"]["s-new"])
     arms, _ = load_arms(client, parent, [])
     chosen = apply(arms, n_resamples=200)
-    # the test set would have chosen otherwise would have chosen otherwise: r8 has the best NanoBEIR score of the LoRA grid
+    # the test set would have chosen otherwise: r8 has the best NanoBEIR score of the LoRA grid
     best_test = max(
         (a for a in arms if a.method == "lora" and a.seed == 12 and a.per_query),
         key=lambda a: nanobeir_mean(a.per_query),

@@ -36,6 +36,7 @@ def _recorded(folder: Path) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_reproduce_opens_its_report_with_published_vs_ours_of_the_sweeps_it_made(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir
 ):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from huggingface_hub import ModelCard
 
 from pipeline.adapter_configs import FullFinetune, LoraFinetune
@@ -101,6 +102,7 @@ def test_the_evaluation_section_has_the_dev_metric_the_table_and_how_it_was_meas
     assert "64 queries, 100 documents): NDCG@10 0.5200 (base model 0.4100, +0.1100)" in card.text
 
 
+@pytest.mark.integration
 def test_the_pipelines_card_has_the_front_matter(tiny_cfg):
     outputs = run_dag(tiny_cfg(["finetune=full"]))
     card = ModelCard.load(outputs["model_card"].dir / "README.md")

@@ -36,6 +36,7 @@ def _tree(path: Path) -> dict[str, int]:
     return {p.relative_to(path).as_posix(): p.stat().st_size for p in sorted(path.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.integration
 def test_push_offline_fails_in_one_line_before_training_and_keeps_what_was_computed(
     tmp_path, tiny_model, tiny_qa, tiny_nanobeir, tiny_cfg
 ):
@@ -59,6 +60,7 @@ def test_push_offline_fails_in_one_line_before_training_and_keeps_what_was_compu
     ],
     ids=["no token", "no network"],
 )
+@pytest.mark.integration
 def test_push_without_token_or_network_fails_in_one_line(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, env, expected):
     overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir)
     home = {"HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf_home"), "HF_TOKEN": "", **env}
@@ -73,6 +75,7 @@ def test_push_is_off_by_default(tiny_cfg):
     assert cfg.hub.push is False and cfg.hub.repo_id is None
 
 
+@pytest.mark.integration
 def test_push_uploads_the_saved_adapter_with_its_completed_card(tiny_cfg, monkeypatch, tmp_path):
     calls = {}
 
@@ -125,6 +128,7 @@ class _NoSuchRepo(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.mark.parametrize("logger_name", ["httpx2", f"client{uuid.uuid4().hex[:8]}"], ids=["httpx2", "random name"])
+@pytest.mark.integration
 def test_no_http_request_lines_in_a_runs_output(logger_name, tmp_path, tiny_qa, tiny_nanobeir, tiny_model):
     """The Hub client's per-request INFO line is dropped by what it says, whatever its logger is called: the client's
     logger is renamed to a fresh random name in the run's process, and the run asks the Hub stand-in for its model."""

@@ -108,6 +108,7 @@ def test_fixed_sequence_holds_the_familywise_error():
     assert errors / reps <= 0.05 + 2.33 * math.sqrt(0.05 * 0.95 / reps) < naive / reps
 
 
+@pytest.mark.slow  # a simulation of the claim: a minute or more
 def test_configuration_p_values_hold_their_level_over_seeds():
     """24 one-seed configurations all truly equal to full: with seed variance counted (pooled from the selected
     configuration's seeds) about 5% get p < 0.05, and Holm's family-wise error stays near 0.05."""
@@ -148,6 +149,7 @@ def test_configuration_test_without_any_seed_variance_is_nan_not_zero():
 
 
 @pytest.mark.parametrize("k", [2, 3, 5, 8])
+@pytest.mark.slow  # a simulation of the claim: a minute or more
 def test_the_advice_never_names_fewer_seeds_than_were_run(k):
     """Seeds per arm in total, counting those run: at least one more than the k run, however close the verdict is to
     being decided (a nearly decided one: exactly k + 1), and the sentence names that count beside the k run."""

@@ -89,6 +89,7 @@ def verdict_rates(true_delta, margin=0.01, k=3, sd_u=0.004, sd_e=0.03, seed=2, r
     return {label: n / replicates for label, n in counts.items()}
 
 
+@pytest.mark.slow  # a simulation of the claim: a minute or more
 def test_an_adapter_worse_by_the_margin_is_rarely_called_equivalent_or_non_inferior():
     rates = verdict_rates(-0.01)
     assert rates["equivalent"] + rates["non-inferior"] + rates["superior"] <= 0.05 + 0.02  # alpha + MC error

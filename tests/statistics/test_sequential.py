@@ -125,6 +125,7 @@ def test_hwang_shih_decani_spending_is_the_published_function():
     assert spent(0.3, 0.05, -4.0) < spent(0.3, 0.05, 1.0)  # gamma = -4 spends late (O'Brien-Fleming-like)
 
 
+@pytest.mark.slow  # a simulation of the claim: a minute or more
 def test_an_equal_adapter_is_called_inferior_at_most_at_the_level_with_5x_unequal_spreads():
     """Per-seed NanoBEIR means with one arm's seeds spreading 5x more (the rate is scale-free at Δ = 0), 40,000
     replicates: P(inferior) over all the looks <= 0.025 + one binomial standard error (0.0008). At the looks'

@@ -348,6 +348,7 @@ def test_leaving_a_dataset_out_is_judged_by_the_headlines_design_and_look():
     assert not any("without it" in d for d in protocol.heterogeneity.drivers)
 
 
+@pytest.mark.integration
 def test_a_bad_setting_stops_make_decide_in_one_line_before_any_job(tmp_path):
     cmd = [
         sys.executable, "-m", "pipeline", "-m", "sweep=lora_grid", "hydra.sweeper.decide.enabled=true",
@@ -541,6 +542,7 @@ def _decide(tmp_path, tiny, *args: str):
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_make_decide_trains_fresh_seeds_in_rounds_and_tags_the_parent_run(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     tiny = (tiny_model, tiny_qa, tiny_nanobeir)
     proc, client, parent, runs = _decide(tmp_path, tiny, "hydra.sweeper.decide.extend=0")

@@ -190,6 +190,7 @@ def _sweep(
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
         tmp_path, tiny_model, tiny_qa, tiny_nanobeir, "finetune.r=2,4", "finetune.alpha=2r"
@@ -213,6 +214,7 @@ def test_sweep_two_lora_and_full_shares_stages(tmp_path, tiny_model, tiny_qa, ti
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
         tmp_path,
@@ -240,6 +242,7 @@ def test_joblib_parallel_jobs_lose_nothing(tmp_path, tiny_model, tiny_qa, tiny_n
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     proc, client, parent, children = _sweep(
         tmp_path,
@@ -265,6 +268,7 @@ def test_failing_job_is_failed_and_the_sweep_exits_non_zero(tmp_path, tiny_model
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     tiny = (tmp_path, tiny_model, tiny_qa, tiny_nanobeir)
     _, _, first, _ = _sweep(*tiny, "finetune=lora", "finetune.r=2", "finetune.alpha=8")
@@ -308,6 +312,7 @@ def test_a_rerun_sweep_runs_only_what_is_missing(tmp_path, tiny_model, tiny_qa, 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """make sweep -> make compare, shrunk: 2 LoRA learning rates + 1 full at seed 1, then the selected configuration
     of each method at seeds 2 and 3; the report's verdict on the parent run, every child with its dev score."""
@@ -341,6 +346,7 @@ def test_the_protocol_end_to_end_gives_a_verdict(tmp_path, tiny_model, tiny_qa, 
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_of_a_sweep_ends_the_job_and_the_sweep_killed_in_one_line(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """SIGINT to the sweep's process group (Ctrl-C) while its first job trains: that job's run and the parent run end
     KILLED, the next job never starts, one line says what was kept and the command that resumes, exit code 130."""
@@ -353,6 +359,7 @@ def test_ctrl_c_of_a_sweep_ends_the_job_and_the_sweep_killed_in_one_line(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.integration
 def test_ctrl_c_of_a_parallel_sweep_ends_every_running_job_killed(tmp_path, tiny_model, tiny_qa, tiny_nanobeir):
     """The same with joblib's parallel workers: whichever way each worker went, every job's run and the parent run end
     KILLED (the sweeping process ends the runs of workers that are gone), in one line, exit code 130."""
@@ -420,6 +427,7 @@ def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str)
     return stderr, client, parent, jobs
 
 
+@pytest.mark.integration
 def test_a_sweep_whose_process_is_gone_is_marked_killed_by_the_report(tmp_path):
     """A parent run left RUNNING by a sweep process that is gone (same host, its pid dead) ends KILLED when a report
     finds it, and the report says so; a live sweep's parent, or one on another host, stays RUNNING."""

@@ -71,6 +71,7 @@ def test_train_and_eval_are_disjoint(demo, tmp_path):
     assert all(doc_id.startswith(held_out) or doc_id in demo_data.EVAL_MODULES for doc_id in corpus._id)
 
 
+@pytest.mark.integration
 def test_same_files_in_another_process_and_hash_seed(demo, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "1", "PIPELINE_OUTPUTS": str(tmp_path)}
     done = subprocess.run(

@@ -114,6 +114,7 @@ def test_a_full_run_logs_only_its_methods_params_but_keeps_its_identity(tiny_cfg
     assert run_key(tiny_cfg(["finetune=full", "train.seed=3"])) != run_key(tiny_cfg(["finetune=full"]))
 
 
+@pytest.mark.integration
 def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_path):
     from pipeline.tracking.datasets import logged_inputs
 
@@ -156,6 +157,7 @@ def test_a_run_logs_its_datasets_with_context_and_content_digest(tiny_cfg, tmp_p
     assert len({inputs[c]["digest"] for c in ("training", "dev", "test")}) == 3
 
 
+@pytest.mark.integration
 def test_a_run_logs_system_metrics(tiny_cfg, monkeypatch):
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
     cfg = tiny_cfg(["run.until=finetune"])
@@ -185,6 +187,7 @@ def test_the_hub_http_clients_info_lines_are_quiet_but_warnings_stay(caplog):
     assert [r.getMessage() for r in caplog.records] == ["retrying"]
 
 
+@pytest.mark.integration
 def test_a_run_logs_its_params_each_stage_the_trainers_logs_and_its_end(tiny_cfg):
     """One run, logged from its own process: params, each stage's metrics, the trainer's logs by step, FINISHED."""
     cfg = tiny_cfg()
@@ -246,6 +249,7 @@ def test_an_error_ends_the_run_failed_with_its_line_and_traceback(tiny_cfg, tmp_
 
 
 @pytest.mark.parametrize("until", ["evaluate", "dev_evaluate"])
+@pytest.mark.integration
 def test_a_run_until_an_evaluation_logs_its_score_without_the_base_models(tiny_cfg, until):
     """run.until=evaluate (docs/reproducing.md re-scores at another eval.precision so) runs no baseline: the run logs
     its score and no change from the base model, and finishes (it ended in a KeyError)."""
