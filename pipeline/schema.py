@@ -139,10 +139,7 @@ VERDICT_ADAPTER = "verdict_adapter"  # the report's: the adapter configuration t
 VERDICT_DELTA = "verdict_delta_ndcg_at_10"  # the report's: the verdict's difference, adapter - full
 VERDICT_MARGIN = "verdict_margin"
 LOOK_METRIC = "verdict.look.{}"  # .format("delta" | "low" | "high"), at step = the look's index
-IN_DOMAIN_VERDICT_ADAPTER = "verdict_adapter"  # the report's: the adapter configuration that faced the full fine-tune
-VERDICT_DELTA = "verdict_delta_ndcg_at_10"  # the report's: the verdict's difference, adapter - full
-VERDICT_MARGIN = "verdict_margin"
-LOOK_METRIC = "verdict.in_domain.look.{}"
+IN_DOMAIN_LOOK_METRIC = "verdict.in_domain.look.{}"  # the in-domain verdict's looks, likewise
 
 
 def seeds_tag(arm: str) -> str:

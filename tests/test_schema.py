@@ -70,3 +70,24 @@ def test_no_module_but_the_schema_spells_an_mlflow_name():
             if not any(c.isspace() for c in text) and SPELLED.search(text):
                 found.append(f"{path.relative_to(ROOT)}:{line}: {text!r}")
     assert not found, "\n".join(found)
+
+
+def test_each_name_is_bound_once_and_means_one_thing():
+    """A name the schema binds twice, or two names for one string, would log one thing under another's name."""
+    tree = ast.parse((ROOT / "pipeline" / "schema.py").read_text())
+    bound: list[str] = []
+    values: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else node.targets
+            bound += [t.id for t in targets]
+            strings = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+            for target, value in zip(targets, strings, strict=False):
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    values.setdefault(value.value, target.id)
+                    assert values[value.value] == target.id, (
+                        f"{target.id} and {values[value.value]} are both {value.value!r}"
+                    )
+    assert len(bound) == len(set(bound)), sorted(n for n in bound if bound.count(n) > 1)
+    assert schema.LOOK_METRIC.format("delta") == "verdict.look.delta"
+    assert schema.IN_DOMAIN_LOOK_METRIC.format("delta") == "verdict.in_domain.look.delta"
