@@ -83,7 +83,7 @@ ERROR = "error"
 TRAINABLE_DTYPE = "trainable_dtype"
 SWEEP_ID = "sweep_id"
 PARENT_RUN = "mlflow.parentRunId"
-ROLE = "pipeline.role"  # "sweep" on a sweep's parent run, "report" on the report's
+ROLE = "pipeline.role"  # "sweep" on a sweep's parent run
 
 
 def prompt_tag(side: str) -> str:

@@ -476,3 +476,22 @@ def test_a_job_hands_its_scores_to_the_sweeper_and_its_dev_score_to_optuna():
     assert returned(JobReturn(status=JobStatus.COMPLETED, _return_value=scores)) == scores
     failed = returned(JobReturn(status=JobStatus.FAILED, _return_value=None))
     assert failed.run_id is None and math.isnan(failed.dev) and math.isnan(failed.benchmark)
+
+
+def test_the_sweepers_cartesian_product_is_hydras_basic_sweeps():
+    """The sweeper (on Hydra's public Sweeper) builds the grid as Hydra's own basic sweeper would: same jobs, same order."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.lora_vs_full_sweeper.lora_vs_full_sweeper import cartesian
+
+    lines = [
+        "finetune.r=4,8,16",
+        "train.lr=1e-4",
+        "finetune.alpha=range(8,24,8)",
+        "finetune=lora,dora",
+        "finetune.r=2,4",
+    ]
+    overrides = OverridesParser.create().parse_overrides(lines)
+    assert cartesian(overrides) == BasicSweeper.split_arguments(overrides, None)[0]
+    assert len(cartesian(overrides)) == 2 * 2 * 2  # the later finetune.r replaces the first, in its place
