@@ -197,36 +197,47 @@ def tiny_lora_run(tmp_path_factory, tiny_model, tiny_qa, tiny_nanobeir):
 
 
 QUICK = {"git", "uname", "ldconfig", "lscpu", "nvidia-smi", "df", "which", "true"}  # system tools, milliseconds
+_DONE: list[str] = []  # what the running test (its setup, call and teardown, fixtures of any scope) trained or started
 
 
-@pytest.fixture(autouse=True)
-def _integration_is_marked(request, monkeypatch):
-    """A test that trains a model (a transformers Trainer's `train`) or starts a process (but a QUICK tool) fails
-    unless marked `integration`: so `make test-fast` (`-m "not integration"`) holds only the tests that do neither."""
-    if request.node.get_closest_marker("integration") is not None:
-        yield
-        return
+def pytest_sessionstart(session):
+    """Spies on starting a process (but a QUICK tool, or `make -n`) and on a transformers Trainer's `train`, for the
+    whole session: a test during which either happens (its fixtures of any scope too) must be marked `integration`."""
     import transformers
 
-    done: list[str] = []
     popen_init, train = subprocess.Popen.__init__, transformers.Trainer.train
 
     def spied_popen(self, args, *rest, **kwargs):
         argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
         program = Path(argv[0]).name
         if program not in QUICK and not (program == "make" and {"-n", "--dry-run"} & set(argv)):  # make -n: prints
-            done.append(f"started `{program}`")
+            _DONE.append(f"started `{program}`")
         return popen_init(self, args, *rest, **kwargs)
 
     def spied_train(self, *rest, **kwargs):
-        done.append("trained a model")
+        _DONE.append("trained a model")
         return train(self, *rest, **kwargs)
 
-    monkeypatch.setattr(subprocess.Popen, "__init__", spied_popen)
-    monkeypatch.setattr(transformers.Trainer, "train", spied_train)
+    subprocess.Popen.__init__ = spied_popen
+    transformers.Trainer.train = spied_train
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _DONE.clear()
     yield
-    if done:
-        pytest.fail(f"{request.node.nodeid} {done[0]}: mark it @pytest.mark.integration", pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that trained or started a process, unmarked, fails at its teardown, naming what it did: so `make
+    test-fast` (neither integration nor slow) holds only the tests that do neither."""
+    outcome = yield
+    report = outcome.get_result()
+    unmarked = item.get_closest_marker("integration") is None
+    if call.when == "teardown" and _DONE and unmarked and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} {_DONE[0]}: mark it @pytest.mark.integration"
 
 
 @pytest.fixture(autouse=True)

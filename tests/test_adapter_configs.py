@@ -51,6 +51,7 @@ def peft_attached(base_dir, adapter_dir) -> torch.Tensor:
     return embed(model)
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 @pytest.mark.parametrize("method", ADAPTERS)
 def test_two_steps_save_the_adapter_only(method, trained):
     cfg, model_dir, summary = trained[method]
@@ -69,6 +70,7 @@ def test_two_steps_save_the_adapter_only(method, trained):
     assert summary["reload_max_abs_diff"] <= 1e-4  # the stage's own check: the save reproduces the trained model
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 @pytest.mark.parametrize("method", ADAPTERS)
 def test_reload_three_ways_gives_identical_embeddings(method, trained, tiny_model):
     _, model_dir, _ = trained[method]
@@ -82,6 +84,7 @@ def test_reload_three_ways_gives_identical_embeddings(method, trained, tiny_mode
     assert (direct - untrained).abs().max().item() > 1e-5  # two steps moved it: the equalities compared a change
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 @pytest.mark.parametrize("method", ADAPTERS)
 def test_merge_equals_the_attached_adapter(method, trained, tiny_model, tmp_path):
     cfg, model_dir, _ = trained[method]
@@ -95,6 +98,7 @@ def test_merge_equals_the_attached_adapter(method, trained, tiny_model, tmp_path
     assert (embed(load_model(cfg.model, str(model_dir), merge=True)) - attached).abs().max().item() <= 1e-5
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 def test_dora_needs_its_save_fix(trained, tiny_model, tmp_path):
     """Without the key fix, transformers' load_adapter leaves DoRA's magnitudes untrained: a different model."""
     _, model_dir, _ = trained["dora"]

@@ -93,6 +93,7 @@ def _writer(uri: str, index: int) -> str:
     return run_id
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 def test_parallel_writers_to_the_tracking_server_lose_nothing(tracking_server):
     with multiprocessing.get_context("spawn").Pool(WRITERS) as pool:
         run_ids = pool.starmap(_writer, [(tracking_server, i) for i in range(WRITERS)])

@@ -213,6 +213,7 @@ SCORE = f"metrics.`{NDCG}`"
 VERDICT_COLUMN = "tags.`verdict`"
 
 
+@pytest.mark.integration  # its module-scoped fixture trains / starts a process
 @browser_test
 def test_runs_table_shows_the_comparison(ui_server, browser):
     """The printed URL opens the runs table on the comparison: the jobs best first, NDCG, method, r, alpha in sight."""
