@@ -188,10 +188,8 @@ def tiny_lora_run(tmp_path_factory, tiny_model, tiny_qa, tiny_nanobeir):
     from pipeline.app import run
 
     tmp = tmp_path_factory.mktemp("tiny_lora_run")
-    with pytest.MonkeyPatch.context() as env:  # what `_offline` sets for a test, for this session-wide run
-        env.setenv("HF_HUB_OFFLINE", "1")
-        env.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
-        env.setenv("TOKENIZERS_PARALLELISM", "false")
+    with pytest.MonkeyPatch.context() as env:  # a test's environment, for this session-wide run
+        offline_env(env, tmp_path_factory)
         cfg = compose_config(tiny_overrides(tmp, tiny_model, tiny_qa, tiny_nanobeir) + tiny_method([]))
         return cfg, run(cfg)
 
@@ -240,12 +238,17 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"{item.nodeid} {_DONE[0]}: mark it @pytest.mark.integration"
 
 
+def offline_env(patch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """What every test runs under: no Hub, and the per-file digest memo (pipeline.fingerprint.digest_memo) of the
+    tests' temp dirs out of ~/.cache."""
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
+    patch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch, tmp_path_factory):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    # the per-file digest memo (pipeline.fingerprint.digest_memo) of the tests' temp dirs stays out of ~/.cache
-    monkeypatch.setenv("PIPELINE_FINGERPRINTS", str(tmp_path_factory.getbasetemp() / "fingerprints.json"))
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    offline_env(monkeypatch, tmp_path_factory)
     os.environ.setdefault("PIPELINE_OUTPUTS", str(ROOT / "outputs"))
 
 

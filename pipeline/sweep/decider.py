@@ -33,7 +33,8 @@ from pipeline.sweep.scores import JobScores, returned
 from pipeline.sweep.selection import Candidate, config_name, config_rank, job_candidate, select
 
 
-def seeds_tag(arm: FreshArm) -> str:
+def seeds_text(arm: FreshArm) -> str:
+    """An arm's fresh seeds, comma-separated in training order (the value of its `schema.seeds_tag`)."""
     return ",".join(str(s) for s in arm.scores)
 
 
@@ -166,8 +167,8 @@ class Decider:
             schema.VERDICT_SENTENCE: sentence(outcome, self.design, self.name_of),
             schema.VERDICT_LOOKS: str(len(outcome.looks)),
             schema.VERDICT_TARGET: outcome.target,
-            schema.seeds_tag(ADAPTER): seeds_tag(by_name[ADAPTER]),
-            schema.seeds_tag(FULL): seeds_tag(by_name[FULL]),
+            schema.seeds_tag(ADAPTER): seeds_text(by_name[ADAPTER]),
+            schema.seeds_tag(FULL): seeds_text(by_name[FULL]),
         }
         if outcome.looks:  # "no verdict" too (a failed run): the report says the same on the same runs
             tags[schema.VERDICT] = outcome.looks[-1].label
