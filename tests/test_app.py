@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -18,6 +19,15 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.dag import is_complete, run_dag
 from tests.conftest import ROOT, tiny_method, tiny_overrides
+
+
+def start_pipeline(args: list[str], stderr=subprocess.DEVNULL) -> tuple[subprocess.Popen, Callable]:
+    """`python -m pipeline ARGS` started in the background, offline, in a session of its own (a test signals its
+    process group as a terminal would); and `again()`, which runs the same command to its end (the resume)."""
+    cmd = [sys.executable, "-m", "pipeline", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    return proc, lambda: subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
 
 
 @pytest.mark.slow
@@ -32,11 +42,7 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
         "train.eval_steps=null",
         "train.logging_steps=10",
     ]
-    cmd = [sys.executable, "-m", "pipeline", *overrides]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc, again = start_pipeline(overrides)
     finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
     wait_for_checkpoint(proc, finetune_cache, "checkpoint-20")
     children = psutil.Process(proc.pid).children(recursive=True)  # the dataloader's workers, if any
@@ -48,7 +54,7 @@ def test_sigkill_mid_training_resumes_into_the_same_run(method, tmp_path, tiny_m
     (killed,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to say otherwise
 
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    done = again()
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert run.info.run_id == killed.info.run_id
@@ -100,10 +106,8 @@ def test_an_interrupted_run_ends_killed_with_one_line_and_exit_130(sig, tmp_path
     """Ctrl-C (SIGINT to the process group, as a terminal sends it) or SIGTERM mid-training: the run KILLED with
     what it logged, one line saying what was kept and the command that resumes, no traceback, exit code 130."""
     overrides = tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) + LONG_TRAINING
-    cmd = [sys.executable, "-m", "pipeline", *overrides]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc, _ = start_pipeline(overrides, stderr=err)
         wait_for_checkpoint(proc, tmp_path / "outputs" / "cache" / "finetune")
         os.killpg(proc.pid, sig) if sig == signal.SIGINT else proc.send_signal(sig)
         assert proc.wait(timeout=120) == 130

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import psutil
@@ -20,9 +18,14 @@ from pipeline.app import run
 from pipeline.launch.torchrun import ProcessFailed, run_processes
 from pipeline.manifest import read_result
 from pipeline.validate import ConfigError, validate
-from tests.conftest import ROOT, compose_config, tiny_method, tiny_overrides
+from tests.conftest import compose_config, tiny_method, tiny_overrides
 from tests.distributed_calls import fail_on_rank_one
-from tests.test_app import _all_gone, _assert_no_step_before_the_checkpoint_ran_twice, wait_for_checkpoint
+from tests.test_app import (
+    _all_gone,
+    _assert_no_step_before_the_checkpoint_ran_twice,
+    start_pipeline,
+    wait_for_checkpoint,
+)
 
 
 @pytest.mark.integration
@@ -129,11 +132,7 @@ def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
         "train.logging_steps=10",
         "launch.processes_per_job=2",
     ]
-    cmd = [sys.executable, "-m", "pipeline", *overrides]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc, again = start_pipeline(overrides)
     finetune_cache = tmp_path / "outputs" / "cache" / "finetune"
     wait_for_checkpoint(proc, finetune_cache, "checkpoint-20")
     children = psutil.Process(proc.pid).children(recursive=True)  # torchrun and its two workers
@@ -145,7 +144,7 @@ def test_a_killed_two_process_job_leaves_no_process_and_resumes_into_its_run(
     (interrupted,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert interrupted.info.status == ("KILLED" if sig == signal.SIGINT else "RUNNING")
 
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    done = again()
     assert done.returncode == 0, done.stderr[-3000:]
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("lora-vs-full").experiment_id])
     assert mlflow_run.info.run_id == interrupted.info.run_id

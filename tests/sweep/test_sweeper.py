@@ -404,14 +404,12 @@ def test_ctrl_c_ends_the_sweeps_parent_run_killed_without_a_subprocess(tmp_path,
 def _interrupted_sweep(tmp_path, tiny_model, tiny_qa, tiny_nanobeir, *grid: str):
     """A tiny sweep of `grid` sent SIGINT to its process group once its jobs train: it exits 130 without a traceback;
     its stderr, a client, its parent run and its job runs."""
-    from tests.test_app import LONG_TRAINING, wait_for_checkpoint
+    from tests.test_app import LONG_TRAINING, start_pipeline, wait_for_checkpoint
 
     tiny = [o for o in tiny_overrides(tmp_path, tiny_model, tiny_qa, tiny_nanobeir) if not o.startswith("finetune.")]
     args = ["-m", "sweep=lora_grid", *tiny, "hydra.sweeper.seeds=[]", *grid, "finetune.alpha=8", *LONG_TRAINING]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     with open(tmp_path / "stderr.txt", "w") as err:
-        cmd = [sys.executable, "-m", "pipeline", *args]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+        proc, _ = start_pipeline(args, stderr=err)
         wait_for_checkpoint(
             proc, tmp_path / "outputs" / "cache" / "finetune", runs=2 if "hydra/launcher=joblib" in grid else 1
         )
