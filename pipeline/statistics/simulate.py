@@ -3,6 +3,7 @@
     python -m pipeline.statistics.simulate [--reps 2000] [--datasets 13] [--seed-sd 0.025] [--budget 10]
     python -m pipeline.statistics.simulate --gammas=-4,-2,-1,-0.5,0,0.5,1,obf   # choose the spending function
     python -m pipeline.statistics.simulate --collapse --reps 400   # error rates when seeds diverge
+    python -m pipeline.statistics.simulate --collapse --sizes 2 --truth all   # ... against the mean over all runs
 
 NDCG@10-like scores (`pipeline.statistics.generator`) with the true Δ on each benchmark set exactly; for each Δ the
 sequential design (`pipeline.statistics.sequential`, default looks at 3, 5, 7, 9, 10 seeds per arm) runs to its
@@ -61,12 +62,25 @@ def collapse_means(
     return adapter, full, bench.collapsed[arm]
 
 
-def collapse_rates(design: Design, scenario: Scenario, reps: int, rate: float, size: float, arm: int, seed: int = 0):
-    """One row of the collapse table: the verdict's error rates over stable runs when `arm`'s seeds collapse at `rate`
-    by `size` margins, and how often look 1 (3 seeds) flags a collapse among its seeds."""
+def collapse_rates(
+    design: Design,
+    scenario: Scenario,
+    reps: int,
+    rate: float,
+    size: float,
+    arm: int,
+    seed: int = 0,
+    truth: str = "stable",
+):
+    """One row of the collapse table: the verdict's error rates when `arm`'s seeds collapse at `rate` by `size`
+    margins, the true Δ over stable runs (`truth="stable"`, the verdict's claim) or over all runs, collapses included
+    (`truth="all"`: the collapsing arm's mean `rate` x `size` margins lower), and how often look 1 (3 seeds) flags a
+    collapse among its seeds."""
     m, out = design.margin, {}
+    lower = rate * size * m if truth == "all" else 0.0  # what the collapses take off the collapsing arm's mean
     for i, delta in enumerate((-m, 0.0, m)):
-        adapter, full, collapsed = collapse_means(scenario, delta, design.budget, reps, seed + i, rate, size * m, arm)
+        stable = delta + (lower if arm == 0 else -lower)  # the Δ over stable runs whose Δ over the chosen runs is delta
+        adapter, full, collapsed = collapse_means(scenario, stable, design.budget, reps, seed + i, rate, size * m, arm)
         labels = sequential(design, adapter, full)[0]
         out[delta] = {label: labels.count(label) / reps for label in LABELS}
         if delta == 0.0:
@@ -85,9 +99,10 @@ def collapse_rates(design: Design, scenario: Scenario, reps: int, rate: float, s
 
 
 def collapse_table(args: argparse.Namespace, scenario: Scenario, design: Design) -> None:
-    """The verdict's error rates under a collapse mixture (over stable runs), one row per arm, rate and size."""
+    """The verdict's error rates under a collapse mixture, one row per arm, rate and size."""
+    over = "over stable runs (without collapses)" if args.truth == "stable" else "over all runs (collapses included)"
     print(f"Collapse mixture: {args.reps} replicates per cell, design looks {design.looks()}, margin {design.margin}; "
-          "true Δ over stable runs (without collapses); a collapse costs its seed `size` margins of NanoBEIR NDCG@10.")  # fmt: skip
+          f"true Δ {over}; a collapse costs its seed `size` margins of NanoBEIR NDCG@10.")  # fmt: skip
     print()
     print("| arm | rate | size (margins) | P(equiv. \\| -m) | P(equiv. \\| +m) | P(inferior \\| 0) | "
           "P(superior \\| 0) | P(equiv. \\| 0) | P(no verdict \\| 0) | flagged at look 1 |")  # fmt: skip
@@ -95,13 +110,24 @@ def collapse_table(args: argparse.Namespace, scenario: Scenario, design: Design)
     cell = 0
     for arm in (0, 1):
         for rate in (0.05, 0.2):
-            for size in (2.0, 5.0, 10.0):
-                r = collapse_rates(design, scenario, args.reps, rate, size, arm, seed=100 + 3 * cell)
+            for size in args.sizes:
+                r = collapse_rates(design, scenario, args.reps, rate, size, arm, seed=100 + 3 * cell, truth=args.truth)
                 cell += 1
                 m = design.margin
                 print(f"| {('adapter', 'full')[arm]} | {rate:.2f} | {size:g} | {r[-m]['equivalent']:.3f} | "
                       f"{r[m]['equivalent']:.3f} | {r[0.0]['inferior']:.3f} | {r[0.0]['superior']:.3f} | "
                       f"{r[0.0]['equivalent']:.3f} | {r[0.0]['no verdict']:.3f} | {r['flagged']:.3f} |")  # fmt: skip
+
+
+def sizes_of(text: str) -> list[float]:
+    """--sizes: comma-separated positive numbers of margins."""
+    try:
+        sizes = [float(x) for x in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need comma-separated positive numbers of margins, e.g. 2,3,5,10")
+    return sizes
 
 
 def gamma_of(text: str) -> float | None:
@@ -138,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", default=None, help="Hwang-Shih-DeCani gamma, or obf (default: the design's)")
     parser.add_argument("--gammas", default=None, help="comma-separated gammas to compare (e.g. -4,-1,0,1,obf)")
     parser.add_argument("--collapse", action="store_true", help="the error rates under a collapse mixture")
+    parser.add_argument(
+        "--sizes", type=sizes_of, default="2,3,5,10", help="--collapse: what a collapse costs, in margins"
+    )
+    parser.add_argument("--truth", choices=("stable", "all"), default="stable",
+                        help="--collapse: the true Δ over stable runs (the verdict's claim) or over all runs")  # fmt: skip
     args = parser.parse_args(argv)
     design = (
         Design(budget=args.budget) if args.gamma is None else Design(budget=args.budget, gamma=gamma_of(args.gamma))
