@@ -14,11 +14,13 @@
   learning rate, in 3 of 9 seeds), the collapsed seeds are no outliers of one spread but a second cluster, and the
   arm's median and Qn sit between the two. The arm's sorted seeds are cut into a lower group of at least two seeds and
   an upper group no smaller (divergence is the exception: where most seeds collapsed, Hampel's rule finds the stable
-  ones); the gap of a cut is judged against the within-group sd (pooled over both groups: the arm's own spread; pooled
-  with the other arm's too, an arm 5x noisier than the other split in 9% of looks). The arm splits when its largest
-  gap ratio exceeds its critical value (`split_z`) and the gap is wider than SPLIT_FLOOR margins; the lower group of
-  the widest such cut is flagged: a divergence lowers the score. A gap test, as Dixon's (1950, Ann Math Stat 21:488)
-  is for one seed, for a group; like Dixon's table its critical value is the statistic's null quantile for n normal
+  ones); the gap of a cut is judged against the within-group sd (pooled over both groups and the other arms' seeds,
+  for the degrees of freedom a scale from 2-5 seeds lacks: judged by its own spread alone, the 3-margin collapses of
+  20% of the full fine-tune's seeds gave P(superior | 0) 0.037; the cost is that an arm whose seeds spread a margin or
+  more beside a 2-5x tighter arm splits in 1-9% of looks, docs/sequential.md). The arm splits when its largest gap
+  ratio exceeds its critical value (`split_z`) and the gap is wider than SPLIT_FLOOR margins; the lower group of the
+  widest such cut is flagged: a divergence lowers the score. A gap test, as Dixon's (1950, Ann Math Stat 21:488) is
+  for one seed, for a group; like Dixon's table its critical value is the statistic's null quantile for n normal
   seeds, here by simulation, so that an arm of normal seeds splits at one look with probability SPLIT_LEVEL whatever
   its n and spread (the largest of several gap ratios is a maximum: a fixed critical value flags 2.3% of normal arms
   at 5 seeds and 0.1% at 10). The error rates it gives: `python -m pipeline.statistics.simulate --collapse`,
@@ -65,46 +67,51 @@ def outlier_seeds(arms: Mapping[str, Sequence[float]], floor: float, z: float = 
     return {name: found for name, found in flagged.items() if found}
 
 
-def _cuts(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _cuts(s: np.ndarray, others: np.ndarray, df_others: int) -> tuple[np.ndarray, np.ndarray]:
     """Each cut of sorted seeds `s` (..., n) into a lower group of k = 2 .. n // 2 and the upper rest: its gap
-    s[k] - s[k-1] and the gap over the within-group sd (both groups' sum of squares on n - 2 degrees of freedom);
-    each (..., n // 2 - 1)."""
+    s[k] - s[k-1] and the gap over the within-group sd (both groups' sum of squares and the other arms', `others`, on
+    n - 2 + df_others degrees of freedom); each (..., n // 2 - 1)."""
     n = s.shape[-1]
     k = np.arange(2, n // 2 + 1)
     s = s - s.mean(axis=-1, keepdims=True)  # centred: the running sums of squares lose no precision
     sums, squares = np.cumsum(s, axis=-1), np.cumsum(s**2, axis=-1)
     low, low2 = sums[..., k - 1], squares[..., k - 1]
     high, high2 = sums[..., -1:] - low, squares[..., -1:] - low2
-    within = low2 - low**2 / k + high2 - high**2 / (n - k)
+    within = low2 - low**2 / k + high2 - high**2 / (n - k) + np.asarray(others)[..., None]
     gap = s[..., k] - s[..., k - 1]
-    return gap, gap / np.sqrt(np.maximum(within, 0.0) / (n - 2))
+    return gap, gap / np.sqrt(np.maximum(within, 0.0) / (n - 2 + df_others))
 
 
 @functools.cache
-def split_z(n: int, level: float = SPLIT_LEVEL, draws: int = 100_000) -> float:
-    """The split's critical gap ratio for an arm of `n` seeds: the 1 - `level` quantile of the largest gap ratio over
-    `n` normal seeds (`draws` seeded draws, as Dixon's table is the null distribution of his ratio)."""
-    x = np.sort(np.random.default_rng(0).standard_normal((draws, n)), axis=1)
-    return float(np.quantile(_cuts(x)[1].max(axis=1), 1 - level))
+def split_z(n: int, df_others: int, level: float = SPLIT_LEVEL, draws: int = 100_000) -> float:
+    """The split's critical gap ratio for an arm of `n` seeds, the other arms adding `df_others` degrees of freedom to
+    the within-group sd: the 1 - `level` quantile of the largest gap ratio over `n` normal seeds (`draws` seeded
+    draws, as Dixon's table is the null distribution of his ratio)."""
+    rng = np.random.default_rng(0)
+    x = np.sort(rng.standard_normal((draws, n)), axis=1)
+    others = rng.chisquare(df_others, draws) if df_others else np.zeros(draws)  # their within-group sum of squares
+    return float(np.quantile(_cuts(x, others, df_others)[1].max(axis=1), 1 - level))
 
 
 def split_seeds(arms: Mapping[str, Sequence[float]], floor: float, level: float = SPLIT_LEVEL) -> dict[str, list[int]]:
     """{arm: positions of its seeds in a group split off below the rest}: the widest cut of the arm's sorted seeds into
     a lower group of at least two and an upper group no smaller whose gap exceeds `floor` and the critical ratio
     (`split_z`) times the within-group sd (module docstring)."""
+    scores = {name: np.asarray(x, dtype=float) for name, x in arms.items()}
+    scores = {name: (x[np.isfinite(x)], np.flatnonzero(np.isfinite(x))) for name, x in scores.items()}  # failed: out
     flagged = {}
-    for name, scores in arms.items():
-        x = np.asarray(scores, dtype=float)
-        at = np.flatnonzero(np.isfinite(x))  # a failed seed: out
-        order = at[np.argsort(x[at])]
+    for name, (x, at) in scores.items():
+        order = np.argsort(x)
         s = x[order]
-        if s.size < 4 or not np.any(s[2 : s.size // 2 + 1] - s[1 : s.size // 2] > floor):
+        if x.size < 4 or not np.any(s[2 : x.size // 2 + 1] - s[1 : x.size // 2] > floor):
             continue  # no gap wide enough (most arms: the ratio's critical value is not needed)
-        gap, ratio = _cuts(s)
-        split = (gap > floor) & (ratio > split_z(s.size, level))
+        others = [y for other, (y, _) in scores.items() if other != name and y.size >= 2]
+        df_others = sum(y.size - 1 for y in others)
+        gap, ratio = _cuts(s, np.array(sum(float(np.sum((y - y.mean()) ** 2)) for y in others)), df_others)
+        split = (gap > floor) & (ratio > split_z(x.size, df_others, level))
         if split.any():
             k = int(np.argmax(np.where(split, gap, -np.inf))) + 2  # the widest split
-            flagged[name] = sorted(order[:k].tolist())
+            flagged[name] = sorted(at[order[:k]].tolist())
     return flagged
 
 

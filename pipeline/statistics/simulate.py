@@ -4,6 +4,7 @@
     python -m pipeline.statistics.simulate --gammas=-4,-2,-1,-0.5,0,0.5,1,obf   # choose the spending function
     python -m pipeline.statistics.simulate --collapse --reps 400   # error rates when seeds diverge
     python -m pipeline.statistics.simulate --collapse --sizes 2 --truth all   # ... against the mean over all runs
+    python -m pipeline.statistics.simulate --false-splits --reps 4000   # the split rule on normal seeds
 
 NDCG@10-like scores (`pipeline.statistics.generator`) with the true Δ on each benchmark set exactly; for each Δ the
 sequential design (`pipeline.statistics.sequential`, default looks at 3, 5, 7, 9, 10 seeds per arm) runs to its
@@ -22,7 +23,7 @@ from dataclasses import replace
 import numpy as np
 
 from pipeline.statistics.generator import Benchmark, Scenario
-from pipeline.statistics.robust import diverged_seeds
+from pipeline.statistics.robust import SPLIT_FLOOR, diverged_seeds, split_seeds
 from pipeline.statistics.sequential import LABELS, Design, benchmark_difference, fixed, look, replay
 
 DELTAS = (0.0, -0.005, 0.005, -0.01, 0.01, -0.02)
@@ -119,6 +120,27 @@ def collapse_table(args: argparse.Namespace, scenario: Scenario, design: Design)
                       f"{r[0.0]['equivalent']:.3f} | {r[0.0]['no verdict']:.3f} | {r['flagged']:.3f} |")  # fmt: skip
 
 
+def false_splits(args: argparse.Namespace, design: Design) -> None:
+    """How often the split rule flags an arm of normal seeds (no collapse) at one look, by its seed count, its spread
+    and the other arm's: its false alarms where the spreads differ."""
+    print(f"Normal seeds, no collapse: P(the split rule flags the first arm at one look), {args.reps} replicates per "
+          f"cell, floor {SPLIT_FLOOR} margins of {design.margin}.")  # fmt: skip
+    print()
+    print("| per-seed sd (in margins) | the other arm's | 5 seeds | 7 seeds | 10 seeds |")
+    print("|---:|---:|---:|---:|---:|")
+    rng = np.random.default_rng(0)
+    for mine, other in ((0.5, 0.5), (0.66, 0.33), (1.0, 1.0), (1.0, 0.5), (1.0, 0.2), (1.5, 0.3)):
+        rates = []
+        for n in (5, 7, 10):
+            a = rng.normal(0, mine * design.margin, (args.reps, n))
+            f = rng.normal(0, other * design.margin, (args.reps, n))
+            floor = SPLIT_FLOOR * design.margin
+            rates.append(
+                np.mean([bool(split_seeds({"a": x, "f": y}, floor).get("a")) for x, y in zip(a, f, strict=True)])
+            )
+        print(f"| {mine:g} | {other:g} | " + " | ".join(f"{r:.4f}" for r in rates) + " |")
+
+
 def sizes_of(text: str) -> list[float]:
     """--sizes: comma-separated positive numbers of margins."""
     try:
@@ -164,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", default=None, help="Hwang-Shih-DeCani gamma, or obf (default: the design's)")
     parser.add_argument("--gammas", default=None, help="comma-separated gammas to compare (e.g. -4,-1,0,1,obf)")
     parser.add_argument("--collapse", action="store_true", help="the error rates under a collapse mixture")
+    parser.add_argument("--false-splits", action="store_true", help="the split rule's false alarms, unequal spreads")
     parser.add_argument(
         "--sizes", type=sizes_of, default="2,3,5,10", help="--collapse: what a collapse costs, in margins"
     )
@@ -176,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
     scenario = Scenario(datasets=args.datasets, sizes=(40, 50), seed_sd=(args.seed_sd, args.seed_sd))
     if args.gammas:
         choose(args, scenario)
+        return 0
+    if args.false_splits:
+        false_splits(args, design)
         return 0
     if args.collapse:
         collapse_table(args, scenario, design)

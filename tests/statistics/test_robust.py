@@ -75,7 +75,7 @@ def test_a_group_of_collapsed_seeds_is_flagged():
 
 def test_seeds_that_often_collapse_are_flagged_and_normal_seeds_are_not():
     """At 10 seeds per arm: where 2 or more of the adapter's seeds lost 3 margins (a 20% rate), the divergence rule
-    flags the adapter in >= 0.5 of the replicates (0.54; the outlier rule alone: 0.08); with no collapse it flags
+    flags the adapter in >= 0.7 of the replicates (0.78; the outlier rule alone: 0.08); with no collapse it flags
     almost none, at per-seed sds 0.0053 and 0.0066."""
     adapter, full, collapsed = collapse_means(NANOBEIR, 0.0, 10, 200, seed=5, rate=0.2, size=0.03, arm=0)
     often = collapsed.sum(axis=1) >= 2
@@ -91,7 +91,7 @@ def test_seeds_that_often_collapse_are_flagged_and_normal_seeds_are_not():
             for a, f in zip(adapter, full, strict=True)
         ]
     )
-    assert often.sum() >= 100 and flagged[often].mean() >= 0.5 and outliers[often].mean() < 0.2
+    assert often.sum() >= 100 and flagged[often].mean() >= 0.7 and outliers[often].mean() < 0.2
     for sd in (0.025, 0.035):
         scenario = Scenario(datasets=13, sizes=(40, 50), seed_sd=(sd, sd))
         adapter, full = seed_means(scenario, 0.0, 10, 500, seed=9)
@@ -102,14 +102,13 @@ def test_seeds_that_often_collapse_are_flagged_and_normal_seeds_are_not():
 
 
 @pytest.mark.parametrize("n", [5, 10])
-@pytest.mark.parametrize("other_sd", [1.0, 0.2], ids=["equal spreads", "the other arm 5x tighter"])
-def test_normal_seeds_split_at_the_stated_rate_whatever_their_count_and_the_other_arm(n, other_sd):
-    """The split rule's critical value is the null quantile at n seeds and its scale the arm's own spread: an arm of
-    normal seeds splits in SPLIT_LEVEL (1%) of looks at 5 seeds as at 10, beside an arm as noisy or 5x tighter (a
-    fixed critical value of 3 within-group sd: 2.3% and 0.1%; the within-group sd pooled with a 5x tighter arm: 9-18%)."""
+def test_normal_seeds_split_at_the_stated_rate_whatever_their_count(n):
+    """The split rule's critical value is the null quantile at n seeds: an arm of normal seeds (the other arm as
+    noisy) splits in SPLIT_LEVEL (1%) of looks at 5 seeds as at 10 (a fixed critical value of 3 within-group sd: 2.3%
+    and 0.1%)."""
     rng = np.random.default_rng(n)
     reps = 3000
-    splits = sum(bool(split_seeds({"adapter": rng.normal(0, 1, n), "full": rng.normal(0, other_sd, n)}, floor=0.0).get(
+    splits = sum(bool(split_seeds({"adapter": rng.normal(0, 1, n), "full": rng.normal(0, 1, n)}, floor=0.0).get(
         "adapter")) for _ in range(reps))  # fmt: skip
     assert abs(splits / reps - SPLIT_LEVEL) <= 2.33 * math.sqrt(SPLIT_LEVEL * (1 - SPLIT_LEVEL) / reps)
 
@@ -117,12 +116,11 @@ def test_normal_seeds_split_at_the_stated_rate_whatever_their_count_and_the_othe
 @pytest.mark.slow
 def test_the_error_rates_hold_when_seeds_often_diverge():
     """One arm's seeds lose 3 margins at a 20% rate, so several of 10 collapse and split off as a group: the error
-    rates over stable runs hold in the direction the collapses push, to one binomial standard error (1,000
-    replicates, seeded: 0.025 and 0.027; without the split rule 0.032 and 0.036)."""
-    bound = 0.025 + math.sqrt(0.025 * 0.975 / 1000)
+    rates over stable runs hold in the direction the collapses push (1,000 replicates, seeded: 0.018 and 0.016;
+    without the split rule 0.032 and 0.036)."""
     adapter = collapse_rates(Design(), NANOBEIR, reps=1000, rate=0.2, size=3.0, arm=0, seed=11)
     full = collapse_rates(Design(), NANOBEIR, reps=1000, rate=0.2, size=3.0, arm=1, seed=11)
-    assert adapter[0.0]["inferior"] <= bound and full[0.0]["superior"] <= bound
+    assert adapter[0.0]["inferior"] <= 0.025 and full[0.0]["superior"] <= 0.025
     assert max(rates[d]["equivalent"] for rates in (adapter, full) for d in (-0.01, 0.01)) <= 0.05
 
 
