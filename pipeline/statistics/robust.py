@@ -128,6 +128,7 @@ def diverged_seeds(arms: Mapping[str, Sequence[float]], margin: float) -> dict[s
     }
 
 
+@functools.cache  # a few counts, asked for at every look a seed diverges
 def divergence_rate(diverged: int, seeds: int, level: float = 0.95) -> tuple[float, float, float]:
     """(rate, low, high): `diverged` of `seeds`, with its Clopper-Pearson interval."""
     if not 0 <= diverged <= seeds or seeds < 1:
