@@ -128,13 +128,12 @@ def false_splits(args: argparse.Namespace, design: Design) -> None:
     print()
     print("| per-seed sd (in margins) | the other arm's | 5 seeds | 7 seeds | 10 seeds |")
     print("|---:|---:|---:|---:|---:|")
-    rng = np.random.default_rng(0)
+    rng, floor = np.random.default_rng(0), SPLIT_FLOOR * design.margin
     for mine, other in ((0.5, 0.5), (0.66, 0.33), (1.0, 1.0), (1.0, 0.5), (1.0, 0.2), (1.5, 0.3)):
         rates = []
         for n in (5, 7, 10):
             a = rng.normal(0, mine * design.margin, (args.reps, n))
             f = rng.normal(0, other * design.margin, (args.reps, n))
-            floor = SPLIT_FLOOR * design.margin
             rates.append(
                 np.mean([bool(split_seeds({"a": x, "f": y}, floor).get("a")) for x, y in zip(a, f, strict=True)])
             )
